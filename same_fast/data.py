@@ -1,0 +1,49 @@
+"""Where the real data sets live: ``$SAME_FAST_DATA``, else ``../shared/data`` beside the checkout.
+
+Data is never copied into the repository; see shared/data/README.md for the sets and licences.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from same_fast.errors import InputError
+
+# Named sets: modality, root relative to the data root, and the images/masks/fov folders under it.
+# BUSI keeps its class folders (benign/malignant/normal, each with images/ and masks/); readers of
+# that set walk them (see the source-training loader).
+DATASETS: dict[str, dict[str, str | None]] = {
+    "DRIVE": {"modality": "fundus", "root": "fundus/DRIVE/training", "images": "images",
+              "masks": "masks", "fov": "fov"},
+    "DRIVE-test": {"modality": "fundus", "root": "fundus/DRIVE/test", "images": "images",
+                   "masks": "masks", "fov": "fov"},
+    "HRF": {"modality": "fundus", "root": "fundus/HRF", "images": "images", "masks": "masks",
+            "fov": None},
+    "FIVES": {"modality": "fundus", "root": "fundus/FIVES", "images": "images", "masks": "masks",
+              "fov": None},
+    "BUSI": {"modality": "ultrasound", "root": "ultrasound/BUSI", "images": "*/images",
+             "masks": "*/masks", "fov": None},
+    "CCAUS": {"modality": "ultrasound", "root": "ultrasound/CCAUS", "images": "images",
+              "masks": "masks", "fov": None},
+}
+
+
+def data_root() -> Path | None:
+    """The data root, or None when neither ``$SAME_FAST_DATA`` nor ``../shared/data`` exists."""
+    env = os.environ.get("SAME_FAST_DATA")
+    if env:
+        p = Path(env).expanduser()
+        return p if p.is_dir() else None
+    here = Path(__file__).resolve().parent.parent  # the checkout (editable install)
+    for cand in (here.parent / "shared" / "data", Path.cwd().parent / "shared" / "data",
+                 Path.cwd() / "shared" / "data"):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def require_data_root() -> Path:
+    root = data_root()
+    if root is None:
+        raise InputError("no data folder: set SAME_FAST_DATA or place shared/data beside the checkout")
+    return root

@@ -1,0 +1,217 @@
+"""DICOM via pydicom: frames out of single- and multi-frame files, and derived series back in.
+
+Colour: RGB as stored, YBR_* converted to RGB, PALETTE COLOR expanded through its LUT;
+MONOCHROME1 is inverted so that bright means bright. JPEG 2000 and JPEG-compressed pixel data
+decode where pydicom has a handler installed (the ``dicom`` extra: pylibjpeg + openjpeg).
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from same_fast.errors import CorruptFileError, InputError, UnsupportedFormatError
+from same_fast.io.limits import MAX_DICOM_DEPTH, check_pixels
+
+# Attributes reported by `same-fast info` and kept in metadata.
+KEY_ATTRIBUTES = (
+    "Modality", "Manufacturer", "ManufacturerModelName", "PhotometricInterpretation",
+    "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated", "BitsStored",
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
+    "SeriesDescription", "FrameTime", "CineRate",
+)
+
+
+def read_dicom(path: str | os.PathLike, max_pixels: int | None = None
+               ) -> tuple[np.ndarray, Any, dict[str, Any]]:
+    """Read a DICOM file: ``(frames (F, H, W, C) uint8/uint16, dataset, metadata)``."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise CorruptFileError(f"{path}: empty file")
+    try:
+        ds = pydicom.dcmread(str(path), force=False)
+        _check_depth(ds, path)
+    except InvalidDicomError:
+        raise CorruptFileError(f"{path}: not a DICOM file (no DICM preamble)") from None
+    except RecursionError:
+        raise CorruptFileError(f"{path}: DICOM sequences nested too deeply") from None
+    except (CorruptFileError, UnsupportedFormatError):
+        raise
+    except Exception as e:
+        raise CorruptFileError(f"{path}: corrupt DICOM ({_short(e)})") from None
+    frames = dataset_frames(ds, str(path), max_pixels)
+    return frames, ds, dicom_metadata(ds, frames)
+
+
+def dataset_frames(ds: Any, name: str = "<dicom>", max_pixels: int | None = None) -> np.ndarray:
+    """Pixel data of a parsed dataset as ``(F, H, W, C)`` uint8/uint16 (validated first)."""
+    try:
+        if "PixelData" not in ds:
+            raise UnsupportedFormatError(f"{name}: DICOM without pixel data")
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        bits = int(ds.BitsAllocated)
+        nframes = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
+    except (UnsupportedFormatError, CorruptFileError):
+        raise
+    except Exception as e:
+        raise CorruptFileError(f"{name}: inconsistent DICOM image attributes ({_short(e)})") from None
+    if spp not in (1, 3) or bits not in (1, 8, 16) or nframes < 1:
+        raise UnsupportedFormatError(
+            f"{name}: unsupported DICOM pixels (SamplesPerPixel={spp}, BitsAllocated={bits}, "
+            f"frames={nframes})")
+    check_pixels(cols, rows, frames=nframes, channels=spp, itemsize=max(bits // 8, 1),
+                 what=name, max_pixels=max_pixels)
+    if not ds.file_meta.TransferSyntaxUID.is_compressed:
+        expected = rows * cols * spp * nframes * bits // 8
+        if len(ds.PixelData) < expected:
+            raise CorruptFileError(f"{name}: truncated pixel data ({len(ds.PixelData)} of "
+                                   f"{expected} bytes)")
+    try:
+        arr = ds.pixel_array
+    except (CorruptFileError, UnsupportedFormatError):
+        raise
+    except Exception as e:
+        msg = _short(e)
+        if "plugin" in msg.lower() or "dependenc" in msg.lower() or "handler" in msg.lower():
+            raise UnsupportedFormatError(
+                f"{name}: no decoder for transfer syntax {ds.file_meta.TransferSyntaxUID.name} "
+                "(pip install 'same-fast[dicom]')") from None
+        raise CorruptFileError(f"{name}: cannot decode DICOM pixels ({msg})") from None
+    arr = np.asarray(arr)
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        arr = apply_color_lut(arr, ds)
+        spp = 3
+    elif photometric.startswith("YBR") and "PixelData" in ds:
+        # pydicom 3 converts YBR to RGB in pixel_array already; guard older behaviour by checking
+        # a flag it sets; when unsure, trust pydicom's default (as_rgb=True).
+        pass
+    if nframes == 1:
+        arr = arr[None]
+    if spp == 1:
+        arr = arr[..., None]
+    if arr.ndim != 4:
+        raise CorruptFileError(f"{name}: pixel array of unexpected shape {arr.shape}")
+    if arr.dtype.kind == "i":  # signed data: shift into the unsigned range, order preserved
+        arr = (arr.astype(np.int32) - np.iinfo(arr.dtype).min).astype(
+            np.uint16 if arr.dtype.itemsize > 1 else np.uint8)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype not in (np.uint8, np.uint16):
+        raise UnsupportedFormatError(f"{name}: unsupported DICOM sample type {arr.dtype}")
+    if photometric == "MONOCHROME1":
+        arr = np.iinfo(arr.dtype).max - arr
+    return np.ascontiguousarray(arr)
+
+
+def dicom_metadata(ds: Any, frames: np.ndarray | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"format": "dicom"}
+    for key in KEY_ATTRIBUTES:
+        value = ds.get(key, None)
+        if value is not None and value != "":
+            meta[key] = value if isinstance(value, (int, float)) else str(value)
+    try:
+        meta["TransferSyntax"] = ds.file_meta.TransferSyntaxUID.name
+    except AttributeError:
+        pass
+    if frames is not None:
+        meta.update(frames=frames.shape[0], height=frames.shape[1], width=frames.shape[2],
+                    channels=frames.shape[3], dtype=str(frames.dtype))
+    return meta
+
+
+def write_dicom_derived(source: Any, frames: np.ndarray, path: str | os.PathLike,
+                        description: str = "Enhanced by same-fast (SAME)",
+                        series_uid: str | None = None, instance_number: int | None = None) -> Path:
+    """Write ``frames`` ((F,)H,W,C uint8/uint16) as a derived instance of ``source``.
+
+    New SeriesInstanceUID (shared by calls that pass the same ``series_uid``) and a new
+    SOPInstanceUID; patient, study and equipment attributes are kept; ImageType becomes
+    DERIVED/SECONDARY and DerivationDescription says what was done. Pixels are stored
+    uncompressed (explicit VR little endian) as RGB or MONOCHROME2.
+    """
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    arr = np.asarray(frames)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3) or arr.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"cannot write DICOM frames of shape {arr.shape} and dtype {arr.dtype}")
+    f, h, w, c = arr.shape
+    ds = copy.deepcopy(source)
+    for tag in ("RedPaletteColorLookupTableDescriptor", "GreenPaletteColorLookupTableDescriptor",
+                "BluePaletteColorLookupTableDescriptor", "RedPaletteColorLookupTableData",
+                "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData",
+                "SegmentedRedPaletteColorLookupTableData", "SegmentedGreenPaletteColorLookupTableData",
+                "SegmentedBluePaletteColorLookupTableData", "PaletteColorLookupTableUID",
+                "LossyImageCompression", "LossyImageCompressionRatio",
+                "LossyImageCompressionMethod", "ICCProfile"):
+        if tag in ds:
+            delattr(ds, tag)
+    now = _dt.datetime.now()
+    sop = generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.SOPInstanceUID = sop
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.DerivationDescription = description[:1024]
+    old = str(ds.get("SeriesDescription", "")).strip()
+    ds.SeriesDescription = (f"{old} (same-fast)" if old else "same-fast enhanced")[:64]
+    ds.SeriesDate = now.strftime("%Y%m%d")
+    ds.SeriesTime = now.strftime("%H%M%S")
+    if instance_number is not None:
+        ds.InstanceNumber = instance_number
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = h, w, c
+    ds.PhotometricInterpretation = "RGB" if c == 3 else "MONOCHROME2"
+    if c == 3:
+        ds.PlanarConfiguration = 0
+    elif "PlanarConfiguration" in ds:
+        del ds.PlanarConfiguration
+    bits = 8 if arr.dtype == np.uint8 else 16
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    if f > 1 or "NumberOfFrames" in ds:
+        ds.NumberOfFrames = f
+    ds.PixelData = np.ascontiguousarray(arr if f > 1 else arr[0]).astype(
+        arr.dtype.newbyteorder("<")).tobytes()
+    ds["PixelData"].VR = "OB" if bits == 8 else "OW"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    ds.save_as(str(tmp), enforce_file_format=True)
+    os.replace(tmp, path)
+    return path
+
+
+def _check_depth(ds: Any, path: Path) -> None:
+    """Walk sequences iteratively; refuse absurd nesting before anything recurses on it."""
+    stack = [(ds, 0)]
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DICOM_DEPTH:
+            raise CorruptFileError(f"{path}: DICOM sequences nested deeper than {MAX_DICOM_DEPTH}")
+        for elem in node:
+            seen += 1
+            if seen > 1_000_000:
+                raise CorruptFileError(f"{path}: DICOM with more than a million elements")
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    stack.append((item, depth + 1))
+
+
+def _short(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return msg[:200]

@@ -1,0 +1,80 @@
+"""Folders of images: sorted listing and pairing by name (images with masks, predictions with GT)."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from same_fast.errors import InputError
+from same_fast.io.images import IMAGE_SUFFIXES
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input file and, when paired, its partner (mask, ground truth)."""
+
+    name: str
+    path: Path
+    partner: Path | None = None
+
+
+def _natural_key(p: Path) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = False, dicom: bool = True) -> list[Path]:
+    """Image (and DICOM) files in ``folder``, naturally sorted; hidden files skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder")
+    suffixes = IMAGE_SUFFIXES + (DICOM_SUFFIXES if dicom else ())
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    files = [p for p in it if p.is_file() and not p.name.startswith(".")
+             and p.suffix.lower() in suffixes]
+    return sorted(files, key=_natural_key)
+
+
+def _keys(stem: str) -> list[str]:
+    """Names a file may be matched by, most specific first: the stem, then shorter prefixes."""
+    keys = [stem.lower()]
+    parts = re.split(r"[_\-. ]", stem.lower())
+    for n in range(len(parts) - 1, 0, -1):
+        keys.append("_".join(parts[:n]))
+    return keys
+
+
+def pair_by_name(images: list[Path], partners_dir: str | os.PathLike, required: bool = True
+                 ) -> list[Item]:
+    """Pair each image with the file in ``partners_dir`` of the same name.
+
+    Exact stems match first (``a.png`` with ``a.tif``); otherwise the longest shared leading
+    name tokens decide, which pairs DRIVE's ``01_test.tif`` with ``01_test_mask.gif`` and
+    ``01_manual1.gif``. Ambiguity or (when ``required``) a missing partner is an ``InputError``.
+    """
+    partners = list_images(partners_dir)
+    index: dict[str, list[Path]] = {}
+    for p in partners:
+        for k in _keys(p.stem):
+            index.setdefault(k, []).append(p)
+    out = []
+    for img in images:
+        match = None
+        for k in _keys(img.stem):
+            cands = index.get(k, [])
+            if len(cands) == 1:
+                match = cands[0]
+                break
+            if len(cands) > 1:
+                exact = [c for c in cands if c.stem.lower() == img.stem.lower()]
+                if len(exact) == 1:
+                    match = exact[0]
+                    break
+                raise InputError(f"{img.name}: ambiguous partners in {partners_dir}: "
+                                 f"{', '.join(c.name for c in cands[:3])}")
+        if match is None and required:
+            raise InputError(f"{img.name}: no file of the same name in {partners_dir}")
+        out.append(Item(img.stem, img, match))
+    return out
