@@ -1,0 +1,78 @@
+"""Shared benchmark helpers: environment description, interleaved timing, JSON output."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    env = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor() or _cpu_model(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        env["device"] = torch.cuda.get_device_name(0)
+    else:
+        env["device"] = f"cpu ({env['processor']})"
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def interleaved(cases: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2,
+                sync: Callable[[], None] | None = None) -> dict[str, dict[str, float]]:
+    """Time each case ``repeats`` times, round-robin so drift hits all cases alike.
+
+    Returns per case: median, p10, p90, min (seconds) and the raw samples.
+    """
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    if sync:
+        sync()
+    samples: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            samples[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, s in samples.items():
+        q = sorted(s)
+        out[name] = {"median_s": statistics.median(q), "min_s": q[0],
+                     "p10_s": q[max(0, int(0.1 * (len(q) - 1)))],
+                     "p90_s": q[int(0.9 * (len(q) - 1))], "samples_s": s}
+    return out
+
+
+def write_json(path: str | os.PathLike | None, result: dict[str, Any]) -> None:
+    if not path:
+        return
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(result, indent=2, sort_keys=False, default=str) + "\n")
