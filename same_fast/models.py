@@ -1,0 +1,103 @@
+"""Model files and shipped names: ``load_model(name_or_path)`` and ``save_model(path, model)``.
+
+A shipped name (``fundus-lite``, ``ultrasound-lite``) resolves to
+``same_fast/weights/<name>.safetensors``; anything else is a path to a safetensors checkpoint
+written by ``save_model`` (metadata carries the architecture and its constructor config, so a
+checkpoint loads without guessing). Never unpickles.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from same_fast import checkpoint
+from same_fast.errors import CheckpointError
+from same_fast.nn.samenet import PRESETS, SAMENet
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# Names we ship; a name is listed as available only when its file is present.
+SHIPPED = {
+    "fundus-lite": "enhancer for colour fundus photographs (HRF + FIVES, fundus-shen2020)",
+    "ultrasound-lite": "enhancer for grey ultrasound (BUSI train split, CCAUS; ultrasound-speckle)",
+}
+
+
+def available() -> list[str]:
+    """Shipped model names whose weights are installed."""
+    return sorted(n for n in SHIPPED if (WEIGHTS_DIR / f"{n}.safetensors").is_file())
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """Shipped name or path -> checkpoint path; a clear CheckpointError otherwise."""
+    s = str(name_or_path)
+    if s in SHIPPED:
+        p = WEIGHTS_DIR / f"{s}.safetensors"
+        if not p.is_file():
+            raise CheckpointError(f"shipped model '{s}' is not installed (available: "
+                                  f"{', '.join(available()) or 'none'})")
+        return p
+    p = Path(s).expanduser()
+    if p.is_file():
+        return p
+    raise CheckpointError(f"'{s}' is neither a checkpoint file nor a shipped model (available: "
+                          f"{', '.join(available()) or 'none'})")
+
+
+def save_model(path: str | Path, model: SAMENet, **metadata: Any) -> Path:
+    """Write ``model``'s weights and its configuration (plus ``metadata``) as safetensors.
+
+    Standard keys are filled in: architecture, config, preset, channels, value_range ([-1, 1]),
+    multiple, and provenance.date when provenance is a dict without one.
+    """
+    cfg = dict(getattr(model, "config", {}))
+    meta: dict[str, Any] = {
+        "architecture": type(model).__name__,
+        "config": cfg,
+        "preset": cfg.get("preset", "custom"),
+        "channels": cfg.get("in_channels"),
+        "value_range": [-1, 1],
+        "multiple": getattr(model, "multiple", 1),
+    }
+    meta.update(metadata)
+    prov = meta.get("provenance")
+    if isinstance(prov, dict) and "date" not in prov:
+        prov = {**prov, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        meta["provenance"] = prov
+    return checkpoint.save(path, model.state_dict(), meta)
+
+
+def build_from_metadata(meta: dict[str, Any], source: str = "<checkpoint>") -> SAMENet:
+    """An untrained SAMENet with the configuration recorded in checkpoint metadata."""
+    if meta.get("architecture") != "SAMENet":
+        raise CheckpointError(f"{source}: architecture '{meta.get('architecture')}' is not SAMENet")
+    cfg = meta.get("config")
+    if not isinstance(cfg, dict) or "in_channels" not in cfg:
+        raise CheckpointError(f"{source}: metadata lacks the SAMENet config")
+    cfg = dict(cfg)
+    preset = cfg.pop("preset", "lite")
+    channels = cfg.pop("in_channels")
+    if preset not in PRESETS:
+        raise CheckpointError(f"{source}: unknown SAMENet preset '{preset}'")
+    known = {k: v for k, v in cfg.items() if k in PRESETS[preset]}
+    try:
+        return SAMENet(int(channels), preset, **known)
+    except Exception as e:  # a config that cannot build a network is a bad checkpoint
+        raise CheckpointError(f"{source}: cannot build SAMENet from its config ({e})") from None
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu"
+               ) -> tuple[SAMENet, dict[str, Any]]:
+    """Load a shipped name or a checkpoint path -> ``(model in eval mode on device, metadata)``."""
+    path = resolve(name_or_path)
+    tensors, meta = checkpoint.load(path)
+    model = build_from_metadata(meta, str(path))
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(
+            f"{path}: weights do not match the recorded config ({first})") from None
+    return model.to(device).eval(), meta

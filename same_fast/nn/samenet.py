@@ -1,0 +1,190 @@
+"""SAMENet: the structure-preserving enhancer of SAME (SPEC section 3).
+
+One encoder and two decoders. The image decoder is a U-Net up-path with skips from the encoder;
+the structure decoder has the same widths but at each level takes the image decoder's features at
+that resolution instead of the encoder's, so a loss on structure shapes the enhancement features.
+
+Tensors are float32 ``(N, C, H, W)`` in [-1, 1] on any device; ``H`` and ``W`` must be multiples
+of ``model.multiple`` (``same_fast.nn.enhance`` pads and crops for you).
+
+Presets (named configurations of the one class, not subclasses):
+
+- ``paper``: the reference exactly: pix2pix U-Net-256 (8 stride-2 4x4 convolutions, 64 base
+  channels capped at 512, instance norm without affine, LeakyReLU 0.2 down, ReLU up, dropout 0.5
+  in the three innermost decoder stages, tanh image output) with the structure decoder beside it:
+  89,279,300 parameters for RGB.
+- ``lite``: the fast default for CPU and real time, chosen by measurement
+  (``same-fast bench --suite models``): a space-to-depth stem (pixel-unshuffle by 2, so nothing
+  runs at full resolution), 16 base channels, 5 levels, no normalisation, a pixel-shuffle head
+  and a residual image output.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from same_fast.errors import InputError
+
+# Named configurations; every key is a SAMENet constructor argument.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(base=64, max_channels=512, levels=8, stem=1, norm="instance",
+                  dropout=0.5, dropout_levels=3, residual=False),
+    "lite": dict(base=16, max_channels=128, levels=5, stem=2, norm="none",
+                 dropout=0.1, dropout_levels=2, residual=True),
+}
+
+_NORMS = ("instance", "group", "none")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=False)
+    if kind == "group":
+        return nn.GroupNorm(min(4, channels), channels)
+    return nn.Identity()
+
+
+class _Up(nn.Module):
+    """One decoder stage: ReLU, 4x4 stride-2 transposed conv, norm, optional dropout."""
+
+    def __init__(self, cin: int, cout: int, norm: str, dropout: float) -> None:
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=norm != "group")
+        self.norm = _norm(norm, cout)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.norm(self.conv(F.relu(x))))
+
+
+class _Decoder(nn.Module):
+    """An up-path. ``ups[k]`` makes the features at the resolution of encoder level ``k``."""
+
+    def __init__(self, widths: list[int], out_channels: int, stem: int, norm: str,
+                 dropout: float, dropout_levels: int) -> None:
+        super().__init__()
+        levels = len(widths)
+        ups = []
+        for k in range(1, levels):  # ups[k-1]: level k -> resolution of level k-1
+            cin = widths[k] if k == levels - 1 else 2 * widths[k]
+            # pix2pix: no dropout in the innermost stage, dropout in the next `dropout_levels`
+            drop = dropout if 1 <= levels - 1 - k <= dropout_levels else 0.0
+            ups.append(_Up(cin, widths[k - 1], norm, drop))
+        self.ups = nn.ModuleList(ups)
+        if stem == 1:  # pix2pix outermost: transposed conv back to full resolution
+            self.head = nn.ConvTranspose2d(2 * widths[0], out_channels, 4, 2, 1)
+        else:  # conv to out*stem^2 channels, then pixel-shuffle to full resolution
+            self.head = nn.Conv2d(2 * widths[0], out_channels * stem * stem, 3, 1, 1)
+        self.stem = stem
+
+
+class SAMENet(nn.Module):
+    """The two-decoder enhancer.
+
+    Args:
+        in_channels: image channels (3 for colour fundus, 1 for OCT/ultrasound); the image output
+            has the same number, the structure output one.
+        preset: ``"lite"`` or ``"paper"``; its values are defaults for the keyword arguments.
+        base: channels of the first encoder level; doubled per level up to ``max_channels``.
+        levels: number of encoder levels (each halves the resolution).
+        stem: 1 = pix2pix input (the first level is a stride-2 4x4 conv on the image); s > 1 =
+            pixel-unshuffle by s and a 3x3 conv, and a pixel-shuffle head (nothing at full res).
+        norm: ``"instance"`` (no affine), ``"group"`` or ``"none"``.
+        dropout, dropout_levels: dropout probability in that many decoder stages next to the
+            innermost one (active in train mode only).
+        residual: image output = clamp(input + head, -1, 1) instead of tanh(head).
+
+    ``forward(x)`` takes ``(N, C, H, W)`` in [-1, 1] and returns ``(image (N, C, H, W) in
+    [-1, 1], structure_logits (N, 1, H, W))``; apply a sigmoid for a structure probability.
+    """
+
+    def __init__(self, in_channels: int = 3, preset: str = "lite", **overrides: Any) -> None:
+        super().__init__()
+        if preset not in PRESETS:
+            raise InputError(f"unknown SAMENet preset '{preset}' (choose from {sorted(PRESETS)})")
+        unknown = set(overrides) - set(PRESETS[preset])
+        if unknown:
+            raise InputError(f"unknown SAMENet option(s) {sorted(unknown)}")
+        cfg = {**PRESETS[preset], **overrides}
+        if cfg["norm"] not in _NORMS:
+            raise InputError(f"SAMENet norm must be one of {_NORMS}, got '{cfg['norm']}'")
+        if int(cfg["levels"]) < 2 or int(cfg["stem"]) < 1 or int(in_channels) < 1:
+            raise InputError("SAMENet needs levels >= 2, stem >= 1 and in_channels >= 1")
+        self.config: dict[str, Any] = {"in_channels": int(in_channels), "preset": preset, **cfg}
+        levels, stem, norm = int(cfg["levels"]), int(cfg["stem"]), cfg["norm"]
+        widths = [min(int(cfg["base"]) * 2 ** k, int(cfg["max_channels"])) for k in range(levels)]
+        self.widths = widths
+        self.in_channels = int(in_channels)
+        self.stem = stem
+        self.residual = bool(cfg["residual"])
+        # Input side must divide by every stride: stem, then levels-1 (stem > 1) or levels halvings.
+        self.multiple = stem * 2 ** (levels - 1) if stem > 1 else 2 ** levels
+
+        downs: list[nn.Module] = []
+        if stem == 1:
+            downs.append(nn.Conv2d(in_channels, widths[0], 4, 2, 1))
+        else:
+            downs.append(nn.Conv2d(in_channels * stem * stem, widths[0], 3, 1, 1))
+        for k in range(1, levels):
+            innermost = k == levels - 1
+            downs.append(nn.Sequential(
+                nn.LeakyReLU(0.2),
+                nn.Conv2d(widths[k - 1], widths[k], 4, 2, 1, bias=norm != "group"),
+                nn.Identity() if innermost else _norm(norm, widths[k]),
+            ))
+        self.downs = nn.ModuleList(downs)
+        dec = dict(stem=stem, norm=norm, dropout=float(cfg["dropout"]),
+                   dropout_levels=int(cfg["dropout_levels"]))
+        self.image_decoder = _Decoder(widths, in_channels, **dec)
+        self.structure_decoder = _Decoder(widths, 1, **dec)
+
+    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = F.pixel_unshuffle(x, self.stem) if self.stem > 1 else x
+        feats = []
+        for down in self.downs:
+            h = down(h)
+            feats.append(h)
+        return feats
+
+    def _head(self, dec: _Decoder, h: torch.Tensor) -> torch.Tensor:
+        out = dec.head(F.relu(h))
+        return F.pixel_shuffle(out, self.stem) if self.stem > 1 else out
+
+    def forward(self, x: torch.Tensor, structure: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x`` (N, C, H, W) in [-1, 1] -> (image in [-1, 1], structure logits (N, 1, H, W)).
+
+        ``structure=False`` skips the structure decoder (it does not feed the image) and returns
+        ``(image, None)``: inference needs only the image.
+        """
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise InputError(f"SAMENet expects (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[-1] % self.multiple or x.shape[-2] % self.multiple:
+            raise InputError(f"SAMENet input H, W must be multiples of {self.multiple}, got "
+                             f"{tuple(x.shape[-2:])} (use same_fast.nn.enhance, which pads)")
+        feats = self._encode(x)
+        levels = len(feats)
+        # Image decoder; keep each stage's output (before the skip concat) for the structure path.
+        img_feats: list[torch.Tensor] = []
+        h = feats[-1]
+        for k in range(levels - 1, 0, -1):
+            u = self.image_decoder.ups[k - 1](h)
+            img_feats.append(u)
+            h = torch.cat([feats[k - 1], u], 1)
+        head = self._head(self.image_decoder, h)
+        image = torch.clamp(x + head, -1.0, 1.0) if self.residual else torch.tanh(head)
+        if not structure:
+            return image, None
+        s = feats[-1]
+        for i, k in enumerate(range(levels - 1, 0, -1)):
+            s = self.structure_decoder.ups[k - 1](s)
+            s = torch.cat([s, img_feats[i]], 1)
+        return image, self._head(self.structure_decoder, s)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())

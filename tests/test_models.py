@@ -1,0 +1,49 @@
+"""Model files: save/load round trip, shipped names, clear errors for bad checkpoints."""
+import pytest
+import torch
+
+from same_fast import checkpoint
+from same_fast.errors import CheckpointError
+from same_fast.models import load_model, save_model
+from same_fast.nn import SAMENet
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    m = SAMENet(1, "lite", base=8, levels=3)
+    p = save_model(tmp_path / "m.safetensors", m, modality="ultrasound",
+                   provenance={"command": "test"})
+    m2, meta = load_model(p)
+    assert not m2.training
+    assert meta["architecture"] == "SAMENet" and meta["modality"] == "ultrasound"
+    assert meta["config"]["base"] == 8 and meta["channels"] == 1
+    assert meta["value_range"] == [-1, 1] and "date" in meta["provenance"]
+    x = torch.rand(1, 1, 16, 16) * 2 - 1
+    m.eval()
+    assert torch.equal(m(x)[0], m2(x)[0])
+
+
+def test_unknown_name_lists_available():
+    with pytest.raises(CheckpointError, match="available"):
+        load_model("no-such-model")
+
+
+def test_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 40)
+    with pytest.raises(CheckpointError):
+        load_model(bad)
+
+
+def test_wrong_architecture_and_mismatched_weights(tmp_path):
+    p = checkpoint.save(tmp_path / "x.safetensors", {"w": torch.zeros(2)},
+                        {"architecture": "Other"})
+    with pytest.raises(CheckpointError, match="not SAMENet"):
+        load_model(p)
+    m = SAMENet(3, "lite", base=8, levels=3)
+    p = save_model(tmp_path / "y.safetensors", m)
+    tensors, meta = checkpoint.load(p)
+    meta["config"]["base"] = 4  # weights no longer fit the recorded config
+    checkpoint.save(p, tensors, meta)
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_model(p)
