@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,13 @@ def read_dicom(path: str | os.PathLike, max_pixels: int | None = None
     if path.stat().st_size == 0:
         raise CorruptFileError(f"{path}: empty file")
     try:
-        ds = pydicom.dcmread(str(path), force=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(str(path), force=False)
+        for w in caught:  # pydicom only warns when a file ends early; for us that is corrupt
+            text = str(w.message)
+            if "end of file" in text.lower() or "premature" in text.lower():
+                raise CorruptFileError(f"{path}: truncated DICOM ({text.split(' in file')[0]})")
         _check_depth(ds, path)
     except InvalidDicomError:
         raise CorruptFileError(f"{path}: not a DICOM file (no DICM preamble)") from None

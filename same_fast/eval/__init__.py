@@ -1,0 +1,22 @@
+"""Quality metrics and evaluation protocols.
+
+- ``metrics``: PSNR, SSIM (7x7 uniform as scikit-image's default, or Gaussian 11/1.5), each
+  optionally inside a mask; Dice, IoU, F1 and Cohen's kappa for binary maps.
+- ``protocol``: the ``paper`` protocol of SAME (256x256, 8-bit, both images times the FOV mask)
+  and ``native``; pairing of prediction and ground-truth folders.
+"""
+from same_fast.eval.metrics import (
+    binary_scores,
+    cohen_kappa,
+    dice,
+    f1,
+    iou,
+    psnr,
+    ssim,
+)
+from same_fast.eval.protocol import PROTOCOLS, ImageScore, evaluate_folders, score_pair
+
+__all__ = [
+    "PROTOCOLS", "ImageScore", "binary_scores", "cohen_kappa", "dice", "evaluate_folders", "f1",
+    "iou", "psnr", "score_pair", "ssim",
+]

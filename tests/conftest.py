@@ -1,0 +1,40 @@
+"""Shared fixtures: real scans (scikit-image's retina, pydicom's ultrasound files, shared/data)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from same_fast.data import data_root
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real data sets (CI always has them); skip with a reason where a user's machine lacks them."""
+    root = data_root()
+    if root is None:
+        pytest.skip("no data folder: set SAME_FAST_DATA or place shared/data beside the checkout")
+    return root
+
+
+@pytest.fixture(scope="session")
+def retina() -> np.ndarray:
+    """scikit-image's real 1411x1411 RGB fundus photograph (CC0), uint8 (H, W, 3)."""
+    from skimage import data
+
+    return data.retina()
+
+
+@pytest.fixture(scope="session")
+def dicom_file():
+    """Path of one of pydicom's bundled test files, by name."""
+    from pydicom.data import get_testdata_file
+
+    def get(name: str) -> Path:
+        p = get_testdata_file(name, download=False)
+        if p is None:
+            raise FileNotFoundError(f"pydicom test file {name} is not bundled")
+        return Path(p)
+
+    return get
