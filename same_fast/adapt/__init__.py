@@ -1,0 +1,1 @@
+"""Teacher-student adaptation of the enhancer to a clinic's unlabeled images (SPEC section 5)."""
