@@ -54,7 +54,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return _decode(header.get("__metadata__") or {})
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load(path: str | Path, device: str | torch.device = "cpu"
+         ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load ``(tensors, metadata)`` from a safetensors checkpoint."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file

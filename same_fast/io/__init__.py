@@ -12,8 +12,8 @@ from same_fast.io.convert import to_array, to_tensor
 from same_fast.io.dicom import read_dicom, write_dicom_derived
 from same_fast.io.folders import Item, list_images, pair_by_name
 from same_fast.io.images import IMAGE_SUFFIXES, read_image, write_image
-from same_fast.io.load import Loaded, load, load_mask
 from same_fast.io.limits import MAX_PIXELS
+from same_fast.io.load import Loaded, load, load_mask
 
 __all__ = [
     "IMAGE_SUFFIXES", "MAX_PIXELS", "Item", "Loaded", "list_images", "load", "load_mask",

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from same_fast.errors import CorruptFileError, InputError, UnsupportedFormatError
+from same_fast.errors import CorruptFileError, InputError, SameFastError, UnsupportedFormatError
 from same_fast.io.limits import MAX_DICOM_DEPTH, check_pixels
 
 # Attributes reported by `same-fast info` and kept in metadata.
@@ -56,11 +56,30 @@ def read_dicom(path: str | os.PathLike, max_pixels: int | None = None
     except Exception as e:
         raise CorruptFileError(f"{path}: corrupt DICOM ({_short(e)})") from None
     frames = dataset_frames(ds, str(path), max_pixels)
-    return frames, ds, dicom_metadata(ds, frames)
+    try:
+        meta = dicom_metadata(ds, frames)
+    except Exception as e:
+        raise CorruptFileError(f"{path}: corrupt DICOM attributes ({_short(e)})") from None
+    return frames, ds, meta
 
 
 def dataset_frames(ds: Any, name: str = "<dicom>", max_pixels: int | None = None) -> np.ndarray:
-    """Pixel data of a parsed dataset as ``(F, H, W, C)`` uint8/uint16 (validated first)."""
+    """Pixel data of a parsed dataset as ``(F, H, W, C)`` uint8/uint16 (validated first).
+
+    Any failure is a typed ``SameFastError``: parsing is lazy in pydicom, so malformed values
+    surface here as arbitrary exceptions, which all mean a corrupt file to the caller.
+    """
+    try:
+        return _dataset_frames(ds, name, max_pixels)
+    except SameFastError:
+        raise
+    except (MemoryError, RecursionError) as e:
+        raise CorruptFileError(f"{name}: DICOM too damaged to decode ({type(e).__name__})") from None
+    except Exception as e:
+        raise CorruptFileError(f"{name}: corrupt DICOM ({_short(e)})") from None
+
+
+def _dataset_frames(ds: Any, name: str, max_pixels: int | None) -> np.ndarray:
     try:
         if "PixelData" not in ds:
             raise UnsupportedFormatError(f"{name}: DICOM without pixel data")
@@ -79,10 +98,17 @@ def dataset_frames(ds: Any, name: str = "<dicom>", max_pixels: int | None = None
             f"frames={nframes})")
     check_pixels(cols, rows, frames=nframes, channels=spp, itemsize=max(bits // 8, 1),
                  what=name, max_pixels=max_pixels)
-    if not ds.file_meta.TransferSyntaxUID.is_compressed:
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if tsyntax is None:
+        raise CorruptFileError(f"{name}: DICOM without a transfer syntax in its file meta")
+    try:
+        compressed = tsyntax.is_compressed
+    except Exception:
+        raise UnsupportedFormatError(f"{name}: unknown transfer syntax {str(tsyntax)[:64]}") from None
+    if not compressed:
         expected = rows * cols * spp * nframes * bits // 8
-        if len(ds.PixelData) < expected:
-            raise CorruptFileError(f"{name}: truncated pixel data ({len(ds.PixelData)} of "
+        if not ds.PixelData or len(ds.PixelData) < expected:
+            raise CorruptFileError(f"{name}: truncated pixel data ({len(ds.PixelData or b'')} of "
                                    f"{expected} bytes)")
     try:
         arr = ds.pixel_array
@@ -92,7 +118,7 @@ def dataset_frames(ds: Any, name: str = "<dicom>", max_pixels: int | None = None
         msg = _short(e)
         if "plugin" in msg.lower() or "dependenc" in msg.lower() or "handler" in msg.lower():
             raise UnsupportedFormatError(
-                f"{name}: no decoder for transfer syntax {ds.file_meta.TransferSyntaxUID.name} "
+                f"{name}: no decoder for transfer syntax {tsyntax.name} "
                 "(pip install 'same-fast[dicom]')") from None
         raise CorruptFileError(f"{name}: cannot decode DICOM pixels ({msg})") from None
     arr = np.asarray(arr)
