@@ -1,0 +1,83 @@
+"""``same-fast serve``: enhancement over HTTP and WebSocket, or as a raw-frame pipe.
+
+Examples::
+
+    same-fast serve -m fundus-lite --stream                       # http://127.0.0.1:8000
+    same-fast serve -m fundus-lite --adapt online --max-batch 4 --max-delay-ms 5
+    same-fast serve -m model.safetensors --host 0.0.0.0 --token "$TOKEN"
+    same-fast serve -m identity --pipe --shape 480x640x3 < in.raw > out.raw
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from same_fast.serve.config import ServeConfig
+
+HELP = "serve enhancement over HTTP/WebSocket or a pipe"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = ServeConfig()
+    p.add_argument("-m", "--model", default=d.model,
+                   help="shipped model name, checkpoint path, or identity[:delay_ms=N]")
+    p.add_argument("--stream", action="store_true", default=d.stream,
+                   help="enable the WebSocket stream endpoint (always on; kept for clarity)")
+    p.add_argument("--host", default=d.host, help="listen address (non-loopback needs --token)")
+    p.add_argument("--port", type=int, default=d.port, help="listen port (0 = any free port)")
+    p.add_argument("--backend", default=d.backend,
+                   help="inference backend: auto, torch, compile, onnxruntime, tensorrt")
+    p.add_argument("--device", default=d.device, help="cpu, cuda or auto")
+    p.add_argument("--adapt", default=d.adapt, choices=["off", "online"],
+                   help="adapt the served model to incoming frames in the background")
+    p.add_argument("--token", default=d.token,
+                   help="bearer token required on every endpoint but /healthz")
+    g = p.add_argument_group("batching")
+    g.add_argument("--max-batch", type=int, default=d.max_batch, help="frames per model call")
+    g.add_argument("--max-delay-ms", type=float, default=d.max_delay_ms,
+                   help="longest a frame waits for its batch to fill")
+    g.add_argument("--capacity", type=int, default=d.capacity, help="queued frames, all clients")
+    g.add_argument("--policy", default=d.policy, choices=["block", "drop_oldest"],
+                   help="when the queue is full: refuse new frames (busy) or drop the oldest")
+    g.add_argument("--workers", type=int, default=d.workers, help="threads calling the model")
+    g = p.add_argument_group("limits")
+    g.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
+    g.add_argument("--max-pixels", type=int, default=d.max_pixels, help="pixels per frame")
+    g.add_argument("--max-inflight", type=int, default=d.max_inflight,
+                   help="unanswered frames per connection before the server stops reading")
+    g.add_argument("--max-connections", type=int, default=d.max_connections)
+    g.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s)
+    g.add_argument("--send-timeout-s", type=float, default=d.send_timeout_s)
+    g.add_argument("--drain-timeout-s", type=float, default=d.drain_timeout_s)
+    g = p.add_argument_group("online adaptation")
+    g.add_argument("--adapt-batch", type=int, default=d.adapt_batch)
+    g.add_argument("--adapt-every", type=int, default=d.adapt_every,
+                   help="one adaptation step per this many served frames")
+    g.add_argument("--adapt-buffer", type=int, default=d.adapt_buffer)
+    g.add_argument("--adapt-crop", type=int, default=d.adapt_crop, help="training crop (px)")
+    g.add_argument("--adapt-lr", type=float, default=d.adapt_lr)
+    g.add_argument("--adapt-ema", type=float, default=d.adapt_ema)
+    g.add_argument("--adapt-serve", default=d.adapt_serve, choices=["student", "teacher"])
+    g.add_argument("--picker", default=d.picker, help="picker checkpoint (default: accept all)")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("pipe mode")
+    g.add_argument("--pipe", action="store_true", help="raw frames stdin -> stdout")
+    g.add_argument("--shape", default=d.shape, help="HxWxC of every raw frame")
+    g.add_argument("--dtype", default=d.dtype, choices=["uint8", "uint16"],
+                   help="sample type (uint16 is little-endian)")
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    names = {f.name for f in dataclasses.fields(ServeConfig)}
+    return ServeConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args).validate()
+    if cfg.pipe:
+        from same_fast.serve.pipe import run_pipe
+
+        return run_pipe(cfg)
+    from same_fast.serve.server import run_server
+
+    return run_server(cfg, log_level="debug" if getattr(args, "debug", False) else "info")

@@ -1,0 +1,166 @@
+"""The model a server runs: a model step with a weights version that can change between batches.
+
+A *model step* takes float32 ``(N, C, H, W)`` in [0, 1] (CPU tensors) and returns the same shape
+in [0, 1]. ``ServedModel.frame_step`` is what the stream loop calls: it installs weights that
+adaptation published (only here, between batches, so a batch never mixes weights), groups the
+batch's frames by shape, runs the model step, and returns ``(array, weights_version)`` per frame.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from same_fast.errors import InputError
+
+ModelStep = Callable[[torch.Tensor], torch.Tensor]
+
+SYNTHETIC = ("identity",)
+
+
+def weights_hash(state: Mapping[str, torch.Tensor]) -> str:
+    """First 16 hex digits of SHA-256 over names, shapes and bytes of ``state`` (sorted)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().to("cpu").contiguous()
+        h.update(k.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+class ServedModel:
+    """A model step plus what the server reports about it.
+
+    name: what ``-m`` named. backend: the inference backend's name. channels: input channels the
+    model takes (None: any). module: the torch module behind it (None for synthetic models; online
+    adaptation needs one). apply_weights: installs a state dict into the backend.
+    """
+
+    def __init__(self, step: ModelStep, name: str, backend: str = "none",
+                 channels: int | None = None, module: torch.nn.Module | None = None,
+                 apply_weights: Callable[[dict[str, torch.Tensor]], None] | None = None,
+                 metadata: Mapping[str, Any] | None = None) -> None:
+        self.step = step
+        self.name = name
+        self.backend = backend
+        self.channels = channels
+        self.module = module
+        self.metadata = dict(metadata or {})
+        self._apply_weights = apply_weights
+        self._lock = threading.Lock()
+        self._pending: tuple[dict[str, torch.Tensor], str] | None = None
+        self.weights_version = 0
+        self.weights_hash = weights_hash(module.state_dict()) if module is not None else "none"
+        self.source_hash = self.weights_hash
+
+    def publish(self, state: dict[str, torch.Tensor], digest: str | None = None) -> None:
+        """Offer new weights; they are installed before the next batch (never during one)."""
+        if self._apply_weights is None:
+            raise InputError(f"model '{self.name}' cannot take new weights")
+        with self._lock:
+            self._pending = (state, digest or weights_hash(state))
+
+    def _install_pending(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None and self._apply_weights is not None:
+            self._apply_weights(pending[0])
+            self.weights_version += 1
+            self.weights_hash = pending[1]
+
+    def frame_step(self, frames: list[np.ndarray],
+                   observe: Callable[[torch.Tensor], None] | None = None
+                   ) -> list[tuple[np.ndarray, int, str]]:
+        """Enhance ``(H, W, C)`` uint8/uint16 frames -> [(same shape and dtype, version, hash)].
+
+        ``observe`` (online adaptation) receives each group's input batch after it is served.
+        """
+        self._install_pending()
+        version, digest = self.weights_version, self.weights_hash
+        out: list[Any] = [None] * len(frames)
+        groups: dict[tuple, list[int]] = {}
+        for i, f in enumerate(frames):
+            groups.setdefault((f.shape, f.dtype.str), []).append(i)
+        with torch.inference_mode():
+            for idx in groups.values():
+                dtype = frames[idx[0]].dtype
+                scale = 255.0 if dtype == np.uint8 else 65535.0
+                x = torch.from_numpy(np.stack([frames[i] for i in idx])).permute(0, 3, 1, 2)
+                x = x.float().div_(scale)
+                y = self.step(x)
+                if tuple(y.shape) != tuple(x.shape):
+                    raise RuntimeError(f"model step changed the shape {tuple(x.shape)} -> "
+                                       f"{tuple(y.shape)}")
+                if observe is not None:
+                    observe(x)
+                a = y.detach().to("cpu", torch.float32).clamp_(0, 1).mul_(scale).round_()
+                a = a.permute(0, 2, 3, 1).contiguous().numpy().astype(dtype)
+                for j, i in enumerate(idx):
+                    out[i] = (a[j], version, digest)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.name, "backend": self.backend, "channels": self.channels,
+                "weights_version": self.weights_version, "weights_hash": self.weights_hash,
+                "source_weights_hash": self.source_hash,
+                "architecture": self.metadata.get("architecture"),
+                "preset": self.metadata.get("preset"), "modality": self.metadata.get("modality")}
+
+
+def _synthetic(spec: str) -> ServedModel:
+    name, _, opts = spec.partition(":")
+    delay = 0.0
+    for kv in filter(None, opts.split(",")):
+        k, _, v = kv.partition("=")
+        if k != "delay_ms":
+            raise InputError(f"unknown option '{k}' for model '{name}' (known: delay_ms)")
+        try:
+            delay = float(v) / 1000.0
+        except ValueError:
+            raise InputError(f"delay_ms must be a number, got '{v}'") from None
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        if delay:
+            time.sleep(delay)  # stands in for a model's compute time (benchmarks, drain tests)
+        return x
+
+    return ServedModel(step, spec, backend="identity", metadata={"architecture": "identity"})
+
+
+def load_served_model(spec: str, backend: str = "torch", device: str = "cpu") -> ServedModel:
+    """Resolve ``-m``: ``identity[:delay_ms=N]``, a shipped model name, or a checkpoint path.
+
+    Checkpoints run on ``same_fast.engine.create_backend(backend, ...)``; weights published by
+    adaptation go through the backend's ``update_weights``.
+    """
+    if spec.split(":", 1)[0] in SYNTHETIC:
+        return _synthetic(spec)
+    from same_fast.models import load_model
+
+    model, meta = load_model(spec, device="cpu")
+    try:
+        from same_fast.engine import create_backend
+    except ImportError:  # the engine is part of the package; this guards partial installs
+        create_backend = None
+    if create_backend is not None:
+        b = create_backend(backend, model, device=device, metadata=meta)
+        name = getattr(b, "name", backend)
+        return ServedModel(b.enhance, spec, backend=name, channels=b.channels, module=model,
+                           apply_weights=b.update_weights, metadata=meta)
+    from same_fast.nn import enhance
+
+    dev = torch.device(device if device != "auto" else "cpu")
+    served = model.to(dev).eval()
+
+    def apply(state: dict[str, torch.Tensor]) -> None:
+        served.load_state_dict(state, strict=False)
+
+    return ServedModel(lambda x: enhance(served, x.to(dev)), spec, backend="torch",
+                       channels=int(meta.get("channels") or model.config["in_channels"]),
+                       module=model, apply_weights=apply, metadata=meta)

@@ -1,0 +1,157 @@
+"""Running the ASGI app under uvicorn, with a SIGTERM that drains instead of dropping frames.
+
+uvicorn's own shutdown closes open WebSockets at once (in-flight frames would be lost). Here the
+first SIGTERM/SIGINT starts a drain: readiness turns 503, streams stop reading, every frame
+already received is answered, sockets close with 1001, and only then uvicorn exits (exit status
+0). A second signal, or ``drain_timeout_s``, cuts the drain short.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+from same_fast.serve.app import create_app
+from same_fast.serve.config import ServeConfig
+from same_fast.serve.service import Service
+
+log = logging.getLogger("same_fast.serve")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server whose exit signal drains the service first."""
+
+    def __init__(self, config: uvicorn.Config, service: Service, starlette: Any) -> None:
+        super().__init__(config)
+        self.service = service
+        self.starlette = starlette
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:  # signal handler (main thread)
+        if self._draining or self._loop is None:
+            self.should_exit = True
+            self.force_exit = self._draining
+            return
+        self.drain()
+
+    def drain(self) -> None:
+        """Start a graceful drain from any thread."""
+        self._draining = True
+        self.service.begin_drain()
+        loop = self._loop
+        if loop is None:
+            self.should_exit = True
+            return
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._drain()))
+
+    async def _drain(self) -> None:
+        self.starlette.state.drain_event.set()
+        deadline = time.monotonic() + self.service.config.drain_timeout_s
+        while not self.service.idle() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self.should_exit = True
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        from same_fast.errors import InputError
+
+        raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+def build_server(service: Service, log_level: str = "warning") -> DrainingServer:
+    cfg = service.config
+    asgi = create_app(service)
+    uv = uvicorn.Config(
+        asgi, log_level=log_level, lifespan="off", ws="auto",
+        # Protocol-level ceiling well above our own per-message limit, so an oversized frame
+        # gets a JSON error from us instead of a 1009 close from the protocol.
+        ws_max_size=max(cfg.max_message_bytes * 4, 1 << 20),
+        ws_ping_interval=20.0, ws_ping_timeout=20.0,
+        timeout_keep_alive=5, limit_concurrency=cfg.max_connections * 2 + 32,
+        timeout_graceful_shutdown=5,
+    )
+    return DrainingServer(uv, service, asgi.app)
+
+
+def run_server(config: ServeConfig, log_level: str = "info") -> int:
+    """Serve until SIGTERM/SIGINT (in the main thread); returns the exit status."""
+    service = Service(config)
+    sock = _bind(config.host, config.port)
+    server = build_server(service, log_level)
+    host, port = sock.getsockname()[:2]
+    log.info("same-fast serving %s on http://%s:%s (backend %s, adapt %s)", config.model, host,
+             port, service.model.backend, config.adapt)
+    print(f"same-fast: serving {config.model} on http://{host}:{port} "
+          f"(ws://{host}:{port}/v1/stream)", flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        service.close()
+    return 0
+
+
+class ServerThread:
+    """A real uvicorn server on a free loopback port in a background thread (tests, benchmarks).
+
+    ``with ServerThread(service) as srv: srv.url`` ... ; leaving drains and stops it.
+    """
+
+    def __init__(self, service: Service, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.service = service
+        self.sock = _bind(host, port)
+        self.host, self.port = self.sock.getsockname()[:2]
+        self.server = build_server(service)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name="same-fast-server", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/v1/stream"
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server thread did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, drain: bool = True) -> None:
+        if self.thread.is_alive():
+            if drain:
+                self.server.drain()
+            else:
+                self.server.should_exit = True
+            self.thread.join(timeout=60)
+        self.service.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

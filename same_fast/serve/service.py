@@ -1,0 +1,114 @@
+"""What a server process holds: the served model, the stream loop, adaptation and counters.
+
+Front ends (the ASGI app, the pipe) call ``accept`` to validate and submit a frame and get a
+future; the service knows nothing about HTTP.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from same_fast.errors import InputError, SameFastError
+from same_fast.serve.adaptation import AdaptConfig, OnlineAdaptation
+from same_fast.serve.config import ServeConfig
+from same_fast.serve.metrics import Metrics
+from same_fast.serve.model import ServedModel, load_served_model
+from same_fast.stream import LoopClosed, LoopConfig, QueueFull, StreamLoop
+
+
+class Busy(SameFastError):
+    """The batching queue is full: the frame was refused (the client may retry)."""
+
+
+class ShuttingDown(SameFastError):
+    """The server is draining after SIGTERM and takes no new frames."""
+
+
+class Service:
+    """Model + loop + adaptation + metrics, shared by every connection of one process."""
+
+    def __init__(self, config: ServeConfig, model: ServedModel | None = None) -> None:
+        self.config = config.validate()
+        self.model = model or load_served_model(config.model, config.backend, config.device)
+        self.adaptation: OnlineAdaptation | None = None
+        if config.adapt == "online":
+            self.adaptation = OnlineAdaptation(self.model, AdaptConfig(
+                batch=config.adapt_batch, every=config.adapt_every, buffer=config.adapt_buffer,
+                crop=config.adapt_crop, lr=config.adapt_lr, ema=config.adapt_ema,
+                serve=config.adapt_serve, picker=config.picker, seed=config.seed))
+        observe = self.adaptation.observe if self.adaptation else None
+        model_ref = self.model
+        self.loop = StreamLoop(lambda frames: model_ref.frame_step(frames, observe), LoopConfig(
+            capacity=config.capacity, max_batch=config.max_batch,
+            max_delay_ms=config.max_delay_ms, policy=config.policy, workers=config.workers))
+        self.metrics = Metrics()
+        self.started = time.time()
+        self.draining = False
+        self._active = 0
+        self._lock = threading.Lock()
+
+    # -- frames -------------------------------------------------------------------------------
+    def accept(self, frame: np.ndarray, meta: Any = None) -> Future:
+        """Submit one validated ``(H, W, C)`` frame; the future yields (array, version, hash).
+
+        Never blocks: a full queue raises Busy, a draining server ShuttingDown.
+        """
+        if self.draining:
+            raise ShuttingDown("server is shutting down")
+        h, w = frame.shape[:2]
+        if h * w > self.config.max_pixels:
+            raise InputError(f"frame of {w}x{h} pixels is over the limit of "
+                             f"{self.config.max_pixels}")
+        try:
+            return self.loop.submit(frame, meta, timeout=0)
+        except QueueFull:
+            raise Busy(f"server busy: {self.config.capacity} frames already queued") from None
+        except LoopClosed:
+            raise ShuttingDown("server is shutting down") from None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def enter(self) -> None:
+        """A connection or request starts (SIGTERM waits for these to finish)."""
+        with self._lock:
+            self._active += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    def begin_drain(self) -> None:
+        self.draining = True
+
+    def idle(self) -> bool:
+        s = self.loop.stats()
+        return self._active == 0 and s["queue_depth"] == 0 and s["in_flight"] == 0
+
+    def close(self) -> None:
+        """Finish every accepted frame, then stop the adapter."""
+        self.draining = True
+        self.loop.close(drain=True)
+        if self.adaptation is not None:
+            self.adaptation.close()
+
+    # -- reports ------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        d = self.model.describe()
+        d["adaptation"] = self.adaptation.describe() if self.adaptation else {"mode": "off"}
+        cfg = self.config
+        d["loop"] = {"max_batch": cfg.max_batch, "max_delay_ms": cfg.max_delay_ms,
+                     "capacity": cfg.capacity, "policy": cfg.policy, "workers": cfg.workers}
+        d["limits"] = {"max_message_bytes": cfg.max_message_bytes, "max_pixels": cfg.max_pixels,
+                       "max_inflight": cfg.max_inflight, "max_connections": cfg.max_connections}
+        return d
+
+    def prometheus(self) -> str:
+        return self.metrics.render(self.loop.stats(), self.model.describe(),
+                                   self.adaptation.describe() if self.adaptation else None)
