@@ -211,14 +211,25 @@ def create_app(service: Service) -> Any:
             service.leave()
 
     async def _stream(ws: WebSocket) -> None:
-        pending: asyncio.Queue = asyncio.Queue(maxsize=cfg.max_inflight)
+        pending: asyncio.Queue = asyncio.Queue()
+        # One slot per unanswered frame: at max_inflight the server stops reading, so TCP flow
+        # control back-pressures the client instead of frames piling up here.
+        slots = asyncio.Semaphore(cfg.max_inflight)
         state = {"dead": False}
-        sender = asyncio.create_task(_send_loop(ws, pending, state))
+        sender = asyncio.create_task(_send_loop(ws, pending, state, slots))
         drain = asyncio.create_task(app.state.drain_event.wait())
         n = 0
         reason = 1000
         try:
             while True:
+                slot = asyncio.ensure_future(slots.acquire())
+                done, _ = await asyncio.wait({slot, drain}, return_when=asyncio.FIRST_COMPLETED)
+                if slot not in done:
+                    slot.cancel()
+                    reason = 1001
+                    break
+                if state["dead"]:
+                    break
                 recv = asyncio.ensure_future(ws.receive())
                 done, _ = await asyncio.wait({recv, drain}, timeout=cfg.idle_timeout_s,
                                              return_when=asyncio.FIRST_COMPLETED)
@@ -233,14 +244,13 @@ def create_app(service: Service) -> Any:
                     state["dead"] = True
                     break
                 t0 = time.perf_counter()
-                item = await _accept_message(msg, n, t0)
-                await pending.put(item)  # blocks at max_inflight: back-pressure on the client
+                pending.put_nowait(await _accept_message(msg, n, t0))
                 n += 1
                 if state["dead"]:
                     break
         finally:
             drain.cancel()
-            await pending.put(None)
+            pending.put_nowait(None)
             if state["dead"]:
                 sender.cancel()
             with contextlib.suppress(BaseException):
@@ -271,42 +281,48 @@ def create_app(service: Service) -> Any:
         except Exception as e:  # a decoder bug must not end the stream
             return (n, t0, None, f"cannot decode frame ({_one_line(e)})", "decode")
 
-    async def _send_loop(ws: WebSocket, pending: asyncio.Queue, state: dict) -> None:
+    async def _send_loop(ws: WebSocket, pending: asyncio.Queue, state: dict,
+                         slots: asyncio.Semaphore) -> None:
         announced: int | None = None
         while True:
             item = await pending.get()
             if item is None:
                 return
-            if state["dead"]:
-                continue  # keep consuming so the receiver never blocks on a dead socket
-            n, t0, fut, err, kind = item
             try:
-                if fut is not None:
-                    try:
-                        arr, version, digest = await asyncio.wrap_future(fut)
-                    except StreamError as e:
-                        err, kind = _one_line(e), _error_kind(e)
-                if err is not None:
-                    service.metrics.error(kind)
-                    await asyncio.wait_for(ws.send_text(json.dumps({"error": err, "frame": n})),
-                                           cfg.send_timeout_s)
-                    continue
-                if arr.shape[0] * arr.shape[1] > _OFFLOAD_PIXELS:
-                    png = await asyncio.to_thread(encode_png, arr)
-                else:
-                    png = encode_png(arr)
-                if version != announced:
-                    await asyncio.wait_for(ws.send_text(json.dumps(
-                        {"weights_version": version, "weights_hash": digest, "frame": n})),
-                        cfg.send_timeout_s)
-                    announced = version
-                await asyncio.wait_for(ws.send_bytes(png), cfg.send_timeout_s)
-                service.metrics.frame_done(time.perf_counter() - t0)
+                if not state["dead"]:
+                    announced = await _reply(ws, item, announced)
             except (WebSocketDisconnect, TimeoutError, asyncio.TimeoutError, RuntimeError,
                     OSError):
                 # The client left or stopped reading: stop writing to it; other streams go on.
                 state["dead"] = True
                 service.metrics.error("disconnect")
+            finally:
+                slots.release()  # also for a dead socket, so the receiver never waits forever
+
+    async def _reply(ws: WebSocket, item: tuple, announced: int | None) -> int | None:
+        n, t0, fut, err, kind = item
+        if fut is not None:
+            try:
+                arr, version, digest = await asyncio.wrap_future(fut)
+            except StreamError as e:
+                err, kind = _one_line(e), _error_kind(e)
+        if err is not None:
+            service.metrics.error(kind)
+            await asyncio.wait_for(ws.send_text(json.dumps({"error": err, "frame": n})),
+                                   cfg.send_timeout_s)
+            return announced
+        if arr.shape[0] * arr.shape[1] > _OFFLOAD_PIXELS:
+            png = await asyncio.to_thread(encode_png, arr)
+        else:
+            png = encode_png(arr)
+        if version != announced:
+            await asyncio.wait_for(ws.send_text(json.dumps(
+                {"weights_version": version, "weights_hash": digest, "frame": n})),
+                cfg.send_timeout_s)
+            announced = version
+        await asyncio.wait_for(ws.send_bytes(png), cfg.send_timeout_s)
+        service.metrics.frame_done(time.perf_counter() - t0)
+        return announced
 
     routes = [
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
