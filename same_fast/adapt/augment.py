@@ -1,0 +1,71 @@
+"""Adaptation views: random resize-crop and flips, and the optional re-degraded student view.
+
+The reference resizes by 1.1-1.35x and crops back to the input size, with a vertical flip that
+only fires together with the horizontal one (a bug); here the two flips are independent.
+Teacher and student see the same geometric view (SPEC section 5, step 1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    """size: side of the square views (pixels); scale: zoom range (crop side = short side / s);
+    hflip / vflip: independent flip probabilities."""
+
+    size: int = 256
+    scale: tuple[float, float] = (1.1, 1.35)
+    hflip: float = 0.5
+    vflip: float = 0.5
+
+
+def _u(g: torch.Generator) -> float:
+    return float(torch.rand((), generator=g))
+
+
+def random_views(images: list[torch.Tensor], config: AugmentConfig, g: torch.Generator,
+                 fovs: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """One random view of each image, stacked: (N, C, size, size) float in [0, 1].
+
+    images: (C, H, W) float tensors in [0, 1] (sizes may differ), on any one device.
+    fovs: optional (1, H, W) masks; each view is multiplied by its cropped mask.
+    Parameters come from the CPU generator ``g`` (the same seed gives the same views anywhere).
+    """
+    out = []
+    for i, x in enumerate(images):
+        _, h, w = x.shape
+        s = config.scale[0] + (config.scale[1] - config.scale[0]) * _u(g)
+        side = max(2, int(round(min(h, w) / s)))
+        y0 = int(torch.randint(0, h - side + 1, (), generator=g))
+        x0 = int(torch.randint(0, w - side + 1, (), generator=g))
+        v = x[None, :, y0:y0 + side, x0:x0 + side].float()
+        if fovs is not None and fovs[i] is not None:
+            v = v * fovs[i][None, :, y0:y0 + side, x0:x0 + side].to(v)
+        hf, vf = _u(g) < config.hflip, _u(g) < config.vflip
+        if hf:
+            v = v.flip(-1)
+        if vf:
+            v = v.flip(-2)
+        v = F.interpolate(v, size=(config.size, config.size), mode="bilinear",
+                          align_corners=False, antialias=side > config.size)
+        out.append(v.clamp(0, 1))
+    return torch.cat(out)
+
+
+def redegrade(x01: torch.Tensor, preset: str, strength: float, g: torch.Generator
+              ) -> torch.Tensor:
+    """A mild re-degradation of a view for the student (the SRTTA-style option of SPEC section 5).
+
+    Returns x + strength * (degrade(x, preset) - x): the preset's corruption scaled down, so the
+    student learns to undo a little more than the clinic's own degradation. Background (pixels
+    that are black in every channel) stays black.
+    """
+    from same_fast.degrade import degrade
+
+    fov = (x01.amax(1, keepdim=True) > 0.02).to(x01.dtype)
+    d = degrade(x01, preset, generator=g, fov=fov)
+    return (x01 + strength * (d - x01)).clamp(0, 1)

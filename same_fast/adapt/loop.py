@@ -1,0 +1,185 @@
+"""Offline SAME adaptation: many steps over a clinic's folder of unlabeled images.
+
+``adapt_offline(model, images, picker, config)`` copies the source model into a student and a
+teacher, then repeats: draw a batch, take random views, one ``AdaptStep`` (teacher pseudo-labels,
+picker weights, student loss, Adam, EMA). The learning rate is constant, or the paper's schedule
+(constant for 150 of 200 epochs, then linear decay to zero: ``schedule='paper'`` applies the same
+3:1 split to however many steps are run). Deterministic for a given ``seed`` on one device.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from same_fast.adapt.audit import AuditLog
+from same_fast.adapt.augment import AugmentConfig, random_views, redegrade
+from same_fast.adapt.step import AdaptStep, StepConfig
+from same_fast.errors import InputError
+
+DEFAULT_REDEGRADE = {"fundus": "fundus-shen2020", "ultrasound": "ultrasound-speckle",
+                     "oct": "gray"}
+
+
+@dataclass
+class AdaptConfig:
+    """Every knob of ``same-fast adapt`` (one field per flag); shared by offline and online modes.
+
+    steps: optimizer steps (offline: used when epochs == 0); epochs: passes over the images
+    (steps = epochs * ceil(n / batch)); batch: images per step (4 in the paper); size: side of
+    the square training views in pixels (a multiple of the model's ``multiple``); schedule:
+    'constant' or 'paper'; lr, ema, w_*: see ``StepConfig``; redegrade: give the student a
+    re-degraded view (preset ``redegrade_preset`` or the modality's default, scaled by
+    ``redegrade_strength``); every / buffer: online cadence (adapt every k frames from a buffer
+    of the last ``buffer`` frames); serve: 'student' or 'teacher'; hash_every: audit hash period.
+    """
+
+    mode: str = "offline"
+    steps: int = 100
+    epochs: int = 0
+    batch: int = 4
+    size: int = 256
+    schedule: str = "constant"
+    lr: float = 2e-4
+    ema: float = 0.995
+    w_l1: float = 0.9
+    w_struct: float = 0.1
+    w_entropy: float = 1.0
+    w_ssim: float = 0.0
+    teacher_dropout: bool = True
+    redegrade: bool = False
+    redegrade_preset: str = ""
+    redegrade_strength: float = 0.3
+    every: int = 4
+    buffer: int = 16
+    steps_per_update: int = 1
+    serve: str = "student"
+    seed: int = 0
+    hash_every: int = 10
+    modality: str = "fundus"
+    scale: tuple[float, float] = field(default=(1.1, 1.35))
+
+    def step_config(self) -> StepConfig:
+        return StepConfig(lr=self.lr, ema=self.ema, w_l1=self.w_l1, w_struct=self.w_struct,
+                          w_entropy=self.w_entropy, w_ssim=self.w_ssim,
+                          teacher_dropout=self.teacher_dropout)
+
+    def augment_config(self, multiple: int) -> AugmentConfig:
+        if self.size % multiple:
+            raise InputError(f"adaptation view size {self.size} must be a multiple of the "
+                             f"model's {multiple}")
+        return AugmentConfig(size=self.size, scale=self.scale)
+
+    def check(self) -> None:
+        if self.mode not in ("offline", "online"):
+            raise InputError(f"adapt mode must be offline or online, got '{self.mode}'")
+        if self.schedule not in ("constant", "paper"):
+            raise InputError(f"schedule must be constant or paper, got '{self.schedule}'")
+        if self.serve not in ("student", "teacher"):
+            raise InputError(f"serve must be student or teacher, got '{self.serve}'")
+        if self.batch < 1 or self.size < 8 or self.steps < 0 or self.epochs < 0:
+            raise InputError("batch >= 1, size >= 8, steps >= 0 and epochs >= 0 are required")
+        if not 0.0 <= self.ema <= 1.0:
+            raise InputError(f"ema must be in [0, 1], got {self.ema}")
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based) of ``total``."""
+    if schedule == "constant" or total <= 0:
+        return 1.0
+    keep = int(round(total * 150 / 200))  # the paper: 150 constant + 50 decaying epochs
+    if step < keep:
+        return 1.0
+    return max(0.0, 1.0 - (step - keep + 1) / max(1, total - keep))
+
+
+def make_pair(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """Student and teacher: two independent copies of the source model (same device)."""
+    student = copy.deepcopy(model)
+    teacher = copy.deepcopy(model)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    return student, teacher
+
+
+@dataclass
+class AdaptResult:
+    """Adapted models and the per-step history (floats: loss, l1, struct, entropy, accepted,
+    batch, lr)."""
+
+    student: nn.Module
+    teacher: nn.Module
+    history: list[dict[str, float]]
+
+    @property
+    def acceptance(self) -> float:
+        n = sum(h["batch"] for h in self.history)
+        return sum(h["accepted"] for h in self.history) / n if n else float("nan")
+
+
+StepCallback = Callable[[int, int, dict[str, float]], None]
+
+
+def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
+                  picker: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+                  config: AdaptConfig | None = None,
+                  fovs: Sequence[torch.Tensor | None] | None = None,
+                  audit: AuditLog | None = None, callback: StepCallback | None = None
+                  ) -> AdaptResult:
+    """Adapt ``model`` (left untouched) to ``images`` and return the student and teacher.
+
+    images: (C, H, W) float tensors in [0, 1] on the model's device (sizes may differ).
+    fovs: optional (1, H, W) masks, one per image (views are masked by them).
+    picker: ``(y_T in [-1, 1], s_T logits) -> weights (N,)`` or None (mean teacher, no picker).
+    callback(step, total, record): called after every step (progress bars).
+    """
+    cfg = config or AdaptConfig()
+    cfg.check()
+    if len(images) == 0:
+        raise InputError("adaptation needs at least one image")
+    total = cfg.epochs * math.ceil(len(images) / cfg.batch) if cfg.epochs else cfg.steps
+    torch.manual_seed(cfg.seed)  # dropout noise of teacher and student
+    g = torch.Generator().manual_seed(cfg.seed)
+    student, teacher = make_pair(model)
+    step = AdaptStep(student, teacher, cfg.step_config(), picker)
+    aug = cfg.augment_config(int(getattr(model, "multiple", 1)))
+    preset = cfg.redegrade_preset or DEFAULT_REDEGRADE.get(cfg.modality, "gray")
+    history: list[dict[str, float]] = []
+    if audit is not None:
+        audit.event("start", 0, served=student, mode="offline", total_steps=total,
+                    images=len(images), config=_jsonable(cfg))
+    order: list[int] = []
+    for i in range(total):
+        # epochs: every image once per pass, in a seeded random order
+        while len(order) < cfg.batch:
+            order += torch.randperm(len(images), generator=g).tolist()
+        idx, order = order[:cfg.batch], order[cfg.batch:]
+        f = None if fovs is None else [fovs[j] for j in idx]
+        views = random_views([images[j] for j in idx], aug, g, f)
+        xs = redegrade(views, preset, cfg.redegrade_strength, g) if cfg.redegrade else None
+        for group in step.optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg.schedule, i, total)
+        out = step(views * 2 - 1, None if xs is None else xs * 2 - 1)
+        rec = {k: float(out[k]) for k in ("loss", "l1", "struct", "entropy", "accepted")}
+        rec.update(batch=float(len(idx)), lr=step.optimizer.param_groups[0]["lr"])
+        history.append(rec)
+        if audit is not None:
+            audit.step(i + 1, rec, served=student)
+        if callback is not None:
+            callback(i + 1, total, rec)
+    student.eval()
+    teacher.eval()
+    if audit is not None:
+        audit.event("end", total, served=student)
+    return AdaptResult(student, teacher, history)
+
+
+def _jsonable(cfg: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}

@@ -1,0 +1,192 @@
+"""The pseudo-label picker: decides, per sample and on the device, which teacher outputs to learn from.
+
+A teacher output is kept when both assessors accept it (SPEC section 4):
+- the image-quality assessor (``same_fast.nn.iqa.IQANet``) says good with probability above
+  ``p_good`` (0.8 fundus, 0.6 ultrasound) and good is its top class;
+- the irregular-structure detector (``same_fast.nn.isd.StructureVAE``) scores the teacher's
+  structure map below ``isd_threshold`` (a percentile of its training scores).
+
+The decision is a float weight vector (N,) on the input's device, 0/1 (hard) or in [0, 1] (soft),
+that multiplies per-sample losses: no boolean indexing and no host round trip, so a batch where
+every sample is rejected simply contributes zero loss.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from same_fast import checkpoint
+from same_fast.errors import CheckpointError
+from same_fast.nn.iqa import IQANet
+from same_fast.nn.isd import StructureVAE
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED = {"fundus-picker": "fundus-picker.safetensors",
+           "ultrasound-picker": "ultrasound-picker.safetensors"}
+DEFAULT_P_GOOD = {"fundus": 0.8, "ultrasound": 0.6, "oct": 0.6}
+
+
+@dataclass
+class PickerConfig:
+    """How the two assessors' outputs become weights.
+
+    p_good: minimum P(good) of the IQA (and good must be the top class); None = modality default.
+    isd_threshold: maximum ISD score; None = the checkpoint's percentile threshold.
+    soft: weights in [0, 1] (sigmoids around both thresholds) instead of 0/1.
+    temperature: width of the soft sigmoids, as a fraction of each threshold.
+    use_iqa / use_isd: switch either assessor off (ablations).
+    """
+
+    p_good: float | None = None
+    isd_threshold: float | None = None
+    soft: bool = False
+    temperature: float = 0.05
+    use_iqa: bool = True
+    use_isd: bool = True
+
+
+class Picker(nn.Module):
+    """IQA + ISD -> per-sample weights.
+
+    ``forward(image, structure_logits)`` takes the teacher's outputs as the enhancer emits them:
+    image (N, C, H, W) in [-1, 1] and structure logits (N, 1, H, W); returns weights (N,) float32
+    on the same device. ``scores`` exposes the raw numbers (for logs and AUROC).
+    """
+
+    def __init__(self, iqa: IQANet, isd: StructureVAE, isd_threshold: float, modality: str,
+                 config: PickerConfig | None = None) -> None:
+        super().__init__()
+        self.iqa, self.isd = iqa, isd
+        self.modality = modality
+        self.config = config or PickerConfig()
+        self.p_good = float(self.config.p_good if self.config.p_good is not None
+                            else DEFAULT_P_GOOD.get(modality, 0.8))
+        self.isd_threshold = float(self.config.isd_threshold if self.config.isd_threshold
+                                   is not None else isd_threshold)
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Picker:
+        # The assessors are frozen judges: BatchNorm statistics must never move during adaptation.
+        return super().train(False)
+
+    @torch.no_grad()
+    def scores(self, image: torch.Tensor, structure_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw assessor outputs for a batch (image in [-1, 1], logits): each value (N,) float.
+
+        p_good: IQA probability of the good class; good_top: 1.0 where good is the argmax;
+        isd: the ISD score (higher = less plausible); plausibility: a continuous score, higher =
+        more acceptable, min(p_good / p_good_thr, isd_thr / isd), used for ranking (AUROC).
+        """
+        x01 = ((image.float() + 1) * 0.5).clamp(0, 1)
+        probs = self.iqa.probs(x01)
+        p_good = probs[:, 0]
+        good_top = (probs.argmax(1) == 0).float()
+        isd = self.isd.score(torch.sigmoid(structure_logits.float()))
+        parts = []
+        if self.config.use_iqa:
+            parts.append(p_good / self.p_good)
+        if self.config.use_isd:
+            parts.append(self.isd_threshold / isd.clamp_min(1e-8))
+        plaus = torch.stack(parts, 0).amin(0) if parts else torch.ones_like(p_good)
+        return {"p_good": p_good, "good_top": good_top, "isd": isd, "plausibility": plaus}
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor, structure_logits: torch.Tensor) -> torch.Tensor:
+        s = self.scores(image, structure_logits)
+        return self.weights_from_scores(s)
+
+    def weights_from_scores(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg = self.config
+        w = torch.ones_like(s["p_good"])
+        if cfg.soft:
+            t = max(cfg.temperature, 1e-6)
+            if cfg.use_iqa:
+                w = w * torch.sigmoid((s["p_good"] - self.p_good) / (t * self.p_good))
+            if cfg.use_isd:
+                w = w * torch.sigmoid((self.isd_threshold - s["isd"]) / (t * self.isd_threshold))
+            return w
+        if cfg.use_iqa:
+            w = w * (s["p_good"] > self.p_good).float() * s["good_top"]
+        if cfg.use_isd:
+            w = w * (s["isd"] < self.isd_threshold).float()
+        return w
+
+
+def state_and_metadata(iqa: IQANet, isd: StructureVAE, isd_threshold: float, modality: str,
+                       **extra: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Flatten both assessors into one tensor dict plus checkpoint metadata."""
+    tensors = {f"iqa.{k}": v for k, v in iqa.state_dict().items()}
+    tensors.update({f"isd.{k}": v for k, v in isd.state_dict().items()})
+    meta: dict[str, Any] = {
+        "architecture": "SAMEPicker", "modality": modality,
+        "channels": iqa.config["in_channels"],
+        "config": {"iqa": iqa.config, "isd": isd.config},
+        "isd_threshold": float(isd_threshold),
+        "p_good": DEFAULT_P_GOOD.get(modality, 0.8),
+        "value_range": [-1, 1],
+        "provenance": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+    }
+    for k, v in extra.items():
+        if k == "provenance":
+            meta["provenance"].update(v)
+        else:
+            meta[k] = v
+    return tensors, meta
+
+
+def save_picker(path: str | Path, iqa: IQANet, isd: StructureVAE, isd_threshold: float,
+                modality: str, **extra: Any) -> Path:
+    """Write both assessors to one safetensors checkpoint (architecture ``SAMEPicker``)."""
+    tensors, meta = state_and_metadata(iqa, isd, isd_threshold, modality, **extra)
+    return checkpoint.save(path, tensors, meta)
+
+
+def resolve_picker_path(name_or_path: str | Path) -> Path:
+    """A shipped name (``fundus-picker``, ``ultrasound-picker``) or a file path -> the file."""
+    name = str(name_or_path)
+    if name in SHIPPED:
+        path = WEIGHTS_DIR / SHIPPED[name]
+        if not path.is_file():
+            raise CheckpointError(f"shipped picker '{name}' is missing from this install ({path})")
+        return path
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"{name}: no such picker checkpoint (shipped: "
+                              f"{', '.join(sorted(SHIPPED))})")
+    return path
+
+
+def load_picker(name_or_path: str | Path, device: str | torch.device = "cpu",
+                config: PickerConfig | None = None) -> Picker:
+    """Load a picker checkpoint written by ``save_picker`` onto ``device`` (eval mode, frozen)."""
+    path = resolve_picker_path(name_or_path)
+    tensors, meta = checkpoint.load(path, device="cpu")
+    if meta.get("architecture") != "SAMEPicker":
+        raise CheckpointError(f"{path}: not a picker checkpoint (architecture "
+                              f"{meta.get('architecture')!r})")
+    try:
+        iqa = IQANet(**meta["config"]["iqa"])
+        isd = StructureVAE(**meta["config"]["isd"])
+        iqa.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("iqa.")})
+        isd.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("isd.")})
+        thr = float(meta["isd_threshold"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: picker checkpoint is inconsistent ({e})") from None
+    if config is None:
+        config = PickerConfig(p_good=meta.get("p_good"))
+    picker = Picker(iqa, isd, thr, str(meta.get("modality", "fundus")), config)
+    picker.metadata = meta  # type: ignore[attr-defined]
+    return picker.to(device)
+
+
+def picker_config_dict(p: Picker) -> dict[str, Any]:
+    """The effective settings of a picker, for summaries."""
+    return {**asdict(p.config), "p_good": p.p_good, "isd_threshold": p.isd_threshold,
+            "modality": p.modality}
