@@ -1,0 +1,173 @@
+"""Export an enhancer to ONNX, check it, and map our parameter names to its initializers.
+
+The exported graph is ``DeployModule``: input ``input`` ``(N, C, H, W)`` float32 in [0, 1],
+output ``enhanced`` (same shape, [0, 1]) and, with ``structure=True``, ``structure`` logits
+``(N, 1, H, W)``. Batch, height and width are dynamic (H, W must be multiples of the model's
+``multiple``). The graph keeps one initializer per weight, named after the parameter (no
+folding at export): ONNX Runtime and TensorRT fold normalisation themselves when they build,
+and weight refresh (ORT session swap, TensorRT refit) needs the names.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from same_fast.engine.base import DeployModule, model_channels, model_multiple
+from same_fast.errors import InputError, missing_dependency
+
+INPUT = "input"
+OUTPUT = "enhanced"
+STRUCTURE = "structure"
+DEFAULT_OPSET = 18
+
+
+@dataclass
+class ExportConfig:
+    """``same-fast export`` options that shape the ONNX graph (one field per flag)."""
+
+    opset: int = DEFAULT_OPSET
+    dynamic: bool = True
+    structure: bool = False  # also output the structure logits
+    sample_size: int = 64  # H = W of the tracing input (rounded up to the model's multiple)
+
+
+def _require_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise missing_dependency("onnx", "ONNX export", "onnx") from None
+    return onnx
+
+
+def export_onnx(model: nn.Module, path: str | Path | None = None,
+                config: ExportConfig | None = None) -> bytes:
+    """Export ``model`` (SAMENet-like, CPU copy used) to ONNX; returns the model bytes.
+
+    Writes ``path`` too when given. Raises DependencyError without onnx/onnxscript.
+    """
+    onnx = _require_onnx()
+    cfg = config or ExportConfig()
+    channels = model_channels(model) or 3
+    mult = model_multiple(model)
+    size = max(mult, -(-cfg.sample_size // mult) * mult)
+    module = DeployModule(_cpu_eval_copy(model), structure=cfg.structure).eval()
+    sample = torch.rand(1, channels, size, size, generator=torch.Generator().manual_seed(0))
+    outputs = [OUTPUT, STRUCTURE] if cfg.structure else [OUTPUT]
+    data = _dynamo_export(module, sample, outputs, cfg)
+    proto = onnx.load_from_string(data)
+    onnx.checker.check_model(proto)
+    if path is not None:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(p)
+    return data
+
+
+def _cpu_eval_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    m = copy.deepcopy(model).to("cpu").float().eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+def _dynamo_export(module: nn.Module, sample: torch.Tensor, outputs: list[str],
+                   cfg: ExportConfig) -> bytes:
+    dyn = {"x": {0: "batch", 2: "height", 3: "width"}} if cfg.dynamic else None
+    buf = io.BytesIO()
+    # The exporter is chatty (progress lines, deprecation warnings): keep the CLI's output clean.
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(module, (sample,), dynamo=True, input_names=[INPUT],
+                                     output_names=outputs, dynamic_shapes=dyn,
+                                     opset_version=cfg.opset, optimize=False, verbose=False)
+            prog.save(buf)  # type: ignore[union-attr]
+    finally:
+        for lg, lv in zip(loggers, levels, strict=True):
+            lg.setLevel(lv)
+    return buf.getvalue()
+
+
+def initializer_map(model: nn.Module, onnx_model: Any) -> dict[str, str]:
+    """Our ``state_dict`` names -> ONNX initializer names (same shape, one to one).
+
+    The exporter names initializers after the module path inside ``DeployModule``
+    (``model.<name>``). Tensors the graph does not use (the structure decoder when it is not
+    exported, BatchNorm's step counter) are absent from the result.
+    """
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    inits = {i.name: tuple(i.dims) for i in onnx_model.graph.initializer}
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for name, shape in own.items():
+        for cand in (f"model.{name}", name):
+            if cand in inits and cand not in taken:
+                if inits[cand] != shape:
+                    raise InputError(f"ONNX initializer '{cand}' has shape {inits[cand]}, "
+                                     f"parameter '{name}' has {shape}")
+                out[name] = cand
+                taken.add(cand)
+                break
+    return out
+
+
+def replace_initializers(onnx_model: Any, mapping: Mapping[str, str],
+                         state: Mapping[str, torch.Tensor]) -> Any:
+    """A copy of ``onnx_model`` whose initializers hold ``state`` (our names, via ``mapping``)."""
+    from onnx import numpy_helper
+
+    new = type(onnx_model)()
+    new.CopyFrom(onnx_model)
+    by_name = {i.name: i for i in new.graph.initializer}
+    for ours, v in state.items():
+        name = mapping.get(ours)
+        if name is None:
+            continue  # not used by this graph
+        init = by_name[name]
+        arr = v.detach().to("cpu").numpy().astype(numpy_helper.to_array(init).dtype, copy=False)
+        init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+    return new
+
+
+def check_against_torch(model: nn.Module, onnx_bytes: bytes, sizes: tuple[tuple[int, int, int], ...]
+                        = ((1, 64, 64), (2, 96, 128)), seed: int = 0) -> float:
+    """Max |ORT - torch| of the enhanced output over random batches of the given (N, H, W).
+
+    H and W are rounded up to the model's multiple. Raises DependencyError without onnxruntime.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise missing_dependency("onnxruntime", "checking an ONNX export", "onnx") from None
+    mult = model_multiple(model)
+    channels = model_channels(model) or 3
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    module = DeployModule(_cpu_eval_copy(model)).eval()
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for n, h, w in sizes:
+        h, w = -(-h // mult) * mult, -(-w // mult) * mult
+        x = torch.rand(n, channels, h, w, generator=g)
+        with torch.inference_mode():
+            ref = module(x).numpy()
+        got = sess.run([OUTPUT], {INPUT: x.numpy()})[0]
+        worst = max(worst, float(np.abs(got - ref).max()))
+    return worst

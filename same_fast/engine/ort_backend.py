@@ -1,0 +1,175 @@
+"""ONNX Runtime backend: CPU execution provider (CUDA where the GPU build is installed).
+
+Weight refresh swaps sessions: the new weights are written into the cached graph's
+initializers, a new session is built beside the serving one, and the two are swapped under the
+lock, so frames keep flowing while the new session compiles.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from same_fast.engine.base import Backend, BackendConfig, model_channels
+from same_fast.engine.onnx_export import (
+    INPUT,
+    OUTPUT,
+    ExportConfig,
+    export_onnx,
+    initializer_map,
+    replace_initializers,
+)
+from same_fast.errors import DependencyError, InputError, missing_dependency
+
+_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+           "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise missing_dependency("onnxruntime", "the onnxruntime backend", "onnx") from None
+    return onnxruntime
+
+
+def graph_key(model: nn.Module, cfg: ExportConfig) -> str:
+    """Cache key of the exported graph: architecture, config and shapes, not weight values."""
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    blob = json.dumps({"cls": type(model).__qualname__, "config": getattr(model, "config", None),
+                       "shapes": shapes, "opset": cfg.opset, "dynamic": cfg.dynamic,
+                       "structure": cfg.structure, "torch": torch.__version__},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cached_onnx(model: nn.Module, cfg: ExportConfig, cache_dir: str | Path | None) -> bytes:
+    """Exported graph bytes, from ``cache_dir/onnx/<key>.onnx`` when present (weights not current)."""
+    if cache_dir is None:
+        return export_onnx(model, None, cfg)
+    path = Path(cache_dir) / "onnx" / f"{graph_key(model, cfg)}.onnx"
+    if path.is_file():
+        return path.read_bytes()
+    return export_onnx(model, path, cfg)
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime session over the exported ``DeployModule`` graph.
+
+    Options (``config.options``): ``ort_opt`` = disable|basic|extended|all (graph optimisation
+    level, default all: folds BatchNorm into convolutions, fuses activations), ``ort_layout``
+    = 1 to let the CPU EP convert convolutions to NCHWc blocked layout (part of level all).
+    ``config.threads``: intra-op threads (0 = ORT default). ``config.int8``: static QDQ int8
+    quantisation calibrated on ``calibration`` frames (``(N, C, H, W)`` in [0, 1]).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, model: nn.Module, metadata: Mapping[str, Any] | None = None,
+                 config: BackendConfig | None = None,
+                 calibration: torch.Tensor | None = None) -> None:
+        super().__init__(model, metadata, config)
+        ort = _ort()
+        if self.config.dtype != "fp32":
+            raise InputError("the onnxruntime backend runs fp32 (use tensorrt for fp16/bf16)")
+        self._model = _cpu_copy(model)
+        onnx = __import__("onnx")
+        self._graph = onnx.load_from_string(cached_onnx(self._model, ExportConfig(),
+                                                        self.config.cache_dir))
+        self._map = initializer_map(self._model, self._graph)
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise DependencyError("the onnxruntime backend on CUDA needs the GPU build "
+                                      "(pip install onnxruntime-gpu)")
+            self._providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0}),
+                               "CPUExecutionProvider"]
+        else:
+            self._providers = ["CPUExecutionProvider"]
+        self._calibration = calibration
+        self.int8_cost: dict[str, float] | None = None
+        self._session = self._build(self._model.state_dict())
+
+    def _reference_module(self) -> nn.Module:
+        return self._model
+
+    def _session_options(self) -> Any:
+        ort = _ort()
+        so = ort.SessionOptions()
+        level = str(self.config.options.get("ort_opt", "all"))
+        if level not in _LEVELS:
+            raise InputError(f"ort_opt must be one of {sorted(_LEVELS)}, got '{level}'")
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
+        if self.config.threads:
+            so.intra_op_num_threads = int(self.config.threads)
+        so.log_severity_level = 3
+        return so
+
+    def _build(self, state: Mapping[str, torch.Tensor]) -> Any:
+        ort = _ort()
+        proto = replace_initializers(self._graph, self._map, state)
+        data = proto.SerializeToString()
+        if self.config.int8:
+            from same_fast.engine.quantize import quantize_int8
+
+            data = quantize_int8(data, self._calibration_frames())
+        return ort.InferenceSession(data, sess_options=self._session_options(),
+                                    providers=self._providers)
+
+    def _calibration_frames(self) -> torch.Tensor:
+        if self._calibration is not None:
+            return self._calibration
+        from same_fast.engine.quantize import default_calibration
+
+        return default_calibration(model_channels(self._model) or 3, self.multiple)
+
+    def _forward(self, x01: torch.Tensor) -> torch.Tensor:
+        sess = self._session
+        if self.device.type == "cuda":
+            return self._forward_cuda(sess, x01)
+        out = sess.run([OUTPUT], {INPUT: x01.contiguous().numpy()})[0]
+        return torch.from_numpy(out)
+
+    def _forward_cuda(self, sess: Any, x01: torch.Tensor) -> torch.Tensor:
+        # IOBinding on device pointers: frames and results stay on the GPU, no host copies.
+        x01 = x01.contiguous()
+        y = torch.empty_like(x01)
+        idx = self.device.index or 0
+        b = sess.io_binding()
+        b.bind_input(INPUT, "cuda", idx, np.float32, list(x01.shape), x01.data_ptr())
+        b.bind_output(OUTPUT, "cuda", idx, np.float32, list(y.shape), y.data_ptr())
+        torch.cuda.current_stream(self.device).synchronize()
+        sess.run_with_iobinding(b)
+        return y
+
+    def _apply_weights(self, state: dict[str, torch.Tensor]) -> None:
+        own = self._model.state_dict()
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v.to("cpu", own[k].dtype))
+        new = self._build(own)  # built while the old session keeps serving
+        with self._lock:
+            self._session = new
+
+    def describe(self) -> dict[str, Any]:
+        ort = _ort()
+        d = {**super().describe(), "onnxruntime": ort.__version__,
+             "providers": self._session.get_providers(),
+             "ort_opt": self.config.options.get("ort_opt", "all"),
+             "threads": self.config.threads or "default", "int8": self.config.int8,
+             "initializers_mapped": len(self._map)}
+        return d
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    m = copy.deepcopy(model).to("cpu").float().eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m

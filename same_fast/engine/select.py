@@ -1,0 +1,212 @@
+"""``create_backend``: one front for every backend, and ``auto``, the measured choice.
+
+``auto`` times each backend that loads on this machine once, on the model at a serving-sized
+batch, and caches the winner in ``<cache_dir>/auto.json`` (default ``~/.cache/same-fast``),
+keyed by machine (CPU model, GPU name, core count, torch and onnxruntime versions) and model
+(architecture, config, parameter shapes). An automatic choice falls back quietly past a
+backend that cannot load; an explicit choice that cannot load fails loudly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from same_fast.engine.base import Backend, BackendConfig
+from same_fast.errors import InputError, SameFastError
+
+BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
+
+
+def default_cache_dir() -> Path:
+    """``$SAME_FAST_CACHE`` or ``~/.cache/same-fast``."""
+    return Path(os.environ.get("SAME_FAST_CACHE") or Path.home() / ".cache" / "same-fast")
+
+
+def _cls(name: str) -> type[Backend]:
+    if name == "torch":
+        from same_fast.engine.torch_backends import TorchBackend
+        return TorchBackend
+    if name == "compile":
+        from same_fast.engine.torch_backends import CompileBackend
+        return CompileBackend
+    if name == "onnxruntime":
+        from same_fast.engine.ort_backend import OnnxRuntimeBackend
+        return OnnxRuntimeBackend
+    if name == "tensorrt":
+        from same_fast.engine.tensorrt import TensorRTBackend
+        return TensorRTBackend
+    raise InputError(f"unknown backend '{name}' (choose auto, {', '.join(BACKENDS)})")
+
+
+def _resolve_model(model: nn.Module | str | os.PathLike, metadata: Mapping[str, Any] | None,
+                   device: str) -> tuple[nn.Module, dict[str, Any]]:
+    if isinstance(model, nn.Module):
+        return model, dict(metadata or {})
+    m, meta = load_any(model)
+    return m, {**meta, **dict(metadata or {})}
+
+
+def load_any(name_or_path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """A model in eval mode on the CPU from a shipped name or a checkpoint path.
+
+    SAMENet checkpoints go through ``same_fast.models.load_model``; checkpoints of the engine's
+    own stand-in (architecture ``TinyEnhancer``, used by tests and benchmarks) load here.
+    """
+    from same_fast import checkpoint
+
+    path = Path(name_or_path)
+    if path.is_file():
+        meta = checkpoint.read_metadata(path)
+        if meta.get("architecture") == "TinyEnhancer":
+            from same_fast.engine.testing import TinyEnhancer
+
+            tensors, meta = checkpoint.load(path)
+            m = TinyEnhancer(**(meta.get("config") or {}))
+            m.load_state_dict(tensors)
+            return m.eval(), meta
+    try:
+        from same_fast.models import load_model  # the model registry (shipped names, paths)
+    except ImportError:
+        raise InputError(f"cannot load '{name_or_path}': same_fast.models is not available "
+                         "in this build") from None
+    m, meta = load_model(str(name_or_path), device="cpu")
+    return m.eval(), dict(meta)
+
+
+def create_backend(name: str, model: nn.Module | str | os.PathLike,
+                   device: str = "cpu", dtype: str = "fp32", cache_dir: str | None = None,
+                   metadata: Mapping[str, Any] | None = None, threads: int = 0,
+                   int8: bool = False, channels_last: bool = False,
+                   options: Mapping[str, Any] | None = None) -> Backend:
+    """Create backend ``name`` ("auto" | "torch" | "compile" | "onnxruntime" | "tensorrt").
+
+    ``model``: an ``nn.Module`` with SAMENet's forward, a shipped model name or a checkpoint
+    path. ``device``: "cpu" or "cuda[:i]". ``dtype``: "fp32" on CPU; "fp16"/"bf16" on GPU.
+    Returns a ``Backend`` whose ``enhance`` takes ``(N, C, H, W)`` float in [0, 1].
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("device cuda requested but no CUDA device is available")
+    m, meta = _resolve_model(model, metadata, device)
+    cfg = BackendConfig(device=device, dtype=dtype, threads=threads, int8=int8,
+                        channels_last=channels_last,
+                        cache_dir=str(cache_dir or default_cache_dir()),
+                        options=dict(options or {}))
+    if name == "auto":
+        return _auto(m, meta, cfg)
+    return _cls(name)(m, meta, cfg)
+
+
+def machine_key() -> dict[str, Any]:
+    """What makes a timing comparable: CPU/GPU model, cores, library versions."""
+    from same_fast.benchsuites.common import environment
+
+    env = environment()
+    key = {k: env.get(k) for k in ("processor", "machine", "cpus", "torch_threads", "device")}
+    key["torch"] = torch.__version__
+    try:
+        import onnxruntime
+        key["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        key["onnxruntime"] = None
+    key["python"] = platform.python_version()
+    return key
+
+
+def model_key(model: nn.Module) -> dict[str, Any]:
+    return {"cls": type(model).__qualname__, "config": getattr(model, "config", None),
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def _auto(model: nn.Module, meta: dict[str, Any], cfg: BackendConfig) -> Backend:
+    cache = Path(cfg.cache_dir or default_cache_dir()) / "auto.json"
+    key = hashlib.sha256(json.dumps([machine_key(), model_key(model), cfg.device, cfg.dtype],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    table = _read(cache)
+    choice = table.get(key, {}).get("backend")
+    if choice:
+        try:
+            return _cls(choice)(model, meta, cfg)
+        except SameFastError:
+            pass  # the cached winner no longer loads (dependency removed): measure again
+    winner, timings, backend = _measure(model, meta, cfg)
+    table[key] = {"backend": winner, "seconds_per_batch": timings,
+                  "machine": machine_key(), "model": model_key(model),
+                  "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _write(cache, table)
+    return backend
+
+
+def _measure(model: nn.Module, meta: dict[str, Any], cfg: BackendConfig
+             ) -> tuple[str, dict[str, float], Backend]:
+    size = int(cfg.options.get("auto_size", 256))
+    batch = int(cfg.options.get("auto_batch", 1))
+    channels = None
+    candidates = list(BACKENDS) if cfg.device.startswith("cuda") else ["torch", "onnxruntime"]
+    # torch.compile on CPU takes tens of seconds to compile per shape; measured only on request.
+    if cfg.options.get("auto_compile") in ("1", "true", True) and "compile" not in candidates:
+        candidates.append("compile")
+    timings: dict[str, float] = {}
+    best: tuple[float, str, Backend] | None = None
+    for name in candidates:
+        try:
+            b = _cls(name)(model, meta, cfg)
+        except (SameFastError, ImportError):
+            continue
+        channels = channels or b.channels or 3
+        x = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(0))
+        try:
+            t = _time(b, x)
+        except Exception:  # a backend that loads but cannot run this model is not a candidate
+            continue
+        timings[name] = t
+        if best is None or t < best[0]:
+            best = (t, name, b)
+    if best is None:
+        raise InputError("no inference backend could run this model")
+    return best[1], timings, best[2]
+
+
+def _time(b: Backend, x: torch.Tensor, repeats: int = 5) -> float:
+    def sync() -> None:
+        if b.device.type == "cuda":
+            torch.cuda.synchronize(b.device)
+
+    for _ in range(2):
+        b.enhance(x)
+    sync()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        b.enhance(x)
+        sync()
+        ts.append(time.perf_counter() - t0)
+    return sorted(ts)[len(ts) // 2]
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write(path: Path, table: dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only home still serves; it only measures again next time

@@ -1,0 +1,267 @@
+"""Inference backends: same output as torch eager (before and after update_weights), the front's
+padding/cropping/FOV, typed errors, the auto choice and its cache, and the TensorRT plumbing that
+can be checked without TensorRT (ONNX graph, shape profiles, refit name mapping)."""
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from same_fast.engine import create_backend
+from same_fast.engine.onnx_export import (
+    OUTPUT,
+    STRUCTURE,
+    ExportConfig,
+    export_onnx,
+    initializer_map,
+    replace_initializers,
+)
+from same_fast.engine.tensorrt import refit_weights, shape_profile
+from same_fast.engine.testing import TinyEnhancer, perturbed_state
+from same_fast.errors import DependencyError, InputError, SameFastError
+from same_fast.nn import SAMENet, enhance
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+# fp32 ONNX Runtime vs torch eager: same maths, different kernels and summation order.
+TOL = 2e-5
+
+
+def _lite() -> SAMENet:
+    torch.manual_seed(0)
+    return SAMENet(3, "lite", base=8, levels=3).eval()  # multiple 8, ~30k parameters
+
+
+def _paper() -> SAMENet:
+    torch.manual_seed(1)
+    # The paper preset's layers (instance norm, stem 1, tanh) at toy width and depth.
+    return SAMENet(1, "paper", base=4, max_channels=16, levels=4).eval()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("engine-cache"))
+
+
+@pytest.mark.parametrize("make", [_lite, _paper], ids=["lite", "paper"])
+def test_onnxruntime_matches_eager_before_and_after_update(make, cache: str) -> None:
+    model = make()
+    c = model.config["in_channels"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, c, 45, 61, generator=g)  # not a multiple: exercises pad and crop
+    eager = create_backend("torch", model, cache_dir=cache)
+    rt = create_backend("onnxruntime", model, cache_dir=cache)
+    ref = enhance(model, x)  # the library's own inference
+    assert torch.equal(eager.enhance(x), ref)
+    y = rt.enhance(x)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert (y - ref).abs().max().item() < TOL
+
+    adapted = perturbed_state(model, 0.3, seed=3)
+    eager.update_weights(adapted)
+    rt.update_weights(adapted)
+    model.load_state_dict(adapted)
+    ref2 = enhance(model, x)
+    assert (ref2 - ref).abs().max().item() > 1e-2  # the update really changes the output
+    assert torch.equal(eager.enhance(x), ref2)
+    assert (rt.enhance(x) - ref2).abs().max().item() < TOL
+    assert rt.describe()["weights_version"] == 1
+
+
+def test_partial_update_and_private_copy(cache: str) -> None:
+    model = _lite()
+    b = create_backend("onnxruntime", model, cache_dir=cache)
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    before = b.enhance(x)
+    with torch.no_grad():  # the caller's own model keeps training: the backend must not follow
+        for p in model.parameters():
+            p.add_(1.0)
+    assert torch.equal(b.enhance(x), before)
+    name = "image_decoder.head.bias"
+    b.update_weights({name: torch.full_like(model.state_dict()[name], 0.5)})
+    assert not torch.equal(b.enhance(x), before)
+
+
+def test_front_pads_crops_and_masks(cache: str) -> None:
+    b = create_backend("torch", _lite(), cache_dir=cache)
+    x = torch.rand(1, 3, 13, 7, generator=torch.Generator().manual_seed(2))
+    fov = torch.zeros(13, 7, dtype=torch.bool)
+    fov[2:10, 1:5] = True
+    y = b.enhance(x, fov=fov)
+    assert y.shape == (1, 3, 13, 7)
+    assert float(y[..., ~fov].abs().max()) == 0.0
+    assert float(y[..., fov].abs().max()) > 0.0
+    assert 0.0 <= float(y.min()) and float(y.max()) <= 1.0
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (np.zeros((1, 3, 8, 8), np.float32), "torch.Tensor"),
+    (torch.zeros(3, 8, 8), "(N, C, H, W)"),
+    (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "float"),
+    (torch.zeros(1, 1, 8, 8), "3 channel"),
+    (torch.zeros(0, 3, 8, 8), "empty"),
+])
+def test_bad_batches_are_typed_errors(bad, msg: str, cache: str) -> None:
+    b = create_backend("torch", _lite(), cache_dir=cache)
+    with pytest.raises(InputError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        b.enhance(bad)
+
+
+def test_bad_weights_and_names_are_typed_errors(cache: str) -> None:
+    model = _lite()
+    b = create_backend("onnxruntime", model, cache_dir=cache)
+    with pytest.raises(InputError, match="unknown tensor"):
+        b.update_weights({"nope.weight": torch.zeros(1)})
+    k = "image_decoder.head.bias"
+    with pytest.raises(InputError, match="shape"):
+        b.update_weights({k: torch.zeros(99)})
+    assert b.describe()["weights_version"] == 0
+    with pytest.raises(InputError, match="unknown backend"):
+        create_backend("magic", model)
+    with pytest.raises(InputError, match="fp32"):
+        create_backend("torch", model, dtype="fp16")
+    with pytest.raises(DependencyError, match="tensorrt"):
+        create_backend("tensorrt", model, cache_dir=cache)
+
+
+def test_update_while_serving_never_mixes_weights(cache: str) -> None:
+    """Frames served during a session swap come from the old or the new weights, never a mix."""
+    model = _lite()
+    b = create_backend("onnxruntime", model, cache_dir=cache)
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    old = b.enhance(x)
+    states = [perturbed_state(model, 0.3, seed=s) for s in range(3)]
+    refs = [old]
+    for st in states:
+        m = _lite()
+        m.load_state_dict(st)
+        refs.append(enhance(m, x))
+    seen, errors = [], []
+
+    def serve() -> None:
+        try:
+            for _ in range(30):
+                seen.append(b.enhance(x))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    for st in states:
+        b.update_weights(st)
+    t.join()
+    assert not errors
+    for y in seen:
+        assert min((y - r).abs().max().item() for r in refs) < TOL
+
+
+def test_auto_measures_once_and_caches(cache: str, monkeypatch) -> None:
+    from pathlib import Path
+
+    tmp_path = Path(cache)
+    (tmp_path / "auto.json").unlink(missing_ok=True)
+    model = _lite()
+    b = create_backend("auto", model, cache_dir=str(tmp_path),
+                       options={"auto_size": 32, "auto_batch": 1})
+    table = json.loads((tmp_path / "auto.json").read_text())
+    (entry,) = table.values()
+    assert entry["backend"] == b.name
+    assert set(entry["seconds_per_batch"]) >= {"torch", "onnxruntime"}
+    assert b.name == min(entry["seconds_per_batch"], key=entry["seconds_per_batch"].get)
+
+    import same_fast.engine.select as sel
+
+    def boom(*a, **k):
+        raise AssertionError("measured again despite the cache")
+
+    monkeypatch.setattr(sel, "_measure", boom)
+    again = create_backend("auto", model, cache_dir=str(tmp_path))
+    assert again.name == b.name
+
+
+def test_refit_mapping_covers_every_parameter_once() -> None:
+    """The ONNX graph TensorRT parses holds every trainable weight as its own initializer."""
+    model = _paper()
+    data = export_onnx(model, None, ExportConfig(structure=True, sample_size=16))
+    proto = onnx.load_from_string(data)
+    onnx.checker.check_model(proto)
+    assert [o.name for o in proto.graph.output] == [OUTPUT, STRUCTURE]
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert isinstance(dims[0], str) and dims[1] == 1 and all(isinstance(d, str) for d in dims[2:])
+    mapping = initializer_map(model, proto)
+    params = dict(model.named_parameters())
+    assert set(params) <= set(mapping)
+    assert len(set(mapping.values())) == len(mapping)  # one to one
+    inits = {i.name: tuple(i.dims) for i in proto.graph.initializer}
+    for name, p in params.items():
+        assert inits[mapping[name]] == tuple(p.shape)
+    # The arrays handed to the refitter, and an ONNX graph rebuilt from them, hold new weights.
+    new = perturbed_state(model, 0.2, seed=5)
+    arrays = refit_weights(mapping, new)
+    assert set(arrays) == {mapping[k] for k in params}
+    k = next(iter(params))
+    np.testing.assert_array_equal(arrays[mapping[k]], new[k].numpy())
+    rebuilt = replace_initializers(proto, mapping, new)
+    sess = ort.InferenceSession(rebuilt.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = torch.rand(2, 1, 16, 32, generator=torch.Generator().manual_seed(6))
+    model.load_state_dict(new)
+    with torch.no_grad():
+        img, logits = model(x * 2 - 1)
+    got_img, got_s = sess.run(None, {"input": x.numpy()})
+    assert np.abs(got_img - ((img + 1) / 2).clamp(0, 1).numpy()).max() < TOL
+    assert np.abs(got_s - logits.numpy()).max() < 1e-4
+
+
+def test_image_only_export_prunes_the_structure_decoder(cache: str) -> None:
+    from same_fast.engine.ort_backend import cached_onnx
+
+    model = _lite()
+    proto = onnx.load_from_string(cached_onnx(model, ExportConfig(), cache))
+    mapping = initializer_map(model, proto)
+    assert not any(k.startswith("structure_decoder.") for k in mapping)
+    assert all(k in mapping for k, _ in model.named_parameters()
+               if k.startswith(("downs.", "image_decoder.")))
+
+
+def test_shape_profile_rounds_and_orders() -> None:
+    p = shape_profile(3, 32, opt_hw=(500, 700), max_hw=(1000, 1030), opt_batch=4, max_batch=16)
+    assert p.min == (1, 3, 32, 32)
+    assert p.opt == (4, 3, 512, 704)
+    assert p.max == (16, 3, 1024, 1056)
+    for shape in (p.min, p.opt, p.max):
+        assert shape[2] % 32 == 0 and shape[3] % 32 == 0
+    assert p.contains((2, 3, 64, 1056)) and not p.contains((17, 3, 64, 64))
+    clipped = shape_profile(1, 256, opt_hw=(4096, 4096), max_hw=(1024, 1024), opt_batch=64,
+                            max_batch=8)
+    assert clipped.opt == (8, 1, 1024, 1024)
+    with pytest.raises(InputError):
+        shape_profile(3, 32, min_hw=(2048, 2048), max_hw=(512, 512))
+
+
+@pytest.mark.slow
+def test_int8_onnxruntime_is_close_but_not_exact(cache: str) -> None:
+    """Static int8 (QDQ) costs accuracy; pin how much, by SSIM against the fp32 output."""
+    from skimage.metrics import structural_similarity
+
+    from same_fast.engine.quantize import default_calibration
+
+    model = _lite()
+    x = default_calibration(3, 8, size=64, count=2, seed=9)
+    fp32 = create_backend("onnxruntime", model, cache_dir=cache).enhance(x)
+    q = create_backend("onnxruntime", model, cache_dir=cache, int8=True).enhance(x)
+    assert q.shape == fp32.shape
+    ssim = structural_similarity(fp32[0].numpy(), q[0].numpy(), channel_axis=0, data_range=1.0)
+    assert 0.9 < ssim < 1.0
+
+
+def test_stand_in_works_too(cache: str) -> None:
+    model = TinyEnhancer(width=4).eval()
+    x = torch.rand(1, 3, 10, 10, generator=torch.Generator().manual_seed(7))
+    a = create_backend("torch", model, cache_dir=cache).enhance(x)
+    b = create_backend("onnxruntime", model, cache_dir=cache).enhance(x)
+    assert (a - b).abs().max().item() < TOL
+    assert issubclass(DependencyError, SameFastError)
