@@ -1,0 +1,49 @@
+"""``same-fast train-source``: train the enhancer on clean scans degraded on the fly."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from same_fast.train.source import MODALITIES, SourceConfig
+
+HELP = "train the source enhancer on degraded/clean pairs made on the fly"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = SourceConfig(data="", out="")
+    p.add_argument("-i", "--data", required=True,
+                   help="folder with images/ [masks/] [fov/], or set names joined by commas "
+                        "(DRIVE, HRF, FIVES, BUSI, CCAUS)")
+    p.add_argument("-o", "--out", required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--modality", required=True, choices=sorted(MODALITIES))
+    p.add_argument("--preset", default=d.preset, choices=["lite", "paper"])
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--size", type=int, default=d.size, help="training crop side (pixels)")
+    p.add_argument("--load-size", type=int, default=d.load_size,
+                   help="side of the full frames the crops come from (pixels)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lambda-s", type=float, default=d.lambda_s, help="structure loss weight")
+    p.add_argument("--degrade", default=None, help="degradation preset (default per modality)")
+    p.add_argument("--holdout", type=float, default=d.holdout,
+                   help="fraction of each set held out for validation")
+    p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--resume", action="store_true", help="continue from <out>.last.safetensors")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: default)")
+    p.add_argument("--max-minutes", type=float, default=d.max_minutes,
+                   help="stop after this wall time (0: no limit)")
+    p.add_argument("--max-images", type=int, default=d.max_images,
+                   help="use at most this many images per set (0: all)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def run(args: argparse.Namespace) -> int:
+    from same_fast.train.source import train_source
+
+    fields = {f for f in SourceConfig.__dataclass_fields__ if f != "command"}
+    cfg = SourceConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    summary = train_source(cfg)
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,55 @@
+"""Synthetic degradations (SPEC section 2): named, seeded, batched tensor presets on CPU or GPU.
+
+``degrade(x01, preset, generator, fov)`` takes ``(N, C, H, W)`` float in [0, 1] and returns a
+degraded batch of the same shape, device and range; every parameter is drawn per image from
+``generator`` (pass one on the tensors' device for speed; a CPU generator also works with CUDA
+tensors) and outside ``fov`` stays black. Presets: ``fundus-shen2020``, ``fundus-cataract``,
+``gray`` (OCT and ultrasound illumination, blur, noise) and ``ultrasound-speckle``. Their ranges
+are dataclass fields: ``dataclasses.replace(PRESETS["gray"], p_blur=0.0)`` holds a family out.
+"""
+from __future__ import annotations
+
+import torch
+
+from same_fast.degrade.presets import (
+    PRESETS,
+    Cataract,
+    Gray,
+    Preset,
+    Shen2020,
+    UltrasoundSpeckle,
+)
+from same_fast.errors import InputError
+
+__all__ = ["PRESETS", "Cataract", "Gray", "Preset", "Shen2020", "UltrasoundSpeckle", "degrade",
+           "get_preset"]
+
+
+def get_preset(preset: str | Preset) -> Preset:
+    """A preset by name (or the preset itself); unknown names list the known ones."""
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise InputError(f"unknown degradation preset '{preset}' "
+                             f"(choose from {', '.join(sorted(PRESETS))})")
+        return PRESETS[preset]
+    if not hasattr(preset, "apply"):
+        raise InputError(f"not a degradation preset: {preset!r}")
+    return preset
+
+
+def degrade(x01: torch.Tensor, preset: str | Preset, generator: torch.Generator | None = None,
+            fov: torch.Tensor | None = None) -> torch.Tensor:
+    """Degrade ``(N, C, H, W)`` float in [0, 1] with ``preset``; same shape, range and device.
+
+    ``fov``: optional ``(N, 1, H, W)`` or ``(N, H, W)`` mask; outside it the result is black.
+    Deterministic for a given generator state (same seed, same device -> same output).
+    """
+    p = get_preset(preset)
+    if x01.dim() != 4 or not x01.is_floating_point():
+        raise InputError(f"degrade expects float (N, C, H, W), got {x01.dtype} {tuple(x01.shape)}")
+    if fov is not None:
+        m = fov if fov.dim() == 4 else fov.unsqueeze(1)
+        if m.shape[0] != x01.shape[0] or m.shape[-2:] != x01.shape[-2:]:
+            raise InputError(f"FOV mask shape {tuple(fov.shape)} does not fit {tuple(x01.shape)}")
+    with torch.no_grad():
+        return p.apply(x01.clamp(0, 1), generator, fov)

@@ -1,0 +1,290 @@
+"""The degradation presets of SPEC section 2 as dataclasses whose fields are their ranges.
+
+Ranges are ``(low, high)`` of a uniform draw per image. Spatial ranges in pixels are given at the
+reference size ``reference_px`` (512) and scaled by ``min(H, W) / reference_px``; fractional
+ranges (of the image size) need no scaling. Each preset's ``apply(x, generator, fov)`` takes
+``(N, C, H, W)`` float in [0, 1] and returns the same shape and range; outside ``fov`` is black.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from same_fast.degrade import ops
+
+Range = tuple[float, float]
+
+
+def _u(g: torch.Generator | None, n: int, r: Range, device: torch.device) -> torch.Tensor:
+    """``n`` uniform draws in ``r`` from ``g`` (drawn on the generator's device, moved to ours)."""
+    gd = g.device if g is not None else torch.device("cpu")
+    v = torch.rand(n, generator=g, device=gd)
+    return (r[0] + (r[1] - r[0]) * v).to(device)
+
+
+def _scale(x: torch.Tensor, reference_px: int) -> float:
+    return min(x.shape[-2:]) / float(reference_px)
+
+
+@dataclass(frozen=True)
+class Cataract:
+    """Cataract haze (after Li et al.'s ArcNet simulation, SPEC section 2).
+
+    haze: grows linearly with distance from a centre offset by ``center_offset`` x size, smoothed
+    with a Gaussian of ``haze_smooth`` x size; image blurred with an OpenCV-style Gaussian of
+    ``kernel`` taps (odd, at 512 px) and ``sigma``; ``out = base x blurred + r x haze x
+    (channel max - blurred)``, then contrast, brightness and colour factors.
+    """
+
+    name: str = "fundus-cataract"
+    center_offset: float = 0.3
+    haze_smooth: float = 0.05
+    kernel: tuple[int, int] = (1, 7)
+    sigma: Range = (10.0, 30.0)
+    base: float = 0.8
+    r: Range = (0.6, 0.8)
+    contrast: Range = (0.9, 1.3)
+    brightness: Range = (0.9, 1.0)
+    color: Range = (0.9, 1.3)
+    reference_px: int = 512
+
+    def apply(self, x: torch.Tensor, g: torch.Generator | None,
+              fov: torch.Tensor | None = None) -> torch.Tensor:
+        n, c, h, w = x.shape
+        d = x.device
+        s = _scale(x, self.reference_px)
+        cy = (0.5 + _u(g, n, (-self.center_offset, self.center_offset), d)) * h
+        cx = (0.5 + _u(g, n, (-self.center_offset, self.center_offset), d)) * w
+        dist = ops.distance(h, w, cy, cx)
+        haze = dist / dist.amax((2, 3), keepdim=True).clamp_min(1e-6)
+        haze = ops.blur(haze, torch.full((n,), self.haze_smooth * min(h, w), device=d))
+        # odd kernel sizes in [kernel], scaled with the image
+        k0, k1 = self.kernel
+        kk = torch.floor(_u(g, n, (k0 / 2, k1 / 2 + 1), d)).clamp_max(k1 // 2) * 2 + 1
+        kk = (torch.round((kk - 1) / 2 * s) * 2 + 1).clamp_min(1)
+        blurred = ops.box_gaussian_blur(x, kk, _u(g, n, self.sigma, d) * s)
+        cmax = x.amax((2, 3), keepdim=True)
+        r = _u(g, n, self.r, d).view(-1, 1, 1, 1)
+        y = self.base * blurred + r * haze * (cmax - blurred)
+        y = ops.adjust_contrast(y, _u(g, n, self.contrast, d))
+        y = ops.adjust_brightness(y, _u(g, n, self.brightness, d))
+        y = ops.adjust_saturation(y, _u(g, n, self.color, d))
+        return ops.keep_fov(y.clamp(0, 1), fov)
+
+
+def _halo(x: torch.Tensor, g: torch.Generator | None, diameter: Range, center: float,
+          softness: float, strength: Range, tint: Range) -> torch.Tensor:
+    """A bright ring outside a circle of ``diameter`` x size, smoothed, tinted per channel."""
+    n, c, h, w = x.shape
+    d = x.device
+    size = min(h, w)
+    cy = (0.5 + _u(g, n, (-center, center), d)) * h
+    cx = (0.5 + _u(g, n, (-center, center), d)) * w
+    r_in = _u(g, n, diameter, d) * size / 2
+    ring = torch.sigmoid((ops.distance(h, w, cy, cx) - r_in.view(-1, 1, 1, 1))
+                         / (softness * size))
+    t = torch.stack([_u(g, n, tint, d) for _ in range(c)], 1).view(n, c, 1, 1)
+    a = _u(g, n, strength, d).view(-1, 1, 1, 1)
+    return x + a * ring * t * (1 - x)
+
+
+def _hole(x: torch.Tensor, g: torch.Generator | None, diameter: Range, band: Range,
+          depth_base: float, depth_slope: float) -> torch.Tensor:
+    """A smooth dark blob of ``diameter`` x width, centre in the middle ``band`` of the image."""
+    n, c, h, w = x.shape
+    d = x.device
+    cy = _u(g, n, band, d).view(n, 1) * h
+    cx = _u(g, n, band, d).view(n, 1) * w
+    # the blob's 1/e^2 radius is the hole's radius: sigma = radius / 2
+    rad = (_u(g, n, diameter, d) * w / 4).view(n, 1)
+    blob = ops.gaussian_blobs(h, w, cy, cx, rad, torch.ones(n, 1, device=d))
+    depth = depth_base + depth_slope * x.mean((1, 2, 3))
+    return x * (1 - depth.view(-1, 1, 1, 1) * blob.clamp(0, 1))
+
+
+@dataclass(frozen=True)
+class Shen2020:
+    """Fundus degradations of Shen et al. 2020 (effective ranges of the reference code).
+
+    Per image a type is drawn uniformly from ``types``; ``illum`` = colour jitter + halo + dark
+    hole, ``spot`` = bright spots, ``blur`` = Gaussian blur, ``cataract`` = the ``cataract``
+    preset. Colour factors follow PIL's ImageEnhance (brightness, contrast, saturation).
+    """
+
+    name: str = "fundus-shen2020"
+    types: tuple[str, ...] = ("illum", "spot", "blur", "illum+spot", "blur+illum", "blur+spot",
+                              "illum+spot+blur", "cataract", "cataract")
+    brightness: Range = (0.5, 1.4)
+    contrast: Range = (0.5, 1.5)
+    saturation: Range = (0.5, 1.5)
+    halo_diameter: Range = (0.75, 1.0)   # inner diameter, fraction of the image size
+    halo_center: float = 0.125           # centre offset, fraction of the size
+    halo_softness: float = 0.05          # ring edge width, fraction of the size
+    halo_strength: Range = (0.2, 0.6)    # fraction of the way to white at the ring
+    halo_tint: Range = (0.6, 1.0)        # per-channel factor of the ring's brightness
+    hole_diameter: Range = (0.4, 0.7)    # fraction of the width
+    hole_band: Range = (0.35, 0.65)      # centre range, fraction of height/width
+    hole_depth_base: float = 0.26
+    hole_depth_slope: float = 0.05       # x mean intensity in [0, 1]
+    spots: tuple[int, int] = (5, 10)
+    spot_radius: Range = (0.01, 0.05)    # fraction of the height
+    spot_strength: Range = (0.05, 0.3)   # peak brightening of a spot, toward white
+    blur_sigma: Range = (5.0, 15.0)      # pixels at reference_px
+    reference_px: int = 512
+    cataract: Cataract = field(default_factory=Cataract)
+
+    def apply(self, x: torch.Tensor, g: torch.Generator | None,
+              fov: torch.Tensor | None = None) -> torch.Tensor:
+        n, c, h, w = x.shape
+        d = x.device
+        idx = torch.floor(_u(g, n, (0, len(self.types)), d)).long().clamp_max(len(self.types) - 1)
+        kinds = [self.types[i] for i in idx.tolist()]
+        has = {k: torch.tensor([k in t.split("+") for t in kinds], device=d)
+               for k in ("illum", "spot", "blur", "cataract")}
+        y = x
+        if bool(has["illum"].any()):
+            z = ops.adjust_brightness(y, _u(g, n, self.brightness, d))
+            z = ops.adjust_contrast(z, _u(g, n, self.contrast, d))
+            z = ops.adjust_saturation(z, _u(g, n, self.saturation, d)).clamp(0, 1)
+            z = ops.keep_fov(z, fov)
+            z = _halo(z, g, self.halo_diameter, self.halo_center, self.halo_softness,
+                      self.halo_strength, self.halo_tint)
+            z = _hole(z, g, self.hole_diameter, self.hole_band, self.hole_depth_base,
+                      self.hole_depth_slope)
+            y = torch.where(has["illum"].view(-1, 1, 1, 1), z, y)
+        if bool(has["spot"].any()):
+            k = self.spots[1]
+            count = torch.floor(_u(g, n, (self.spots[0], self.spots[1] + 1), d)).clamp_max(k)
+            present = (torch.arange(k, device=d).view(1, k) < count.view(n, 1)).float()
+            cy = _u(g, n * k, (0.1, 0.9), d).view(n, k) * h
+            cx = _u(g, n * k, (0.1, 0.9), d).view(n, k) * w
+            rad = _u(g, n * k, self.spot_radius, d).view(n, k) * h
+            amp = _u(g, n * k, self.spot_strength, d).view(n, k) * present
+            spots = ops.gaussian_blobs(h, w, cy, cx, rad, amp).clamp(0, 1)
+            z = y + spots * (1 - y)
+            y = torch.where(has["spot"].view(-1, 1, 1, 1), z, y)
+        if bool(has["blur"].any()):
+            sig = _u(g, n, self.blur_sigma, d) * _scale(x, self.reference_px)
+            sel = has["blur"].nonzero().view(-1)  # blur only the samples that need it
+            y = y.index_copy(0, sel, ops.blur(y.index_select(0, sel), sig.index_select(0, sel)))
+        if bool(has["cataract"].any()):
+            z = self.cataract.apply(x, g, fov)
+            y = torch.where(has["cataract"].view(-1, 1, 1, 1), z, y)
+        return ops.keep_fov(y.clamp(0, 1), fov)
+
+
+@dataclass(frozen=True)
+class Gray:
+    """Grey-scale degradations for OCT and ultrasound (SPEC section 2).
+
+    Brightness x ``dark`` or x ``bright`` (equal odds), contrast x ``contrast``; halo, hole and
+    blur each with probability ``p_halo``, ``p_hole``, ``p_blur``; then additive Gaussian noise
+    (variance ``noise_var``) or multiplicative speckle ``x + x n`` (variance ``speckle_var``),
+    equal odds.
+    """
+
+    name: str = "gray"
+    dark: Range = (0.5, 0.7)
+    bright: Range = (1.2, 1.5)
+    contrast: Range = (0.4, 1.6)
+    p_halo: float = 0.5
+    p_hole: float = 0.5
+    p_blur: float = 0.5
+    halo_diameter: Range = (0.75, 1.0)
+    halo_center: float = 0.125
+    halo_softness: float = 0.05
+    halo_strength: Range = (0.2, 0.6)
+    hole_diameter: Range = (0.4, 0.7)
+    hole_band: Range = (0.35, 0.65)
+    hole_depth_base: float = 0.26
+    hole_depth_slope: float = 0.05
+    blur_sigma: Range = (5.0, 15.0)      # pixels at reference_px
+    noise_var: Range = (0.01, 0.03)
+    speckle_var: Range = (0.02, 0.05)
+    reference_px: int = 512
+
+    def apply(self, x: torch.Tensor, g: torch.Generator | None,
+              fov: torch.Tensor | None = None) -> torch.Tensor:
+        n = x.shape[0]
+        d = x.device
+        dark = _u(g, n, (0, 1), d) < 0.5
+        f = torch.where(dark, _u(g, n, self.dark, d), _u(g, n, self.bright, d))
+        y = ops.adjust_contrast(ops.adjust_brightness(x, f), _u(g, n, self.contrast, d))
+        y = y.clamp(0, 1)
+        use = {k: (_u(g, n, (0, 1), d) < p).view(-1, 1, 1, 1)
+               for k, p in (("halo", self.p_halo), ("hole", self.p_hole), ("blur", self.p_blur))}
+        z = _halo(y, g, self.halo_diameter, self.halo_center, self.halo_softness,
+                  self.halo_strength, (1.0, 1.0))
+        y = torch.where(use["halo"], z, y)
+        z = _hole(y, g, self.hole_diameter, self.hole_band, self.hole_depth_base,
+                  self.hole_depth_slope)
+        y = torch.where(use["hole"], z, y)
+        sig = _u(g, n, self.blur_sigma, d) * _scale(x, self.reference_px)
+        sel = use["blur"].view(-1).nonzero().view(-1)
+        y = y.index_copy(0, sel, ops.blur(y.index_select(0, sel), sig.index_select(0, sel)))
+        gaussian = (_u(g, n, (0, 1), d) < 0.5).view(-1, 1, 1, 1)
+        std_n = _u(g, n, self.noise_var, d).sqrt().view(-1, 1, 1, 1)
+        std_s = _u(g, n, self.speckle_var, d).sqrt().view(-1, 1, 1, 1)
+        noise = _randn(g, y)
+        y = torch.where(gaussian, y + std_n * noise, y + y * std_s * noise)
+        return ops.keep_fov(y.clamp(0, 1), fov)
+
+
+def _randn(g: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    gd = g.device if g is not None else torch.device("cpu")
+    return torch.randn(like.shape, generator=g, device=gd).to(like.device, like.dtype)
+
+
+@dataclass(frozen=True)
+class UltrasoundSpeckle:
+    """Ultrasound speckle following the imaging physics.
+
+    The displayed image is taken as log-compressed envelope ``x = 1 + ln(a) / D`` over a dynamic
+    range of ``dynamic_range_db``; the envelope ``a`` is multiplied by fully developed speckle
+    (Rayleigh amplitude of a complex Gaussian field, spatially correlated by a Gaussian of
+    ``grain_sigma`` pixels at 512 px, unit mean), mixed with the clean envelope by
+    ``strength``, log-compressed back, then gain x ``gain``, contrast x ``contrast`` and a mild
+    blur (``blur_sigma`` at 512 px) with probability ``p_blur``.
+    """
+
+    name: str = "ultrasound-speckle"
+    dynamic_range_db: Range = (40.0, 60.0)
+    grain_sigma: Range = (0.7, 2.0)
+    strength: Range = (0.5, 1.0)
+    gain: Range = (0.7, 1.2)
+    contrast: Range = (0.6, 1.1)
+    p_blur: float = 0.5
+    blur_sigma: Range = (1.0, 4.0)
+    reference_px: int = 512
+
+    def apply(self, x: torch.Tensor, g: torch.Generator | None,
+              fov: torch.Tensor | None = None) -> torch.Tensor:
+        n = x.shape[0]
+        d = x.device
+        s = _scale(x, self.reference_px)
+        dr = _u(g, n, self.dynamic_range_db, d).view(-1, 1, 1, 1) * (math.log(10) / 20)
+        env = torch.exp((x - 1.0) * dr)  # linear envelope amplitude in (0, 1]
+        # complex Gaussian field, smoothed to the speckle grain, renormalised to unit power
+        grain = _u(g, n, self.grain_sigma, d) * s
+        re = ops.blur(_randn(g, x), grain)
+        im = ops.blur(_randn(g, x), grain)
+        power = (re ** 2 + im ** 2)
+        amp = torch.sqrt(power / power.mean((1, 2, 3), keepdim=True).clamp_min(1e-12))
+        amp = amp / math.sqrt(math.pi / 4)  # Rayleigh mean sqrt(pi)/2 -> unit mean amplitude
+        k = _u(g, n, self.strength, d).view(-1, 1, 1, 1)
+        speckled = env * ((1 - k) + k * amp)
+        y = 1.0 + torch.log(speckled.clamp_min(1e-6)) / dr
+        y = ops.adjust_brightness(y.clamp(0, 1), _u(g, n, self.gain, d))
+        y = ops.adjust_contrast(y, _u(g, n, self.contrast, d)).clamp(0, 1)
+        use = _u(g, n, (0, 1), d) < self.p_blur
+        y = ops.blur(y, _u(g, n, self.blur_sigma, d) * s * use)
+        return ops.keep_fov(y.clamp(0, 1), fov)
+
+
+Preset = Shen2020 | Cataract | Gray | UltrasoundSpeckle
+
+PRESETS: dict[str, Preset] = {
+    p.name: p for p in (Shen2020(), Cataract(), Gray(), UltrasoundSpeckle())
+}

@@ -1,0 +1,1 @@
+"""Training: the source enhancer (``source``) and the pseudo-label picker (``picker``)."""

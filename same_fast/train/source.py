@@ -1,0 +1,426 @@
+"""Source training of SAMENet on clean scans degraded on the fly (SPEC sections 2 and 3).
+
+Data: a folder with ``images/`` and optional ``masks/`` (structure) and ``fov/``, or names from
+``same_fast.data.DATASETS`` joined by commas (``HRF,FIVES``). Images are loaded once, square-
+cropped and resized so that their side is ``load_size``; each step takes a batch, zooms it by
+U(1.1, 1.35), degrades the whole frames on the device (so halo, hole and blur have the scale of
+the full image), then takes random ``size`` crops with independent horizontal and vertical flips.
+
+Loss: L1(image, clean) + ``lambda_s`` x (BCE + Dice)(structure logits, mask); Adam.
+A held-out split (``holdout`` fraction per set, chosen by name with the seed) is degraded once
+with a fixed seed and scored every ``val_every`` steps under the paper protocol (SSIM/PSNR).
+Writes ``out`` (the best validation checkpoint), ``<out>.last.safetensors`` (weights + Adam state
+for ``--resume``) and ``<out>.log.jsonl``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from same_fast import checkpoint
+from same_fast.data import DATASETS, data_root
+from same_fast.degrade import degrade, get_preset
+from same_fast.errors import CheckpointError, InputError
+from same_fast.io import list_images, load, load_mask, to_tensor
+from same_fast.models import build_from_metadata, save_model
+from same_fast.nn import SAMENet, enhance
+
+MODALITIES = {"fundus": (3, "fundus-shen2020"), "oct": (1, "gray"),
+              "ultrasound": (1, "ultrasound-speckle")}
+
+
+@dataclass
+class SourceConfig:
+    """One field per ``same-fast train-source`` flag."""
+
+    data: str                      # folder or DATASETS names joined by commas
+    out: str                       # checkpoint path (.safetensors)
+    modality: str = "fundus"       # fundus | oct | ultrasound
+    preset: str = "lite"           # SAMENet preset
+    steps: int = 2000
+    batch: int = 4
+    size: int = 256                # training crop (pixels)
+    load_size: int = 512           # side of the full frames before zoom and crop
+    lr: float = 2e-4
+    lambda_s: float = 0.1          # weight of the structure loss
+    degrade: str | None = None     # preset name; default per modality
+    holdout: float = 0.15          # fraction of each set held out for validation (>= 1 image)
+    val_every: int = 250
+    seed: int = 0
+    device: str = "cpu"
+    resume: bool = False
+    threads: int = 0               # torch CPU threads (0: torch's default)
+    max_minutes: float = 0.0       # stop (validate, save) after this wall time (0: no limit)
+    max_images: int = 0            # cap per set (0: all), for quick runs and tests
+    progress: bool = True
+    command: str = field(default_factory=lambda: " ".join(sys.argv))
+
+
+@dataclass
+class Sample:
+    name: str
+    image: torch.Tensor            # (C, S, S) uint8
+    mask: torch.Tensor | None      # (1, S, S) bool structure
+    fov: torch.Tensor | None       # (1, S, S) bool field of view
+
+
+def _square(t: torch.Tensor, side: int, mode: str) -> torch.Tensor:
+    """Centre square crop of ``(C, H, W)`` then resize to ``side`` (area for images)."""
+    h, w = t.shape[-2:]
+    s = min(h, w)
+    t = t[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s].float()
+    if mode == "nearest":
+        return F.interpolate(t[None], size=(side, side), mode="nearest")[0]
+    return F.interpolate(t[None], size=(side, side), mode="area" if s > side else "bilinear")[0]
+
+
+def estimate_fov(img01: torch.Tensor) -> torch.Tensor:
+    """Fundus FOV from the image: smoothed max channel above 6 % of its 99th percentile."""
+    m = img01.amax(0, keepdim=True)[None]
+    m = F.avg_pool2d(m, 9, 1, 4)[0]
+    thr = 0.06 * torch.quantile(m.flatten()[:: max(1, m.numel() // 100_000)], 0.99)
+    return m > thr
+
+
+def _folders(spec: str) -> list[tuple[str, Path, list[Path], Path | None, Path | None]]:
+    """Resolve a data spec into (set, root, image files, masks dir, fov dir) entries."""
+    out = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        if part in DATASETS:
+            root = data_root()
+            if root is None:
+                raise InputError(f"data set {part}: no data folder (set SAME_FAST_DATA)")
+            d = DATASETS[part]
+            base = root / str(d["root"])
+            img_dirs = sorted(base.glob(str(d["images"])))
+            for img_dir in img_dirs:
+                sub = img_dir.parent
+                masks = sub / "masks" if (sub / "masks").is_dir() else None
+                fov = sub / str(d["fov"]) if d.get("fov") and (sub / str(d["fov"])).is_dir() else None
+                out.append((part, sub, list_images(img_dir, dicom=False), masks, fov))
+        else:
+            base = Path(part).expanduser()
+            if not (base / "images").is_dir():
+                raise InputError(f"{base}: expected a folder with images/ (and optional masks/, "
+                                 f"fov/) or a set name ({', '.join(DATASETS)})")
+            masks = base / "masks" if (base / "masks").is_dir() else None
+            fov = base / "fov" if (base / "fov").is_dir() else None
+            out.append((base.name, base, list_images(base / "images", dicom=False), masks, fov))
+    if not out:
+        raise InputError(f"no training data in '{spec}'")
+    return out
+
+
+def _partner(folder: Path | None, stem: str) -> list[Path]:
+    """Files in ``folder`` named after ``stem`` (``a.png``, ``a_mask.png``, ``a_mask_1.png``...)."""
+    if folder is None:
+        return []
+    key = stem.lower()
+    hits = []
+    for p in list_images(folder, dicom=False):
+        s = p.stem.lower()
+        if s == key or (s.startswith(key) and s[len(key)] in "_-. "
+                        and not s[len(key) + 1:len(key) + 2].isdigit()):
+            hits.append(p)
+    if not hits:  # DRIVE style: 01_test.tif <-> 01_manual1.gif / 01_test_mask.gif
+        num = key.split("_")[0]
+        hits = [p for p in list_images(folder, dicom=False) if p.stem.lower().split("_")[0] == num]
+    return hits
+
+
+def load_samples(spec: str, channels: int, load_size: int, modality: str, max_images: int = 0
+                 ) -> list[tuple[str, list[Sample]]]:
+    """Load every set of ``spec`` into memory at ``load_size``; returns [(set, samples)]."""
+    sets: dict[str, list[Sample]] = {}
+    for set_name, _root, files, masks_dir, fov_dir in _folders(spec):
+        chosen = files[:max_images] if max_images else files
+        for f in chosen:
+            arr = load(f).frames[0]
+            t = to_tensor(arr if arr.dtype == np.uint8 else (arr // 257).astype(np.uint8))
+            t = t[:3]
+            if channels == 1 and t.shape[0] == 3:
+                t = t.mean(0, keepdim=True)  # grey content stored as RGB (BUSI, CCAUS)
+            elif channels == 3 and t.shape[0] == 1:
+                t = t.expand(3, -1, -1)
+            img = _square(t, load_size, "area")
+            mask = None
+            mfiles = _partner(masks_dir, f.stem)
+            if mfiles:
+                m = np.zeros(arr.shape[:2], bool)
+                for mf in mfiles:
+                    mm = load_mask(mf)
+                    if mm.shape == m.shape:
+                        m |= mm
+                mask = _square(torch.from_numpy(m)[None], load_size, "nearest") > 0.5
+            fov = None
+            ffiles = _partner(fov_dir, f.stem)
+            if ffiles:
+                fm = torch.from_numpy(load_mask(ffiles[0]))[None]
+                fov = _square(fm, load_size, "nearest") > 0.5
+            elif modality == "fundus":
+                fov = estimate_fov(img)
+            sets.setdefault(set_name, []).append(Sample(
+                f"{set_name}/{f.parent.parent.name}/{f.name}" if set_name == "BUSI"
+                else f"{set_name}/{f.name}",
+                (img.clamp(0, 1) * 255).round().to(torch.uint8), mask, fov))
+    return list(sets.items())
+
+
+def split(sets: list[tuple[str, list[Sample]]], holdout: float, seed: int
+          ) -> tuple[list[Sample], list[Sample]]:
+    """Per set, hold out ``ceil(holdout * n)`` images (at least 1 when n > 1) chosen by seed."""
+    train, val = [], []
+    for _name, samples in sets:
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(samples), generator=g).tolist()
+        k = min(len(samples) - 1, max(1, math.ceil(holdout * len(samples)))) if holdout > 0 else 0
+        val += [samples[i] for i in sorted(order[:k])]
+        train += [samples[i] for i in sorted(order[k:])]
+    if not train:
+        raise InputError("no training images left after the hold-out split")
+    return train, val
+
+
+def _stack(samples: list[Sample], device: torch.device
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = torch.stack([s.image for s in samples]).to(device).float() / 255.0
+    side = x.shape[-2:]
+    mask = torch.stack([s.mask if s.mask is not None else torch.zeros(1, *side, dtype=torch.bool)
+                        for s in samples]).to(device).float()
+    has_mask = torch.tensor([s.mask is not None for s in samples], device=device).float()
+    fov = torch.stack([s.fov if s.fov is not None else torch.ones(1, *side, dtype=torch.bool)
+                       for s in samples]).to(device).float()
+    return x, mask, fov, has_mask
+
+
+def make_batch(train: list[Sample], cfg: SourceConfig, g: torch.Generator, device: torch.device
+               ) -> dict[str, torch.Tensor]:
+    """One training batch: zoom, degrade full frames, random crops and flips."""
+    idx = torch.randint(len(train), (cfg.batch,), generator=g).tolist()
+    x, mask, fov, has_mask = _stack([train[i] for i in idx], device)
+    zoom = 1.1 + 0.25 * float(torch.rand(1, generator=g))
+    side = max(cfg.size, int(round(cfg.load_size * zoom)))
+    x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+    mask = F.interpolate(mask, size=(side, side), mode="nearest")
+    fov = F.interpolate(fov, size=(side, side), mode="nearest")
+    x = x * fov
+    y = degrade(x, cfg.degrade or MODALITIES[cfg.modality][1], g, fov)
+    crops = {"clean": [], "degraded": [], "mask": [], "fov": []}
+    for i in range(cfg.batch):
+        top = int(torch.randint(side - cfg.size + 1, (1,), generator=g))
+        left = int(torch.randint(side - cfg.size + 1, (1,), generator=g))
+        flip_h, flip_v = (torch.rand(2, generator=g) < 0.5).tolist()
+        for key, t in (("clean", x), ("degraded", y), ("mask", mask), ("fov", fov)):
+            c = t[i, :, top:top + cfg.size, left:left + cfg.size]
+            if flip_h:
+                c = c.flip(-1)
+            if flip_v:
+                c = c.flip(-2)
+            crops[key].append(c)
+    out = {k: torch.stack(v) for k, v in crops.items()}
+    out["has_mask"] = has_mask
+    return out
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Per-sample soft Dice loss ``(N,)`` on sigmoid probabilities."""
+    p = torch.sigmoid(logits).flatten(1)
+    t = target.flatten(1)
+    return 1 - (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)
+
+
+def source_loss(model: SAMENet, batch: dict[str, torch.Tensor], lambda_s: float
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 on the image + lambda_s x (BCE + Dice) on structure (only samples that have masks)."""
+    x = batch["degraded"] * 2 - 1
+    target = batch["clean"] * 2 - 1
+    image, logits = model(x)
+    l1 = (image - target).abs().mean()
+    w = batch["has_mask"]
+    bce = F.binary_cross_entropy_with_logits(logits, batch["mask"], reduction="none")
+    bce = (bce.mean((1, 2, 3)) * w).sum() / w.sum().clamp_min(1)
+    dice = (dice_loss(logits, batch["mask"]) * w).sum() / w.sum().clamp_min(1)
+    loss = l1 + lambda_s * (bce + dice)
+    parts = {"loss": loss, "l1": l1, "bce": bce, "dice": dice}
+    return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def validation_set(val: list[Sample], cfg: SourceConfig, device: torch.device
+                   ) -> dict[str, torch.Tensor] | None:
+    """The held-out frames at ``load_size`` degraded once with a fixed seed (seed + 1000)."""
+    if not val:
+        return None
+    x, _mask, fov, _ = _stack(val, device)
+    x = x * fov
+    g = torch.Generator().manual_seed(cfg.seed + 1000)
+    y = torch.cat([degrade(x[i:i + 1], cfg.degrade or MODALITIES[cfg.modality][1], g,
+                           fov[i:i + 1]) for i in range(len(val))])
+    return {"clean": x, "degraded": y, "fov": fov}
+
+
+def validate(model: SAMENet, vs: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean SSIM/PSNR (paper protocol) of degraded input and of the model's output."""
+    from same_fast.eval import score_pair
+
+    was_training = model.training
+    out = torch.cat([enhance(model, vs["degraded"][i:i + 1], vs["fov"][i:i + 1])
+                     for i in range(vs["degraded"].shape[0])])
+    model.train(was_training)
+    res: dict[str, list[float]] = {"val_ssim": [], "val_psnr": [], "val_ssim_input": [],
+                                   "val_psnr_input": []}
+    for i in range(out.shape[0]):
+        gt = _u8(vs["clean"][i])
+        fov = vs["fov"][i, 0].cpu().numpy() > 0.5
+        s = score_pair(_u8(out[i]), gt, fov, "paper")
+        s0 = score_pair(_u8(vs["degraded"][i]), gt, fov, "paper")
+        res["val_ssim"].append(s.ssim)
+        res["val_psnr"].append(min(s.psnr, 100.0))
+        res["val_ssim_input"].append(s0.ssim)
+        res["val_psnr_input"].append(min(s0.psnr, 100.0))
+    return {k: float(np.mean(v)) for k, v in res.items()}
+
+
+def _u8(t: torch.Tensor) -> np.ndarray:
+    return (t.detach().clamp(0, 1).movedim(0, -1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def _last_path(out: Path) -> Path:
+    return out.with_name(out.name.removesuffix(".safetensors") + ".last.safetensors")
+
+
+def _save_last(path: Path, model: SAMENet, opt: torch.optim.Optimizer, step: int,
+               meta: dict[str, Any]) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    params = [p for grp in opt.param_groups for p in grp["params"]]
+    for i, p in enumerate(params):
+        st = opt.state.get(p, {})
+        for k in ("exp_avg", "exp_avg_sq"):
+            if k in st:
+                tensors[f"optim.{i}.{k}"] = st[k]
+        if "step" in st:
+            tensors[f"optim.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).view(1)
+    checkpoint.save(path, tensors, {**meta, "step": step})
+
+
+def _load_last(path: Path, model: SAMENet, opt: torch.optim.Optimizer) -> tuple[int, dict]:
+    tensors, meta = checkpoint.load(path)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    params = [p for grp in opt.param_groups for p in grp["params"]]
+    for i, p in enumerate(params):
+        if f"optim.{i}.exp_avg" in tensors:
+            opt.state[p] = {
+                "step": tensors[f"optim.{i}.step"].reshape(()).clone(),
+                "exp_avg": tensors[f"optim.{i}.exp_avg"].to(p.device),
+                "exp_avg_sq": tensors[f"optim.{i}.exp_avg_sq"].to(p.device),
+            }
+    return int(meta.get("step", 0)), meta
+
+
+def train_source(cfg: SourceConfig) -> dict[str, Any]:
+    """Run source training; returns a summary (steps, losses, best validation)."""
+    if cfg.modality not in MODALITIES:
+        raise InputError(f"unknown modality '{cfg.modality}' (use {', '.join(MODALITIES)})")
+    for name, v in (("steps", cfg.steps), ("batch", cfg.batch), ("size", cfg.size)):
+        if v < 1:
+            raise InputError(f"--{name} must be >= 1")
+    if cfg.load_size < cfg.size:
+        raise InputError(f"--load-size ({cfg.load_size}) must be >= --size ({cfg.size})")
+    get_preset(cfg.degrade or MODALITIES[cfg.modality][1])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    channels = MODALITIES[cfg.modality][0]
+    sets = load_samples(cfg.data, channels, cfg.load_size, cfg.modality, cfg.max_images)
+    train, val = split(sets, cfg.holdout, cfg.seed)
+    out = Path(cfg.out)
+    last = _last_path(out)
+    model = SAMENet(channels, cfg.preset).to(device)
+    if cfg.size % model.multiple:
+        raise InputError(f"--size must be a multiple of {model.multiple} for the "
+                         f"'{cfg.preset}' preset, got {cfg.size}")
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    start = 0
+    best = -1.0
+    if cfg.resume:
+        if not last.is_file():
+            raise CheckpointError(f"--resume: no {last} to resume from")
+        start, prev = _load_last(last, model, opt)
+        best = float(prev.get("best_val_ssim", -1.0))
+        if prev.get("config") != model.config:
+            # resuming with a different architecture would silently mix weights
+            build_from_metadata(prev, str(last))
+    provenance = {
+        "data": cfg.data, "train_images": [s.name for s in train],
+        "held_out": [s.name for s in val], "degrade": cfg.degrade or MODALITIES[cfg.modality][1],
+        "command": cfg.command, "config": dataclasses.asdict(cfg),
+    }
+    meta = {"modality": cfg.modality, "provenance": provenance,
+            "training": {"size": cfg.size, "load_size": cfg.load_size, "batch": cfg.batch,
+                         "lr": cfg.lr, "lambda_s": cfg.lambda_s}}
+    vs = validation_set(val, cfg, device)
+    g = torch.Generator().manual_seed(cfg.seed + start)  # resumed runs continue a fresh stream
+    log = out.with_name(out.name.removesuffix(".safetensors") + ".log.jsonl")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="train-source", unit="step")
+    model.train()
+    losses: list[float] = []
+    first_losses: list[float] = []
+    t0 = time.perf_counter()
+    summary: dict[str, Any] = {"out": str(out), "start_step": start}
+    with open(log, "a") as logf:
+        for step in range(start + 1, cfg.steps + 1):
+            batch = make_batch(train, cfg, g, device)
+            loss, parts = source_loss(model, batch, cfg.lambda_s)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(parts["loss"])
+            if len(first_losses) < 20:
+                first_losses.append(parts["loss"])
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{parts['loss']:.4f}")
+            out_of_time = cfg.max_minutes > 0 and time.perf_counter() - t0 > 60 * cfg.max_minutes
+            if step % cfg.val_every == 0 or step == cfg.steps or out_of_time:
+                rec: dict[str, Any] = {"step": step, "time_s": round(time.perf_counter() - t0, 1),
+                                       "loss": float(np.mean(losses[-cfg.val_every:]))}
+                if vs is not None:
+                    rec.update(validate(model, vs))
+                score = rec.get("val_ssim", -rec["loss"])
+                meta_now = {**meta, "step": step, "validation": rec}
+                if score > best:
+                    best = score
+                    save_model(out, model, **meta_now)
+                    rec["saved"] = True
+                _save_last(last, model, opt, step, {**meta_now, "best_val_ssim": best,
+                                                    "config": model.config,
+                                                    "architecture": "SAMENet"})
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+                if bar is not None:
+                    bar.write(json.dumps(rec))
+            if out_of_time:
+                summary["stopped_at"] = step
+                break
+    if bar is not None:
+        bar.close()
+    summary.update(steps=summary.get("stopped_at", cfg.steps),
+                   first_loss=float(np.mean(first_losses)) if first_losses else None,
+                   last_loss=float(np.mean(losses[-20:])) if losses else None,
+                   best=best, log=str(log), train_images=len(train), held_out=len(val))
+    return summary

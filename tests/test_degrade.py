@@ -1,0 +1,166 @@
+"""Degradation presets: shapes and ranges kept, seeds reproduce, FOV black, statistics move
+the documented way, spatial ranges scale with image size."""
+import dataclasses
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from same_fast.degrade import PRESETS, degrade, get_preset, ops
+from same_fast.errors import InputError
+
+
+def _image(n=2, c=3, h=96, w=80, seed=0):
+    """Smooth random image with edges: a few rectangles on a gradient, in [0.2, 0.8]."""
+    g = torch.Generator().manual_seed(seed)
+    yy = torch.linspace(0, 1, h).view(1, 1, h, 1)
+    xx = torch.linspace(0, 1, w).view(1, 1, 1, w)
+    x = 0.3 + 0.2 * yy * xx + torch.zeros(n, c, h, w)
+    for _ in range(4):
+        t = int(torch.randint(0, h // 2, (1,), generator=g))
+        lft = int(torch.randint(0, w // 2, (1,), generator=g))
+        x[..., t:t + h // 3, lft:lft + w // 3] += 0.3 * torch.rand(n, c, 1, 1, generator=g)
+    return x.clamp(0.2, 0.8)
+
+
+def _grad_energy(x):
+    return ((x[..., 1:, :] - x[..., :-1, :]) ** 2).mean() + ((x[..., :, 1:] - x[..., :, :-1]) ** 2).mean()
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("c", [1, 3])
+@pytest.mark.parametrize("hw", [(64, 64), (45, 71)])
+def test_shape_range_dtype_kept(name, c, hw):
+    x = _image(3, c, *hw)
+    y = degrade(x, name, torch.Generator().manual_seed(1))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    assert torch.isfinite(y).all()
+    assert not torch.allclose(y, x)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_seed_reproduces_and_differs(name):
+    x = _image(4, 3, 64, 64)
+    a = degrade(x, name, torch.Generator().manual_seed(7))
+    b = degrade(x, name, torch.Generator().manual_seed(7))
+    c = degrade(x, name, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_fov_stays_black(name):
+    x = _image(2, 3, 64, 64)
+    fov = torch.zeros(2, 1, 64, 64, dtype=torch.bool)
+    fov[..., 8:56, 8:56] = True
+    y = degrade(x, name, torch.Generator().manual_seed(0), fov)
+    assert float(y[~fov.expand_as(y)].abs().max()) == 0.0
+    assert float(y[fov.expand_as(y)].mean()) > 0.05
+
+
+def _only(name, **fields):
+    return dataclasses.replace(get_preset(name), **fields)
+
+
+def test_shen_blur_removes_detail_and_keeps_mean():
+    x = _image(2, 3, 128, 128)
+    y = degrade(x, _only("fundus-shen2020", types=("blur",)), torch.Generator().manual_seed(0))
+    assert _grad_energy(y) < 0.5 * _grad_energy(x)
+    assert abs(float(y.mean() - x.mean())) < 0.02
+
+
+def test_shen_dark_illumination_darkens_and_bright_spots_brighten():
+    x = _image(2, 3, 128, 128)
+    g = torch.Generator().manual_seed(0)
+    dark = _only("fundus-shen2020", types=("illum",), brightness=(0.5, 0.5), contrast=(1.0, 1.0),
+                 saturation=(1.0, 1.0), halo_strength=(0.0, 0.0))
+    assert float(degrade(x, dark, g).mean()) < 0.75 * float(x.mean())
+    spots = _only("fundus-shen2020", types=("spot",), spot_strength=(0.5, 0.5))
+    y = degrade(x, spots, g)
+    assert (y >= x - 1e-6).all() and float(y.mean()) > float(x.mean()) + 0.005
+
+
+def test_shen_saturation_factor_moves_colourfulness():
+    x = _image(2, 3, 64, 64, seed=3)
+    x[:, 0] *= 1.2  # make it colourful
+    g = torch.Generator().manual_seed(0)
+    kw = dict(types=("illum",), brightness=(1.0, 1.0), contrast=(1.0, 1.0),
+              halo_strength=(0.0, 0.0), hole_depth_base=0.0, hole_depth_slope=0.0)
+    low = degrade(x, _only("fundus-shen2020", saturation=(0.5, 0.5), **kw), g)
+    high = degrade(x, _only("fundus-shen2020", saturation=(1.5, 1.5), **kw), g)
+
+    def spread(t):
+        return float((t - t.mean(1, keepdim=True)).abs().mean())
+    assert spread(low) < spread(x.clamp(0, 1)) < spread(high)
+
+
+def test_cataract_hazes_and_blurs():
+    x = _image(2, 3, 128, 128)
+    y = degrade(x, "fundus-cataract", torch.Generator().manual_seed(0))
+    assert _grad_energy(y) < _grad_energy(x)
+    # haze pulls toward each channel's maximum: the image gets flatter (lower contrast)
+    assert float(y.std()) < float(x.std()) * 1.3
+
+
+def test_gray_dark_branch_and_noise():
+    flat = torch.full((4, 1, 64, 64), 0.5)
+    dark = _only("gray", bright=(0.5, 0.7), contrast=(1.0, 1.0), p_halo=0.0, p_hole=0.0,
+                 p_blur=0.0, noise_var=(0.0, 0.0), speckle_var=(0.0, 0.0))
+    y = degrade(flat, dark, torch.Generator().manual_seed(0))
+    assert 0.25 <= float(y.min()) and float(y.max()) <= 0.35 + 1e-6
+    noisy = _only("gray", dark=(1.0, 1.0), bright=(1.0, 1.0), contrast=(1.0, 1.0), p_halo=0.0,
+                  p_hole=0.0, p_blur=0.0, noise_var=(0.02, 0.02), speckle_var=(0.02, 0.02))
+    y = degrade(flat, noisy, torch.Generator().manual_seed(0))
+    # Gaussian noise of std sqrt(0.02) ~ 0.141, or speckle 0.5 * 0.141: both well above zero
+    std = y.flatten(1).std(1)
+    assert (std > 0.05).all() and (std < 0.2).all()
+
+
+def test_ultrasound_speckle_follows_dynamic_range_and_grain():
+    flat = torch.full((2, 1, 128, 128), 0.6)
+
+    def run(**kw):
+        p = _only("ultrasound-speckle", strength=(1.0, 1.0), gain=(1.0, 1.0),
+                  contrast=(1.0, 1.0), p_blur=0.0, **kw)
+        return degrade(flat, p, torch.Generator().manual_seed(0))
+
+    wide = run(dynamic_range_db=(60.0, 60.0), grain_sigma=(1.0, 1.0))
+    narrow = run(dynamic_range_db=(30.0, 30.0), grain_sigma=(1.0, 1.0))
+    # log-compressed Rayleigh speckle: std of ln(amplitude) / D grows as the range shrinks
+    assert float(wide.std()) > 0.03 and float(narrow.std()) > 1.5 * float(wide.std())
+    coarse = run(dynamic_range_db=(60.0, 60.0), grain_sigma=(4.0, 4.0))
+
+    def neighbour_corr(t):
+        a, b = t[..., :, :-1].flatten(), t[..., :, 1:].flatten()
+        return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+    assert neighbour_corr(coarse) > neighbour_corr(wide) + 0.1
+
+
+def test_spatial_ranges_scale_with_size():
+    # The same seed on a 2x upsampled image gives (after downsampling) about the same result.
+    x = _image(2, 3, 96, 96)
+    p = _only("fundus-shen2020", types=("blur",))
+    small = degrade(x, p, torch.Generator().manual_seed(3))
+    big = degrade(F.interpolate(x, scale_factor=2.0, mode="bilinear"), p,
+                  torch.Generator().manual_seed(3))
+    back = F.avg_pool2d(big, 2)
+    assert float((back - small).abs().mean()) < 0.01
+
+
+def test_fast_blur_matches_exact_blur():
+    x = _image(2, 1, 160, 160)
+    s = torch.tensor([8.0, 14.0])
+    exact = ops.blur(x, s, exact=True)
+    fast = ops.blur(x, s)
+    assert float((exact - fast).abs().mean()) < 2e-3
+
+
+def test_errors():
+    x = _image(1, 3, 32, 32)
+    with pytest.raises(InputError, match="unknown degradation preset"):
+        degrade(x, "nope")
+    with pytest.raises(InputError):
+        degrade(x[0], "gray")
+    with pytest.raises(InputError, match="FOV"):
+        degrade(x, "gray", fov=torch.ones(1, 1, 16, 32))

@@ -1,0 +1,122 @@
+"""Source training: a short run lowers the loss, checkpoints carry metadata, resume continues,
+real data sets load with their masks."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from same_fast.data import data_root
+from same_fast.errors import CheckpointError, InputError
+from same_fast.io import write_image
+from same_fast.models import load_model
+from same_fast.nn import SAMENet
+from same_fast.train.source import (
+    SourceConfig,
+    load_samples,
+    make_batch,
+    source_loss,
+    split,
+    train_source,
+)
+
+
+def _folder(tmp_path, n=4, size=72, channels=3):
+    """A tiny data set: smooth backgrounds with dark 'vessel' lines, masks of the lines."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    yy, xx = np.mgrid[:size, :size] / size
+    for i in range(n):
+        base = 0.5 + 0.2 * np.sin(3 * xx + i) * np.cos(2 * yy)
+        mask = np.zeros((size, size), bool)
+        for _ in range(3):
+            a, b = rng.uniform(-1, 1, 2)
+            mask |= np.abs(yy - (a * xx + 0.5 + 0.2 * b)) < 0.02
+        img = base - 0.25 * mask
+        rgb = np.stack([img, 0.8 * img, 0.6 * img][:channels], -1)
+        write_image(tmp_path / "images" / f"im{i}.png", (rgb * 255).astype(np.uint8))
+        write_image(tmp_path / "masks" / f"im{i}.png", (mask * 255).astype(np.uint8)[..., None])
+    return tmp_path
+
+
+def _cfg(tmp_path, **kw):
+    d = dict(data=str(tmp_path), out=str(tmp_path / "out" / "m.safetensors"), modality="fundus",
+             steps=50, batch=2, size=64, load_size=64, lr=2e-3, val_every=25, holdout=0.25,
+             progress=False, degrade="gray")
+    d.update(kw)
+    return SourceConfig(**d)
+
+
+def _fixed_loss(model, cfg, train):
+    g = torch.Generator().manual_seed(123)
+    batch = make_batch(train, cfg, g, torch.device("cpu"))
+    model.eval()
+    with torch.no_grad():
+        return source_loss(model, batch, cfg.lambda_s)[1]
+
+
+@pytest.mark.slow
+def test_short_run_lowers_loss_and_writes_checkpoint(tmp_path):
+    data = _folder(tmp_path)
+    cfg = _cfg(data)
+    torch.manual_seed(cfg.seed)
+    untrained = SAMENet(3, "lite")  # the same initialisation train_source starts from
+    summary = train_source(cfg)
+    sets = load_samples(cfg.data, 3, cfg.load_size, "fundus")
+    train, val = split(sets, cfg.holdout, cfg.seed)
+    assert len(val) == 1 and summary["held_out"] == 1 and summary["train_images"] == 3
+    model, meta = load_model(cfg.out)
+    before = _fixed_loss(untrained, cfg, train)
+    after = _fixed_loss(model, cfg, train)
+    assert after["l1"] < 0.85 * before["l1"]
+    assert after["loss"] < before["loss"]
+    assert meta["modality"] == "fundus" and meta["preset"] == "lite"
+    assert meta["provenance"]["held_out"] == [val[0].name]
+    assert meta["provenance"]["degrade"] == "gray"
+    log = [json.loads(line) for line in open(tmp_path / "out" / "m.log.jsonl")]
+    assert [r["step"] for r in log] == [25, 50]
+    assert {"val_ssim", "val_psnr", "val_ssim_input", "val_psnr_input"} <= set(log[0])
+
+
+def test_resume_continues_from_last(tmp_path):
+    data = _folder(tmp_path, n=3, size=48)
+    cfg = _cfg(data, steps=4, size=32, load_size=48, val_every=2)
+    train_source(cfg)
+    with pytest.raises(CheckpointError):
+        train_source(_cfg(data, out=str(tmp_path / "other.safetensors"), resume=True))
+    summary = train_source(_cfg(data, steps=6, size=32, load_size=48, val_every=2, resume=True))
+    assert summary["start_step"] == 4
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "out" / "m.log.jsonl")]
+    assert steps == [2, 4, 6]
+
+
+def test_bad_config(tmp_path):
+    with pytest.raises(InputError, match="images/"):
+        train_source(_cfg(tmp_path))
+    data = _folder(tmp_path, n=2, size=32)
+    with pytest.raises(InputError, match="modality"):
+        train_source(_cfg(data, modality="xray"))
+    with pytest.raises(InputError, match="load-size"):
+        train_source(_cfg(data, size=64, load_size=32))
+    with pytest.raises(InputError, match="unknown degradation preset"):
+        train_source(_cfg(data, degrade="nope"))
+
+
+def test_real_sets_load_with_masks():
+    root = data_root()
+    if root is None:
+        pytest.skip("no data folder (set SAME_FAST_DATA); CI always has it")
+    sets = dict(load_samples("BUSI", 1, 64, "ultrasound", max_images=2))
+    busi = sets["BUSI"]
+    assert len(busi) == 6  # 2 per class folder
+    assert all(s.image.shape == (1, 64, 64) and s.image.dtype == torch.uint8 for s in busi)
+    benign = [s for s in busi if "/benign/" in s.name]
+    assert benign and all(s.mask is not None and s.mask.any() for s in benign)
+    normal = [s for s in busi if "/normal/" in s.name]
+    assert normal and all(s.mask is not None and not s.mask.any() for s in normal)
+    fives = dict(load_samples("FIVES", 3, 64, "fundus", max_images=1))["FIVES"][0]
+    # no FOV folder in FIVES: estimated from the image, a disc with black corners
+    assert fives.fov is not None and 0.6 < float(fives.fov.float().mean()) < 0.9
+    assert not fives.fov[0, 0, 0] and fives.fov[0, 32, 32]
+    assert fives.mask is not None and 0.02 < float(fives.mask.float().mean()) < 0.3
