@@ -41,6 +41,7 @@ class AdaptConfig:
     picker: str | None = None
     seed: int = 0
     nice: int = 10  # OS priority offset of the adapter thread (serving keeps the CPU)
+    threads: int = 1  # torch intra-op threads of the adapter thread (0 = leave as is)
 
 
 class OnlineAdaptation:
@@ -101,6 +102,10 @@ class OnlineAdaptation:
     def _run(self) -> None:
         with contextlib.suppress(OSError, AttributeError, PermissionError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.config.nice)
+        if self.config.threads > 0:
+            # OpenMP's thread count is per calling thread: this caps the adapter's share of
+            # cores without touching the serving thread's.
+            torch.set_num_threads(self.config.threads)
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: self._stop or (

@@ -35,7 +35,7 @@ class ServeConfig:
     adapt: str = "off"
     token: str | None = None
     max_batch: int = 4
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = 0.0
     capacity: int = 256
     policy: str = "block"
     workers: int = 1

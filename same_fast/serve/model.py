@@ -144,15 +144,23 @@ def load_served_model(spec: str, backend: str = "torch", device: str = "cpu") ->
     from same_fast.models import load_model
 
     model, meta = load_model(spec, device="cpu")
+    return served_from_module(model, spec, backend, device, meta)
+
+
+def served_from_module(model: torch.nn.Module, name: str, backend: str = "torch",
+                       device: str = "cpu", metadata: Mapping[str, Any] | None = None
+                       ) -> ServedModel:
+    """Serve an in-memory enhancer (SAMENet forward) on ``same_fast.engine`` backend ``backend``."""
+    meta = dict(metadata or {})
     try:
         from same_fast.engine import create_backend
     except ImportError:  # the engine is part of the package; this guards partial installs
         create_backend = None
     if create_backend is not None:
         b = create_backend(backend, model, device=device, metadata=meta)
-        name = getattr(b, "name", backend)
-        return ServedModel(b.enhance, spec, backend=name, channels=b.channels, module=model,
-                           apply_weights=b.update_weights, metadata=meta)
+        return ServedModel(b.enhance, name, backend=getattr(b, "name", backend),
+                           channels=b.channels, module=model, apply_weights=b.update_weights,
+                           metadata=meta)
     from same_fast.nn import enhance
 
     dev = torch.device(device if device != "auto" else "cpu")
@@ -161,6 +169,7 @@ def load_served_model(spec: str, backend: str = "torch", device: str = "cpu") ->
     def apply(state: dict[str, torch.Tensor]) -> None:
         served.load_state_dict(state, strict=False)
 
-    return ServedModel(lambda x: enhance(served, x.to(dev)), spec, backend="torch",
-                       channels=int(meta.get("channels") or model.config["in_channels"]),
-                       module=model, apply_weights=apply, metadata=meta)
+    channels = meta.get("channels") or getattr(model, "config", {}).get("in_channels")
+    return ServedModel(lambda x: enhance(served, x.to(dev)), name, backend="torch",
+                       channels=int(channels) if channels else None, module=model,
+                       apply_weights=apply, metadata=meta)

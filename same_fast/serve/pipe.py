@@ -50,6 +50,9 @@ def run_pipe(config: ServeConfig, stdin: BinaryIO | None = None,
     dtype = np.dtype("<u2" if config.dtype == "uint16" else "u1")
     if h * w > config.max_pixels:
         raise InputError(f"--shape {h}x{w} is over the limit of {config.max_pixels} pixels")
+    from same_fast.serve.service import tune_process
+
+    tune_process()
     stdin = stdin or sys.stdin.buffer
     stdout = stdout or sys.stdout.buffer
     svc = service or Service(config)

@@ -18,7 +18,7 @@ import uvicorn
 
 from same_fast.serve.app import create_app
 from same_fast.serve.config import ServeConfig
-from same_fast.serve.service import Service
+from same_fast.serve.service import Service, tune_process
 
 log = logging.getLogger("same_fast.serve")
 
@@ -95,6 +95,7 @@ def build_server(service: Service, log_level: str = "warning") -> DrainingServer
 
 def run_server(config: ServeConfig, log_level: str = "info") -> int:
     """Serve until SIGTERM/SIGINT (in the main thread); returns the exit status."""
+    tune_process()
     service = Service(config)
     sock = _bind(config.host, config.port)
     server = build_server(service, log_level)

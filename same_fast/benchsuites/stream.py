@@ -1,0 +1,272 @@
+"""``same-fast bench --suite stream``: streaming latency against a plain serial Python loop.
+
+HoloHub-style: ``frames`` frames per run x ``runs`` runs, at a fixed frame rate and as fast as
+possible, with 1 and 4 concurrent streams, online adaptation off and on. Each case runs twice
+in the same process, interleaved run by run so machine drift hits both alike:
+
+- ``loop``: the product path: producers submit to the C++ ``StreamLoop`` (bounded queue,
+  dynamic batching, in-order release); the served model is a ``same_fast.engine`` backend;
+  with adaptation on, ``serve.adaptation.OnlineAdaptation`` trains in a background thread and
+  publishes weights between batches.
+- ``serial``: what one would write without it: a Python loop that takes each frame when it
+  arrives, enhances it alone, and (adaptation on) runs the same adaptation step inline every
+  ``adapt_every`` frames.
+
+Latency is arrival (submit) -> result available in order, as the loop measures it itself (C++,
+steady clock); the serial loop measures the same interval in Python. At a fixed rate, frames
+that arrive while the queue is full are dropped (``drop_oldest``) and counted: a scanner does
+not wait. As fast as possible, producers block instead (nothing is dropped) and throughput is
+the number to read.
+
+Options (``--set KEY=VALUE``): model (``lite`` = random-init SAMENet lite, ``tiny``, ``identity``,
+a shipped name or a checkpoint path; default lite), size (square frame side, default 64),
+channels (default 1), fps (per stream, default 30), frames (default 1000; quick 200), runs
+(default 3; quick 1), max_batch (4), max_delay_ms (0: like Triton's default, a batch forms
+from what queued while the model was busy), capacity (16), adapt_every (8), adapt_batch (2),
+threads (torch intra-op threads, default 1), switch_ms (Python's GIL switch interval, default
+0.5 ms instead of 5: see ``same_fast.serve.service.tune_process``), streams ("1,4"), modes
+("fixed,asap"), adapt ("off,on").
+Done-when (issue 7): adaptation on at a fixed rate: loop p99 <= 1.5 x p50 and 0 frames lost;
+each fixed-rate case reports ``p99_over_p50`` and ``lost``.
+"""
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import torch
+
+from same_fast.benchsuites.common import environment
+
+
+def _opts(args: Any) -> dict[str, Any]:
+    o = dict(getattr(args, "options", {}) or {})
+    quick = bool(getattr(args, "quick", False))
+    d = {"model": "lite", "size": 64, "channels": 1, "fps": 30.0,
+         "frames": 200 if quick else 1000,
+         "runs": 1 if quick else 3, "max_batch": 4, "max_delay_ms": 0.0, "capacity": 16,
+         "adapt_every": 8, "adapt_batch": 2, "threads": 1, "switch_ms": 0.5,
+         "streams": "1" if quick else "1,4", "modes": "fixed,asap", "adapt": "off,on"}
+    if getattr(args, "repeats", None):
+        d["runs"] = int(args.repeats)
+    for k, v in o.items():
+        if k not in d:
+            from same_fast.errors import InputError
+
+            raise InputError(f"unknown stream bench option '{k}' (known: {', '.join(d)})")
+        d[k] = type(d[k])(v)
+    return d
+
+
+def _make_served(o: dict[str, Any]):
+    from same_fast.serve.model import load_served_model, served_from_module
+
+    name = o["model"]
+    if name in ("lite", "tiny"):
+        from same_fast.nn import SAMENet
+
+        torch.manual_seed(0)
+        kw = {} if name == "lite" else {"base": 8, "max_channels": 16, "levels": 3}
+        net = SAMENet(o["channels"], "lite", **kw)
+        return served_from_module(net, f"samenet-{name} (random init)")
+    return load_served_model(name)
+
+
+def _frames(o: dict[str, Any], n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    pool = [rng.integers(0, 256, (o["size"], o["size"], o["channels"]), dtype=np.uint8)
+            for _ in range(16)]
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def _pct(xs: list[float]) -> dict[str, float]:
+    if not xs:
+        return {"p50_ms": 0.0, "p99_ms": 0.0, "p999_ms": 0.0, "max_ms": 0.0}
+    q = np.asarray(xs) * 1000
+    return {"p50_ms": float(np.percentile(q, 50)), "p99_ms": float(np.percentile(q, 99)),
+            "p999_ms": float(np.percentile(q, 99.9)), "max_ms": float(q.max())}
+
+
+def _schedule(n_frames: int, streams: int, fps: float) -> list[list[float]]:
+    """Arrival offsets (s) per stream; streams are phase-shifted so arrivals interleave."""
+    per = n_frames // streams
+    return [[(i + s / streams) / fps for i in range(per)] for s in range(streams)]
+
+
+def _sleep_until(t: float) -> None:
+    while True:
+        d = t - time.perf_counter()
+        if d <= 0:
+            return
+        time.sleep(min(d, 0.002) if d > 0.0005 else 0)
+
+
+def run_loop(o: dict[str, Any], served, adapt: bool, mode: str, streams: int) -> dict[str, Any]:
+    """The product path: StreamLoop + engine backend (+ background adaptation)."""
+    from same_fast.serve.adaptation import AdaptConfig, OnlineAdaptation
+    from same_fast.stream import LoopConfig, StreamLoop
+
+    n = o["frames"]
+    frames = _frames(o, n)
+    adaptation = None
+    if adapt:
+        adaptation = OnlineAdaptation(served, AdaptConfig(
+            batch=o["adapt_batch"], every=o["adapt_every"], crop=o["size"], buffer=64))
+    observe = adaptation.observe if adaptation else None
+    fixed = mode == "fixed"
+    loop = StreamLoop(lambda fr: served.frame_step(fr, observe), LoopConfig(
+        capacity=o["capacity"], max_batch=o["max_batch"], max_delay_ms=o["max_delay_ms"],
+        policy="drop_oldest" if fixed else "block"))
+    futures: list[list] = [[] for _ in range(streams)]
+    sched = _schedule(n, streams, o["fps"])
+    v0 = served.weights_version
+    t0 = time.perf_counter() + 0.05
+
+    def produce(s: int) -> None:
+        for i, off in enumerate(sched[s]):
+            if fixed:
+                _sleep_until(t0 + off)
+            futures[s].append(loop.submit(frames[(i * streams + s) % n]))
+
+    threads = [threading.Thread(target=produce, args=(s,)) for s in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    loop.close(drain=True)
+    t_end = time.perf_counter()
+    stats = loop.stats()
+    steps = 0
+    if adaptation is not None:
+        steps = adaptation.steps
+        adaptation.close()
+        # Back to the source weights so the next case starts from the same model.
+        adaptation.reset()
+        served.frame_step([frames[0]])
+    submitted = sum(len(f) for f in futures)
+    ok = stats["ok"]
+    return {
+        "frames": submitted, "ok": ok, "dropped": stats["dropped"], "errors": stats["errors"],
+        "lost": submitted - ok,
+        "p50_ms": stats["p50_s"] * 1000, "p99_ms": stats["p99_s"] * 1000,
+        "p999_ms": stats["p999_s"] * 1000, "max_ms": stats["max_latency_s"] * 1000,
+        "throughput_fps": ok / max(t_end - t0, 1e-9), "mean_batch": stats["mean_batch"],
+        "adapt_steps": steps, "weights_updates": served.weights_version - v0,
+    }
+
+
+def run_serial(o: dict[str, Any], served, adapt: bool, mode: str, streams: int
+               ) -> dict[str, Any]:
+    """The baseline: one Python loop, one frame at a time, adaptation inline."""
+    from same_fast.serve.adaptation import AdaptConfig, OnlineAdaptation
+
+    n = o["frames"]
+    frames = _frames(o, n)
+    sched = sorted((off, s, i) for s, offs in enumerate(_schedule(n, streams, o["fps"]))
+                   for i, off in enumerate(offs))
+    adaptation = None
+    if adapt:
+        # Its thread never wakes (nothing is observed); the step runs inline below.
+        adaptation = OnlineAdaptation(served, AdaptConfig(
+            batch=o["adapt_batch"], every=o["adapt_every"], crop=o["size"], buffer=64))
+    recent: deque = deque(maxlen=64)
+    lat: list[float] = []
+    fixed = mode == "fixed"
+    steps = 0
+    t0 = time.perf_counter() + 0.05
+    for k, (off, s, i) in enumerate(sched):
+        arrival = t0 + off if fixed else time.perf_counter()
+        if fixed:
+            _sleep_until(arrival)
+        f = frames[(i * streams + s) % n]
+        served.frame_step([f])
+        lat.append(time.perf_counter() - arrival)
+        if adaptation is not None:
+            x = torch.from_numpy(f).permute(2, 0, 1).float() / 255
+            recent.append(x)
+            if (k + 1) % o["adapt_every"] == 0:
+                adaptation._adapt_once(list(recent))
+                served._install_pending()
+                steps += 1
+    t_end = time.perf_counter()
+    if adaptation is not None:
+        adaptation.close()
+        adaptation.reset()
+        served.frame_step([frames[0]])
+    return {"frames": len(sched), "ok": len(sched), "dropped": 0, "errors": 0, "lost": 0,
+            **_pct(lat), "throughput_fps": len(sched) / max(t_end - t0, 1e-9),
+            "mean_batch": 1.0, "adapt_steps": steps}
+
+
+def _median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in runs[0]:
+        vals = [r[k] for r in runs]
+        out[k] = statistics.median(vals) if isinstance(vals[0], (int, float)) else vals[0]
+    # Frames lost or dropped anywhere count, not their median.
+    for k in ("lost", "dropped", "errors"):
+        out[k] = sum(r[k] for r in runs)
+    return out
+
+
+def run(args: Any) -> dict[str, Any]:
+    import sys
+
+    o = _opts(args)
+    torch.set_num_threads(max(1, o["threads"]))
+    old_switch = sys.getswitchinterval()
+    sys.setswitchinterval(o["switch_ms"] / 1000)
+    try:
+        return _run(o)
+    finally:
+        sys.setswitchinterval(old_switch)
+
+
+def _run(o: dict[str, Any]) -> dict[str, Any]:
+    served = _make_served(o)
+    served.frame_step(_frames(o, 2))  # warm-up (allocators, oneDNN primitive caches)
+    cases = []
+    for mode in o["modes"].split(","):
+        for streams in (int(s) for s in o["streams"].split(",")):
+            for adapt in (a == "on" for a in o["adapt"].split(",")):
+                cases.append((mode, streams, adapt))
+    results: list[dict[str, Any]] = []
+    for mode, streams, adapt in cases:
+        per: dict[str, list[dict[str, Any]]] = {"loop": [], "serial": []}
+        for _ in range(o["runs"]):
+            per["loop"].append(run_loop(o, served, adapt, mode, streams))
+            per["serial"].append(run_serial(o, served, adapt, mode, streams))
+        loop_m, serial_m = _median_runs(per["loop"]), _median_runs(per["serial"])
+        case = {"mode": mode, "streams": streams, "adapt": "on" if adapt else "off",
+                "fps_per_stream": o["fps"] if mode == "fixed" else None,
+                "loop": loop_m, "serial": serial_m, "runs": per,
+                "loop_p99_over_p50": loop_m["p99_ms"] / max(loop_m["p50_ms"], 1e-9),
+                "serial_p99_over_loop_p99": serial_m["p99_ms"] / max(loop_m["p99_ms"], 1e-9),
+                "loop_throughput_over_serial": loop_m["throughput_fps"]
+                / max(serial_m["throughput_fps"], 1e-9)}
+        if mode == "fixed" and adapt:
+            case["done_when_met"] = bool(case["loop_p99_over_p50"] <= 1.5
+                                         and loop_m["lost"] == 0)
+        results.append(case)
+    summary = []
+    for c in results:
+        lm, sm = c["loop"], c["serial"]
+        summary.append({
+            "case": f"{c['mode']} streams={c['streams']} adapt={c['adapt']}",
+            "loop p50/p99/p99.9/max ms": [round(lm[k], 2) for k in
+                                          ("p50_ms", "p99_ms", "p999_ms", "max_ms")],
+            "serial p50/p99/p99.9/max ms": [round(sm[k], 2) for k in
+                                            ("p50_ms", "p99_ms", "p999_ms", "max_ms")],
+            "loop fps": round(lm["throughput_fps"], 1),
+            "serial fps": round(sm["throughput_fps"], 1),
+            "loop lost": lm["lost"], "loop p99/p50": round(c["loop_p99_over_p50"], 2),
+            "serial p99 / loop p99": round(c["serial_p99_over_loop_p99"], 2),
+            "adapt steps loop/serial": [lm["adapt_steps"], sm["adapt_steps"]],
+            **({"done_when_met": c["done_when_met"]} if "done_when_met" in c else {}),
+        })
+    return {"suite": "stream", "environment": environment(), "options": o,
+            "model": served.describe(), "cases": results, "summary": summary}
