@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 @dataclass
 class AugmentConfig:
-    """size: side of the square views (pixels); scale: zoom range (crop side = short side / s);
-    hflip / vflip: independent flip probabilities."""
+    """size: side of the square views (pixels); scale: zoom range (crop side =
+    min(short side, size) / s, resized to size); hflip / vflip: independent flip probabilities."""
 
     size: int = 256
     scale: tuple[float, float] = (1.1, 1.35)
@@ -39,7 +39,9 @@ def random_views(images: list[torch.Tensor], config: AugmentConfig, g: torch.Gen
     for i, x in enumerate(images):
         _, h, w = x.shape
         s = config.scale[0] + (config.scale[1] - config.scale[0]) * _u(g)
-        side = max(2, int(round(min(h, w) / s)))
+        # a patch at native scale zoomed by s (the reference's resize-then-crop); images smaller
+        # than the view are zoomed whole
+        side = max(2, int(round(min(h, w, config.size) / s)))
         y0 = int(torch.randint(0, h - side + 1, (), generator=g))
         x0 = int(torch.randint(0, w - side + 1, (), generator=g))
         v = x[None, :, y0:y0 + side, x0:x0 + side].float()

@@ -122,7 +122,7 @@ class AdaptResult:
         return sum(h["accepted"] for h in self.history) / n if n else float("nan")
 
 
-StepCallback = Callable[[int, int, dict[str, float]], None]
+StepCallback = Callable[[int, int, dict[str, float], nn.Module], None]
 
 
 def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
@@ -136,7 +136,8 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
     images: (C, H, W) float tensors in [0, 1] on the model's device (sizes may differ).
     fovs: optional (1, H, W) masks, one per image (views are masked by them).
     picker: ``(y_T in [-1, 1], s_T logits) -> weights (N,)`` or None (mean teacher, no picker).
-    callback(step, total, record): called after every step (progress bars).
+    callback(step, total, record, student): called after every step (progress bars, probes;
+    a probe that switches the student to eval mode must switch it back with ``train()``).
     """
     cfg = config or AdaptConfig()
     cfg.check()
@@ -171,7 +172,7 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
         if audit is not None:
             audit.step(i + 1, rec, served=student)
         if callback is not None:
-            callback(i + 1, total, rec)
+            callback(i + 1, total, rec, student)
     student.eval()
     teacher.eval()
     if audit is not None:

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     bar = _bar(cfg, len(frames))
     with AuditLog(audit_path, hash_every=cfg.hash_every) as audit:
         if cfg.mode == "offline":
-            def cb(step: int, total: int, rec: dict) -> None:
+            def cb(step: int, total: int, rec: dict, student: object) -> None:
                 if bar is not None:
                     bar.total = total
                     bar.update(1)

@@ -79,7 +79,7 @@ class IQANet(nn.Module):
         x = F.interpolate(x01.float(), size=(self.size, self.size), mode="bilinear",
                           align_corners=False, antialias=True)
         f = self.features(colour_features(x.clamp(0, 1)))
-        pooled = torch.cat([f.mean((2, 3)), f.flatten(2).std(2)], 1)
+        pooled = torch.cat([f.mean((2, 3)), f.flatten(2).std(2, correction=0)], 1)
         return self.head(pooled)
 
     def probs(self, x01: torch.Tensor) -> torch.Tensor:

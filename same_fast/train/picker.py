@@ -92,8 +92,18 @@ def _pairs(folder: Path) -> list[tuple[Path, list[Path]]]:
     return out
 
 
-def _square(t: torch.Tensor, size: int) -> torch.Tensor:
-    return F.interpolate(t[None].float(), size=(size, size), mode="area")[0]
+def _letterbox(t: torch.Tensor, size: int) -> torch.Tensor:
+    """(C, H, W) -> (C, size, size): aspect-preserving area resize (long side = size), centred
+    on black. Keeps structures at the scale they have in a whole-image view (a 3:2 HRF photo and
+    a square DRIVE one then show vessels of the same width)."""
+    c, h, w = t.shape
+    f = size / max(h, w)
+    nh, nw = max(1, round(h * f)), max(1, round(w * f))
+    r = F.interpolate(t[None].float(), size=(nh, nw), mode="area")[0]
+    out = torch.zeros(c, size, size)
+    y0, x0 = (size - nh) // 2, (size - nw) // 2
+    out[:, y0:y0 + nh, x0:x0 + nw] = r
+    return out
 
 
 def load_structure_set(folders: Sequence[str | Path], channels: int, size: int,
@@ -118,8 +128,8 @@ def load_structure_set(folders: Sequence[str | Path], channels: int, size: int,
             if mk.shape != m.shape:
                 raise InputError(f"{mp}: mask size {mk.shape} differs from image {m.shape}")
             m |= mk
-        imgs.append(_square(x, size))
-        masks.append(_square(torch.from_numpy(m)[None], size))
+        imgs.append(_letterbox(x, size))
+        masks.append(_letterbox(torch.from_numpy(m)[None], size))
         names.append(img_path.stem)
     return StructureSet(torch.stack(imgs), torch.stack(masks), names)
 
@@ -205,11 +215,14 @@ def corrupt(x: torch.Tensor, severity: torch.Tensor, g: torch.Generator, modalit
 
 
 def random_view(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
-    """Random resized crop (80-100 % of each side) and flips of a batch, output ``size`` square."""
+    """Random resized crop (40-100 % of each side) and flips of a batch, output ``size`` square.
+
+    Wide zoom range: adaptation shows the picker patches of the teacher's output as well as
+    whole images."""
     n, _, h, w = x.shape
     views = []
     for i in range(n):
-        f = float(torch.rand((), generator=g)) * 0.2 + 0.8
+        f = float(torch.rand((), generator=g)) * 0.6 + 0.4
         ch, cw = max(8, int(h * f)), max(8, int(w * f))
         y0 = int(torch.randint(0, h - ch + 1, (), generator=g))
         x0 = int(torch.randint(0, w - cw + 1, (), generator=g))
