@@ -120,3 +120,9 @@ def test_real_sets_load_with_masks():
     assert fives.fov is not None and 0.6 < float(fives.fov.float().mean()) < 0.9
     assert not fives.fov[0, 0, 0] and fives.fov[0, 32, 32]
     assert fives.mask is not None and 0.02 < float(fives.mask.float().mean()) < 0.3
+
+
+def test_crop_must_fit_the_network(tmp_path):
+    data = _folder(tmp_path, n=2, size=48)
+    with pytest.raises(InputError, match="multiple of 32"):
+        train_source(_cfg(data, size=48, load_size=48))

@@ -74,6 +74,18 @@ class Cataract:
         return ops.keep_fov(y.clamp(0, 1), fov)
 
 
+def _fork(g: torch.Generator | None) -> torch.Generator | None:
+    """A child generator seeded from ``g`` (so a family's draws do not shift the others')."""
+    if g is None:
+        return None
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=g, device=g.device))
+    return torch.Generator(device=g.device).manual_seed(seed)
+
+
+def _fov4(fov: torch.Tensor) -> torch.Tensor:
+    return fov if fov.dim() == 4 else fov.unsqueeze(1)
+
+
 def _halo(x: torch.Tensor, g: torch.Generator | None, diameter: Range, center: float,
           softness: float, strength: Range, tint: Range) -> torch.Tensor:
     """A bright ring outside a circle of ``diameter`` x size, smoothed, tinted per channel."""
@@ -143,35 +155,48 @@ class Shen2020:
         kinds = [self.types[i] for i in idx.tolist()]
         has = {k: torch.tensor([k in t.split("+") for t in kinds], device=d)
                for k in ("illum", "spot", "blur", "cataract")}
+        # Parameters are drawn for every sample (so a sample's draw does not depend on the
+        # others' types), but each family runs only on the samples whose type includes it.
+        bright = _u(g, n, self.brightness, d)
+        contrast = _u(g, n, self.contrast, d)
+        sat = _u(g, n, self.saturation, d)
+        k = self.spots[1]
+        count = torch.floor(_u(g, n, (self.spots[0], self.spots[1] + 1), d)).clamp_max(k)
+        present = (torch.arange(k, device=d).view(1, k) < count.view(n, 1)).float()
+        spot_cy = _u(g, n * k, (0.1, 0.9), d).view(n, k) * h
+        spot_cx = _u(g, n * k, (0.1, 0.9), d).view(n, k) * w
+        spot_r = _u(g, n * k, self.spot_radius, d).view(n, k) * h
+        spot_a = _u(g, n * k, self.spot_strength, d).view(n, k) * present
+        sig = _u(g, n, self.blur_sigma, d) * _scale(x, self.reference_px)
+        halo_g = _fork(g)
+        hole_g = _fork(g)
+        cat_g = _fork(g)
         y = x
-        if bool(has["illum"].any()):
-            z = ops.adjust_brightness(y, _u(g, n, self.brightness, d))
-            z = ops.adjust_contrast(z, _u(g, n, self.contrast, d))
-            z = ops.adjust_saturation(z, _u(g, n, self.saturation, d)).clamp(0, 1)
-            z = ops.keep_fov(z, fov)
-            z = _halo(z, g, self.halo_diameter, self.halo_center, self.halo_softness,
+        sel = has["illum"].nonzero().view(-1)
+        if sel.numel():
+            z = y.index_select(0, sel)
+            f = None if fov is None else _fov4(fov).index_select(0, sel)
+            z = ops.adjust_brightness(z, bright[sel])
+            z = ops.adjust_contrast(z, contrast[sel])
+            z = ops.keep_fov(ops.adjust_saturation(z, sat[sel]).clamp(0, 1), f)
+            z = _halo(z, halo_g, self.halo_diameter, self.halo_center, self.halo_softness,
                       self.halo_strength, self.halo_tint)
-            z = _hole(z, g, self.hole_diameter, self.hole_band, self.hole_depth_base,
+            z = _hole(z, hole_g, self.hole_diameter, self.hole_band, self.hole_depth_base,
                       self.hole_depth_slope)
-            y = torch.where(has["illum"].view(-1, 1, 1, 1), z, y)
-        if bool(has["spot"].any()):
-            k = self.spots[1]
-            count = torch.floor(_u(g, n, (self.spots[0], self.spots[1] + 1), d)).clamp_max(k)
-            present = (torch.arange(k, device=d).view(1, k) < count.view(n, 1)).float()
-            cy = _u(g, n * k, (0.1, 0.9), d).view(n, k) * h
-            cx = _u(g, n * k, (0.1, 0.9), d).view(n, k) * w
-            rad = _u(g, n * k, self.spot_radius, d).view(n, k) * h
-            amp = _u(g, n * k, self.spot_strength, d).view(n, k) * present
-            spots = ops.gaussian_blobs(h, w, cy, cx, rad, amp).clamp(0, 1)
-            z = y + spots * (1 - y)
-            y = torch.where(has["spot"].view(-1, 1, 1, 1), z, y)
-        if bool(has["blur"].any()):
-            sig = _u(g, n, self.blur_sigma, d) * _scale(x, self.reference_px)
-            sel = has["blur"].nonzero().view(-1)  # blur only the samples that need it
-            y = y.index_copy(0, sel, ops.blur(y.index_select(0, sel), sig.index_select(0, sel)))
-        if bool(has["cataract"].any()):
-            z = self.cataract.apply(x, g, fov)
-            y = torch.where(has["cataract"].view(-1, 1, 1, 1), z, y)
+            y = y.index_copy(0, sel, z)
+        sel = has["spot"].nonzero().view(-1)
+        if sel.numel():
+            z = y.index_select(0, sel)
+            spots = ops.gaussian_blobs(h, w, spot_cy[sel], spot_cx[sel], spot_r[sel],
+                                       spot_a[sel]).clamp(0, 1)
+            y = y.index_copy(0, sel, z + spots * (1 - z))
+        sel = has["blur"].nonzero().view(-1)
+        if sel.numel():
+            y = y.index_copy(0, sel, ops.blur(y.index_select(0, sel), sig[sel]))
+        sel = has["cataract"].nonzero().view(-1)
+        if sel.numel():
+            f = None if fov is None else _fov4(fov).index_select(0, sel)
+            y = y.index_copy(0, sel, self.cataract.apply(x.index_select(0, sel), cat_g, f))
         return ops.keep_fov(y.clamp(0, 1), fov)
 
 

@@ -2,9 +2,9 @@
 
 Data: a folder with ``images/`` and optional ``masks/`` (structure) and ``fov/``, or names from
 ``same_fast.data.DATASETS`` joined by commas (``HRF,FIVES``). Images are loaded once, square-
-cropped and resized so that their side is ``load_size``; each step takes a batch, zooms it by
-U(1.1, 1.35), degrades the whole frames on the device (so halo, hole and blur have the scale of
-the full image), then takes random ``size`` crops with independent horizontal and vertical flips.
+cropped and resized so that their side is ``load_size``; each step takes a batch, degrades the
+whole frames on the device (so halo, hole and blur have the scale of the full image), then takes
+random crops zoomed by U(1.1, 1.35) to ``size`` with independent horizontal and vertical flips.
 
 Loss: L1(image, clean) + ``lambda_s`` x (BCE + Dice)(structure logits, mask); Adam.
 A held-out split (``holdout`` fraction per set, chosen by name with the seed) is degraded once
@@ -205,29 +205,38 @@ def _stack(samples: list[Sample], device: torch.device
 
 def make_batch(train: list[Sample], cfg: SourceConfig, g: torch.Generator, device: torch.device
                ) -> dict[str, torch.Tensor]:
-    """One training batch: zoom, degrade full frames, random crops and flips."""
+    """One training batch: degrade full frames, zoom by U(1.1, 1.35) into random crops, flips.
+
+    The zoom is applied after degradation (a crop of side ``size / zoom`` resized to ``size``),
+    which keeps the degradation at full-frame scale and costs a fraction of resizing the frames.
+    """
     idx = torch.randint(len(train), (cfg.batch,), generator=g).tolist()
     x, mask, fov, has_mask = _stack([train[i] for i in idx], device)
-    zoom = 1.1 + 0.25 * float(torch.rand(1, generator=g))
-    side = max(cfg.size, int(round(cfg.load_size * zoom)))
-    x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
-    mask = F.interpolate(mask, size=(side, side), mode="nearest")
-    fov = F.interpolate(fov, size=(side, side), mode="nearest")
     x = x * fov
     y = degrade(x, cfg.degrade or MODALITIES[cfg.modality][1], g, fov)
-    crops = {"clean": [], "degraded": [], "mask": [], "fov": []}
+    side = x.shape[-1]
+    zoom = 1.1 + 0.25 * float(torch.rand(1, generator=g))
+    c = min(side, max(1, int(round(cfg.size / zoom))))
+    crops: dict[str, list[torch.Tensor]] = {"clean": [], "degraded": [], "mask": [], "fov": []}
     for i in range(cfg.batch):
-        top = int(torch.randint(side - cfg.size + 1, (1,), generator=g))
-        left = int(torch.randint(side - cfg.size + 1, (1,), generator=g))
+        top = int(torch.randint(side - c + 1, (1,), generator=g))
+        left = int(torch.randint(side - c + 1, (1,), generator=g))
         flip_h, flip_v = (torch.rand(2, generator=g) < 0.5).tolist()
         for key, t in (("clean", x), ("degraded", y), ("mask", mask), ("fov", fov)):
-            c = t[i, :, top:top + cfg.size, left:left + cfg.size]
+            t = t[i, :, top:top + c, left:left + c]
             if flip_h:
-                c = c.flip(-1)
+                t = t.flip(-1)
             if flip_v:
-                c = c.flip(-2)
-            crops[key].append(c)
-    out = {k: torch.stack(v) for k, v in crops.items()}
+                t = t.flip(-2)
+            crops[key].append(t)
+    out = {}
+    for key, v in crops.items():
+        t = torch.stack(v)
+        if c != cfg.size:
+            smooth = key in ("clean", "degraded")
+            t = F.interpolate(t, size=(cfg.size, cfg.size), mode="bilinear" if smooth else "nearest",
+                              **({"align_corners": False} if smooth else {}))
+        out[key] = t
     out["has_mask"] = has_mask
     return out
 
