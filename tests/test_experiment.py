@@ -1,0 +1,57 @@
+"""The evaluation harness, reduced: stand-in models, a few real held-out images, two steps."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from same_fast.data import data_root
+from same_fast.errors import InputError
+from same_fast.experiment import auroc, make_config, run_experiment
+from same_fast.models import save_model
+from same_fast.nn import SAMENet
+from same_fast.nn.iqa import IQANet
+from same_fast.nn.isd import StructureVAE
+from same_fast.picker import save_picker
+
+
+def test_auroc_matches_definition():
+    assert auroc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert auroc(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 0.0
+    assert auroc(np.array([1.0, 3.0]), np.array([2.0, 2.0])) == 0.5
+    assert auroc(np.array([2.0]), np.array([2.0])) == 0.5
+
+
+def test_unknown_experiment_is_an_input_error():
+    with pytest.raises(InputError, match="unknown experiment"):
+        make_config("nope")
+
+
+@pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (SAME_FAST_DATA)")
+def test_busi_experiment_quick(tmp_path):
+    torch.manual_seed(0)
+    model = save_model(tmp_path / "us.safetensors", SAMENet(1, "lite", base=8, max_channels=16),
+                       modality="ultrasound")
+    picker = save_picker(tmp_path / "p.safetensors", IQANet(1, width=4, depth=2, size=32),
+                         StructureVAE(size=16, latent=4, width=4), 1e9, "ultrasound")
+    res = run_experiment("busi-speckle", tmp_path / "out", quick=True, progress=False,
+                         model=str(model), picker=str(picker), n_images=3, steps=2)
+    assert res["n"] == 3
+    t = res["table"]
+    assert set(t) == {"degraded", "clahe", "source", "mean_teacher", "same_offline",
+                      "same_online"}
+    for row in t.values():
+        assert 0 < row["ssim"] <= 1 and row["psnr"] > 0
+    for m in ("mean_teacher", "same_offline", "same_online"):
+        assert 0 <= t[m]["negative_rate"] <= 1
+    p = res["picker"]
+    assert set(p["auroc"]) >= {"noise", "scramble", "washout", "all", "iqa_only", "isd_only"}
+    assert all(0 <= v <= 1 for v in p["auroc"].values())
+    assert res["picker"]["online"]["steps"] == 3  # one step per frame, one pass
+    on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert on_disk["table"] == json.loads(json.dumps(t))
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| same_offline |" in md and "AUROC" in md
+    assert (tmp_path / "out" / "examples.png").stat().st_size > 500
