@@ -62,7 +62,7 @@ def _wait_steps_settle(url):
 
 def test_online_adaptation_publishes_freezes_and_resets(tiny_model):
     cfg = ServeConfig(model=tiny_model, adapt="online", adapt_every=2, adapt_batch=2,
-                      adapt_crop=16, adapt_lr=1e-2, max_batch=2, max_delay_ms=1)
+                      adapt_crop=16, adapt_safety="off", max_batch=2, max_delay_ms=1)
     svc = Service(cfg)
     rng = np.random.default_rng(0)
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -170,15 +169,14 @@ def run_serial(o: dict[str, Any], served, adapt: bool, mode: str, streams: int
                    for i, off in enumerate(offs))
     adaptation = None
     if adapt:
-        # Its thread never wakes (nothing is observed); the step runs inline below.
+        # No thread: the same adaptation steps run inline, in this loop.
         adaptation = OnlineAdaptation(served, AdaptConfig(
-            batch=o["adapt_batch"], every=o["adapt_every"], crop=o["size"], buffer=64))
-    recent: deque = deque(maxlen=64)
+            batch=o["adapt_batch"], every=o["adapt_every"], crop=o["size"], buffer=64),
+            start=False)
     lat: list[float] = []
     fixed = mode == "fixed"
-    steps = 0
     t0 = time.perf_counter() + 0.05
-    for k, (off, s, i) in enumerate(sched):
+    for off, s, i in sched:
         arrival = t0 + off if fixed else time.perf_counter()
         if fixed:
             _sleep_until(arrival)
@@ -186,12 +184,9 @@ def run_serial(o: dict[str, Any], served, adapt: bool, mode: str, streams: int
         served.frame_step([f])
         lat.append(time.perf_counter() - arrival)
         if adaptation is not None:
-            x = torch.from_numpy(f).permute(2, 0, 1).float() / 255
-            recent.append(x)
-            if (k + 1) % o["adapt_every"] == 0:
-                adaptation._adapt_once(list(recent))
-                served._install_pending()
-                steps += 1
+            adaptation.feed([torch.from_numpy(f).permute(2, 0, 1).float() / 255])
+            served._install_pending()
+    steps = adaptation.steps if adaptation is not None else 0
     t_end = time.perf_counter()
     if adaptation is not None:
         adaptation.close()

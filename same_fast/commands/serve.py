@@ -58,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adapt-lr", type=float, default=d.adapt_lr)
     g.add_argument("--adapt-ema", type=float, default=d.adapt_ema)
     g.add_argument("--adapt-serve", default=d.adapt_serve, choices=["student", "teacher"])
+    g.add_argument("--adapt-safety", default=d.adapt_safety, choices=["freeze", "reset", "off"],
+                   help="when acceptance collapses or outputs drift from the source model")
     g.add_argument("--picker", default=d.picker, help="picker checkpoint (default: accept all)")
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("pipe mode")

@@ -1,20 +1,20 @@
-"""Online adaptation beside serving: accepted frames feed a teacher-student adapter in a
-background thread, and new weights are published to the served model between batches.
+"""Online adaptation beside serving: served frames feed ``same_fast.adapt.online.OnlineAdapter``
+in a background thread, and its new weights are published to the served model between batches.
 
-Serving never waits for training: ``observe`` only appends to a bounded buffer (frames beyond it
-are counted and skipped), the adapter runs in its own thread at a lower OS priority, and the
-served model picks up published weights at its next batch.
+Serving never waits for training: ``observe`` (called by the model worker after each batch)
+only copies the frames into a bounded hand-off buffer (when the adapter falls behind, the oldest
+unseen frames are skipped and counted); the adapter thread runs at a lower OS priority with one
+intra-op thread; the served model installs published weights at its next batch.
 
-The adapter is ``same_fast.adapt.step.AdaptStep`` (SPEC section 5: teacher pseudo-labels, picker
-weights, student distillation, EMA). Every ``every`` observed frames it takes one step on a batch
-of ``batch`` random crops (``crop`` px) of the most recent frames, and publishes the student's
-(or teacher's) weights. ``freeze`` stops stepping (the served weights stay), ``resume`` restarts
-it, ``reset`` restores the source weights everywhere (and publishes them).
+The adapter is the adaptation engineer's ``OnlineAdapter`` (SPEC section 5: teacher pseudo-
+labels, picker weights, student distillation, EMA; one step every ``every`` frames from a buffer
+of recent frames) with its safety monitor: when picker acceptance collapses or the output drifts
+too far from the source model's, it freezes (or resets) by itself. ``freeze``/``resume``/
+``reset`` are the HTTP controls.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import threading
 from collections import deque
@@ -26,10 +26,20 @@ import torch
 from same_fast.errors import InputError
 from same_fast.serve.model import ServedModel, weights_hash
 
+# Per-step records the adapter keeps; a server runs for days, so older ones are dropped.
+_HISTORY = 1024
+
 
 @dataclass
 class AdaptConfig:
-    """Online adaptation settings (``same-fast serve --adapt-*`` flags)."""
+    """Online adaptation settings (``same-fast serve --adapt-*`` flags).
+
+    batch: views per step; every: one step per this many served frames; buffer: recent frames
+    the adapter samples from; crop: side of the square training views (px, rounded down to the
+    model's multiple); lr, ema: optimiser and teacher EMA; serve: which model is published;
+    picker: picker checkpoint (None accepts every sample); safety: 'freeze', 'reset' or 'off';
+    nice, threads: OS priority offset and torch intra-op threads of the adapter thread.
+    """
 
     batch: int = 4
     every: int = 4
@@ -37,165 +47,143 @@ class AdaptConfig:
     crop: int = 256
     lr: float = 2e-4
     ema: float = 0.995
-    serve: str = "student"  # which model's weights are published
+    serve: str = "student"
     picker: str | None = None
+    safety: str = "freeze"
     seed: int = 0
-    nice: int = 10  # OS priority offset of the adapter thread (serving keeps the CPU)
-    threads: int = 1  # torch intra-op threads of the adapter thread (0 = leave as is)
+    nice: int = 10
+    threads: int = 1
 
 
 class OnlineAdaptation:
-    """Adapts a copy of ``served.module`` to observed frames and publishes it to ``served``."""
+    """Drives an ``OnlineAdapter`` over a copy of ``served.module`` and publishes to ``served``.
 
-    def __init__(self, served: ServedModel, config: AdaptConfig | None = None) -> None:
+    start: run the background thread (False: call ``feed`` yourself, e.g. a serial baseline).
+    """
+
+    def __init__(self, served: ServedModel, config: AdaptConfig | None = None,
+                 start: bool = True) -> None:
         if served.module is None:
             raise InputError(f"--adapt online needs a trainable model; '{served.name}' is not one")
-        from same_fast.adapt.step import AdaptStep, StepConfig
+        from same_fast.adapt.loop import AdaptConfig as LibConfig
+        from same_fast.adapt.online import OnlineAdapter
+        from same_fast.adapt.safety import SafetyConfig
 
         self.config = cfg = config or AdaptConfig()
         self.served = served
-        self._source = {k: v.detach().clone() for k, v in served.module.state_dict().items()}
-        self.student = copy.deepcopy(served.module).to("cpu")
-        self.teacher = copy.deepcopy(served.module).to("cpu")
+        mult = int(getattr(served.module, "multiple", 1) or 1)
+        size = max(mult, cfg.crop // mult * mult)
+        lib = LibConfig(mode="online", batch=cfg.batch, size=max(size, 8), lr=cfg.lr,
+                        ema=cfg.ema, every=cfg.every, buffer=cfg.buffer, serve=cfg.serve,
+                        seed=cfg.seed, modality=str(served.metadata.get("modality") or "fundus"))
+        safety = SafetyConfig(min_acceptance=0.0, max_drift=0.0) if cfg.safety == "off" else \
+            SafetyConfig(action=cfg.safety)
         picker = None
         if cfg.picker:
             from same_fast.picker import load_picker
 
             picker = load_picker(cfg.picker, device="cpu")
-        self._step = AdaptStep(self.student, self.teacher, StepConfig(lr=cfg.lr, ema=cfg.ema),
-                               picker)
-        self._gen = torch.Generator().manual_seed(cfg.seed)
-        self._buffer: deque[torch.Tensor] = deque(maxlen=cfg.buffer)
+        module = served.module.to("cpu")
+        self.adapter = OnlineAdapter(module, picker, lib, safety)
+        self._published = self.adapter.version
+        self._inbox: deque[torch.Tensor] = deque(maxlen=cfg.buffer)
         self._cv = threading.Condition()
-        self._train = threading.Lock()  # one of: a training step, a reset
-        self._new = 0
         self._stop = False
-        self.frozen = False
-        self.steps = 0
         self.observed = 0
         self.skipped = 0
-        self.accepted_sum = 0.0
-        self.samples = 0
-        self.last_loss: float | None = None
-        self.resets = 0
         self.errors = 0
         self.last_error: str | None = None
-        self._thread = threading.Thread(target=self._run, name="same-fast-adapt", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._run, name="same-fast-adapt",
+                                            daemon=True)
+            self._thread.start()
 
-    # -- called from the serving worker: must be cheap and never block on training ----------
+    # -- called from the serving worker: cheap, never waits for training ---------------------
     def observe(self, x01: torch.Tensor) -> None:
-        """Offer a served batch ``(N, C, H, W)`` float [0, 1]; copied, never waited on."""
-        if self.frozen or self._stop:
+        """Offer a served batch ``(N, C, H, W)`` float [0, 1] (CPU); copied, never waited on."""
+        if self.adapter.frozen or self._stop:
             return
         with self._cv:
             for f in x01:
-                if len(self._buffer) == self._buffer.maxlen:
-                    self.skipped += 1  # the oldest unseen frame makes room
-                self._buffer.append(f.detach().clone())
+                if len(self._inbox) == self._inbox.maxlen:
+                    self.skipped += 1  # the adapter is behind: the oldest unseen frame goes
+                self._inbox.append(f.detach().clone())
                 self.observed += 1
-                self._new += 1
-            if self._new >= self.config.every:
-                self._cv.notify()
+            self._cv.notify()
 
-    # -- the adapter thread ---------------------------------------------------------------
+    # -- the adapter thread ---------------------------------------------------------------------
     def _run(self) -> None:
-        with contextlib.suppress(OSError, AttributeError, PermissionError):
+        with contextlib.suppress(OSError, AttributeError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.config.nice)
         if self.config.threads > 0:
             # OpenMP's thread count is per calling thread: this caps the adapter's share of
-            # cores without touching the serving thread's.
+            # cores without changing the serving thread's.
             torch.set_num_threads(self.config.threads)
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._stop or (
-                    not self.frozen and self._new >= self.config.every
-                    and len(self._buffer) >= 1), timeout=1.0)
+                self._cv.wait_for(lambda: self._stop or bool(self._inbox), timeout=1.0)
                 if self._stop:
                     return
-                if self.frozen or self._new < self.config.every or not self._buffer:
-                    continue
-                self._new = 0
-                frames = list(self._buffer)[-max(self.config.batch, 1) * 2:]
-            try:
-                with self._train:
-                    self._adapt_once(frames)
-            except Exception as e:  # a failing step must not stop serving; it is reported
-                self.errors += 1
-                self.last_error = f"{type(e).__name__}: {e}"[:300]
+                frames = list(self._inbox)
+                self._inbox.clear()
+            self.feed(frames)
 
-    def _batch(self, frames: list[torch.Tensor]) -> torch.Tensor:
-        shape = frames[-1].shape
-        same = [f for f in frames if f.shape == shape]
-        n = self.config.batch
-        pick = torch.randint(len(same), (n,), generator=self._gen).tolist()
-        c, h, w = shape
-        s = min(self.config.crop, h, w)
-        mult = int(getattr(self.student, "multiple", 1) or 1)
-        s = max(mult, s // mult * mult) if s >= mult else s
-        out = []
-        for i in pick:
-            f = same[i]
-            if s > h or s > w:  # smaller than one network multiple: pad by replication
-                f = torch.nn.functional.pad(f[None], (0, max(0, s - w), 0, max(0, s - h)),
-                                            mode="replicate")[0]
-            y0 = int(torch.randint(f.shape[1] - s + 1, (1,), generator=self._gen))
-            x0 = int(torch.randint(f.shape[2] - s + 1, (1,), generator=self._gen))
-            v = f[:, y0:y0 + s, x0:x0 + s]
-            if bool(torch.rand((), generator=self._gen) < 0.5):
-                v = v.flip(-1)
-            out.append(v)
-        return torch.stack(out) * 2 - 1
+    def feed(self, frames: list[torch.Tensor]) -> None:
+        """Give frames ``(C, H, W)`` [0, 1] to the adapter (runs the steps that fall due, in this
+        thread) and publish the served weights if they changed."""
+        try:
+            for f in frames:
+                if self._stop or self.adapter.frozen:
+                    break
+                self.adapter.observe(f[None])
+            if len(self.adapter.history) > 2 * _HISTORY:
+                del self.adapter.history[:-_HISTORY]
+            self._publish_if_changed()
+        except Exception as e:  # a failing step must not stop serving; it is reported
+            self.errors += 1
+            self.last_error = f"{type(e).__name__}: {e}"[:300]
 
-    def _adapt_once(self, frames: list[torch.Tensor]) -> None:
-        x = self._batch(frames)
-        with torch.enable_grad():
-            res = self._step(x)
-        self.steps += 1
-        self.accepted_sum += float(res["accepted"])
-        self.samples += int(x.shape[0])
-        self.last_loss = float(res["loss"])
-        src = self.student if self.config.serve == "student" else self.teacher
-        state = {k: v.detach().clone() for k, v in src.state_dict().items()}
+    def _publish_if_changed(self) -> None:
+        if self.adapter.version == self._published:
+            return
+        state, version = self.adapter.snapshot()
         self.served.publish(state, weights_hash(state))
+        self._published = version
 
     # -- control ----------------------------------------------------------------------------
     def freeze(self) -> None:
         """Stop adapting; the currently served weights stay."""
-        self.frozen = True
+        self.adapter.freeze("requested over HTTP")
 
     def resume(self) -> None:
-        with self._cv:
-            self.frozen = False
-            self._cv.notify()
+        self.adapter.resume()
 
     def reset(self) -> None:
-        """Back to the source weights (student, teacher, optimizer, served model)."""
-        with self._train, self._cv, torch.no_grad():
-            self.student.load_state_dict(self._source)
-            self.teacher.load_state_dict(self._source)
-            self._step.optimizer.state.clear()  # Adam moments belong to the discarded path
-            self._buffer.clear()
-            self._new = 0
-            self.resets += 1
-        self.served.publish({k: v.clone() for k, v in self._source.items()},
-                            self.served.source_hash)
+        """Back to the source weights (student, teacher, optimizer) and publish them."""
+        self.adapter.reset("requested over HTTP")
+        with self._cv:
+            self._inbox.clear()
+        self._publish_if_changed()
 
     def close(self) -> None:
         with self._cv:
             self._stop = True
             self._cv.notify_all()
-        self._thread.join(timeout=30)
+        if self._thread is not None:
+            self._thread.join(timeout=60)
 
     @property
-    def acceptance(self) -> float | None:
-        """Mean picker weight over every adapted sample (1.0 without a picker)."""
-        return self.accepted_sum / self.samples if self.samples else None
+    def steps(self) -> int:
+        return self.adapter.steps
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": "online", "state": "frozen" if self.frozen else "adapting",
-                "steps": self.steps, "observed_frames": self.observed,
-                "skipped_frames": self.skipped, "acceptance": self.acceptance,
-                "last_loss": self.last_loss, "resets": self.resets, "errors": self.errors,
-                "last_error": self.last_error, "serves": self.config.serve,
-                "picker": self.config.picker}
+        s = self.adapter.stats()
+        return {"mode": "online", "state": "frozen" if s["frozen"] else "adapting",
+                "steps": s["steps"], "adapter_version": s["version"],
+                "observed_frames": self.observed, "skipped_frames": self.skipped,
+                "acceptance": s["acceptance"], "last_loss": s["last_loss"],
+                "resets": s["resets"], "errors": self.errors, "last_error": self.last_error,
+                "serves": self.config.serve, "picker": self.config.picker,
+                "safety": self.config.safety,
+                "last_drift": self.adapter.safety.last_drift}

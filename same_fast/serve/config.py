@@ -54,6 +54,7 @@ class ServeConfig:
     adapt_lr: float = 2e-4
     adapt_ema: float = 0.995
     adapt_serve: str = "student"
+    adapt_safety: str = "freeze"
     picker: str | None = None
     seed: int = 0
     # pipe mode
@@ -67,6 +68,8 @@ class ServeConfig:
             raise InputError(f"--adapt must be off or online, got '{self.adapt}'")
         if self.adapt_serve not in ("student", "teacher"):
             raise InputError("--adapt-serve must be student or teacher")
+        if self.adapt_safety not in ("freeze", "reset", "off"):
+            raise InputError("--adapt-safety must be freeze, reset or off")
         if self.policy not in ("block", "drop_oldest"):
             raise InputError("--policy must be block or drop_oldest")
         for name in ("max_batch", "capacity", "workers", "max_inflight", "max_connections",

@@ -39,7 +39,8 @@ class Service:
             self.adaptation = OnlineAdaptation(self.model, AdaptConfig(
                 batch=config.adapt_batch, every=config.adapt_every, buffer=config.adapt_buffer,
                 crop=config.adapt_crop, lr=config.adapt_lr, ema=config.adapt_ema,
-                serve=config.adapt_serve, picker=config.picker, seed=config.seed))
+                serve=config.adapt_serve, picker=config.picker, safety=config.adapt_safety,
+                seed=config.seed))
         observe = self.adaptation.observe if self.adaptation else None
         model_ref = self.model
         self.loop = StreamLoop(lambda frames: model_ref.frame_step(frames, observe), LoopConfig(
