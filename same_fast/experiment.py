@@ -37,6 +37,7 @@ from same_fast.errors import InputError
 
 METHODS = ("degraded", "clahe", "source", "mean_teacher", "same_offline", "same_online")
 ADAPTED = ("mean_teacher", "same_offline", "same_online")
+EXTRA = ("same_redegrade",)  # SAME offline with the re-degraded student view (SPEC 5, beyond)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class ExperimentConfig:
     segmenter_steps: int = 400
     segmenter: str = ""        # path of a cached vessel segmenter ("" = <out>/vessel_segmenter)
     examples: int = 3
+    redegrade: bool = True     # also run SAME offline with the re-degraded student view
 
 
 EXPERIMENTS: dict[str, dict[str, Any]] = {
@@ -141,10 +143,10 @@ def load_busi_heldout(size: int, n: int = 0, model_meta: dict[str, Any] | None =
 def _heldout_names(meta: dict[str, Any]) -> set[str]:
     prov = meta.get("provenance") if isinstance(meta.get("provenance"), dict) else {}
     for src in (meta, prov or {}):
-        for key in ("validation_names", "val_names", "holdout_names", "heldout"):
+        for key in ("held_out", "validation_names", "val_names", "holdout_names", "heldout"):
             v = src.get(key)
             if isinstance(v, list) and v:
-                return {Path(str(s)).stem for s in v}
+                return {Path(str(s)).stem for s in v if "BUSI" in str(s) or "/" not in str(s)}
     return set()
 
 
@@ -381,6 +383,10 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     outputs["mean_teacher"] = _enhance(mt.student, degraded, fov)
     same = timed("same_offline", lambda: adapt_offline(model, frames, picker, acfg, fovs))
     outputs["same_offline"] = _enhance(same.student, degraded, fov)
+    if cfg.redegrade:
+        rcfg = dataclasses.replace(acfg, redegrade=True)
+        red = timed("same_redegrade", lambda: adapt_offline(model, frames, picker, rcfg, fovs))
+        outputs["same_redegrade"] = _enhance(red.student, degraded, fov)
     ocfg = dataclasses.replace(acfg, mode="online", every=cfg.online_every,
                                steps_per_update=cfg.online_steps_per_update,
                                buffer=cfg.online_buffer)
@@ -395,9 +401,10 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     outputs["same_online"] = timed("same_online", online)
 
     # quality
-    per_image = {m: image_scores(outputs[m], clean, fov) for m in METHODS}
+    methods = [m for m in METHODS + EXTRA if m in outputs]
+    per_image = {m: image_scores(outputs[m], clean, fov) for m in methods}
     table: dict[str, dict[str, Any]] = {}
-    for m in METHODS:
+    for m in methods:
         rows = per_image[m]
         table[m] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     # picker: decisions on the real pseudo-labels, AUROC against planted implausible ones
@@ -409,6 +416,7 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     picker_res: dict[str, Any] = {"config": picker_config_dict(picker),
                                   "accept_real": float(w_real.mean()),
                                   "acceptance_offline": same.acceptance,
+                                  "acceptance_offline_curve": _curve(same.history),
                                   "acceptance_online": adapter.stats()["acceptance"],
                                   "online": {k: v for k, v in adapter.stats().items()
                                              if k != "last_loss"},
@@ -433,7 +441,7 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     # sample-wise negative adaptation
     src_ssim = np.array([r["ssim"] for r in per_image["source"]])
     rejected = (w_real < 0.5).numpy()
-    for m in ADAPTED:
+    for m in [a for a in ADAPTED + EXTRA if a in outputs]:
         s = np.array([r["ssim"] for r in per_image[m]])
         neg = s < src_ssim
         table[m]["negative_rate"] = float(neg.mean())
@@ -449,7 +457,7 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
         gt = data["vessels"][:, 0].numpy() > 0.5
         m_fov = fov[:, 0].numpy() > 0.5
         downstream = {"segmenter": seg_info, "scores": {}}
-        for m in ("clean",) + METHODS:
+        for m in ["clean"] + methods:
             x = clean if m == "clean" else outputs[m]
             pred = _segment(seg, x)[:, 0].numpy() > 0.5
             downstream["scores"][m] = binary_scores(pred, gt, m_fov)
@@ -484,6 +492,15 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     return result
 
 
+def _curve(history: list[dict[str, float]], bins: int = 10) -> list[float]:
+    """Acceptance over adaptation, averaged in ``bins`` equal chunks of steps."""
+    if not history:
+        return []
+    chunks = np.array_split(np.arange(len(history)), min(bins, len(history)))
+    return [float(sum(history[i]["accepted"] for i in c) / sum(history[i]["batch"] for i in c))
+            for c in chunks]
+
+
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
 
@@ -497,7 +514,7 @@ def markdown(result: dict[str, Any]) -> str:
         head += " Dice | IoU | F1 | kappa |"
         sep += "---|---|---|---|"
     lines = [f"### {result['experiment']} (n = {result['n']})", "", head, sep]
-    for m in METHODS:
+    for m in [m for m in METHODS + EXTRA if m in t]:
         r = t[m]
         neg = f"{100 * r['negative_rate']:.0f} %" if "negative_rate" in r else "-"
         row = (f"| {m} | {r['ssim']:.4f} | {r['psnr']:.2f} | {r['ssim_fov']:.4f} | "

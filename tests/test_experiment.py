@@ -41,10 +41,10 @@ def test_busi_experiment_quick(tmp_path):
     assert res["n"] == 3
     t = res["table"]
     assert set(t) == {"degraded", "clahe", "source", "mean_teacher", "same_offline",
-                      "same_online"}
+                      "same_online", "same_redegrade"}
     for row in t.values():
         assert 0 < row["ssim"] <= 1 and row["psnr"] > 0
-    for m in ("mean_teacher", "same_offline", "same_online"):
+    for m in ("mean_teacher", "same_offline", "same_online", "same_redegrade"):
         assert 0 <= t[m]["negative_rate"] <= 1
     p = res["picker"]
     assert set(p["auroc"]) >= {"noise", "scramble", "washout", "all", "iqa_only", "isd_only"}
