@@ -64,7 +64,8 @@ class OnnxRuntimeBackend(Backend):
 
     Options (``config.options``): ``ort_opt`` = disable|basic|extended|all (graph optimisation
     level, default all: folds BatchNorm into convolutions, fuses activations), ``ort_layout``
-    = 1 to let the CPU EP convert convolutions to NCHWc blocked layout (part of level all).
+    = 1 to let the CPU EP convert convolutions to NCHWc blocked layout (part of level all),
+    ``ort_spin`` = 0 to stop idle intra-op threads from spinning (helps on loaded machines).
     ``config.threads``: intra-op threads (0 = ORT default). ``config.int8``: static QDQ int8
     quantisation calibrated on ``calibration`` frames (``(N, C, H, W)`` in [0, 1]).
     """
@@ -107,6 +108,9 @@ class OnnxRuntimeBackend(Backend):
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
         if self.config.threads:
             so.intra_op_num_threads = int(self.config.threads)
+        if str(self.config.options.get("ort_spin", "1")) == "0":
+            # On an oversubscribed machine spinning worker threads steal cores from each other.
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
         return so
 

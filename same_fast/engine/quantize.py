@@ -50,17 +50,29 @@ def quantize_int8(onnx_bytes: bytes, calibration: torch.Tensor) -> bytes:
     """Static QDQ int8 model bytes from fp32 ``onnx_bytes``, calibrated on ``(N, C, H, W)``."""
     try:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
         raise missing_dependency("onnxruntime", "int8 quantisation", "onnx") from None
+    import logging
+
+    import onnxruntime as ort
+
+    root = logging.getLogger()
+    level = root.level
     with tempfile.TemporaryDirectory() as tmp:
         src, pre, dst = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         src.write_bytes(onnx_bytes)
+        # Constant-fold first (ORT basic level): the exporter computes some conv biases with
+        # small subgraphs, and the quantiser needs every weight and bias as an initializer.
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(pre)
+        so.log_severity_level = 3
+        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
         try:
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        except Exception:  # pre-processing is an optimisation; quantise the raw graph instead
-            pre = src
-        quantize_static(str(pre), str(dst), _Reader(calibration.float().cpu()),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            root.setLevel(logging.ERROR)  # the quantiser logs per-node notes at WARNING
+            quantize_static(str(pre), str(dst), _Reader(calibration.float().cpu()),
+                            quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
         return dst.read_bytes()

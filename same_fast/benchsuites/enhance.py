@@ -1,0 +1,259 @@
+"""``same-fast bench --suite enhance``: every available inference backend, interleaved in one run.
+
+For each network preset (``lite``, ``paper``), frame size (256/512/1024 px) and batch (1/4/16):
+frames/s and per-frame latency (median and p99 of the batch time; a frame waits for its whole
+batch) per backend, as ratios to torch eager measured in the same rounds, plus achieved GFLOP/s
+(FLOPs of the network counted once with ``torch.utils.flop_counter.FlopCounterMode``) against
+this machine's fp32 matmul peak (a large ``torch.mm`` timed in the same run). The int8 ONNX
+Runtime variant also reports its SSIM against the fp32 output. Inputs are crops of a real fundus
+photograph (scikit-image's CC0 ``retina``); weights are random (speed does not depend on them).
+
+Options (``--set KEY=VALUE``): ``presets=lite,paper``, ``sizes=256,512,1024``,
+``batches=1,4,16``, ``backends=torch,torch-cl,onnxruntime,onnxruntime-int8,compile``,
+``paper_max_size=512``, ``paper_max_batch=4`` (the 89M-parameter paper network is skipped
+above these on CPU: one 512 px batch of 16 takes minutes in eager),
+``threads=N`` (torch and ONNX Runtime threads for the whole run, so every peer gets the same
+cores; default: each library's own default), ``ort_spin=0`` (no spinning ORT threads),
+``mm=2048`` (matmul size for the peak),
+``budget_s=20`` (rough seconds per case; fewer repeats for slow cases).
+``--quick``: lite and paper at 256 px batch 1, lite at 512 px batch 1 and 4; no compile.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from same_fast.benchsuites.common import environment, interleaved
+from same_fast.engine.base import Backend, DeployModule
+
+CPU_BACKENDS = ("torch", "torch-cl", "onnxruntime", "onnxruntime-int8", "compile")
+GPU_BACKENDS = ("torch", "torch-cl", "compile", "onnxruntime", "tensorrt", "tensorrt-fp16")
+
+
+def _dynamo() -> Any:
+    import torch._dynamo as dynamo
+
+    return dynamo
+
+
+def _list(opts: dict[str, str], key: str, default: list[Any], cast=str) -> list[Any]:
+    v = opts.get(key)
+    return [cast(x) for x in v.split(",") if x.strip()] if v else default
+
+
+def matmul_peak(device: torch.device, n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """fp32 GFLOP/s of an ``n x n`` matmul on ``device`` (best of the interleaved repeats)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device)
+    b = torch.randn(n, n, generator=g).to(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    r = interleaved({"mm": lambda: torch.mm(a, b)}, repeats=repeats, warmup=2, sync=sync)["mm"]
+    flops = 2.0 * n ** 3
+    return {"n": n, "median_gflops": flops / r["median_s"] / 1e9,
+            "best_gflops": flops / r["min_s"] / 1e9}
+
+
+def count_flops(model: torch.nn.Module, channels: int, size: int) -> float:
+    """FLOPs of one ``size x size`` frame through the inference graph (image decoder only)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module = DeployModule(model).eval()
+    x = torch.rand(1, channels, size, size)
+    with FlopCounterMode(display=False) as fc, torch.inference_mode():
+        module(x)
+    return float(fc.get_total_flops())
+
+
+def frames(channels: int, size: int, batch: int, seed: int = 0) -> torch.Tensor:
+    """``(batch, channels, size, size)`` in [0, 1]: crops of the retina photo, resized."""
+    from skimage import data, transform
+
+    img = data.retina().astype(np.float32) / 255.0
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(batch):
+        y, x = rng.integers(0, 300, 2)
+        crop = img[y:y + 1100, x:x + 1100]
+        crop = transform.resize(crop, (size, size), anti_aliasing=False, order=1)
+        if channels == 1:
+            crop = crop.mean(-1, keepdims=True)
+        out.append(crop.transpose(2, 0, 1))
+    return torch.from_numpy(np.ascontiguousarray(np.stack(out), dtype=np.float32))
+
+
+def _make(name: str, model: torch.nn.Module, device: str, cache: str, threads: int,
+          calib: torch.Tensor, opts: dict[str, str]) -> Backend:
+    from same_fast.engine.ort_backend import OnnxRuntimeBackend
+    from same_fast.engine.select import create_backend
+
+    if name == "torch-cl":
+        return create_backend("torch", model, device=device, cache_dir=cache, channels_last=True)
+    if name == "onnxruntime-int8":
+        from same_fast.engine.base import BackendConfig
+
+        cfg = BackendConfig(device=device, threads=threads, int8=True, cache_dir=cache,
+                            options=dict(opts))
+        return OnnxRuntimeBackend(model, None, cfg, calibration=calib)
+    if name == "tensorrt-fp16":
+        return create_backend("tensorrt", model, device=device, dtype="fp16", cache_dir=cache)
+    return create_backend(name, model, device=device, cache_dir=cache, threads=threads,
+                          options=dict(opts))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import tempfile
+
+    opts = dict(getattr(args, "options", {}) or {})
+    dev = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available())
+                       else ("cpu" if args.device == "auto" else args.device))
+    quick = bool(args.quick)
+    presets = _list(opts, "presets", ["lite", "paper"])
+    default_backends = list(GPU_BACKENDS if dev.type == "cuda" else CPU_BACKENDS)
+    if quick:
+        default_backends = [b for b in default_backends if b != "compile"]
+    wanted = _list(opts, "backends", default_backends)
+    sizes = _list(opts, "sizes", [256, 512, 1024], int)
+    batches = _list(opts, "batches", [1, 4, 16], int)
+    paper_max = int(opts.get("paper_max_size", 512 if dev.type == "cpu" else 1024))
+    threads = int(opts.get("threads", 0))
+    budget = float(opts.get("budget_s", 20))
+    cache = opts.get("cache_dir") or tempfile.mkdtemp(prefix="same-fast-bench-")
+    torch_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(args, dev, quick, presets, wanted, sizes, batches, paper_max, threads, budget,
+                    cache, opts)
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def _run(args: argparse.Namespace, dev: torch.device, quick: bool, presets: list[str],
+         wanted: list[str], sizes: list[int], batches: list[int], paper_max: int, threads: int,
+         budget: float, cache: str, opts: dict[str, str]) -> dict[str, Any]:
+    from same_fast.nn import SAMENet
+
+    paper_batch = int(opts.get("paper_max_batch", 4 if dev.type == "cpu" else 16))
+
+    if quick:
+        grid = [("lite", 256, 1), ("lite", 512, 1), ("lite", 512, 4), ("paper", 256, 1)]
+        grid = [g for g in grid if g[0] in presets]
+    else:
+        grid = [(p, s, b) for p in presets for s in sizes for b in batches
+                if not (p == "paper" and (s > paper_max or b > paper_batch))]
+    if "compile" in wanted:
+        # One compiled graph per (preset, size, batch): raise the recompile limit for the sweep.
+        _dynamo().config.recompile_limit = 64
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
+
+    peak = matmul_peak(dev, int(opts.get("mm", 2048)))
+    result: dict[str, Any] = {"suite": "enhance", "environment": environment(),
+                              "device": str(dev), "matmul_peak": peak, "cases": [],
+                              "skipped": {}, "options": opts, "quick": quick,
+                              "threads": {"torch": torch.get_num_threads(),
+                                          "onnxruntime": threads or "default"}}
+    for preset in dict.fromkeys(p for p, _, _ in grid):
+        torch.manual_seed(0)
+        model = SAMENet(3, preset).eval()
+        calib = frames(3, 256, 4, seed=1)  # int8 calibration: real fundus crops
+        backends: dict[str, Backend] = {}
+        for name in wanted:
+            t0 = time.perf_counter()
+            try:
+                backends[name] = _make(name, model, str(dev), cache, threads, calib, opts)
+            except Exception as e:  # a backend missing here is reported, not fatal
+                result["skipped"][f"{preset}/{name}"] = f"{type(e).__name__}: {e}"[:300]
+                continue
+            result.setdefault("build_s", {})[f"{preset}/{name}"] = time.perf_counter() - t0
+        if "torch" not in backends:
+            continue
+        for p, size, batch in grid:
+            if p != preset:
+                continue
+            result["cases"].append(_case(preset, model, backends, size, batch, peak, budget,
+                                         sync, args.repeats))
+        del backends
+        if "compile" in wanted:
+            _dynamo().reset()
+    result["summary"] = _summary(result)
+    return result
+
+
+def _case(preset: str, model: torch.nn.Module, backends: dict[str, Backend], size: int,
+          batch: int, peak: dict[str, float], budget: float, sync: Any,
+          repeats: int | None) -> dict[str, Any]:
+    x = frames(3, size, batch, seed=size + batch)
+    flops = count_flops(model, 3, size) * batch
+    ref = backends["torch"].enhance(x)
+    # One untimed call per backend first: compile/graph builds, allocator warm-up, and the
+    # agreement check against eager.
+    diffs, ssim = {}, {}
+    t_one = {}
+    for name, b in backends.items():
+        t0 = time.perf_counter()
+        y = b.enhance(x)
+        if sync:
+            sync()
+        t_one[name] = time.perf_counter() - t0
+        diffs[name] = float((y.float().cpu() - ref.float().cpu()).abs().max())
+        if name.endswith("int8") or name.endswith("fp16"):
+            ssim[name] = _ssim(ref, y)
+    per_round = sum(t_one.values())
+    n = repeats or max(3, min(10, int(budget / max(per_round, 1e-3))))
+    cases = {name: (lambda b=b: b.enhance(x)) for name, b in backends.items()}
+    timing = interleaved(cases, repeats=n, warmup=1, sync=sync)
+    base = timing["torch"]["median_s"]
+    out: dict[str, Any] = {"preset": preset, "size": size, "batch": batch, "repeats": n,
+                           "gflop_per_batch": flops / 1e9, "backends": {}}
+    for name, t in timing.items():
+        med = t["median_s"]
+        p99 = float(np.percentile(t["samples_s"], 99))
+        gflops = flops / med / 1e9
+        out["backends"][name] = {
+            "batch_ms_median": 1e3 * med, "batch_ms_p99": 1e3 * p99,
+            "frames_per_s": batch / med, "speedup_vs_torch": base / med,
+            "gflops": gflops, "fraction_of_matmul_peak": gflops / peak["median_gflops"],
+            "max_abs_diff_vs_torch": diffs[name]}
+        if name in ssim:
+            out["backends"][name]["ssim_vs_fp32"] = ssim[name]
+    return out
+
+
+def _ssim(ref: torch.Tensor, y: torch.Tensor) -> float:
+    from skimage.metrics import structural_similarity
+
+    a = ref.float().cpu().numpy()
+    b = y.float().cpu().numpy()
+    return float(np.mean([structural_similarity(a[i], b[i], channel_axis=0, data_range=1.0)
+                          for i in range(a.shape[0])]))
+
+
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
+    peak = result["matmul_peak"]["median_gflops"]
+    rows = []
+    for c in result["cases"]:
+        best = max(c["backends"].items(), key=lambda kv: kv[1]["frames_per_s"])
+        rows.append({"case": f"{c['preset']} {c['size']}px b{c['batch']}",
+                     "best": best[0], "speedup_vs_torch": round(best[1]["speedup_vs_torch"], 2),
+                     "frames_per_s": round(best[1]["frames_per_s"], 2),
+                     "gflops": round(best[1]["gflops"], 1),
+                     "fraction_of_peak": round(best[1]["fraction_of_matmul_peak"], 3),
+                     "all_speedups": {k: round(v["speedup_vs_torch"], 2)
+                                      for k, v in c["backends"].items()}})
+    target = [c for c in result["cases"] if c["preset"] == "lite" and c["size"] == 512]
+    done = None
+    if target:
+        best = max(((c, n, v) for c in target for n, v in c["backends"].items()
+                    if not n.endswith("int8")), key=lambda t: t[2]["frames_per_s"])
+        c, n, v = best
+        done = {"case": f"lite 512px b{c['batch']}", "backend": n,
+                "speedup_vs_torch": round(v["speedup_vs_torch"], 2),
+                "fraction_of_peak": round(v["fraction_of_matmul_peak"], 3),
+                "meets_1.5x": v["speedup_vs_torch"] >= 1.5,
+                "meets_third_of_peak": v["fraction_of_matmul_peak"] >= 1 / 3}
+    return {"device": result["environment"]["device"], "matmul_peak_gflops": round(peak, 1),
+            "cases": rows, "done_when_fp32": done, "skipped": result["skipped"]}
