@@ -1,0 +1,130 @@
+"""`same-fast synth` and `same-fast enhance` end to end through the CLI on real files."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from same_fast.cli import main
+from same_fast.io import load, read_image, write_image
+from same_fast.models import save_model
+from same_fast.nn import SAMENet
+
+
+@pytest.fixture()
+def tiny_models(tmp_path):
+    torch.manual_seed(0)
+    p3 = save_model(tmp_path / "m3.safetensors", SAMENet(3, "lite", base=8, levels=3),
+                    modality="fundus")
+    p1 = save_model(tmp_path / "m1.safetensors", SAMENet(1, "lite", base=8, levels=3),
+                    modality="ultrasound")
+    return str(p3), str(p1)
+
+
+def _clean_folder(tmp_path, n=3, dtype=np.uint8):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "clean_in"
+    (d / "images").mkdir(parents=True)
+    (d / "fov").mkdir()
+    (d / "vessels").mkdir()
+    top = 255 if dtype == np.uint8 else 65535
+    for i in range(n):
+        img = (rng.uniform(0.2, 0.8, (37 + i, 45, 3)) * top).astype(dtype)
+        write_image(d / "images" / f"case{i}.png", img)
+        fov = np.zeros((37 + i, 45, 1), np.uint8)
+        fov[5:30, 5:40] = 255
+        write_image(d / "fov" / f"case{i}.png", fov)
+        write_image(d / "vessels" / f"case{i}.png", (fov // 255) * 255 * (rng.uniform(size=fov.shape) > 0.8))
+    return d
+
+
+def test_synth_writes_matching_folders_reproducibly(tmp_path, capsys):
+    d = _clean_folder(tmp_path)
+    args = ["synth", "--preset", "fundus-shen2020", "-i", str(d / "images"), "--fov", str(d / "fov"),
+            "--structure", str(d / "vessels"), "--per-image", "2", "--seed", "5", "--no-progress"]
+    assert main(args + ["-o", str(tmp_path / "a")]) == 0
+    assert main(args + ["-o", str(tmp_path / "b")]) == 0
+    names = sorted(p.name for p in (tmp_path / "a" / "degraded").iterdir())
+    assert names == [f"case{i}_{k}.png" for i in range(3) for k in range(2)]
+    for sub in ("clean", "fov", "structure"):
+        assert sorted(p.name for p in (tmp_path / "a" / sub).iterdir()) == names
+    for n in names:
+        a = read_image(tmp_path / "a" / "degraded" / n)
+        assert np.array_equal(a, read_image(tmp_path / "b" / "degraded" / n))
+        fov = read_image(tmp_path / "a" / "fov" / n)[..., 0] > 127
+        assert a.shape == read_image(tmp_path / "a" / "clean" / n).shape
+        assert a[~fov].max() == 0  # outside the field of view stays black
+    assert not np.array_equal(read_image(tmp_path / "a" / "degraded" / names[0]),
+                              read_image(tmp_path / "a" / "degraded" / names[1]))
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["pairs"] == 6 and summary["preset_fields"]["blur_sigma"] == [5.0, 15.0]
+
+
+def test_synth_grey_preset_makes_grey_and_keeps_16_bit(tmp_path):
+    d = _clean_folder(tmp_path, n=1, dtype=np.uint16)
+    assert main(["synth", "--preset", "ultrasound-speckle", "-i", str(d / "images"), "-o",
+                 str(tmp_path / "o"), "--no-progress"]) == 0
+    y = read_image(tmp_path / "o" / "degraded" / "case0.png")
+    assert y.dtype == np.uint16 and y.shape == (37, 45, 1)
+
+
+def test_enhance_folder_with_masks(tmp_path, tiny_models):
+    d = _clean_folder(tmp_path)
+    out = tmp_path / "out"
+    assert main(["enhance", "-m", tiny_models[0], "-i", str(d / "images"), "-o", str(out),
+                 "--mask", str(d / "fov"), "--batch", "2", "--no-progress"]) == 0
+    for i in range(3):
+        y = read_image(out / f"case{i}.png")
+        assert y.shape == (37 + i, 45, 3) and y.dtype == np.uint8
+        fov = read_image(d / "fov" / f"case{i}.png")[..., 0] > 127
+        assert y[~fov].max() == 0 and y[fov].mean() > 20
+    s = json.loads((out / "summary.json").read_text())
+    assert s["n_files"] == 3 and s["n_frames"] == 3 and s["files"][0]["ms_per_frame"] > 0
+
+
+def test_enhance_keeps_16_bit_and_grey_model_on_rgb(tmp_path, tiny_models):
+    d = _clean_folder(tmp_path, n=1, dtype=np.uint16)
+    src = d / "images" / "case0.png"
+    assert main(["enhance", "-m", tiny_models[1], "-i", str(src), "-o", str(tmp_path / "o"),
+                 "--no-progress"]) == 0
+    y = read_image(tmp_path / "o" / "case0.png")
+    assert y.dtype == np.uint16 and y.shape == (37, 45, 3)
+    # a grey scan stored as RGB stays grey: equal channels in, equal channels out
+    grey = np.repeat(read_image(src)[..., :1], 3, -1)
+    write_image(tmp_path / "grey.png", grey)
+    assert main(["enhance", "-m", tiny_models[1], "-i", str(tmp_path / "grey.png"), "-o",
+                 str(tmp_path / "o2"), "--no-progress"]) == 0
+    g = read_image(tmp_path / "o2" / "grey.png")
+    assert np.array_equal(g[..., 0], g[..., 1]) and np.array_equal(g[..., 1], g[..., 2])
+
+
+def test_enhance_multiframe_dicom_gives_derived_series(tmp_path, tiny_models):
+    from pydicom.data import get_testdata_file
+
+    src = get_testdata_file("examples_ybr_color.dcm")
+    out = tmp_path / "dcm"
+    assert main(["enhance", "-m", tiny_models[1], "-i", src, "-o", str(out), "--batch", "8",
+                 "--no-progress"]) == 0
+    before, after = load(src), load(out / "examples_ybr_color.dcm")
+    assert after.is_dicom and after.frames.shape == before.frames.shape
+    assert after.dataset.SeriesInstanceUID != before.dataset.SeriesInstanceUID
+    assert after.dataset.StudyInstanceUID == before.dataset.StudyInstanceUID
+    assert "DERIVED" in list(after.dataset.ImageType)
+    assert not np.array_equal(after.frames, before.frames)
+
+
+def test_enhance_errors_are_one_line(tmp_path, tiny_models, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["enhance", "-m", "no-such-model", "-i", str(tmp_path), "-o", str(tmp_path / "o")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("same-fast: error:") and "available" in err[0]
+    with pytest.raises(SystemExit) as e:
+        main(["enhance", "-m", tiny_models[0], "-i", str(tmp_path / "nope.png"), "-o",
+              str(tmp_path / "o")])
+    assert e.value.code == 2
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    with pytest.raises(SystemExit) as e:
+        main(["enhance", "-m", tiny_models[0], "-i", str(tmp_path / "bad.png"), "-o",
+              str(tmp_path / "o")])
+    assert e.value.code == 2
