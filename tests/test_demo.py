@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from same_fast.cli import main
 from same_fast.models import available, save_model
 from same_fast.nn import SAMENet
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks gain nothing from intra-op threads, and on a shared CPU they lose a lot."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 
 def _model(tmp_path, channels: int, name: str) -> str:

@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-images", type=int, default=d.max_images, help="0 = all")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device)
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="torch CPU threads (0 = default; 1 is fastest on a busy shared CPU)")
 
 
 def run(args: argparse.Namespace) -> int:

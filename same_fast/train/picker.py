@@ -52,6 +52,7 @@ class PickerTrainConfig:
     max_images: int = 0         # 0 = all
     seed: int = 0
     device: str = "cpu"
+    threads: int = 0            # torch intra-op threads (0 = torch's default)
 
 
 @dataclass
@@ -330,6 +331,8 @@ def train_picker(cfg: PickerTrainConfig, progress: Progress | None = None) -> di
         raise InputError(f"unknown modality '{cfg.modality}' (fundus, ultrasound, oct)")
     if not cfg.inputs:
         raise InputError("train-picker needs at least one input folder (-i)")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
