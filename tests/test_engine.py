@@ -199,6 +199,14 @@ def test_refit_mapping_covers_every_parameter_once() -> None:
     inits = {i.name: tuple(i.dims) for i in proto.graph.initializer}
     for name, p in params.items():
         assert inits[mapping[name]] == tuple(p.shape)
+    # TensorRT can refit a weight only when a weighted layer consumes it directly.
+    consumers: dict[str, set[str]] = {}
+    for node in proto.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, set()).add(node.op_type)
+    weighted = {"Conv", "ConvTranspose", "BatchNormalization", "Gemm", "MatMul"}
+    for name in params:
+        assert consumers[mapping[name]] and consumers[mapping[name]] <= weighted, name
     # The arrays handed to the refitter, and an ONNX graph rebuilt from them, hold new weights.
     new = perturbed_state(model, 0.2, seed=5)
     arrays = refit_weights(mapping, new)

@@ -21,6 +21,7 @@ cores; default: each library's own default), ``ort_spin=0`` (no spinning ORT thr
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -176,6 +177,11 @@ def _run(args: argparse.Namespace, dev: torch.device, quick: bool, presets: list
                 continue
             result["cases"].append(_case(preset, model, backends, size, batch, peak, budget,
                                          sync, args.repeats))
+            c = result["cases"][-1]
+            # Progress on stderr: a full CPU sweep takes many minutes.
+            print(f"[enhance] {preset} {size}px b{batch}: " + ", ".join(
+                f"{k} {v['speedup_vs_torch']:.2f}x" for k, v in c["backends"].items()),
+                file=sys.stderr, flush=True)
         del backends
         if "compile" in wanted:
             _dynamo().reset()

@@ -93,7 +93,6 @@ class OnnxRuntimeBackend(Backend):
         else:
             self._providers = ["CPUExecutionProvider"]
         self._calibration = calibration
-        self.int8_cost: dict[str, float] | None = None
         self._session = self._build(self._model.state_dict())
 
     def _reference_module(self) -> nn.Module:
