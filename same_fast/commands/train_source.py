@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from same_fast.errors import InputError
 from same_fast.train.source import MODALITIES, SourceConfig
 
 HELP = "train the source enhancer on degraded/clean pairs made on the fly"
@@ -17,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", required=True, help="checkpoint to write (.safetensors)")
     p.add_argument("--modality", required=True, choices=sorted(MODALITIES))
     p.add_argument("--preset", default=d.preset, choices=["lite", "paper"])
+    p.add_argument("--net", action="append", default=[], metavar="KEY=VALUE",
+                   help="SAMENet option overriding the preset (e.g. base=24; JSON values)")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--size", type=int, default=d.size, help="training crop side (pixels)")
@@ -39,11 +42,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
+def _net_options(pairs: list[str]) -> dict:
+    out = {}
+    for kv in pairs:
+        if "=" not in kv:
+            raise InputError(f"--net expects KEY=VALUE, got '{kv}'")
+        k, v = kv.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except ValueError:
+            out[k.strip()] = v.strip()  # bare strings such as norm=group
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from same_fast.train.source import train_source
 
-    fields = {f for f in SourceConfig.__dataclass_fields__ if f != "command"}
-    cfg = SourceConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    fields = {f for f in SourceConfig.__dataclass_fields__ if f not in ("command", "net")}
+    cfg = SourceConfig(**{k: v for k, v in vars(args).items() if k in fields},
+                       net=_net_options(args.net))
     summary = train_source(cfg)
     print(json.dumps(summary, indent=2))
     return 0

@@ -47,6 +47,7 @@ class SourceConfig:
     out: str                       # checkpoint path (.safetensors)
     modality: str = "fundus"       # fundus | oct | ultrasound
     preset: str = "lite"           # SAMENet preset
+    net: dict[str, Any] = field(default_factory=dict)  # SAMENet options overriding the preset
     steps: int = 2000
     batch: int = 4
     size: int = 256                # training crop (pixels)
@@ -354,7 +355,7 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     train, val = split(sets, cfg.holdout, cfg.seed)
     out = Path(cfg.out)
     last = _last_path(out)
-    model = SAMENet(channels, cfg.preset).to(device)
+    model = SAMENet(channels, cfg.preset, **cfg.net).to(device)
     if cfg.size % model.multiple:
         raise InputError(f"--size must be a multiple of {model.multiple} for the "
                          f"'{cfg.preset}' preset, got {cfg.size}")
