@@ -152,6 +152,8 @@ class Backend(ABC):
         self.device = torch.device(self.config.device)
         self.weights_version = 0
         self._lock = threading.RLock()
+        self._arch = type(model).__name__
+        self._preset = (getattr(model, "config", None) or {}).get("preset")
 
     @abstractmethod
     def _forward(self, x01: torch.Tensor) -> torch.Tensor:
@@ -196,5 +198,5 @@ class Backend(ABC):
         return {"backend": self.name, "device": str(self.device), "dtype": self.config.dtype,
                 "multiple": self.multiple, "channels": self.channels,
                 "weights_version": self.weights_version,
-                "architecture": self.metadata.get("architecture"),
-                "preset": self.metadata.get("preset")}
+                "architecture": self.metadata.get("architecture") or self._arch,
+                "preset": self.metadata.get("preset") or self._preset}
