@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from same_fast.benchsuites.common import environment, interleaved
+from same_fast.benchsuites.common import environment, interleaved, write_json
 from same_fast.engine.base import Backend, DeployModule
 
 CPU_BACKENDS = ("torch", "torch-cl", "onnxruntime", "onnxruntime-int8", "compile")
@@ -178,6 +178,8 @@ def _run(args: argparse.Namespace, dev: torch.device, quick: bool, presets: list
             result["cases"].append(_case(preset, model, backends, size, batch, peak, budget,
                                          sync, args.repeats))
             c = result["cases"][-1]
+            if getattr(args, "json", None):  # partial results survive an interrupted sweep
+                write_json(args.json, {**result, "summary": _summary(result), "partial": True})
             # Progress on stderr: a full CPU sweep takes many minutes.
             print(f"[enhance] {preset} {size}px b{batch}: " + ", ".join(
                 f"{k} {v['speedup_vs_torch']:.2f}x" for k, v in c["backends"].items()),
