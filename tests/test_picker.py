@@ -51,13 +51,15 @@ def test_soft_rule_is_monotone_and_switchable():
     assert off.weights_from_scores(s).tolist() == [1.0, 1.0, 1.0]
 
 
-def test_weights_are_per_sample_and_on_device():
-    """A sample's weight and scores do not depend on the rest of the batch (frozen BN)."""
-    p = _picker(PickerConfig(p_good=0.0), thr=1e9)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_weights_are_per_sample_and_on_device(channels):
+    """A sample's weight and scores do not depend on the rest of the batch (frozen BN); colour
+    inputs go through the device colour spaces."""
+    p = _picker(PickerConfig(p_good=0.0), channels=channels, thr=1e9)
     p.train()  # must stay in eval: the assessors are frozen judges
     assert not p.iqa.training
     g = torch.Generator().manual_seed(1)
-    img = torch.rand(5, 1, 40, 48, generator=g) * 2 - 1
+    img = torch.rand(5, channels, 40, 48, generator=g) * 2 - 1
     logits = torch.randn(5, 1, 40, 48, generator=g)
     batch = p.scores(img, logits)
     for i in range(5):

@@ -7,6 +7,7 @@ computed on the input's device inside ``forward``, so the picker never leaves th
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -31,8 +32,10 @@ def colour_features(x01: torch.Tensor) -> torch.Tensor:
     hsv = rgb_to_hsv(x01)
     lab = rgb_to_lab(x01)
     h, s, v = hsv[:, :1], hsv[:, 1:2], hsv[:, 2:3]
-    # ops.rgb_to_hsv returns hue in radians [0, 2*pi); Lab is CIE L* in [0, 100], a*/b* ~ [-110, 110]
-    return torch.cat([x01, torch.cos(h) * s, torch.sin(h) * s, v, lab[:, :1] / 100.0,
+    # ops.rgb_to_hsv gives hue as a fraction of a turn in [0, 1); Lab is L* in [0, 100], a*/b*
+    # roughly in [-128, 128]
+    turn = 2 * math.pi * h
+    return torch.cat([x01, torch.cos(turn) * s, torch.sin(turn) * s, v, lab[:, :1] / 100.0,
                       lab[:, 1:] / 110.0], 1)
 
 
