@@ -1,0 +1,85 @@
+"""``same-fast adapt``: writes a checkpoint ``load_model`` reads, with an audit log; clear errors."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from same_fast.adapt.audit import read_audit
+from same_fast.cli import main
+from same_fast.io import write_image
+from same_fast.models import load_model, save_model
+from same_fast.nn import SAMENet
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    torch.manual_seed(0)
+    return save_model(tmp_path / "m.safetensors", SAMENet(1, "lite", base=4, max_channels=8,
+                                                          levels=3), modality="ultrasound")
+
+
+def _folder(root, n=3):
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        write_image(root / f"f{i}.png", rng.integers(0, 255, (40, 36, 1), dtype=np.uint8))
+    return root
+
+
+@pytest.mark.parametrize("mode", ["offline", "online"])
+def test_adapt_writes_loadable_checkpoint(tmp_path, tiny, mode, capsys):
+    out = tmp_path / "adapted.safetensors"
+    code = main(["adapt", "-m", str(tiny), "-i", str(_folder(tmp_path / "in")), "-o", str(out),
+                 "--mode", mode, "--steps", "2", "--every", "1", "--size", "16",
+                 "--picker", "none", "--seed", "1"])
+    assert code == 0
+    model, meta = load_model(out)
+    src, _ = load_model(tiny)
+    assert meta["adaptation"]["config"]["mode"] == mode and meta["modality"] == "ultrasound"
+    assert meta["adaptation"]["steps"] == (2 if mode == "offline" else 3)
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                     src.state_dict().values(), strict=True))
+    audit = read_audit(tmp_path / "adapted.audit.jsonl")
+    assert audit[0]["event"] == "start" and sum(r["event"] == "step" for r in audit) == \
+        meta["adaptation"]["steps"]
+    assert "acceptance" in capsys.readouterr().out
+
+
+def test_adapt_reads_dicom_cine(tmp_path, tiny, dicom_file):
+    d = tmp_path / "cine"
+    d.mkdir()
+    shutil.copy(dicom_file("examples_ybr_color.dcm"), d / "echo.dcm")
+    out = tmp_path / "a.safetensors"
+    assert main(["adapt", "-m", str(tiny), "-i", str(d), "-o", str(out), "--steps", "1",
+                 "--size", "16", "--picker", "none"]) == 0
+    assert load_model(out)[1]["provenance"]["frames"] == 30
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-i", "MISSING"], "no such folder"),
+    (["--size", "12"], "multiple"),
+    (["--picker", "nope.safetensors"], "no such picker"),
+])
+def test_adapt_errors_are_one_line(tmp_path, tiny, capsys, argv, message):
+    base = {"-i": str(_folder(tmp_path / "in")), "--size": "16", "--picker": "none"}
+    for k, v in zip(argv[::2], argv[1::2], strict=True):
+        base[k] = str(tmp_path / v) if v == "MISSING" else v
+    args = ["adapt", "-m", str(tiny), "-o", str(tmp_path / "o.safetensors"), "--steps", "1"]
+    for k, v in base.items():
+        args += [k, v]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("same-fast: error:") and message in err[0]
