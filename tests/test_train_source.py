@@ -42,8 +42,8 @@ def _folder(tmp_path, n=4, size=72, channels=3):
 
 def _cfg(tmp_path, **kw):
     d = dict(data=str(tmp_path), out=str(tmp_path / "out" / "m.safetensors"), modality="fundus",
-             steps=50, batch=2, size=64, load_size=64, lr=2e-3, val_every=25, holdout=0.25,
-             progress=False, degrade="gray")
+             steps=40, batch=2, size=64, load_size=64, lr=3e-3, val_every=20, holdout=0.25,
+             progress=False, degrade="gray", net={"base": 8, "levels": 3})
     d.update(kw)
     return SourceConfig(**d)
 
@@ -61,7 +61,7 @@ def test_short_run_lowers_loss_and_writes_checkpoint(tmp_path):
     data = _folder(tmp_path)
     cfg = _cfg(data)
     torch.manual_seed(cfg.seed)
-    untrained = SAMENet(3, "lite")  # the same initialisation train_source starts from
+    untrained = SAMENet(3, "lite", **cfg.net)  # the initialisation train_source starts from
     summary = train_source(cfg)
     sets = load_samples(cfg.data, 3, cfg.load_size, "fundus")
     train, val = split(sets, cfg.holdout, cfg.seed)
@@ -72,10 +72,11 @@ def test_short_run_lowers_loss_and_writes_checkpoint(tmp_path):
     assert after["l1"] < 0.85 * before["l1"]
     assert after["loss"] < before["loss"]
     assert meta["modality"] == "fundus" and meta["preset"] == "lite"
+    assert meta["config"]["base"] == 8 and meta["config"]["levels"] == 3
     assert meta["provenance"]["held_out"] == [val[0].name]
     assert meta["provenance"]["degrade"] == "gray"
     log = [json.loads(line) for line in open(tmp_path / "out" / "m.log.jsonl")]
-    assert [r["step"] for r in log] == [25, 50]
+    assert [r["step"] for r in log] == [20, 40]
     assert {"val_ssim", "val_psnr", "val_ssim_input", "val_psnr_input"} <= set(log[0])
 
 
@@ -125,4 +126,4 @@ def test_real_sets_load_with_masks():
 def test_crop_must_fit_the_network(tmp_path):
     data = _folder(tmp_path, n=2, size=48)
     with pytest.raises(InputError, match="multiple of 32"):
-        train_source(_cfg(data, size=48, load_size=48))
+        train_source(_cfg(data, size=48, load_size=48, net={}))
