@@ -86,6 +86,9 @@ def test_resume_continues_from_last(tmp_path):
     train_source(cfg)
     with pytest.raises(CheckpointError):
         train_source(_cfg(data, out=str(tmp_path / "other.safetensors"), resume=True))
+    with pytest.raises(CheckpointError, match="same --preset"):
+        train_source(_cfg(data, steps=6, size=32, load_size=48, val_every=2, resume=True,
+                          net={"base": 4, "levels": 3}))
     summary = train_source(_cfg(data, steps=6, size=32, load_size=48, val_every=2, resume=True))
     assert summary["start_step"] == 4
     steps = [json.loads(line)["step"] for line in open(tmp_path / "out" / "m.log.jsonl")]

@@ -32,7 +32,7 @@ from same_fast.data import DATASETS, data_root
 from same_fast.degrade import degrade, get_preset
 from same_fast.errors import CheckpointError, InputError
 from same_fast.io import list_images, load, load_mask, to_tensor
-from same_fast.models import build_from_metadata, save_model
+from same_fast.models import save_model
 from same_fast.nn import SAMENet, enhance
 
 MODALITIES = {"fundus": (3, "fundus-shen2020"), "oct": (1, "gray"),
@@ -367,11 +367,12 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     if cfg.resume:
         if not last.is_file():
             raise CheckpointError(f"--resume: no {last} to resume from")
+        prev_cfg = checkpoint.read_metadata(last).get("config")
+        if prev_cfg != model.config:
+            raise CheckpointError(f"--resume: {last} was trained with {prev_cfg}, not "
+                                  f"{model.config} (same --preset and --net needed)")
         start, prev = _load_last(last, model, opt)
         best = float(prev.get("best_val_ssim", -1.0))
-        if prev.get("config") != model.config:
-            # resuming with a different architecture would silently mix weights
-            build_from_metadata(prev, str(last))
     provenance = {
         "data": cfg.data, "train_images": [s.name for s in train],
         "held_out": [s.name for s in val], "degrade": cfg.degrade or MODALITIES[cfg.modality][1],
