@@ -65,6 +65,7 @@ class OnlineAdapter:
         self.version = 0
         self.frozen = False
         self.resets = 0
+        self.last_reason: str | None = None  # why the last freeze / reset happened
         self.history: list[dict[str, float]] = []
         self._since_update = 0
         if audit is not None:
@@ -155,6 +156,7 @@ class OnlineAdapter:
         """Stop updating; keep serving the current weights."""
         with self._lock:
             self.frozen = True
+            self.last_reason = reason
             if self.audit is not None:
                 self.audit.event("freeze", self.steps, served=self.served, reason=reason,
                                  version=self.version)
@@ -174,6 +176,7 @@ class OnlineAdapter:
             restore_(self.teacher, self._source_state)
             self._step.optimizer.state.clear()
             self.safety.clear()
+            self.last_reason = reason
             self.resets += 1
             self.version += 1
             if self.audit is not None:
@@ -186,7 +189,7 @@ class OnlineAdapter:
             acc = sum(h["accepted"] for h in self.history)
             n = sum(h["batch"] for h in self.history)
             return {"frames": self.frames_seen, "steps": self.steps, "version": self.version,
-                    "frozen": self.frozen, "resets": self.resets,
+                    "frozen": self.frozen, "resets": self.resets, "reason": self.last_reason,
                     "acceptance": acc / n if n else None,
                     "last_loss": self.history[-1]["loss"] if self.history else None}
 
