@@ -27,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="side of the full frames the crops come from (pixels)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--lambda-s", type=float, default=d.lambda_s, help="structure loss weight")
+    p.add_argument("--lambda-ssim", type=float, default=d.lambda_ssim,
+                   help="weight of an optional (1 - SSIM) image loss")
+    p.add_argument("--init", default=None,
+                   help="start from this checkpoint's weights (same preset and --net)")
     p.add_argument("--degrade", default=None, help="degradation preset (default per modality)")
     p.add_argument("--holdout", type=float, default=d.holdout,
                    help="fraction of each set held out for validation")

@@ -54,6 +54,8 @@ class SourceConfig:
     load_size: int = 512           # side of the full frames before zoom and crop
     lr: float = 2e-4
     lambda_s: float = 0.1          # weight of the structure loss
+    lambda_ssim: float = 0.0       # weight of the optional (1 - SSIM) image term (SPEC 3)
+    init: str | None = None        # start from this checkpoint's weights (fine-tuning)
     degrade: str | None = None     # preset name; default per modality
     holdout: float = 0.15          # fraction of each set held out for validation (>= 1 image)
     val_every: int = 250
@@ -249,9 +251,10 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     return 1 - (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)
 
 
-def source_loss(model: SAMENet, batch: dict[str, torch.Tensor], lambda_s: float
-                ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L1 on the image + lambda_s x (BCE + Dice) on structure (only samples that have masks)."""
+def source_loss(model: SAMENet, batch: dict[str, torch.Tensor], lambda_s: float,
+                lambda_ssim: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 on the image + lambda_s x (BCE + Dice) on structure (only samples that have masks)
+    + lambda_ssim x (1 - SSIM) on the image in [0, 1] (11x11 Gaussian window, when > 0)."""
     x = batch["degraded"] * 2 - 1
     target = batch["clean"] * 2 - 1
     image, logits = model(x)
@@ -262,6 +265,12 @@ def source_loss(model: SAMENet, batch: dict[str, torch.Tensor], lambda_s: float
     dice = (dice_loss(logits, batch["mask"]) * w).sum() / w.sum().clamp_min(1)
     loss = l1 + lambda_s * (bce + dice)
     parts = {"loss": loss, "l1": l1, "bce": bce, "dice": dice}
+    if lambda_ssim > 0:
+        from same_fast.ops import ssim_loss
+
+        s_loss = ssim_loss((image + 1) * 0.5, batch["clean"], 1.0)
+        loss = loss + lambda_ssim * s_loss
+        parts.update(loss=loss, ssim_loss=s_loss)
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
@@ -364,6 +373,14 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), foreach=True)
     start = 0
     best = -1.0
+    if cfg.init and not cfg.resume:
+        from same_fast.models import load_model
+
+        init_model, _ = load_model(cfg.init)
+        if init_model.config != model.config:
+            raise CheckpointError(f"--init: {cfg.init} has config {init_model.config}, not "
+                                  f"{model.config}")
+        model.load_state_dict(init_model.state_dict())
     if cfg.resume:
         if not last.is_file():
             raise CheckpointError(f"--resume: no {last} to resume from")
@@ -380,7 +397,8 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     }
     meta = {"modality": cfg.modality, "provenance": provenance,
             "training": {"size": cfg.size, "load_size": cfg.load_size, "batch": cfg.batch,
-                         "lr": cfg.lr, "lambda_s": cfg.lambda_s}}
+                         "lr": cfg.lr, "lambda_s": cfg.lambda_s, "lambda_ssim": cfg.lambda_ssim,
+                         "init": cfg.init}}
     vs = validation_set(val, cfg, device)
     g = torch.Generator().manual_seed(cfg.seed + start)  # resumed runs continue a fresh stream
     log = out.with_name(out.name.removesuffix(".safetensors") + ".log.jsonl")
@@ -398,7 +416,7 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     with open(log, "a") as logf:
         for step in range(start + 1, cfg.steps + 1):
             batch = make_batch(train, cfg, g, device)
-            loss, parts = source_loss(model, batch, cfg.lambda_s)
+            loss, parts = source_loss(model, batch, cfg.lambda_s, cfg.lambda_ssim)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
