@@ -4,7 +4,7 @@ import torch
 
 from same_fast import checkpoint
 from same_fast.errors import CheckpointError
-from same_fast.models import load_model, save_model
+from same_fast.models import SHIPPED, WEIGHTS_DIR, available, load_model, save_model
 from same_fast.nn import SAMENet
 
 
@@ -47,3 +47,24 @@ def test_wrong_architecture_and_mismatched_weights(tmp_path):
     checkpoint.save(p, tensors, meta)
     with pytest.raises(CheckpointError, match="do not match"):
         load_model(p)
+
+
+# Names whose weights are committed; each must load by name, stay small and run.
+COMMITTED = ["ultrasound-lite"]
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_shipped_weights_load_by_name_and_are_small(name):
+    assert name in SHIPPED and name in available()
+    path = WEIGHTS_DIR / f"{name}.safetensors"
+    assert path.stat().st_size < 20 * 1024 * 1024
+    m, meta = load_model(name)
+    assert meta["preset"] == "lite" and meta["modality"] in ("fundus", "ultrasound")
+    prov = meta["provenance"]
+    assert prov["command"] and prov["held_out"] and prov["degrade"]
+    assert not any(n.startswith("DRIVE") for n in prov["train_images"])  # DRIVE is for evaluation
+    c = meta["channels"]
+    x = torch.rand(1, c, 64, 64) * 2 - 1
+    y, s = m(x)
+    assert y.shape == (1, c, 64, 64) and torch.isfinite(y).all() and s.shape == (1, 1, 64, 64)
+    assert not torch.equal(y, x)  # trained weights do something
