@@ -60,8 +60,8 @@ def recv_frames(ws, n: int, timeout: float = 30) -> tuple[list, list]:
 
 @pytest.fixture(scope="module")
 def server():
-    svc = Service(ServeConfig(model="identity", max_message_bytes=200_000, max_pixels=100_000,
-                              max_batch=4, max_delay_ms=1))
+    svc = Service(ServeConfig(stream=True, model="identity", max_message_bytes=200_000,
+                              max_pixels=100_000, max_batch=4, max_delay_ms=1))
     with ServerThread(svc) as srv:
         yield srv
 
@@ -196,7 +196,7 @@ def test_model_exception_fails_only_that_frame():
         return 1 - x
 
     model = ServedModel(step, "flaky")
-    svc = Service(ServeConfig(max_batch=1, max_delay_ms=0), model=model)
+    svc = Service(ServeConfig(stream=True, max_batch=1, max_delay_ms=0), model=model)
     sent = frames(40, shape=(6, 6, 1), seed=7)
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
         for a in sent:
@@ -215,7 +215,7 @@ def test_model_exception_fails_only_that_frame():
 def test_token_required_off_loopback_and_enforced():
     with pytest.raises(InputError, match="requires --token"):
         ServeConfig(host="0.0.0.0").validate()
-    svc = Service(ServeConfig(token="s3cret"))
+    svc = Service(ServeConfig(stream=True, token="s3cret"))
     with ServerThread(svc) as srv:
         assert httpx.get(srv.url + "/healthz").status_code == 200
         assert httpx.get(srv.url + "/metrics").status_code == 401
@@ -235,8 +235,8 @@ def test_token_required_off_loopback_and_enforced():
 def test_inflight_limit_back_pressures_without_loss():
     # A slow model and max_inflight 4: the server stops reading, the client's sends wait,
     # and every frame still comes back.
-    svc = Service(ServeConfig(model="identity:delay_ms=5", max_inflight=4, max_batch=1,
-                              max_delay_ms=0))
+    svc = Service(ServeConfig(stream=True, model="identity:delay_ms=5", max_inflight=4,
+                              max_batch=1, max_delay_ms=0))
     sent = frames(40, shape=(8, 8, 1), seed=9)
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
         t = threading.Thread(target=lambda: [ws.send(png(a)) for a in sent])
@@ -251,10 +251,18 @@ def test_inflight_limit_back_pressures_without_loss():
 
 
 def test_idle_client_is_disconnected():
-    svc = Service(ServeConfig(idle_timeout_s=0.3))
+    svc = Service(ServeConfig(stream=True, idle_timeout_s=0.3))
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
         t0 = time.perf_counter()
         with pytest.raises(ConnectionClosed) as e:
             ws.recv(timeout=10)
         assert time.perf_counter() - t0 < 5
         assert e.value.rcvd is not None and e.value.rcvd.code == 1001
+
+
+def test_stream_endpoint_only_with_stream_flag():
+    svc = Service(ServeConfig())  # the CLI default: HTTP only
+    with ServerThread(svc) as srv:
+        assert httpx.get(srv.url + "/healthz").status_code == 200
+        with pytest.raises(InvalidStatus):
+            connect(srv.ws_url)

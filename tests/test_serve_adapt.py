@@ -60,10 +60,14 @@ def _wait_steps_settle(url):
     raise AssertionError("adaptation did not settle")
 
 
-def test_online_adaptation_publishes_freezes_and_resets(tiny_model):
-    cfg = ServeConfig(model=tiny_model, adapt="online", adapt_every=2, adapt_batch=2,
-                      adapt_crop=16, adapt_safety="off", max_batch=2, max_delay_ms=1)
+@pytest.mark.parametrize("adapt_in", ["process", "thread"])
+def test_online_adaptation_publishes_freezes_and_resets(tiny_model, adapt_in):
+    cfg = ServeConfig(stream=True, model=tiny_model, adapt="online", adapt_every=2,
+                      adapt_batch=2, adapt_crop=16, adapt_safety="off", max_batch=2,
+                      max_delay_ms=1, adapt_in=adapt_in)
     svc = Service(cfg)
+    if adapt_in == "process":
+        assert svc.adaptation.ready.wait(120), svc.adaptation.last_error
     rng = np.random.default_rng(0)
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
         source = httpx.get(srv.url + "/v1/model").json()

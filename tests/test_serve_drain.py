@@ -27,7 +27,7 @@ def test_sigterm_drains_in_flight_frames():
     # signal arrives while most of them are still queued.
     proc = subprocess.Popen(
         [sys.executable, "-m", "same_fast.cli", "serve", "-m", "identity:delay_ms=40",
-         "--port", "0", "--max-batch", "1", "--max-delay-ms", "0"],
+         "--stream", "--port", "0", "--max-batch", "1", "--max-delay-ms", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()

@@ -47,7 +47,8 @@ def test_soak_10000_frames_memory_is_flat():
         b = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(b, format="PNG")
         payloads.append(b.getvalue())
-    svc = Service(ServeConfig(model="identity", max_batch=8, max_delay_ms=1, max_inflight=64))
+    svc = Service(ServeConfig(stream=True, model="identity", max_batch=8, max_delay_ms=1,
+                              max_inflight=64))
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
         assert _run(ws, payloads * 20) == 1000  # warm-up: allocator pools, caches
         gc.collect()

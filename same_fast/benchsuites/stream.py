@@ -24,7 +24,8 @@ channels (default 1), fps (per stream, default 30), frames (default 1000; quick 
 (default 3; quick 1), max_batch (4), max_delay_ms (0: like Triton's default, a batch forms
 from what queued while the model was busy), capacity (16), adapt_every (8), adapt_batch (2),
 threads (torch intra-op threads, default 1), switch_ms (Python's GIL switch interval, default
-0.5 ms instead of 5: see ``same_fast.serve.service.tune_process``), streams ("1,4"), modes
+0.5 ms instead of 5: see ``same_fast.serve.service.tune_process``), backend (the serving
+backend: torch, onnxruntime, compile; default torch), streams ("1,4"), modes
 ("fixed,asap"), adapt ("off,on").
 Done-when (issue 7): adaptation on at a fixed rate: loop p99 <= 1.5 x p50 and 0 frames lost;
 each fixed-rate case reports ``p99_over_p50`` and ``lost``.
@@ -48,7 +49,7 @@ def _opts(args: Any) -> dict[str, Any]:
     d = {"model": "lite", "size": 64, "channels": 1, "fps": 30.0,
          "frames": 200 if quick else 1000,
          "runs": 1 if quick else 3, "max_batch": 4, "max_delay_ms": 0.0, "capacity": 16,
-         "adapt_every": 8, "adapt_batch": 2, "threads": 1, "switch_ms": 0.5,
+         "adapt_every": 8, "adapt_batch": 2, "threads": 1, "switch_ms": 0.5, "backend": "torch",
          "streams": "1" if quick else "1,4", "modes": "fixed,asap", "adapt": "off,on"}
     if getattr(args, "repeats", None):
         d["runs"] = int(args.repeats)
@@ -71,8 +72,9 @@ def _make_served(o: dict[str, Any]):
         torch.manual_seed(0)
         kw = {} if name == "lite" else {"base": 8, "max_channels": 16, "levels": 3}
         net = SAMENet(o["channels"], "lite", **kw)
-        return served_from_module(net, f"samenet-{name} (random init)")
-    return load_served_model(name)
+        return served_from_module(net, f"samenet-{name} (random init)", backend=o["backend"],
+                                  threads=o["threads"])
+    return load_served_model(name, backend=o["backend"], threads=o["threads"])
 
 
 def _frames(o: dict[str, Any], n: int) -> list[np.ndarray]:

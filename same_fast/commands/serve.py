@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=d.model,
                    help="shipped model name, checkpoint path, or identity[:delay_ms=N]")
     p.add_argument("--stream", action="store_true", default=d.stream,
-                   help="enable the WebSocket stream endpoint (always on; kept for clarity)")
+                   help="also serve the WebSocket stream ws://HOST:PORT/v1/stream")
     p.add_argument("--host", default=d.host, help="listen address (non-loopback needs --token)")
     p.add_argument("--port", type=int, default=d.port, help="listen port (0 = any free port)")
     p.add_argument("--backend", default=d.backend,
@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adapt-lr", type=float, default=d.adapt_lr)
     g.add_argument("--adapt-ema", type=float, default=d.adapt_ema)
     g.add_argument("--adapt-serve", default=d.adapt_serve, choices=["student", "teacher"])
+    g.add_argument("--adapt-in", default=d.adapt_in, choices=["process", "thread"],
+                   help="run the adapter in a child process (no GIL shared with serving) "
+                        "or a thread")
     g.add_argument("--adapt-safety", default=d.adapt_safety, choices=["freeze", "reset", "off"],
                    help="when acceptance collapses or outputs drift from the source model")
     g.add_argument("--picker", default=d.picker, help="picker checkpoint (default: accept all)")
@@ -80,6 +83,13 @@ def run(args: argparse.Namespace) -> int:
         from same_fast.serve.pipe import run_pipe
 
         return run_pipe(cfg)
+    import importlib.util
+
+    from same_fast.errors import missing_dependency
+
+    for package in ("starlette", "uvicorn", "websockets"):
+        if importlib.util.find_spec(package) is None:
+            raise missing_dependency(package, "same-fast serve (HTTP/WebSocket)", "serve")
     from same_fast.serve.server import run_server
 
     return run_server(cfg, log_level="debug" if getattr(args, "debug", False) else "info")

@@ -185,5 +185,196 @@ class OnlineAdaptation:
                 "acceptance": s["acceptance"], "last_loss": s["last_loss"],
                 "resets": s["resets"], "errors": self.errors, "last_error": self.last_error,
                 "serves": self.config.serve, "picker": self.config.picker,
-                "safety": self.config.safety,
+                "safety": self.config.safety, "runs_in": "thread",
                 "last_drift": self.adapter.safety.last_drift}
+
+
+class ProcessAdaptation:
+    """The same service as ``OnlineAdaptation`` with the adapter in a child process.
+
+    Serving and training then share no GIL (see ``same_fast.serve.adapter_proc``). Frames go to
+    the child as float16 through a writer thread (a bounded hand-off buffer in front of it drops
+    the oldest unseen frames when the child falls behind); weights come back through a reader
+    thread that publishes them to ``served``. Controls (freeze, resume, reset) wait for the
+    child's acknowledgement, so after ``reset`` returns the source weights are ready to serve.
+    """
+
+    def __init__(self, served: ServedModel, config: AdaptConfig | None = None) -> None:
+        import subprocess
+        import sys
+
+        from safetensors.torch import save as st_save
+
+        from same_fast.serve import adapter_proc
+
+        module = served.module
+        if module is None or not hasattr(module, "config"):
+            raise InputError(f"--adapt online needs a trainable SAMENet; '{served.name}' is not")
+        self.config = cfg = config or AdaptConfig()
+        self.served = served
+        self._ipc = adapter_proc
+        mult = int(getattr(module, "multiple", 1) or 1)
+        child_cfg = {
+            "batch": cfg.batch, "size": max(8, max(mult, cfg.crop // mult * mult)),
+            "lr": cfg.lr, "ema": cfg.ema, "every": cfg.every, "buffer": cfg.buffer,
+            "serve": cfg.serve, "seed": cfg.seed, "safety": cfg.safety, "picker": cfg.picker,
+            "nice": cfg.nice, "threads": cfg.threads,
+            "modality": str(served.metadata.get("modality") or "fundus")}
+        meta = {"architecture": type(module).__name__, "config": dict(module.config)}
+        state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+        self.proc = subprocess.Popen([sys.executable, "-m", "same_fast.serve.adapter_proc"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        adapter_proc.write_msg(self.proc.stdin, {"type": "init", "config": child_cfg,
+                                                 "metadata": meta}, st_save(state))
+        self._inbox: deque[torch.Tensor] = deque(maxlen=cfg.buffer)
+        self._controls: deque[dict[str, Any]] = deque()
+        self._cv = threading.Condition()
+        self._acks: dict[int, threading.Event] = {}
+        self._next_id = 0
+        self._stop = False
+        self.ready = threading.Event()  # set when the child has built its adapter
+        self.frozen = False
+        self.observed = 0
+        self.skipped = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._stats: dict[str, Any] = {"steps": 0, "version": 0, "acceptance": None,
+                                       "last_loss": None, "resets": 0, "frozen": False}
+        self._writer = threading.Thread(target=self._write_loop, name="same-fast-adapt-tx",
+                                        daemon=True)
+        self._reader = threading.Thread(target=self._read_loop, name="same-fast-adapt-rx",
+                                        daemon=True)
+        self._writer.start()
+        self._reader.start()
+
+    def observe(self, x01: torch.Tensor) -> None:
+        """Offer a served batch ``(N, C, H, W)`` float [0, 1]; never waits on the child."""
+        if self.frozen or self._stop or self._stats.get("frozen"):
+            return
+        with self._cv:
+            for f in x01:
+                if len(self._inbox) == self._inbox.maxlen:
+                    self.skipped += 1
+                self._inbox.append(f.detach().to(torch.float16))
+                self.observed += 1
+            self._cv.notify()
+
+    def _write_loop(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    self._cv.wait_for(lambda: self._stop or bool(self._inbox) or
+                                      bool(self._controls))
+                    control = self._controls.popleft() if self._controls else None
+                    frames = [] if control else list(self._inbox)
+                    if not control:
+                        self._inbox.clear()
+                    if control is None and not frames and self._stop:
+                        return
+                if control is not None:
+                    self._ipc.write_msg(self.proc.stdin, control)
+                    if control["type"] == "stop":
+                        return
+                    continue
+                # Frames of one size travel together; sizes rarely change mid-stream.
+                groups: dict[tuple, list[torch.Tensor]] = {}
+                for f in frames:
+                    groups.setdefault(tuple(f.shape), []).append(f)
+                for shape, fs in groups.items():
+                    x = torch.stack(fs).contiguous()
+                    self._ipc.write_msg(self.proc.stdin, {"type": "frames",
+                                                          "shape": [len(fs), *shape]},
+                                        x.view(torch.uint8).numpy().tobytes())
+        except (BrokenPipeError, OSError, ValueError) as e:
+            self._fail(f"adapter process pipe closed ({e})")
+
+    def _read_loop(self) -> None:
+        from safetensors.torch import load as st_load
+
+        try:
+            while True:
+                msg = self._ipc.read_msg(self.proc.stdout)
+                if msg is None:
+                    if not self._stop:
+                        self._fail(f"adapter process exited (status {self.proc.wait()})")
+                    return
+                header, payload = msg
+                if "stats" in header:
+                    self._stats = header["stats"]
+                kind = header.get("type")
+                if kind == "ready":
+                    self.ready.set()
+                elif kind == "weights":
+                    self.served.publish(st_load(payload), header["hash"])
+                elif kind == "error":
+                    self.errors += 1
+                    self.last_error = header.get("message")
+                if header.get("id") is not None:
+                    ev = self._acks.pop(int(header["id"]), None)
+                    if ev is not None:
+                        ev.set()
+        except (OSError, ValueError) as e:
+            self._fail(f"adapter process stream broken ({e})")
+
+    def _fail(self, message: str) -> None:
+        self.errors += 1
+        self.last_error = message
+        for ev in list(self._acks.values()):
+            ev.set()
+
+    def _control(self, kind: str, timeout: float = 60.0) -> None:
+        ev = threading.Event()
+        with self._cv:
+            cid = self._next_id
+            self._next_id += 1
+            self._acks[cid] = ev
+            self._controls.append({"type": kind, "id": cid})
+            self._cv.notify()
+        ev.wait(timeout)
+
+    def freeze(self) -> None:
+        self.frozen = True
+        self._control("freeze")
+
+    def resume(self) -> None:
+        self._control("resume")
+        self.frozen = False
+        self._stats["frozen"] = False
+
+    def reset(self) -> None:
+        with self._cv:
+            self._inbox.clear()
+        self._control("reset")
+
+    def close(self) -> None:
+        if self.proc.poll() is None and not self._stop:
+            self._control("stop", timeout=30)
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except Exception:
+            self.proc.kill()
+        self._reader.join(timeout=10)
+
+    @property
+    def steps(self) -> int:
+        return int(self._stats.get("steps") or 0)
+
+    def describe(self) -> dict[str, Any]:
+        s = self._stats
+        frozen = self.frozen or bool(s.get("frozen"))
+        state = "frozen" if frozen else "adapting" if self.ready.is_set() else "starting"
+        return {"mode": "online", "runs_in": "process", "state": state, "steps": s.get("steps"),
+                "adapter_version": s.get("version"),
+                "observed_frames": self.observed, "skipped_frames": self.skipped,
+                "acceptance": s.get("acceptance"), "last_loss": s.get("last_loss"),
+                "resets": s.get("resets"), "errors": self.errors, "last_error": self.last_error,
+                "serves": self.config.serve, "picker": self.config.picker,
+                "safety": self.config.safety, "last_drift": s.get("last_drift"),
+                "pid": self.proc.pid}

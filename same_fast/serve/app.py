@@ -7,8 +7,8 @@ Endpoints:
   (``application/dicom``) for DICOM input. Headers ``X-Same-Fast-Weights-Version`` and
   ``X-Same-Fast-Weights-Hash`` name the weights that produced it. Errors are JSON
   ``{"error": ...}`` with 400 (bad input), 413 (too large), 503 (busy, shutting down), 500.
-- ``WS /v1/stream``: each binary message is one encoded frame; each reply is one binary PNG of the
-  same size, in the same order. A frame that fails gets a text message
+- ``WS /v1/stream`` (with ``--stream``): each binary message is one encoded frame; each reply
+  is one binary PNG of the same size, in the same order. A frame that fails gets a text message
   ``{"error": ..., "frame": n}`` (n counts this connection's messages from 0) in its place and
   the stream goes on. Before the first reply, and whenever the weights change (online
   adaptation), a text message ``{"weights_version": v, "weights_hash": h, "frame": n}`` announces
@@ -328,8 +328,9 @@ def create_app(service: Service) -> Any:
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
         Route("/v1/model", model_info), Route("/v1/enhance", enhance, methods=["POST"]),
         Route("/v1/adaptation/{action}", adaptation, methods=["POST"]),
-        WebSocketRoute("/v1/stream", stream),
     ]
+    if cfg.stream:
+        routes.append(WebSocketRoute("/v1/stream", stream))
 
     app = Starlette(routes=routes)
     app.state.service = service

@@ -15,6 +15,7 @@ class ServeConfig:
 
     model: a shipped name, a checkpoint path, or a synthetic model (``identity``,
     ``identity:delay_ms=N``) for tests and benchmarks.
+    stream: also serve the WebSocket stream ``/v1/stream`` (HTTP endpoints are always on).
     backend: inference backend (``same_fast.engine``: auto, torch, compile, onnxruntime,
     tensorrt). device: cpu, cuda or auto.
     adapt: ``off`` or ``online`` (adapt the served weights to the incoming frames).
@@ -27,7 +28,7 @@ class ServeConfig:
     """
 
     model: str = "identity"
-    stream: bool = True
+    stream: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
     backend: str = "torch"
@@ -55,6 +56,7 @@ class ServeConfig:
     adapt_ema: float = 0.995
     adapt_serve: str = "student"
     adapt_safety: str = "freeze"
+    adapt_in: str = "process"
     picker: str | None = None
     seed: int = 0
     # pipe mode
@@ -68,6 +70,8 @@ class ServeConfig:
             raise InputError(f"--adapt must be off or online, got '{self.adapt}'")
         if self.adapt_serve not in ("student", "teacher"):
             raise InputError("--adapt-serve must be student or teacher")
+        if self.adapt_in not in ("process", "thread"):
+            raise InputError("--adapt-in must be process or thread")
         if self.adapt_safety not in ("freeze", "reset", "off"):
             raise InputError("--adapt-safety must be freeze, reset or off")
         if self.policy not in ("block", "drop_oldest"):

@@ -39,13 +39,19 @@ class ServedModel:
 
     name: what ``-m`` named. backend: the inference backend's name. channels: input channels the
     model takes (None: any). module: the torch module behind it (None for synthetic models; online
-    adaptation needs one). apply_weights: installs a state dict into the backend.
+    adaptation needs one). apply_weights: installs a state dict (applied by the serving worker,
+    between batches). backend_factory: builds another instance of the serving backend; with it,
+    new weights go into a standby backend in the publishing thread (an ONNX Runtime session
+    rebuild takes ~100 ms and must not stall frames) and the worker swaps the two between
+    batches, so the swap is instant and each batch's weights version is exact.
     """
 
     def __init__(self, step: ModelStep, name: str, backend: str = "none",
                  channels: int | None = None, module: torch.nn.Module | None = None,
                  apply_weights: Callable[[dict[str, torch.Tensor]], None] | None = None,
-                 metadata: Mapping[str, Any] | None = None) -> None:
+                 metadata: Mapping[str, Any] | None = None,
+                 backend_factory: Callable[[], Any] | None = None,
+                 current_backend: Any = None) -> None:
         self.step = step
         self.name = name
         self.backend = backend
@@ -53,22 +59,50 @@ class ServedModel:
         self.module = module
         self.metadata = dict(metadata or {})
         self._apply_weights = apply_weights
+        self._factory = backend_factory
+        self._current = current_backend
+        self._standby: Any = None
+        self._ready: tuple[Any, str] | None = None  # a standby backend holding new weights
         self._lock = threading.Lock()
+        self._prep_lock = threading.Lock()
         self._pending: tuple[dict[str, torch.Tensor], str] | None = None
         self.weights_version = 0
         self.weights_hash = weights_hash(module.state_dict()) if module is not None else "none"
         self.source_hash = self.weights_hash
 
     def publish(self, state: dict[str, torch.Tensor], digest: str | None = None) -> None:
-        """Offer new weights; they are installed before the next batch (never during one)."""
+        """Offer new weights; they serve from the next batch on (never during one).
+
+        With a backend factory the expensive part (``update_weights`` on the standby backend)
+        runs here, in the caller's thread; otherwise the worker applies them.
+        """
+        digest = digest or weights_hash(state)
+        if self._factory is not None and self._current is not None:
+            with self._prep_lock:  # one publisher at a time
+                with self._lock:
+                    target = self._ready[0] if self._ready else self._standby
+                    self._ready, self._standby = None, None
+                if target is None:
+                    target = self._factory()
+                target.update_weights(state)
+                with self._lock:
+                    self._ready = (target, digest)
+            return
         if self._apply_weights is None:
             raise InputError(f"model '{self.name}' cannot take new weights")
         with self._lock:
-            self._pending = (state, digest or weights_hash(state))
+            self._pending = (state, digest)
 
     def _install_pending(self) -> None:
+        """Called by the serving worker at the start of a batch."""
         with self._lock:
+            ready, self._ready = self._ready, None
             pending, self._pending = self._pending, None
+            if ready is not None:
+                self._standby, self._current = self._current, ready[0]
+                self.step = self._current.enhance
+                self.weights_version += 1
+                self.weights_hash = ready[1]
         if pending is not None and self._apply_weights is not None:
             self._apply_weights(pending[0])
             self.weights_version += 1
@@ -133,7 +167,8 @@ def _synthetic(spec: str) -> ServedModel:
     return ServedModel(step, spec, backend="identity", metadata={"architecture": "identity"})
 
 
-def load_served_model(spec: str, backend: str = "torch", device: str = "cpu") -> ServedModel:
+def load_served_model(spec: str, backend: str = "torch", device: str = "cpu",
+                      threads: int = 0) -> ServedModel:
     """Resolve ``-m``: ``identity[:delay_ms=N]``, a shipped model name, or a checkpoint path.
 
     Checkpoints run on ``same_fast.engine.create_backend(backend, ...)``; weights published by
@@ -144,23 +179,29 @@ def load_served_model(spec: str, backend: str = "torch", device: str = "cpu") ->
     from same_fast.models import load_model
 
     model, meta = load_model(spec, device="cpu")
-    return served_from_module(model, spec, backend, device, meta)
+    return served_from_module(model, spec, backend, device, meta, threads)
 
 
 def served_from_module(model: torch.nn.Module, name: str, backend: str = "torch",
-                       device: str = "cpu", metadata: Mapping[str, Any] | None = None
-                       ) -> ServedModel:
-    """Serve an in-memory enhancer (SAMENet forward) on ``same_fast.engine`` backend ``backend``."""
+                       device: str = "cpu", metadata: Mapping[str, Any] | None = None,
+                       threads: int = 0) -> ServedModel:
+    """Serve an in-memory enhancer (SAMENet forward) on ``same_fast.engine`` backend ``backend``.
+
+    threads: CPU threads of the backend (ONNX Runtime; 0 = its default).
+    """
     meta = dict(metadata or {})
     try:
         from same_fast.engine import create_backend
     except ImportError:  # the engine is part of the package; this guards partial installs
         create_backend = None
     if create_backend is not None:
-        b = create_backend(backend, model, device=device, metadata=meta)
+        def factory() -> Any:
+            return create_backend(backend, model, device=device, metadata=meta, threads=threads)
+
+        b = factory()
         return ServedModel(b.enhance, name, backend=getattr(b, "name", backend),
                            channels=b.channels, module=model, apply_weights=b.update_weights,
-                           metadata=meta)
+                           metadata=meta, backend_factory=factory, current_backend=b)
     from same_fast.nn import enhance
 
     dev = torch.device(device if device != "auto" else "cpu")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from same_fast.errors import InputError, SameFastError
-from same_fast.serve.adaptation import AdaptConfig, OnlineAdaptation
+from same_fast.serve.adaptation import AdaptConfig, OnlineAdaptation, ProcessAdaptation
 from same_fast.serve.config import ServeConfig
 from same_fast.serve.metrics import Metrics
 from same_fast.serve.model import ServedModel, load_served_model
@@ -34,13 +34,17 @@ class Service:
     def __init__(self, config: ServeConfig, model: ServedModel | None = None) -> None:
         self.config = config.validate()
         self.model = model or load_served_model(config.model, config.backend, config.device)
-        self.adaptation: OnlineAdaptation | None = None
+        self.adaptation: OnlineAdaptation | ProcessAdaptation | None = None
         if config.adapt == "online":
-            self.adaptation = OnlineAdaptation(self.model, AdaptConfig(
+            acfg = AdaptConfig(
                 batch=config.adapt_batch, every=config.adapt_every, buffer=config.adapt_buffer,
                 crop=config.adapt_crop, lr=config.adapt_lr, ema=config.adapt_ema,
                 serve=config.adapt_serve, picker=config.picker, safety=config.adapt_safety,
-                seed=config.seed))
+                seed=config.seed)
+            # A child process shares no GIL with serving (lower tail latency); a thread starts
+            # faster and works for any torch module.
+            cls = ProcessAdaptation if config.adapt_in == "process" else OnlineAdaptation
+            self.adaptation = cls(self.model, acfg)
         observe = self.adaptation.observe if self.adaptation else None
         model_ref = self.model
         self.loop = StreamLoop(lambda frames: model_ref.frame_step(frames, observe), LoopConfig(

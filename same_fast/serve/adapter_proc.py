@@ -1,0 +1,161 @@
+"""Online adaptation in a child process: no GIL shared with serving.
+
+In one process, the adapter's Python work (module calls, autograd, augmentation) takes the GIL
+many times per step and the serving worker waits for it; measured on the stream benchmark that
+raised serving p99 about threefold. Here the adapter runs in ``python -m
+same_fast.serve.adapter_proc``; the server talks to it over its stdin/stdout with length-framed
+messages (a JSON header and raw bytes: float16 frames in, safetensors weights out). No pickle.
+
+Message framing (both directions): 4-byte big-endian header length, the UTF-8 JSON header,
+8-byte big-endian payload length, the payload.
+Parent -> child: ``init`` (header: config, architecture metadata; payload: safetensors source
+weights), ``frames`` (header: shape; payload: float16 (N, C, H, W) in [0, 1]), ``freeze``,
+``resume``, ``reset``, ``stop`` (each control header carries an ``id`` echoed in an ``ack``).
+Child -> parent: ``ready`` (after init), ``weights`` (header: version, hash, stats; payload:
+safetensors state of the served model), ``ack`` (header: id, stats), ``error`` (header:
+message).
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+from typing import Any, BinaryIO
+
+_MAX_HEADER = 1 << 20
+_MAX_PAYLOAD = 1 << 32
+
+
+def write_msg(f: BinaryIO, header: dict[str, Any], payload: bytes = b"") -> None:
+    h = json.dumps(header).encode()
+    f.write(struct.pack(">I", len(h)) + h + struct.pack(">Q", len(payload)))
+    if payload:
+        f.write(payload)
+    f.flush()
+
+
+def _read_exact(f: BinaryIO, n: int) -> bytes | None:
+    chunks, got = [], 0
+    while got < n:
+        b = f.read(n - got)
+        if not b:
+            return None
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
+
+
+def read_msg(f: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
+    """The next message, or None at end of stream. Sizes are bounded (a corrupt stream fails)."""
+    raw = _read_exact(f, 4)
+    if raw is None:
+        return None
+    (hl,) = struct.unpack(">I", raw)
+    if hl > _MAX_HEADER:
+        raise ValueError(f"adapter message header of {hl} bytes")
+    h = _read_exact(f, hl)
+    raw = _read_exact(f, 8)
+    if h is None or raw is None:
+        return None
+    (pl,) = struct.unpack(">Q", raw)
+    if pl > _MAX_PAYLOAD:
+        raise ValueError(f"adapter message payload of {pl} bytes")
+    payload = _read_exact(f, pl) if pl else b""
+    if payload is None:
+        return None
+    return json.loads(h), payload
+
+
+def _stats(adapter: Any) -> dict[str, Any]:
+    s = adapter.stats()
+    s["last_drift"] = adapter.safety.last_drift
+    return s
+
+
+def main() -> int:
+    import torch
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    from same_fast.adapt.loop import AdaptConfig as LibConfig
+    from same_fast.adapt.online import OnlineAdapter
+    from same_fast.adapt.safety import SafetyConfig
+    from same_fast.models import build_from_metadata
+    from same_fast.serve.model import weights_hash
+
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but framed messages may reach the parent's pipe
+    first = read_msg(inp)
+    if first is None or first[0].get("type") != "init":
+        return 2
+    header, payload = first
+    cfg = header["config"]
+    try:
+        os.nice(int(cfg.get("nice", 10)))
+    except OSError:
+        pass
+    torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
+    model = build_from_metadata(header["metadata"], "adapter")
+    model.load_state_dict(st_load(payload))
+    picker = None
+    if cfg.get("picker"):
+        from same_fast.picker import load_picker
+
+        picker = load_picker(cfg["picker"], device="cpu")
+    lib = LibConfig(mode="online", batch=cfg["batch"], size=cfg["size"], lr=cfg["lr"],
+                    ema=cfg["ema"], every=cfg["every"], buffer=cfg["buffer"], serve=cfg["serve"],
+                    seed=cfg["seed"], modality=cfg["modality"])
+    safety = SafetyConfig(min_acceptance=0.0, max_drift=0.0) if cfg["safety"] == "off" else \
+        SafetyConfig(action=cfg["safety"])
+    adapter = OnlineAdapter(model, picker, lib, safety)
+    published = adapter.version
+    write_msg(out, {"type": "ready", "stats": _stats(adapter)})
+    history_cap = 1024
+
+    def publish() -> None:
+        nonlocal published
+        if adapter.version == published:
+            return
+        state, version = adapter.snapshot()
+        state = {k: v.contiguous() for k, v in state.items()}
+        write_msg(out, {"type": "weights", "version": version, "hash": weights_hash(state),
+                        "stats": _stats(adapter)}, st_save(state))
+        published = version
+
+    while True:
+        msg = read_msg(inp)
+        if msg is None:
+            return 0
+        header, payload = msg
+        kind = header.get("type")
+        try:
+            if kind == "frames":
+                x = torch.frombuffer(bytearray(payload), dtype=torch.float16)
+                x = x.reshape(header["shape"]).float()
+                for f in x:
+                    if adapter.frozen:
+                        break
+                    adapter.observe(f[None])
+                if len(adapter.history) > 2 * history_cap:
+                    del adapter.history[:-history_cap]
+                publish()
+            elif kind in ("freeze", "resume", "reset"):
+                if kind == "freeze":
+                    adapter.freeze("requested over HTTP")
+                elif kind == "resume":
+                    adapter.resume()
+                else:
+                    adapter.reset("requested over HTTP")
+                publish()
+                write_msg(out, {"type": "ack", "id": header.get("id"), "stats": _stats(adapter)})
+            elif kind == "stop":
+                write_msg(out, {"type": "ack", "id": header.get("id"), "stats": _stats(adapter)})
+                return 0
+        except Exception as e:  # reported to the parent, which keeps serving
+            write_msg(out, {"type": "error", "message": f"{type(e).__name__}: {e}"[:300],
+                            "id": header.get("id"), "stats": _stats(adapter)})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
