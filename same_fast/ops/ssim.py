@@ -75,36 +75,54 @@ def ssim_reference(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, wi
     return s.reshape(n, c, -1).mean(dim=(1, 2))
 
 
-# --- fast torch path: channels-last depthwise separable filtering + analytic backward ---------
+# --- fast torch path: banded shift-and-add filtering + analytic backward ---------------------
 #
-# All five local statistics are filtered by ONE depthwise convolution pair over a channels-last
-# stack (H, W, 5 * N * C): oneDNN's depthwise kernels are several times faster in that layout on
-# the CPU than on (N * C * 5, 1, H, W). The forward also forms dSSIM/d(statistic) maps, so the
-# backward is one transposed (full) filtering of at most four maps plus an elementwise combine.
+# The five local statistics are stacked as planes (5 * N * C, H, W) and filtered separably by
+# shift-and-add over tiles of planes x rows sized to stay in cache: 22 fused axpy passes per
+# tile, no im2col, no layout changes (several times faster than oneDNN's depthwise convolution
+# on the CPU for 11-tap Gaussians). The forward also forms dSSIM/d(statistic) maps, so the
+# backward is one full (transposed) filtering of at most four maps plus an elementwise combine.
+
+_TILE_BYTES = 16 << 20  # per tile (input rows + intermediate): fits L3, few ops per call
 
 
-def _filter_cl(z: torch.Tensor, g: torch.Tensor, pad: int) -> torch.Tensor:
-    """Separable Gaussian filtering of every channel of a (H, W, K) tensor; returns (H', W', K).
+@functools.lru_cache(maxsize=16)
+def _taps(window: int, sigma: float) -> tuple[float, ...]:
+    return tuple(gaussian_1d(window, sigma, torch.float64, "cpu").tolist())
 
-    ``pad=0`` is the valid correlation; ``pad=window-1`` is the full convolution (the adjoint of
-    the valid one, since the Gaussian is symmetric).
+
+def _filter_valid(z: torch.Tensor, taps: tuple[float, ...]) -> torch.Tensor:
+    """Separable valid correlation of every plane of ``z`` (K, H, W) with ``taps`` (both axes).
+
+    Returns (K, H - win + 1, W - win + 1). Works on any device and float dtype.
     """
-    k = z.shape[-1]
-    zc = z.permute(2, 0, 1).unsqueeze(0)  # (1, K, H, W) view, channels-last in memory
-    win = g.numel()
-    kw = g.view(1, 1, 1, win).expand(k, 1, 1, win)
-    kh = g.view(1, 1, win, 1).expand(k, 1, win, 1)
-    out = F.conv2d(zc, kw, padding=(0, pad), groups=k)
-    out = F.conv2d(out, kh, padding=(pad, 0), groups=k)
-    return out.squeeze(0).permute(1, 2, 0)
+    k_all, h, w = z.shape
+    win = len(taps)
+    hv, wv = h - win + 1, w - win + 1
+    out = z.new_empty(k_all, hv, wv)
+    row_bytes = 2 * w * z.element_size()
+    kc = max(1, min(k_all, _TILE_BYTES // (row_bytes * (8 + win - 1))))
+    n = max(8, min(hv, _TILE_BYTES // (row_bytes * kc) - (win - 1)))
+    tmp = z.new_empty(kc, n + win - 1, wv)
+    for c0 in range(0, k_all, kc):
+        c1 = min(c0 + kc, k_all)
+        for r0 in range(0, hv, n):
+            r1 = min(r0 + n, hv)
+            m = r1 - r0
+            src = z[c0:c1, r0:r0 + m + win - 1]
+            a = tmp[:c1 - c0, :m + win - 1]
+            torch.mul(src[..., 0:wv], taps[0], out=a)
+            for j in range(1, win):
+                a.add_(src[..., j:j + wv], alpha=taps[j])
+            o = out[c0:c1, r0:r1]
+            torch.mul(a[:, 0:m], taps[0], out=o)
+            for i in range(1, win):
+                o.add_(a[:, i:i + m], alpha=taps[i])
+    return out
 
 
 class _SSIMFunction(torch.autograd.Function):
-    """Per-image SSIM (N,) with an analytic backward (float32 or float64 maths).
-
-    Layouts: the filtering runs channels-last, (H, W, K); the elementwise maths runs on
-    contiguous (K, N*C, H, W) planes (vectorised); one strided copy converts between them.
-    """
+    """Per-image SSIM (N,) with an analytic backward (float32 or float64 maths)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, y: torch.Tensor, data_range: float, window: int,
@@ -114,16 +132,15 @@ class _SSIMFunction(torch.autograd.Function):
         dt = torch.float64 if x.dtype == torch.float64 else torch.float32
         xp = x.detach().to(dt).reshape(nc, h, w)
         yp = y.detach().to(dt).reshape(nc, h, w)
-        g = gaussian_1d(window, sigma, dt, x.device)
-        z = torch.empty(h, w, 5, nc, dtype=dt, device=x.device)
-        zp = z.permute(2, 3, 0, 1)  # (5, nc, h, w) view of the channels-last stack
-        zp[0].copy_(xp)
-        zp[1].copy_(yp)
-        torch.mul(xp, xp, out=zp[2])
-        torch.mul(yp, yp, out=zp[3])
-        torch.mul(xp, yp, out=zp[4])
-        st = _filter_cl(z.view(h, w, 5 * nc), g, 0)
-        st = st.permute(2, 0, 1).contiguous().view(5, nc, hv, wv)
+        taps = _taps(window, sigma)
+        z = torch.empty(5, nc, h, w, dtype=dt, device=x.device)
+        z[0].copy_(xp)
+        z[1].copy_(yp)
+        torch.mul(xp, xp, out=z[2])
+        torch.mul(yp, yp, out=z[3])
+        torch.mul(xp, yp, out=z[4])
+        st = _filter_valid(z.view(5 * nc, h, w), taps).view(5, nc, hv, wv)
+        del z
         mx, my, exx, eyy, exy = st.unbind(0)
         c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
         mxy = mx * my
@@ -152,21 +169,23 @@ class _SSIMFunction(torch.autograd.Function):
                 torch.mul(mx, t1, out=d[3]).addcmul_(my, t2)
             d = d if need_x and need_y else (d[0:3] if need_x else d[1:4])
             ctx.save_for_backward(xp, yp, d)
-        ctx.meta = (n, c, h, w, window, g, x.dtype, y.dtype)
+        ctx.meta = (n, c, h, w, taps, x.dtype, y.dtype)
         return out.to(x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        n, c, h, w, window, g, x_dtype, y_dtype = ctx.meta
+        n, c, h, w, taps, x_dtype, y_dtype = ctx.meta
         xp, yp, d = ctx.saved_tensors
-        nc, hv, wv = n * c, h - window + 1, w - window + 1
+        win = len(taps)
+        nc, hv, wv, p = n * c, h - win + 1, w - win + 1, win - 1
         need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         scale = (grad_out.to(d.dtype) / (c * hv * wv)).repeat_interleave(c).view(1, nc, 1, 1)
         k = d.shape[0]
-        buf = torch.empty(hv, wv, k, nc, dtype=d.dtype, device=d.device)
-        torch.mul(d, scale, out=buf.permute(2, 3, 0, 1))
-        full = _filter_cl(buf.view(hv, wv, k * nc), g, window - 1)
-        full = full.permute(2, 0, 1).contiguous().view(k, nc, h, w)
+        # The adjoint of the valid filter is the full one: zero-pad by win - 1, filter validly.
+        buf = torch.zeros(k, nc, hv + 2 * p, wv + 2 * p, dtype=d.dtype, device=d.device)
+        torch.mul(d, scale, out=buf[:, :, p:p + hv, p:p + wv])
+        full = _filter_valid(buf.view(k * nc, hv + 2 * p, wv + 2 * p), taps).view(k, nc, h, w)
+        del buf
 
         def back(a: torch.Tensor, dm: torch.Tensor, de: torch.Tensor, dexy: torch.Tensor,
                  b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
