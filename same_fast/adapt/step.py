@@ -113,8 +113,12 @@ class AdaptStep:
         self._teacher_fn: Callable = self._teacher_forward
         self._student_fn: Callable = self._student_loss
         if self.config.compile:
-            self._teacher_fn = torch.compile(self._teacher_forward, dynamic=False)
-            self._student_fn = torch.compile(self._student_loss, dynamic=False)
+            # Shapes are fixed per (batch, size), so on CUDA the compiled halves are captured as
+            # CUDA graphs ("reduce-overhead"); on the CPU inductor emits C++ (needs a compiler).
+            on_cuda = bool(s_params) and s_params[0].is_cuda
+            mode = "reduce-overhead" if on_cuda else None
+            self._teacher_fn = torch.compile(self._teacher_forward, dynamic=False, mode=mode)
+            self._student_fn = torch.compile(self._student_loss, dynamic=False, mode=mode)
 
     # Split in two around the picker: the picker is user code (often another network) and would
     # break a compiled graph; each half compiles to one graph.
@@ -159,7 +163,8 @@ class AdaptStep:
         out["loss"].backward()
         self.optimizer.step()
         self.update_teacher()
-        result = {k: v.detach() for k, v in out.items()}
+        # Cloned: under CUDA graphs the compiled outputs live in memory the next replay reuses.
+        result = {k: v.detach().clone() for k, v in out.items()}
         result["weights"] = w
         return result
 
