@@ -1,7 +1,7 @@
 """Run the SAME adaptation experiments and write their JSON and Markdown tables.
 
     python benchmarks/adaptation_experiment.py [-o experiments] [--only drive-cataract]
-        [--quick] [--set steps=200 --set view=128 ...]
+        [--quick] [--threads 1] [--set steps=200 --set view=128 ...]
 
 Equivalent to ``same-fast eval --experiment NAME -o DIR`` for each experiment; the combined
 Markdown table goes to ``<out>/README.md``. Needs the shared data folder ($SAME_FAST_DATA) and
@@ -39,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", choices=sorted(EXPERIMENTS))
     p.add_argument("--quick", action="store_true")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0 = default; 1 is fastest on a busy shared CPU)")
     a = p.parse_args(argv)
+    if a.threads > 0:
+        import torch
+
+        torch.set_num_threads(a.threads)
     overrides = _parse_sets(a.set)
     results = {}
     for name in a.only or list(EXPERIMENTS):
