@@ -9,7 +9,8 @@ from same_fast.benchsuites import stream
 def test_stream_suite_smoke():
     args = SimpleNamespace(quick=True, repeats=None, device="cpu", json=None, options={
         "model": "tiny", "size": "16", "frames": "24", "fps": "200", "streams": "1,4",
-        "modes": "fixed,asap", "adapt": "off,on", "adapt_every": "4"})
+        "modes": "fixed,asap", "adapt": "off,on", "adapt_every": "4",
+        "adapt_in": "thread"})  # the process adapter is covered by test_serve_adapt
     r = stream.run(args)
     assert len(r["cases"]) == 8 and len(r["summary"]) == 8
     for c in r["cases"]:
