@@ -74,6 +74,8 @@ def _stats(adapter: Any) -> dict[str, Any]:
 
 
 def main() -> int:
+    import signal
+
     import torch
     from safetensors.torch import load as st_load
     from safetensors.torch import save as st_save
@@ -84,6 +86,9 @@ def main() -> int:
     from same_fast.models import build_from_metadata
     from same_fast.serve.model import weights_hash
 
+    # The parent owns our lifetime (stdin closes when it goes); a Ctrl+C at the terminal
+    # reaches the whole process group and must not kill training mid-message.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but framed messages may reach the parent's pipe
     first = read_msg(inp)
