@@ -53,3 +53,20 @@ def test_demo_reduced(tmp_path, capsys):
     assert (out / "progress.png").is_file()
     text = capsys.readouterr().out
     assert "fundus" in text and "ultrasound" in text and "summary.json" in text
+
+
+def test_demo_skips_a_missing_model_and_fails_when_none_runs(tmp_path, capsys):
+    import pytest
+
+    out = tmp_path / "demo"
+    code = main(["demo", "-o", str(out), "--steps", "1", "--frames", "4", "--view", "64",
+                 "--fundus-model", str(tmp_path / "missing.safetensors"),
+                 "--ultrasound-model", _model(tmp_path, 1, "ultrasound-lite")])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["cases"]) == ["ultrasound"] and "fundus" in summary["skipped"]
+    assert "skipped fundus" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "-o", str(out), "--modality", "fundus", "--fundus-model",
+              str(tmp_path / "missing.safetensors")])
+    assert e.value.code == 2
