@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of an optional (1 - SSIM) image loss")
     p.add_argument("--init", default=None,
                    help="start from this checkpoint's weights (same preset and --net)")
+    p.add_argument("--color-aug", type=float, default=d.color_aug,
+                   help="per-channel gain exp(U(-a, a)) on clean images (palette augmentation)")
     p.add_argument("--degrade", default=None, help="degradation preset (default per modality)")
     p.add_argument("--holdout", type=float, default=d.holdout,
                    help="fraction of each set held out for validation")

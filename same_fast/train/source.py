@@ -56,6 +56,7 @@ class SourceConfig:
     lambda_s: float = 0.1          # weight of the structure loss
     lambda_ssim: float = 0.0       # weight of the optional (1 - SSIM) image term (SPEC 3)
     init: str | None = None        # start from this checkpoint's weights (fine-tuning)
+    color_aug: float = 0.0         # per-channel gain exp(U(-a, a)) on the clean image (0: off)
     degrade: str | None = None     # preset name; default per modality
     holdout: float = 0.15          # fraction of each set held out for validation (>= 1 image)
     val_every: int = 250
@@ -215,6 +216,12 @@ def make_batch(train: list[Sample], cfg: SourceConfig, g: torch.Generator, devic
     """
     idx = torch.randint(len(train), (cfg.batch,), generator=g).tolist()
     x, mask, fov, has_mask = _stack([train[i] for i in idx], device)
+    if cfg.color_aug > 0:
+        # Vary the palette of the clean images themselves, so the network learns to undo the
+        # degradation rather than to paint every image in the few training cameras' colours.
+        a = cfg.color_aug
+        gains = torch.exp((torch.rand(cfg.batch, x.shape[1], 1, 1, generator=g) * 2 - 1) * a)
+        x = (x * gains.to(device)).clamp(0, 1)
     x = x * fov
     y = degrade(x, cfg.degrade or MODALITIES[cfg.modality][1], g, fov)
     side = x.shape[-1]
@@ -398,7 +405,7 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     meta = {"modality": cfg.modality, "provenance": provenance,
             "training": {"size": cfg.size, "load_size": cfg.load_size, "batch": cfg.batch,
                          "lr": cfg.lr, "lambda_s": cfg.lambda_s, "lambda_ssim": cfg.lambda_ssim,
-                         "init": cfg.init}}
+                         "init": cfg.init, "color_aug": cfg.color_aug}}
     vs = validation_set(val, cfg, device)
     g = torch.Generator().manual_seed(cfg.seed + start)  # resumed runs continue a fresh stream
     log = out.with_name(out.name.removesuffix(".safetensors") + ".log.jsonl")
