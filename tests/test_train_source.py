@@ -130,3 +130,21 @@ def test_crop_must_fit_the_network(tmp_path):
     data = _folder(tmp_path, n=2, size=48)
     with pytest.raises(InputError, match="multiple of 32"):
         train_source(_cfg(data, size=48, load_size=48, net={}))
+
+
+def test_color_aug_and_ssim_term(tmp_path):
+    data = _folder(tmp_path, n=2, size=64)
+    sets = load_samples(str(data), 3, 64, "fundus")
+    train, _ = split(sets, 0.0, 0)
+    plain = make_batch(train, _cfg(data), torch.Generator().manual_seed(0), torch.device("cpu"))
+    aug = make_batch(train, _cfg(data, color_aug=0.5), torch.Generator().manual_seed(0),
+                     torch.device("cpu"))
+    assert aug["clean"].min() >= 0 and aug["clean"].max() <= 1
+    # channel ratios of the clean image change: a palette shift, not only a brightness change
+    r = (aug["clean"].mean((2, 3)) / plain["clean"].mean((2, 3)).clamp_min(1e-6))
+    assert float((r[:, 0] - r[:, 1]).abs().max()) > 0.05
+    model = SAMENet(3, "lite", base=8, levels=3)
+    loss0, parts0 = source_loss(model, plain, 0.1)
+    loss1, parts1 = source_loss(model, plain, 0.1, lambda_ssim=1.0)
+    assert "ssim_loss" not in parts0 and 0 < parts1["ssim_loss"] <= 2
+    assert abs(float(loss1 - loss0) - parts1["ssim_loss"]) < 1e-4
