@@ -147,4 +147,4 @@ def test_color_aug_and_ssim_term(tmp_path):
     loss0, parts0 = source_loss(model, plain, 0.1)
     loss1, parts1 = source_loss(model, plain, 0.1, lambda_ssim=1.0)
     assert "ssim_loss" not in parts0 and 0 < parts1["ssim_loss"] <= 2
-    assert abs(float(loss1 - loss0) - parts1["ssim_loss"]) < 1e-4
+    assert abs(float((loss1 - loss0).detach()) - parts1["ssim_loss"]) < 1e-4
