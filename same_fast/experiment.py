@@ -61,6 +61,7 @@ class ExperimentConfig:
     online_every: int = 1
     online_steps_per_update: int = 2
     online_buffer: int = 8
+    online_on_collapse: str = "reset"
     n_images: int = 0          # 0 = all
     seed: int = 0
     downstream: bool = True
@@ -397,7 +398,8 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     ocfg = dataclasses.replace(acfg, mode="online", every=cfg.online_every,
                                steps_per_update=cfg.online_steps_per_update,
                                buffer=cfg.online_buffer)
-    adapter = OnlineAdapter(model, picker, ocfg, SafetyConfig())
+    # reset (not freeze) on collapse: a frozen student keeps the weights that collapsed
+    adapter = OnlineAdapter(model, picker, ocfg, SafetyConfig(action=cfg.online_on_collapse))
 
     def online() -> torch.Tensor:
         ys = []
