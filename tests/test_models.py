@@ -50,7 +50,7 @@ def test_wrong_architecture_and_mismatched_weights(tmp_path):
 
 
 # Names whose weights are committed; each must load by name, stay small and run.
-COMMITTED = ["ultrasound-lite"]
+COMMITTED = ["fundus-lite", "ultrasound-lite"]
 
 
 @pytest.mark.parametrize("name", COMMITTED)
