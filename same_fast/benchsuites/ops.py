@@ -9,7 +9,8 @@ ours is faster):
   ``torch._foreach_lerp_``; achieved GB/s counting three passes (read teacher, read student, write
   teacher) against this machine's copy bandwidth (``copy_`` of a buffer of the same size, two
   passes);
-- ``step``: one whole adaptation step (ours, optionally compiled; and a reference-style step) as
+- ``step``: one whole adaptation step (ours with the device-side picker inputs of
+  :func:`device_picker`, ours without a picker, optionally compiled; and a reference-style step) as
   a multiple of one plain inference of the same batch by the same network: both the served
   inference (image decoder only) and the forward with both decoders that the step runs.
 
@@ -219,12 +220,15 @@ def bench_step(preset: str, batch: int, size: int, dev: torch.device, repeats: i
 
     s_ours, t_ours = copy.deepcopy(base), copy.deepcopy(base)
     step = AdaptStep(s_ours, t_ours, StepConfig(), picker=device_picker)
+    s_np, t_np = copy.deepcopy(base), copy.deepcopy(base)
+    step_np = AdaptStep(s_np, t_np, StepConfig(), picker=None)
     s_ref, t_ref = copy.deepcopy(base), copy.deepcopy(base)
     opt_ref = torch.optim.Adam(s_ref.parameters(), lr=2e-4, foreach=False)
     cases: dict[str, Callable[[], Any]] = {
         "plain_inference": plain,
         "inference_both_outputs": forward_both,
         "ours": lambda: step(x),
+        "ours_no_picker": lambda: step_np(x),
         "reference_style": lambda: reference_style_step(s_ref, t_ref, opt_ref, x),
     }
     if compiled:
