@@ -9,7 +9,7 @@ from pytorch_msssim import ssim as msssim_ssim
 from skimage.metrics import structural_similarity
 
 from same_fast.errors import InputError
-from same_fast.ops import l1_ssim_loss, ssim, ssim_loss, ssim_reference
+from same_fast.ops import SSIMLoss, l1_ssim_loss, ssim, ssim_loss, ssim_reference
 
 SHAPES = [(1, 1, 11, 11), (1, 3, 16, 16), (2, 3, 23, 17), (5, 1, 12, 31), (3, 2, 40, 13)]
 
@@ -82,6 +82,8 @@ def test_identical_images_and_losses() -> None:
     l1 = (x - y).abs().mean((1, 2, 3))
     expect = 0.3 * l1 + 0.7 * (1 - ssim_reference(x, y))
     torch.testing.assert_close(l1_ssim_loss(x, y, w_l1=0.3, w_ssim=0.7, reduction="none"), expect)
+    torch.testing.assert_close(SSIMLoss()(x, y), ssim_loss(x, y))
+    torch.testing.assert_close(SSIMLoss(w_l1=0.3, w_ssim=0.7)(x, y), expect.mean())
     xr = x.clone().requires_grad_()
     l1_ssim_loss(xr, y).backward()
     assert torch.isfinite(xr.grad).all() and xr.grad.abs().sum() > 0

@@ -14,7 +14,7 @@ environment variable ``SAME_FAST_OPS_BACKEND``.
 from same_fast.ops.color import rgb_to_hsv, rgb_to_lab
 from same_fast.ops.ema import ema_, ema_reference_, flatten_parameters_
 from same_fast.ops.picker import PickerScores, picker_weights
-from same_fast.ops.ssim import l1_ssim_loss, ssim, ssim_loss, ssim_reference
+from same_fast.ops.ssim import SSIMLoss, l1_ssim_loss, ssim, ssim_loss, ssim_reference
 
 __all__ = ["ema_", "ema_reference_", "flatten_parameters_", "ssim", "ssim_loss", "l1_ssim_loss",
-           "ssim_reference", "picker_weights", "PickerScores", "rgb_to_hsv", "rgb_to_lab"]
+           "ssim_reference", "SSIMLoss", "picker_weights", "PickerScores", "rgb_to_hsv", "rgb_to_lab"]

@@ -250,3 +250,21 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "none":
         return loss
     raise InputError(f"reduction must be 'mean' or 'none', got '{reduction}'")
+
+
+class SSIMLoss(torch.nn.Module):
+    """Module front of :func:`l1_ssim_loss`: ``w_l1 * L1 + w_ssim * (1 - SSIM)``, mean over N.
+
+    The defaults (w_l1=0, w_ssim=1) give the plain SSIM loss. Inputs (N, C, H, W) in
+    ``[0, data_range]``.
+    """
+
+    def __init__(self, data_range: float = 1.0, window: int = 11, sigma: float = 1.5,
+                 w_l1: float = 0.0, w_ssim: float = 1.0, backend: str | None = None) -> None:
+        super().__init__()
+        self.data_range, self.window, self.sigma = data_range, window, sigma
+        self.w_l1, self.w_ssim, self.backend = w_l1, w_ssim, backend
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return l1_ssim_loss(x, y, self.w_l1, self.w_ssim, self.data_range, self.window,
+                            self.sigma, backend=self.backend)
