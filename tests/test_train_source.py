@@ -93,6 +93,16 @@ def test_resume_continues_from_last(tmp_path):
     assert summary["start_step"] == 4
     steps = [json.loads(line)["step"] for line in open(tmp_path / "out" / "m.log.jsonl")]
     assert steps == [2, 4, 6]
+    # --init fine-tunes from a checkpoint and records where it came from
+    first, _ = load_model(cfg.out)
+    fine = _cfg(data, out=str(tmp_path / "ft.safetensors"), steps=2, size=32, load_size=48,
+                val_every=2, init=cfg.out, lr=0.0)
+    train_source(fine)
+    model, meta = load_model(fine.out)
+    assert meta["provenance"]["init"]["path"] == cfg.out
+    assert meta["provenance"]["init"]["provenance"]["degrade"] == "gray"
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(),
+                                                 model.state_dict().values(), strict=True))
 
 
 def test_bad_config(tmp_path):

@@ -383,7 +383,7 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     if cfg.init and not cfg.resume:
         from same_fast.models import load_model
 
-        init_model, _ = load_model(cfg.init)
+        init_model, init_meta = load_model(cfg.init)
         if init_model.config != model.config:
             raise CheckpointError(f"--init: {cfg.init} has config {init_model.config}, not "
                                   f"{model.config}")
@@ -402,6 +402,9 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
         "held_out": [s.name for s in val], "degrade": cfg.degrade or MODALITIES[cfg.modality][1],
         "command": cfg.command, "config": dataclasses.asdict(cfg),
     }
+    if cfg.init and not cfg.resume:
+        provenance["init"] = {"path": str(cfg.init), "step": init_meta.get("step"),
+                              "provenance": init_meta.get("provenance")}
     meta = {"modality": cfg.modality, "provenance": provenance,
             "training": {"size": cfg.size, "load_size": cfg.load_size, "batch": cfg.batch,
                          "lr": cfg.lr, "lambda_s": cfg.lambda_s, "lambda_ssim": cfg.lambda_ssim,
