@@ -51,6 +51,18 @@ def test_ema_arithmetic_after_one_step() -> None:
     assert any(not torch.equal(a, b) for a, b in zip(t0, student.parameters(), strict=True))
 
 
+def test_ema_survives_parameter_storage_being_replaced() -> None:
+    """``model.to(...)`` swaps parameter storage; the EMA must follow the live parameters."""
+    student, teacher = make_pair()
+    step = AdaptStep(student, teacher, StepConfig(ema=0.5))
+    student.double().float()  # new storage for every parameter, same values
+    teacher.double().float()
+    t0 = [p.detach().clone() for p in teacher.parameters()]
+    step(batch())
+    for t_new, t_old, s in zip(teacher.parameters(), t0, student.parameters(), strict=True):
+        torch.testing.assert_close(t_new, 0.5 * t_old + 0.5 * s.detach(), rtol=1e-6, atol=1e-7)
+
+
 def test_teacher_gets_no_gradients() -> None:
     student, teacher = make_pair()
     step = AdaptStep(student, teacher)

@@ -170,10 +170,24 @@ class AdaptStep:
 
     def update_teacher(self) -> None:
         """``teacher <- ema * teacher + (1 - ema) * student`` over parameters, in place."""
+        if not (self._backs(self._s_flat, self._s_params)
+                and self._backs(self._t_flat, self._t_params)):
+            # Someone replaced parameter storage (e.g. ``model.to(device)``): flatten again.
+            self._s_flat = ops.flatten_parameters_(self.student)
+            self._t_flat = ops.flatten_parameters_(self.teacher)
         if self._s_flat is not None and self._t_flat is not None:
             ops.ema_(self._t_flat, self._s_flat, self.config.ema)
         else:
             ops.ema_(self._t_params, self._s_params, self.config.ema)
+
+    @staticmethod
+    def _backs(flat: torch.Tensor | None, params: list[torch.Tensor]) -> bool:
+        """O(1) check that ``flat`` still holds ``params`` (first and last share its storage)."""
+        if flat is None:
+            return True
+        ptr = flat.untyped_storage().data_ptr()
+        return (params[0].untyped_storage().data_ptr() == ptr
+                and params[-1].untyped_storage().data_ptr() == ptr)
 
 
 def _adam_impl(params: list[torch.Tensor]) -> dict[str, bool]:
