@@ -68,6 +68,26 @@ def test_offline_reproducible_with_seed_and_leaves_source_alone():
     assert a.acceptance == pytest.approx(1 / 3)
 
 
+def test_entropy_gated_by_acceptance():
+    """With the gate, a fully rejected batch has zero loss (entropy included) and moves nothing;
+    an accepted batch keeps its entropy term."""
+    from same_fast.adapt.loop import make_pair, make_step
+
+    m = _model()
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    s, t = make_pair(m)
+    step = make_step(s, t, AdaptConfig(), _reject_all)
+    out = step(x)
+    assert float(out["loss"]) == 0.0 and float(out["entropy"]) > 0
+    assert _same(s, m)
+    s2, t2 = make_pair(m)
+    out2 = make_step(s2, t2, AdaptConfig(), _accept_first)(x)
+    assert float(out2["loss"]) > float(out2["entropy"]) > 0
+    s3, t3 = make_pair(m)
+    out3 = make_step(s3, t3, AdaptConfig(gate_entropy=False), _reject_all)(x)
+    assert float(out3["loss"]) == pytest.approx(float(out3["entropy"])) and not _same(s3, m)
+
+
 def test_offline_epochs_and_redegrade_view():
     cfg = AdaptConfig(epochs=2, batch=4, size=16, redegrade=True, modality="ultrasound")
     r = adapt_offline(_model(), _frames(6), None, cfg)

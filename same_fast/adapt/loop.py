@@ -63,6 +63,7 @@ class AdaptConfig:
     hash_every: int = 10
     modality: str = "fundus"
     scale: tuple[float, float] = field(default=(1.1, 1.35))
+    gate_entropy: bool = True
 
     def step_config(self) -> StepConfig:
         return StepConfig(lr=self.lr, ema=self.ema, w_l1=self.w_l1, w_struct=self.w_struct,
@@ -96,6 +97,28 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     if step < keep:
         return 1.0
     return max(0.0, 1.0 - (step - keep + 1) / max(1, total - keep))
+
+
+class GatedAdaptStep(AdaptStep):
+    """``AdaptStep`` whose entropy term counts only when the picker kept at least one sample.
+
+    The gate is a 0-d tensor computed on the device (no host round trip); a fully rejected batch
+    then has exactly zero loss.
+    """
+
+    def _student_loss(self, x: torch.Tensor, y_t: torch.Tensor, s_t: torch.Tensor,
+                      w: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = super()._student_loss(x, y_t, s_t, w)
+        closed = (w.sum() <= 0).to(out["loss"].dtype)
+        out["loss"] = out["loss"] - closed * self.config.w_entropy * out["entropy"]
+        return out
+
+
+def make_step(student: nn.Module, teacher: nn.Module, cfg: AdaptConfig,
+              picker: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None) -> AdaptStep:
+    """The adaptation step for ``cfg`` (entropy gated by acceptance when a picker is used)."""
+    cls = GatedAdaptStep if cfg.gate_entropy and picker is not None else AdaptStep
+    return cls(student, teacher, cfg.step_config(), picker)
 
 
 def make_pair(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -147,7 +170,7 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
     torch.manual_seed(cfg.seed)  # dropout noise of teacher and student
     g = torch.Generator().manual_seed(cfg.seed)
     student, teacher = make_pair(model)
-    step = AdaptStep(student, teacher, cfg.step_config(), picker)
+    step = make_step(student, teacher, cfg, picker)
     aug = cfg.augment_config(int(getattr(model, "multiple", 1)))
     preset = cfg.redegrade_preset or DEFAULT_REDEGRADE.get(cfg.modality, "gray")
     history: list[dict[str, float]] = []

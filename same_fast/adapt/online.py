@@ -23,9 +23,8 @@ from torch import nn
 
 from same_fast.adapt.audit import AuditLog
 from same_fast.adapt.augment import random_views, redegrade
-from same_fast.adapt.loop import DEFAULT_REDEGRADE, AdaptConfig, make_pair
+from same_fast.adapt.loop import DEFAULT_REDEGRADE, AdaptConfig, make_pair, make_step
 from same_fast.adapt.safety import SafetyConfig, SafetyMonitor, clone_state, restore_
-from same_fast.adapt.step import AdaptStep
 from same_fast.errors import InputError
 from same_fast.nn import enhance as nn_enhance
 
@@ -54,7 +53,7 @@ class OnlineAdapter:
             p.requires_grad_(False)
         self._source_state = clone_state(model)
         self.student, self.teacher = make_pair(model)
-        self._step = AdaptStep(self.student, self.teacher, cfg.step_config(), picker)
+        self._step = make_step(self.student, self.teacher, cfg, picker)
         self._aug = cfg.augment_config(int(getattr(model, "multiple", 1)))
         self._preset = cfg.redegrade_preset or DEFAULT_REDEGRADE.get(cfg.modality, "gray")
         self.safety = SafetyMonitor(safety)

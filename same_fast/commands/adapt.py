@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--w-struct", type=float, default=d.w_struct)
     p.add_argument("--w-entropy", type=float, default=d.w_entropy)
     p.add_argument("--w-ssim", type=float, default=d.w_ssim)
+    p.add_argument("--no-gate-entropy", dest="gate_entropy", action="store_false",
+                   help="keep the entropy term on batches where the picker kept nothing")
     p.add_argument("--redegrade", action="store_true",
                    help="give the student a re-degraded view (SRTTA-style)")
     p.add_argument("--redegrade-strength", type=float, default=d.redegrade_strength)
