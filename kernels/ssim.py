@@ -1,16 +1,20 @@
-"""Triton kernels for per-image SSIM (valid padding, Gaussian window), forward and backward.
+"""Triton kernels for per-image SSIM (valid padding, Gaussian window) and L1, forward and
+backward, so ``l1_ssim_loss`` costs one forward and one backward pass.
 
-Forward: one pass. Each program owns a BH x BW tile of the valid SSIM map of one (image,
-channel) plane, accumulates the five local statistics (mu_x, mu_y, E[x^2], E[y^2], E[xy]) over
-the WIN x WIN Gaussian window straight from the inputs, writes the tile's sum of SSIM values to a
-partial-sum buffer (summed deterministically afterwards), and, when a gradient is needed, the four
-maps dS/d(mu_x), dS/d(E[x^2]) (= dS/d(E[y^2])), dS/d(E[xy]), dS/d(mu_y).
+Forward: one pass. Each program owns a BH x BW tile of one (image, channel) plane. It adds the
+tile's |x - y| to an L1 partial sum and, where the tile lies in the valid SSIM map, accumulates
+the five local statistics (mu_x, mu_y, E[x^2], E[y^2], E[xy]) over the WIN x WIN Gaussian window
+straight from the inputs, writes the tile's sum of SSIM values to a partial-sum buffer (summed
+deterministically afterwards) and, when a gradient is needed, the four maps dS/d(mu_x),
+dS/d(E[x^2]) (= dS/d(E[y^2])), dS/d(E[xy]), dS/d(mu_y).
 
 Backward: one more pass. Each program owns a tile of input pixels and gathers the four maps
-through the (symmetric) window: dL/dx = s * (F^T dmx + 2 x F^T de + y F^T dexy), with s the
-upstream gradient over C * Hv * Wv. Maths in float32 whatever the input dtype.
+through the (symmetric) window: dL/dx = s * (F^T dmx + 2 x F^T de + y F^T dexy) + t sign(x - y),
+with s and t the upstream gradients of SSIM and L1 over C * Hv * Wv and C * H * W. Maths in
+float32 whatever the input dtype.
 
-Semantics match ``same_fast.ops.ssim_reference``; launch through ``same_fast.ops.ssim``.
+Semantics match ``same_fast.ops.ssim_reference``; launch through ``same_fast.ops.ssim`` and
+``same_fast.ops.l1_ssim_loss``.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ BW = 32
 
 
 @triton.jit
-def ssim_fwd_kernel(x_ptr, y_ptr, g_ptr, part_ptr, d_ptr, H, W, HV, WV, C1, C2,
+def ssim_fwd_kernel(x_ptr, y_ptr, g_ptr, part_ptr, l1_ptr, d_ptr, H, W, HV, WV, C1, C2,
                     NEED_GRAD: tl.constexpr, WIN: tl.constexpr, BH: tl.constexpr,
                     BW: tl.constexpr):
     pid_w = tl.program_id(0)
@@ -32,7 +36,12 @@ def ssim_fwd_kernel(x_ptr, y_ptr, g_ptr, part_ptr, d_ptr, H, W, HV, WV, C1, C2,
     rows = pid_h * BH + tl.arange(0, BH)[:, None]
     cols = pid_w * BW + tl.arange(0, BW)[None, :]
     valid = (rows < HV) & (cols < WV)
+    inside = (rows < H) & (cols < W)
     base = plane * H * W
+    # L1 over every pixel (the grid covers the whole image; SSIM only where the window fits).
+    off0 = base + rows * W + cols
+    x0 = tl.load(x_ptr + off0, mask=inside, other=0.0).to(tl.float32)
+    y0 = tl.load(y_ptr + off0, mask=inside, other=0.0).to(tl.float32)
     mx = tl.zeros((BH, BW), dtype=tl.float32)
     my = tl.zeros((BH, BW), dtype=tl.float32)
     exx = tl.zeros((BH, BW), dtype=tl.float32)
@@ -61,7 +70,9 @@ def ssim_fwd_kernel(x_ptr, y_ptr, g_ptr, part_ptr, d_ptr, H, W, HV, WV, C1, C2,
     s = a1 * a2 * inv
     s = tl.where(valid, s, 0.0)
     n_tiles = tl.num_programs(0) * tl.num_programs(1)
-    tl.store(part_ptr + plane * n_tiles + pid_h * tl.num_programs(0) + pid_w, tl.sum(s))
+    tile = plane * n_tiles + pid_h * tl.num_programs(0) + pid_w
+    tl.store(part_ptr + tile, tl.sum(s))
+    tl.store(l1_ptr + tile, tl.sum(tl.abs(x0 - y0)))
     if NEED_GRAD:
         plane_sz = HV * WV
         n_planes = tl.num_programs(2).to(tl.int64)
@@ -76,7 +87,8 @@ def ssim_fwd_kernel(x_ptr, y_ptr, g_ptr, part_ptr, d_ptr, H, W, HV, WV, C1, C2,
 
 
 @triton.jit
-def ssim_bwd_kernel(x_ptr, y_ptr, g_ptr, d_ptr, scale_ptr, gx_ptr, gy_ptr, H, W, HV, WV,
+def ssim_bwd_kernel(x_ptr, y_ptr, g_ptr, d_ptr, scale_ptr, l1_scale_ptr, gx_ptr, gy_ptr, H, W,
+                    HV, WV,
                     NEED_X: tl.constexpr, NEED_Y: tl.constexpr, WIN: tl.constexpr,
                     BH: tl.constexpr, BW: tl.constexpr):
     pid_w = tl.program_id(0)
@@ -106,14 +118,17 @@ def ssim_bwd_kernel(x_ptr, y_ptr, g_ptr, d_ptr, scale_ptr, gx_ptr, gy_ptr, H, W,
             if NEED_Y:
                 fmy += wgt * tl.load(d_ptr + 3 * n_planes * plane_sz + doff, mask=m, other=0.0)
     scale = tl.load(scale_ptr + plane)
+    l1_scale = tl.load(l1_scale_ptr + plane)
     off = plane * H * W + rows * W + cols
     xv = tl.load(x_ptr + off, mask=inside, other=0.0).to(tl.float32)
     yv = tl.load(y_ptr + off, mask=inside, other=0.0).to(tl.float32)
+    diff = xv - yv
+    sgn = tl.where(diff > 0, 1.0, tl.where(diff < 0, -1.0, 0.0)) * l1_scale
     if NEED_X:
-        gx = scale * (fmx + 2.0 * xv * fe + yv * fxy)
+        gx = scale * (fmx + 2.0 * xv * fe + yv * fxy) + sgn
         tl.store(gx_ptr + off, gx.to(gx_ptr.dtype.element_ty), mask=inside)
     if NEED_Y:
-        gy = scale * (fmy + 2.0 * yv * fe + xv * fxy)
+        gy = scale * (fmy + 2.0 * yv * fe + xv * fxy) - sgn
         tl.store(gy_ptr + off, gy.to(gy_ptr.dtype.element_ty), mask=inside)
 
 
@@ -124,47 +139,62 @@ def _gauss(window: int, sigma: float, device: torch.device) -> torch.Tensor:
 
 
 class SSIMTriton(torch.autograd.Function):
-    """Per-image SSIM (N,) float32 with Triton forward and backward (see module doc)."""
+    """Per-image (SSIM, mean |x - y|), each (N,) float32, from one forward and one backward pass.
+
+    Returning both lets ``l1_ssim_loss`` fuse its L1 term into the same two passes.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, y: torch.Tensor, data_range: float, window: int,
-                sigma: float, k1: float, k2: float) -> torch.Tensor:
+                sigma: float, k1: float, k2: float) -> tuple[torch.Tensor, torch.Tensor]:
         n, c, h, w = x.shape
         hv, wv = h - window + 1, w - window + 1
         x, y = x.contiguous(), y.contiguous()
         g = _gauss(window, sigma, x.device)
-        grid = (triton.cdiv(wv, BW), triton.cdiv(hv, BH), n * c)
-        part = torch.empty(n * c, grid[0] * grid[1], dtype=torch.float32, device=x.device)
+        grid = (triton.cdiv(w, BW), triton.cdiv(h, BH), n * c)
+        part = torch.empty(2, n * c, grid[0] * grid[1], dtype=torch.float32, device=x.device)
         need = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         d = torch.empty((4, n * c, hv, wv) if need else (1,), dtype=torch.float32,
                         device=x.device)
         c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-        ssim_fwd_kernel[grid](x, y, g, part, d, h, w, hv, wv, c1, c2, NEED_GRAD=need,
-                              WIN=window, BH=BH, BW=BW)
+        ssim_fwd_kernel[grid](x, y, g, part[0], part[1], d, h, w, hv, wv, c1, c2,
+                              NEED_GRAD=need, WIN=window, BH=BH, BW=BW)
         if need:
             ctx.save_for_backward(x, y, g, d)
         ctx.window = window
-        return part.view(n, -1).sum(1) / (c * hv * wv)
+        sums = part.view(2, n, -1).sum(2)
+        return sums[0] / (c * hv * wv), sums[1] / (c * h * w)
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
+    def backward(ctx, grad_ssim: torch.Tensor | None, grad_l1: torch.Tensor | None):
         x, y, g, d = ctx.saved_tensors
         n, c, h, w = x.shape
         window = ctx.window
         hv, wv = h - window + 1, w - window + 1
         need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        scale = (grad_out.float() / (c * hv * wv)).repeat_interleave(c).contiguous()
+        zeros = torch.zeros(n, dtype=torch.float32, device=x.device)
+        g_s = zeros if grad_ssim is None else grad_ssim.float()
+        g_l = zeros if grad_l1 is None else grad_l1.float()
+        scale = (g_s / (c * hv * wv)).repeat_interleave(c).contiguous()
+        l1_scale = (g_l / (c * h * w)).repeat_interleave(c).contiguous()
         gx = torch.empty_like(x) if need_x else x.new_empty(1)
         gy = torch.empty_like(y) if need_y else y.new_empty(1)
         grid = (triton.cdiv(w, BW), triton.cdiv(h, BH), n * c)
-        ssim_bwd_kernel[grid](x, y, g, d, scale, gx, gy, h, w, hv, wv, NEED_X=need_x,
+        ssim_bwd_kernel[grid](x, y, g, d, scale, l1_scale, gx, gy, h, w, hv, wv, NEED_X=need_x,
                               NEED_Y=need_y, WIN=window, BH=BH, BW=BW)
         return (gx if need_x else None), (gy if need_y else None), None, None, None, None, None
 
 
-def ssim_triton(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int = 11,
-                sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
-    """Per-image SSIM (N,) via the Triton kernels; inputs (N, C, H, W) on CUDA (or CPU under
-    ``TRITON_INTERPRET=1``)."""
+def ssim_l1_triton(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int = 11,
+                   sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image (SSIM, mean |x - y|) via the Triton kernels; inputs (N, C, H, W) on CUDA (or
+    CPU under ``TRITON_INTERPRET=1``)."""
     return SSIMTriton.apply(x, y, float(data_range), int(window), float(sigma), float(k1),
                             float(k2))
+
+
+def ssim_triton(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int = 11,
+                sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+    """Per-image SSIM (N,) via the Triton kernels."""
+    return ssim_l1_triton(x, y, data_range, window, sigma, k1, k2)[0]

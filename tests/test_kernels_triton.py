@@ -80,6 +80,23 @@ def _interp_ssim_kernels_value_and_gradient(shape: tuple, window: int) -> None:
     torch.testing.assert_close(gx, gx_ref, rtol=1e-4, atol=1e-7)
 
 
+def _interp_l1_ssim_fused(shape: tuple = (2, 2, 9, 13)) -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(shape, generator=g, requires_grad=True)
+    y = torch.rand(shape, generator=g, requires_grad=True)
+    y.data[0, 0, 0, :3] = x.data[0, 0, 0, :3]  # ties: sign(0) = 0 as in autograd of abs
+    got = ops.l1_ssim_loss(x, y, w_l1=0.4, w_ssim=0.6, data_range=2.0, window=5,
+                           reduction="none", backend="triton")
+    ref = 0.4 * (x - y).abs().mean((1, 2, 3)) / 2.0 + 0.6 * (
+        1 - ops.ssim_reference(x, y, data_range=2.0, window=5))
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    w = torch.rand(shape[0], generator=g)
+    g_got = torch.autograd.grad((got * w).sum(), (x, y))
+    g_ref = torch.autograd.grad((ref * w).sum(), (x, y))
+    for a, b in zip(g_got, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
 def _interp_picker_kernel() -> None:
     g = torch.Generator().manual_seed(3)
     n = 6
@@ -158,7 +175,8 @@ def _host_kernels_compile_for_cuda(tmp_path, monkeypatch) -> None:
           "DTYPE": "constexpr", "BLOCK": "constexpr"},
          {"DTYPE": triton.language.bfloat16, "BLOCK": 1024}),
         (k["ssim"].ssim_fwd_kernel,
-         {"x_ptr": "*fp16", "y_ptr": "*fp16", "g_ptr": f32, "part_ptr": f32, "d_ptr": f32,
+         {"x_ptr": "*fp16", "y_ptr": "*fp16", "g_ptr": f32, "part_ptr": f32, "l1_ptr": f32,
+          "d_ptr": f32,
           "H": i32, "W": i32, "HV": i32, "WV": i32, "C1": "fp32", "C2": "fp32",
           "NEED_GRAD": "constexpr", "WIN": "constexpr", "BH": "constexpr",
           "BW": "constexpr"},
@@ -166,6 +184,7 @@ def _host_kernels_compile_for_cuda(tmp_path, monkeypatch) -> None:
          {"NEED_GRAD": True, "WIN": 3, "BH": 16, "BW": 32}),
         (k["ssim"].ssim_bwd_kernel,
          {"x_ptr": f32, "y_ptr": f32, "g_ptr": f32, "d_ptr": f32, "scale_ptr": f32,
+          "l1_scale_ptr": f32,
           "gx_ptr": f32, "gy_ptr": f32, "H": i32, "W": i32, "HV": i32, "WV": i32,
           "NEED_X": "constexpr", "NEED_Y": "constexpr", "WIN": "constexpr",
           "BH": "constexpr", "BW": "constexpr"},
@@ -192,6 +211,7 @@ if CHILD:
     test_ema_kernels = _interp_ema_kernels
     test_ssim_kernels_value_and_gradient = _interp_ssim_kernels_value_and_gradient
     test_picker_kernel = _interp_picker_kernel
+    test_l1_ssim_fused = _interp_l1_ssim_fused
     test_color_kernels = _interp_color_kernels
 else:
     test_interpreter_cases_in_child_process = _host_interpreter_cases_in_child_process
