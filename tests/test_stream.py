@@ -245,4 +245,4 @@ def test_step_runs_without_blocking_producers():
         loop.submit(torch.zeros(1)).result(5)
     stop.set()
     th.join()
-    assert len(ticks) > 20
+    assert len(ticks) > 10  # ~100 when nothing else runs; the GIL-bound failure gives ~1

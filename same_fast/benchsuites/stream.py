@@ -156,8 +156,9 @@ def run_loop(o: dict[str, Any], served, adapt: bool, mode: str, streams: int) ->
     t_end = time.perf_counter()
     stats = loop.stats()
     steps = 0
+    updates = served.weights_version - v0  # weights installed while the stream ran
     if adaptation is not None:
-        steps = adaptation.steps
+        steps = adaptation.steps  # steps the background adapter finished during the stream
         adaptation.close()
         _restore_source(served, frames[0])
     submitted = sum(len(f) for f in futures)
@@ -168,7 +169,7 @@ def run_loop(o: dict[str, Any], served, adapt: bool, mode: str, streams: int) ->
         "p50_ms": stats["p50_s"] * 1000, "p99_ms": stats["p99_s"] * 1000,
         "p999_ms": stats["p999_s"] * 1000, "max_ms": stats["max_latency_s"] * 1000,
         "throughput_fps": ok / max(t_end - t0, 1e-9), "mean_batch": stats["mean_batch"],
-        "adapt_steps": steps, "weights_updates": served.weights_version - v0,
+        "adapt_steps": steps, "weights_updates": updates,
     }
 
 
