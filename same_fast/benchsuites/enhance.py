@@ -6,7 +6,8 @@ batch) per backend, as ratios to torch eager measured in the same rounds, plus a
 (FLOPs of the network counted once with ``torch.utils.flop_counter.FlopCounterMode``) against
 this machine's fp32 matmul peak (the fastest square ``torch.mm`` of 512/1024/2048, then that
 size as a peer in every case's interleaved rounds, so both see the same share of a shared
-machine). The int8 ONNX
+machine). On CPU an ONNX Runtime MatMul of the same size is a peer too: its GEMM (MLAS) can beat
+torch.mm (MKL), e.g. on AMD CPUs, so ``fraction_of_best_matmul`` uses the faster of the two. The int8 ONNX
 Runtime variant also reports its SSIM against the fp32 output. Inputs are crops of a real fundus
 photograph (scikit-image's CC0 ``retina``); weights are random (speed does not depend on them).
 
@@ -187,7 +188,7 @@ def _run(args: argparse.Namespace, dev: torch.device, quick: bool, presets: list
             if p != preset:
                 continue
             result["cases"].append(_case(preset, model, backends, size, batch, peak, budget,
-                                         sync, args.repeats))
+                                         sync, args.repeats, threads))
             c = result["cases"][-1]
             if getattr(args, "json", None):  # partial results survive an interrupted sweep
                 write_json(args.json, {**result, "summary": _summary(result), "partial": True})
@@ -204,7 +205,7 @@ def _run(args: argparse.Namespace, dev: torch.device, quick: bool, presets: list
 
 def _case(preset: str, model: torch.nn.Module, backends: dict[str, Backend], size: int,
           batch: int, peak: dict[str, float], budget: float, sync: Any,
-          repeats: int | None) -> dict[str, Any]:
+          repeats: int | None, threads: int = 0) -> dict[str, Any]:
     x = frames(3, size, batch, seed=size + batch)
     flops = count_flops(model, 3, size) * batch
     ref = backends["torch"].enhance(x)
@@ -232,12 +233,20 @@ def _case(preset: str, model: torch.nn.Module, backends: dict[str, Backend], siz
     a = torch.randn(mm_n, mm_n, generator=ga).to(dev)
     bm = torch.randn(mm_n, mm_n, generator=ga).to(dev)
     cases["_matmul"] = lambda: torch.mm(a, bm)
+    ort_mm = _ort_matmul(mm_n, threads) if dev.type == "cpu" else None
+    if ort_mm is not None:
+        cases["_matmul_ort"] = ort_mm
     timing = interleaved(cases, repeats=n, warmup=1, sync=sync)
     mm = timing.pop("_matmul")
     case_peak = 2.0 * mm_n ** 3 / mm["median_s"] / 1e9
+    mm_ort = timing.pop("_matmul_ort", None)
+    # ONNX Runtime's own GEMM (MLAS) can outrun torch.mm (MKL), e.g. on AMD CPUs: the best of
+    # the two is the fairer ceiling, reported beside the torch.mm one the issue asks for.
+    best_peak = max(case_peak, 2.0 * mm_n ** 3 / mm_ort["median_s"] / 1e9) if mm_ort else case_peak
     base = timing["torch"]["median_s"]
     out: dict[str, Any] = {"preset": preset, "size": size, "batch": batch, "repeats": n,
                            "gflop_per_batch": flops / 1e9, "matmul_peak_gflops": case_peak,
+                           "best_matmul_gflops": best_peak,
                            "backends": {}}
     for name, t in timing.items():
         med = t["median_s"]
@@ -247,10 +256,32 @@ def _case(preset: str, model: torch.nn.Module, backends: dict[str, Backend], siz
             "batch_ms_median": 1e3 * med, "batch_ms_p99": 1e3 * p99,
             "frames_per_s": batch / med, "speedup_vs_torch": base / med,
             "gflops": gflops, "fraction_of_matmul_peak": gflops / case_peak,
+            "fraction_of_best_matmul": gflops / best_peak,
             "max_abs_diff_vs_torch": diffs[name]}
         if name in ssim:
             out["backends"][name]["ssim_vs_fp32"] = ssim[name]
     return out
+
+
+def _ort_matmul(n: int, threads: int) -> Any:
+    """A callable timing one ``n x n`` fp32 MatMul in ONNX Runtime (None without onnxruntime)."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
+                              [vi("a", TensorProto.FLOAT, [n, n]), vi("b", TensorProto.FLOAT, [n, n])],
+                              [vi("c", TensorProto.FLOAT, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.random((n, n), dtype=np.float32), "b": rng.random((n, n), dtype=np.float32)}
+    return lambda: sess.run(None, feeds)
 
 
 def _ssim(ref: torch.Tensor, y: torch.Tensor) -> float:
@@ -272,6 +303,7 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
                      "frames_per_s": round(best[1]["frames_per_s"], 2),
                      "gflops": round(best[1]["gflops"], 1),
                      "fraction_of_peak": round(best[1]["fraction_of_matmul_peak"], 3),
+                     "fraction_of_best_matmul": round(best[1]["fraction_of_best_matmul"], 3),
                      "all_speedups": {k: round(v["speedup_vs_torch"], 2)
                                       for k, v in c["backends"].items()}})
     target = [c for c in result["cases"] if c["preset"] == "lite" and c["size"] == 512]
@@ -283,7 +315,9 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
         done = {"case": f"lite 512px b{c['batch']}", "backend": n,
                 "speedup_vs_torch": round(v["speedup_vs_torch"], 2),
                 "fraction_of_peak": round(v["fraction_of_matmul_peak"], 3),
+                "fraction_of_best_matmul": round(v["fraction_of_best_matmul"], 3),
                 "meets_1.5x": v["speedup_vs_torch"] >= 1.5,
-                "meets_third_of_peak": v["fraction_of_matmul_peak"] >= 1 / 3}
+                "meets_third_of_peak": v["fraction_of_matmul_peak"] >= 1 / 3,
+                "meets_third_of_best_matmul": v["fraction_of_best_matmul"] >= 1 / 3}
     return {"device": result["environment"]["device"], "matmul_peak_gflops_at_start": round(peak, 1),
             "cases": rows, "done_when_fp32": done, "skipped": result["skipped"]}
