@@ -30,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", choices=["fundus", "ultrasound", "both"], default="both")
     p.add_argument("--eval-every", type=int, default=5, help="steps between quality probes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--redegrade", type=float, default=0.0, metavar="STRENGTH",
+                   help="give the student a re-degraded view of this strength (0 = the paper's "
+                        "recipe; 0.6 is what the DRIVE experiment uses)")
     p.add_argument("--fundus-model", default="fundus-lite", help="enhancer name or checkpoint")
     p.add_argument("--ultrasound-model", default="ultrasound-lite")
     p.add_argument("--fundus-picker", default="fundus-picker", help="picker name, path or none")
@@ -67,7 +70,8 @@ def echo_frames(n: int, multiple: int = 32):
 
 
 def run_case(modality: str, clean, fov, preset, model_name: str, picker_name: str, steps: int,
-             view: int, eval_every: int, seed: int) -> tuple[dict[str, Any], list]:
+             view: int, eval_every: int, seed: int, redegrade: float = 0.0
+             ) -> tuple[dict[str, Any], list]:
     """Degrade, enhance, adapt, enhance again; returns (numbers, [input, source, adapted, clean])."""
     import numpy as np
     import torch
@@ -101,7 +105,8 @@ def run_case(modality: str, clean, fov, preset, model_name: str, picker_name: st
             entry["ssim"] = float(np.mean([r["ssim"] for r in image_scores(y, clean, fov)]))
         curve.append(entry)
 
-    cfg = AdaptConfig(steps=steps, batch=4, size=view, seed=seed, modality=modality)
+    cfg = AdaptConfig(steps=steps, batch=4, size=view, seed=seed, modality=modality,
+                      redegrade=redegrade > 0, redegrade_strength=redegrade)
     t0 = time.perf_counter()
     res = adapt_offline(model, list(x), picker, cfg, None if fov is None else list(fov),
                         callback=cb)
@@ -113,7 +118,7 @@ def run_case(modality: str, clean, fov, preset, model_name: str, picker_name: st
             for k, v in scores.items()}
     numbers = {
         "modality": modality, "model": model_name, "picker": picker_used, "images": len(x),
-        "size": list(x.shape[-2:]), "steps": steps, "view": view,
+        "size": list(x.shape[-2:]), "steps": steps, "view": view, "redegrade": redegrade,
         "mean": mean, "per_image": scores, "acceptance": res.acceptance,
         "negative_adaptation": float(np.mean([a["ssim"] < s["ssim"] for a, s in
                                               zip(scores["adapted"], scores["source"],
@@ -163,7 +168,8 @@ def plot_curves(path: Path, cases: dict[str, dict[str, Any]]) -> None:
                    width=2)
         acc = [(p["step"], p["accepted"]) for p in pts]
         for s, a in acc:
-            d.point(xy(s, a, 0.0, 1.0), fill=col)
+            px, py = xy(s, a, 0.0, 1.0)
+            d.ellipse([px - 2, py - 2, px + 2, py + 2], fill=col)
         d.text((pad + 4, y), f"{name}: SSIM {lo:.3f}..{hi:.3f} (line), picker acceptance "
                "0..1 (dots)", fill=col)
         y += 14
@@ -189,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
             clean, fov = fundus_tiles()
             cases["fundus"], rows = run_case("fundus", clean, fov, "fundus-cataract",
                                              args.fundus_model, args.fundus_picker, args.steps,
-                                             args.view, args.eval_every, args.seed)
+                                             args.view, args.eval_every, args.seed,
+                                             args.redegrade)
             _grid(out / "fundus.png", rows)
         except CheckpointError as e:  # a model missing from this install: run the other case
             skipped["fundus"] = str(e)
@@ -201,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
             cases["ultrasound"], rows = run_case("ultrasound", clean, None, preset,
                                                  args.ultrasound_model, args.ultrasound_picker,
                                                  args.steps, args.view, args.eval_every,
-                                                 args.seed)
+                                                 args.seed, args.redegrade)
             _grid(out / "ultrasound.png", rows)
         except CheckpointError as e:
             skipped["ultrasound"] = str(e)
