@@ -65,7 +65,7 @@ class ExperimentConfig:
     n_images: int = 0          # 0 = all
     seed: int = 0
     downstream: bool = True
-    segmenter_steps: int = 400
+    segmenter_steps: int = 300
     segmenter: str = ""        # path of a cached vessel segmenter ("" = <out>/vessel_segmenter)
     examples: int = 3
     redegrade: bool = True     # also run SAME / mean teacher with the re-degraded student view
