@@ -55,7 +55,7 @@ class ExperimentConfig:
     preset_overrides: dict[str, Any] = field(default_factory=dict)
     size: int = 256            # evaluation resolution (the paper protocol's)
     view: int = 128            # adaptation view side
-    steps: int = 150           # offline adaptation steps (mean teacher and SAME alike)
+    steps: int = 300           # offline adaptation steps (mean teacher and SAME alike)
     batch: int = 4
     lr: float = 2e-4
     online_every: int = 1
