@@ -83,6 +83,15 @@ def test_entropy_gated_by_acceptance():
     s2, t2 = make_pair(m)
     out2 = make_step(s2, t2, AdaptConfig(), _accept_first)(x)
     assert float(out2["loss"]) > float(out2["entropy"]) > 0
+    # after an accepted batch, a rejected one must not move the weights (Adam momentum skipped)
+    calls = iter([_accept_first, _reject_all])
+    s4, t4 = make_pair(m)
+    step4 = make_step(s4, t4, AdaptConfig(), lambda y, s: next(calls)(y, s))
+    step4(x)
+    after_first = {k: v.clone() for k, v in s4.state_dict().items()}
+    assert not _same(s4, m)
+    step4(x)
+    assert _same(s4, after_first)
     s3, t3 = make_pair(m)
     out3 = make_step(s3, t3, AdaptConfig(gate_entropy=False), _reject_all)(x)
     assert float(out3["loss"]) == pytest.approx(float(out3["entropy"])) and not _same(s3, m)
