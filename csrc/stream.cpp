@@ -193,31 +193,37 @@ class Loop {
   }
 
   py::dict Stats() {
+    // Snapshot under the mutex with the GIL released, then build Python objects unlocked:
+    // creating objects can run the garbage collector and arbitrary finalizers, which may
+    // hand the GIL to a thread that then waits for this mutex (a deadlock).
     std::vector<double> lat;
-    py::dict d;
+    std::vector<std::pair<const char*, uint64_t>> counts;
+    double max_latency = 0.0;
+    bool closed = false;
     {
+      py::gil_scoped_release nogil;
       std::lock_guard<std::mutex> lk(mu_);
       lat = latencies_;
-      d["submitted"] = submitted_;
-      d["completed"] = completed_;
-      d["ok"] = ok_;
-      d["errors"] = errors_;
-      d["dropped"] = dropped_;
-      d["cancelled"] = cancelled_;
-      d["rejected"] = rejected_;
-      d["batches"] = batches_;
-      d["failed_batches"] = failed_batches_;
-      d["frames_in_batches"] = frames_in_batches_;
-      d["queue_depth"] = queue_.size();
-      d["max_queue_depth"] = max_depth_;
-      d["in_flight"] = in_flight_;
-      d["waiting_output"] = out_.size();
-      d["reorder_pending"] = done_.size();
-      d["max_latency_s"] = max_latency_;
-      d["capacity"] = capacity_;
-      d["max_batch"] = max_batch_;
-      d["workers"] = threads_.size();
-      d["closed"] = closing_;
+      counts = {{"submitted", submitted_},
+                {"completed", completed_},
+                {"ok", ok_},
+                {"errors", errors_},
+                {"dropped", dropped_},
+                {"cancelled", cancelled_},
+                {"rejected", rejected_},
+                {"batches", batches_},
+                {"failed_batches", failed_batches_},
+                {"frames_in_batches", frames_in_batches_},
+                {"queue_depth", queue_.size()},
+                {"max_queue_depth", max_depth_},
+                {"in_flight", in_flight_},
+                {"waiting_output", out_.size()},
+                {"reorder_pending", done_.size()},
+                {"capacity", capacity_},
+                {"max_batch", max_batch_},
+                {"workers", threads_.size()}};
+      max_latency = max_latency_;
+      closed = closing_;
     }
     std::sort(lat.begin(), lat.end());
     auto pct = [&](double q) -> double {
@@ -225,18 +231,28 @@ class Loop {
       size_t i = static_cast<size_t>(q * static_cast<double>(lat.size() - 1) + 0.5);
       return lat[std::min(i, lat.size() - 1)];
     };
+    py::dict d;
+    uint64_t batches = 0, framesb = 0;
+    for (const auto& kv : counts) {
+      d[kv.first] = kv.second;
+      if (std::string(kv.first) == "batches") batches = kv.second;
+      if (std::string(kv.first) == "frames_in_batches") framesb = kv.second;
+    }
+    d["max_latency_s"] = max_latency;
+    d["closed"] = closed;
     d["latency_window"] = lat.size();
     d["p50_s"] = pct(0.50);
     d["p99_s"] = pct(0.99);
     d["p999_s"] = pct(0.999);
     d["window_max_s"] = lat.empty() ? 0.0 : lat.back();
-    size_t b = batches_;
-    d["mean_batch"] = b ? static_cast<double>(frames_in_batches_) / static_cast<double>(b) : 0.0;
+    d["mean_batch"] =
+        batches ? static_cast<double>(framesb) / static_cast<double>(batches) : 0.0;
     return d;
   }
 
   // Forget latency samples and the maxima (counters of frames stay: they are totals).
   void ResetLatency() {
+    py::gil_scoped_release nogil;
     std::lock_guard<std::mutex> lk(mu_);
     latencies_.clear();
     lat_pos_ = 0;
