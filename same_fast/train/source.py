@@ -448,9 +448,11 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
                     best = score
                     save_model(out, model, **meta_now)
                     rec["saved"] = True
-                _save_last(last, model, opt, step, {**meta_now, "best_val_ssim": best,
-                                                    "config": model.config,
-                                                    "architecture": "SAMENet"})
+                _save_last(last, model, opt, step, {
+                    **meta_now, "best_val_ssim": best, "config": model.config,
+                    "architecture": "SAMENet", "preset": model.config["preset"],
+                    "channels": model.in_channels, "value_range": [-1, 1],
+                    "multiple": model.multiple})
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
                 if bar is not None:
