@@ -9,6 +9,21 @@ import pytest
 from same_fast.data import data_root
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test runs torch on one intra-op thread.
+
+    The suite's networks are tiny: extra threads buy nothing and, on a 2-core CI machine also
+    running a server or a subprocess, cost 10-25x in oversubscription.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real data sets (CI always has them); skip with a reason where a user's machine lacks them."""

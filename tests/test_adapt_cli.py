@@ -14,14 +14,6 @@ from same_fast.models import load_model, save_model
 from same_fast.nn import SAMENet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture()
 def tiny(tmp_path):
     torch.manual_seed(0)

@@ -15,16 +15,6 @@ from same_fast.errors import InputError
 from same_fast.nn import SAMENet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks gain nothing from intra-op threads, and on a shared CPU they lose a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def _model(seed: int = 0) -> SAMENet:
     torch.manual_seed(seed)
     return SAMENet(1, "lite", base=4, max_channels=8, levels=3)  # multiple 8

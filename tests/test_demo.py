@@ -12,16 +12,6 @@ from same_fast.models import available, save_model
 from same_fast.nn import SAMENet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks gain nothing from intra-op threads, and on a shared CPU they lose a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def _model(tmp_path, channels: int, name: str) -> str:
     if name in available():
         return name
@@ -59,7 +49,6 @@ def test_demo_reduced(tmp_path, capsys):
 
 
 def test_demo_skips_a_missing_model_and_fails_when_none_runs(tmp_path, capsys):
-    import pytest
 
     out = tmp_path / "demo"
     code = main(["demo", "-o", str(out), "--steps", "1", "--frames", "4", "--view", "64",

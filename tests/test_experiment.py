@@ -17,16 +17,6 @@ from same_fast.nn.isd import StructureVAE
 from same_fast.picker import save_picker
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks gain nothing from intra-op threads, and on a shared CPU they lose a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def test_auroc_matches_definition():
     assert auroc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
     assert auroc(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 0.0

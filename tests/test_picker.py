@@ -12,16 +12,6 @@ from same_fast.nn.isd import StructureVAE
 from same_fast.picker import Picker, PickerConfig, load_picker, save_picker
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks gain nothing from intra-op threads, and on a shared CPU they lose a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def _picker(config: PickerConfig | None = None, channels: int = 1, thr: float = 0.5) -> Picker:
     torch.manual_seed(0)
     iqa = IQANet(channels, width=4, depth=2, size=32)

@@ -19,16 +19,6 @@ from same_fast.train.picker import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks gain nothing from intra-op threads, and on a shared CPU they lose a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def _tiny_set(root, n: int = 4, size: int = 48, seed: int = 0) -> None:
     """Grey 'scans' with a bright blob each and the blob as its structure mask."""
     rng = np.random.default_rng(seed)
