@@ -80,3 +80,21 @@ def test_train_picker_bad_input_is_one_line_error(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("same-fast: error:")
+
+
+def test_exclude_held_out_images_of_a_source_checkpoint(tmp_path):
+    """The picker must not see the images a source model held out for evaluation."""
+    from same_fast.checkpoint import save
+    from same_fast.errors import InputError
+    from same_fast.train.picker import held_out_stems
+
+    _tiny_set(tmp_path / "set", n=5)
+    src = save(tmp_path / "src.safetensors", {"w": torch.zeros(1)},
+               {"provenance": {"held_out": ["set/s1.png", "set/s3.png"]}})
+    held = held_out_stems(str(src))
+    assert held == {"s1", "s3"}
+    data = load_structure_set([tmp_path / "set"], 1, 32, exclude=held)
+    assert data.names == ["s0", "s2", "s4"]
+    bare = save(tmp_path / "bare.safetensors", {"w": torch.zeros(1)}, {"provenance": {}})
+    with pytest.raises(InputError, match="no held-out images"):
+        held_out_stems(str(bare))

@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--percentile", type=float, default=d.percentile,
                    help="ISD threshold = this percentile of training-mask scores")
     p.add_argument("--max-images", type=int, default=d.max_images, help="0 = all")
+    p.add_argument("--exclude-from", default=d.exclude_from, metavar="MODEL",
+                   help="leave out the images this source checkpoint held out (its provenance)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device)
     p.add_argument("--threads", type=int, default=d.threads,

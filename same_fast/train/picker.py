@@ -53,6 +53,9 @@ class PickerTrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int = 0            # torch intra-op threads (0 = torch's default)
+    # A source checkpoint (or shipped name) whose held-out evaluation images must not be seen
+    # by the picker either: its provenance's held_out list is excluded from the inputs.
+    exclude_from: str = ""
 
 
 @dataclass
@@ -107,13 +110,31 @@ def _letterbox(t: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
+def held_out_stems(name_or_path: str) -> set[str]:
+    """File stems a source checkpoint held out of training (its provenance's ``held_out``)."""
+    from same_fast.checkpoint import read_metadata
+    from same_fast.models import resolve
+
+    meta = read_metadata(resolve(name_or_path))
+    held = (meta.get("provenance") or {}).get("held_out") if isinstance(meta.get("provenance"),
+                                                                         dict) else None
+    if not held:
+        raise InputError(f"{name_or_path}: its metadata lists no held-out images (provenance.held_out)")
+    return {Path(h).stem for h in held}
+
+
 def load_structure_set(folders: Sequence[str | Path], channels: int, size: int,
-                       max_images: int = 0) -> StructureSet:
-    """Read every (image, masks) pair under ``folders``, resized to ``size`` x ``size``."""
+                       max_images: int = 0, exclude: set[str] | None = None) -> StructureSet:
+    """Read every (image, masks) pair under ``folders``, resized to ``size`` x ``size``.
+
+    ``exclude``: image file stems to leave out (e.g. a source model's held-out evaluation set).
+    """
     from same_fast.io import load_mask, read_image, to_tensor
 
     imgs, masks, names = [], [], []
     pairs = [p for f in folders for p in _pairs(Path(f))]
+    if exclude:
+        pairs = [p for p in pairs if p[0].stem not in exclude]
     if max_images:
         pairs = pairs[:max_images]
     if not pairs:
@@ -337,7 +358,8 @@ def train_picker(cfg: PickerTrainConfig, progress: Progress | None = None) -> di
     g = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
     channels = 3 if cfg.modality == "fundus" else 1
-    data = load_structure_set(cfg.inputs, channels, cfg.load_size, cfg.max_images)
+    exclude = held_out_stems(cfg.exclude_from) if cfg.exclude_from else set()
+    data = load_structure_set(cfg.inputs, channels, cfg.load_size, cfg.max_images, exclude)
     iqa, iqa_losses = train_iqa(data.images, cfg, g, progress)
     isd, isd_losses, thr, _ = train_isd(data.masks, cfg, g, progress)
     # held-out check: fresh corruptions (a generator the training never used)
@@ -348,6 +370,7 @@ def train_picker(cfg: PickerTrainConfig, progress: Progress | None = None) -> di
     acc = float((pred == y).float().mean())
     summary = {
         "modality": cfg.modality, "images": len(data.names), "inputs": list(cfg.inputs),
+        "excluded": sorted(exclude), "excluded_from": cfg.exclude_from or None,
         "iqa_loss_first": float(np.mean(iqa_losses[:10])) if iqa_losses else None,
         "iqa_loss_last": float(np.mean(iqa_losses[-10:])) if iqa_losses else None,
         "isd_loss_first": float(np.mean(isd_losses[:10])) if isd_losses else None,
