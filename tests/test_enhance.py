@@ -128,3 +128,52 @@ def test_enhance_errors_are_one_line(tmp_path, tiny_models, capsys):
         main(["enhance", "-m", tiny_models[0], "-i", str(tmp_path / "bad.png"), "-o",
               str(tmp_path / "o")])
     assert e.value.code == 2
+
+
+def test_bad_file_in_a_folder_is_skipped_and_reported(tmp_path, tiny_models, capsys):
+    d = _clean_folder(tmp_path, n=2)
+    (d / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    out = tmp_path / "out"
+    assert main(["enhance", "-m", tiny_models[0], "-i", str(d / "images"), "-o", str(out),
+                 "--no-progress"]) == 2
+    assert (out / "case0.png").is_file() and (out / "case1.png").is_file()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("same-fast: error:") and "broken.png" in err[0]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["n_files"] == 2 and s["n_failed"] == 1 and s["failed"][0]["input"].endswith("broken.png")
+
+
+def test_enhance_backend_onnxruntime_matches_torch(tmp_path, tiny_models):
+    d = _clean_folder(tmp_path, n=2)
+    outs = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / backend
+        assert main(["enhance", "-m", tiny_models[0], "-i", str(d / "images"), "-o", str(out),
+                     "--backend", backend, "--no-progress"]) == 0
+        outs[backend] = [read_image(out / f"case{i}.png").astype(int) for i in range(2)]
+        assert json.loads((out / "summary.json").read_text())["engine"]["backend"] == backend
+    for a, b in zip(outs["torch"], outs["onnxruntime"], strict=True):
+        assert np.abs(a - b).max() <= 1  # fp32 both; at most one 8-bit rounding step apart
+
+
+def test_enhance_adapt_online_on_a_cine(tmp_path, tiny_models):
+    from pydicom.data import get_testdata_file
+
+    src = get_testdata_file("examples_ybr_color.dcm")
+    out = tmp_path / "adapted"
+    assert main(["enhance", "-m", tiny_models[1], "-i", src, "-o", str(out), "--adapt",
+                 "--picker", "none", "--adapt-every", "8", "--no-progress"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    # 30 RGB frames of a grey model run as 90 grey frames: a step every 8 frames
+    assert s["adaptation"]["frames"] == 90 and s["adaptation"]["steps"] >= 10
+    assert s["engine"]["adapt"] == "online"
+    plain = tmp_path / "plain"
+    assert main(["enhance", "-m", tiny_models[1], "-i", src, "-o", str(plain),
+                 "--no-progress"]) == 0
+    a, p = load(out / "examples_ybr_color.dcm").frames, load(plain / "examples_ybr_color.dcm").frames
+    assert a.shape == p.shape
+    assert np.array_equal(a[0], p[0])  # the first frame is served before any adaptation step
+    assert not np.array_equal(a[-1], p[-1])  # later frames use adapted weights
+    with pytest.raises(SystemExit):
+        main(["enhance", "-m", tiny_models[1], "-i", src, "-o", str(out), "--adapt",
+              "--backend", "onnxruntime"])

@@ -3,12 +3,20 @@
 Names are kept (``a.png`` -> ``OUT/a.png``; JPEG/GIF/BMP inputs are written as PNG so that no
 second lossy step is added); DICOM inputs become a derived DICOM (new series, source metadata
 kept). 16-bit inputs stay 16-bit. ``summary.json`` in ``OUT`` lists every file with its time.
+
+``--backend`` runs inference through ``same_fast.engine`` (torch, compile, onnxruntime,
+tensorrt, or auto: the fastest measured here). ``--adapt`` adapts online while enhancing (SAME
+teacher-student with the picker): files and cine frames are seen in order, each frame is
+enhanced with the weights adapted on everything before it. A bad file in a folder is reported on
+its own line and skipped; the others are still written, and the exit status is then 2.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from same_fast.errors import InputError
+from same_fast.errors import InputError, SameFastError
 
 HELP = "enhance images, folders or DICOM series with a trained model"
 
@@ -33,6 +41,10 @@ class EnhanceConfig:
     mask: str | None = None
     batch: int = 4
     device: str = "cpu"
+    backend: str = "torch"
+    adapt: bool = False
+    picker: str = "auto"
+    adapt_every: int = 4
     progress: bool = True
 
 
@@ -44,6 +56,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", help="FOV mask: a file (single input) or a folder (same names)")
     p.add_argument("--batch", type=int, default=4, help="frames per forward pass")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--backend", default="torch",
+                   choices=["auto", "torch", "compile", "onnxruntime", "tensorrt"],
+                   help="inference backend (auto: the fastest measured on this machine, cached)")
+    p.add_argument("--adapt", action="store_true",
+                   help="adapt online (SAME) while enhancing, in input order")
+    p.add_argument("--picker", default="auto",
+                   help="with --adapt: picker name or checkpoint, 'auto' (by modality) or 'none'")
+    p.add_argument("--adapt-every", type=int, default=4, metavar="K",
+                   help="with --adapt: one adaptation step every K frames")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -51,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     fields = EnhanceConfig.__dataclass_fields__
     summary = enhance_files(EnhanceConfig(**{k: v for k, v in vars(args).items() if k in fields}))
     print(json.dumps({k: v for k, v in summary.items() if k != "files"}, indent=2))
-    return 0
+    return 2 if summary["n_failed"] else 0
 
 
 def _inputs(cfg: EnhanceConfig) -> list[tuple[Path, Path | None]]:
@@ -98,14 +119,24 @@ def _to_model_channels(frames: np.ndarray, channels: int) -> tuple[np.ndarray, b
     raise InputError(f"model takes {channels} channel(s); image has {c}")
 
 
+Step = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
 def enhance_array(model: torch.nn.Module, frames: np.ndarray, fov: np.ndarray | None = None,
-                  batch: int = 4, device: str | torch.device = "cpu") -> np.ndarray:
+                  batch: int = 4, device: str | torch.device = "cpu",
+                  step: Step | None = None) -> np.ndarray:
     """Enhance ``(F, H, W, C)`` uint8/uint16 frames; returns the same shape and dtype.
 
-    ``fov``: optional ``(H, W)`` bool mask; outside it the output is black.
+    ``fov``: optional ``(H, W)`` bool mask; outside it the output is black. ``step``: what
+    enhances one float batch ``(N, C, H, W)`` in [0, 1] with its mask (default: the torch model
+    through ``same_fast.nn.enhance``; an engine backend's ``enhance``; an online adapter).
     """
     from same_fast.io import to_array, to_tensor
     from same_fast.nn import enhance
+
+    if step is None:
+        def step(t: torch.Tensor, mm: torch.Tensor | None) -> torch.Tensor:
+            return enhance(model, t, mm)
 
     channels = int(getattr(model, "config", {}).get("in_channels", 3))
     orig_c = frames.shape[-1]
@@ -115,7 +146,7 @@ def enhance_array(model: torch.nn.Module, frames: np.ndarray, fov: np.ndarray | 
     for i in range(0, x.shape[0], max(1, batch)):
         t = to_tensor(x[i:i + batch]).to(device)
         mm = None if m is None else m.expand(t.shape[0], 1, *m.shape[-2:]).to(device)
-        outs.append(to_array(enhance(model, t, mm), frames.dtype.type))
+        outs.append(to_array(step(t, mm), frames.dtype.type))
     y = np.concatenate(outs)
     if folded:  # back from per-channel grey frames to colour frames
         f, h, w = frames.shape[:3]
@@ -136,6 +167,7 @@ def enhance_files(cfg: EnhanceConfig) -> dict[str, Any]:
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device available (use --device cpu)")
     model, meta = load_model(cfg.model, cfg.device)
+    step, adapter, engine_info = _make_step(cfg, model, meta)
     pairs = _inputs(cfg)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,13 +178,24 @@ def enhance_files(cfg: EnhanceConfig) -> dict[str, Any]:
         it = tqdm(pairs, desc="enhance", unit="file")
     series: dict[str, str] = {}  # source series -> new derived series UID
     records = []
+    failed: list[dict[str, str]] = []
     t_all = time.perf_counter()
     for path, mask_path in it:
-        loaded = load(path)
-        frames = loaded.frames
-        fov = load_mask(mask_path, frames.shape[1:3]) if mask_path else None
+        try:
+            loaded = load(path)
+            frames = loaded.frames
+            fov = load_mask(mask_path, frames.shape[1:3]) if mask_path else None
+        except SameFastError as e:
+            if len(pairs) == 1:
+                raise
+            # One bad file must not cost the user the rest of the folder.
+            sys.stderr.write(f"same-fast: error: {str(e).splitlines()[0]}\n")
+            failed.append({"input": str(path), "error": str(e).splitlines()[0]})
+            continue
         t0 = time.perf_counter()
-        y = enhance_array(model, frames, fov, cfg.batch, cfg.device)
+        # With --adapt, frames go one at a time so that each is enhanced with weights adapted
+        # on every frame before it (a cine adapts within itself).
+        y = enhance_array(model, frames, fov, 1 if adapter else cfg.batch, cfg.device, step)
         dt = time.perf_counter() - t0
         if loaded.is_dicom:
             from pydicom.uid import generate_uid
@@ -174,10 +217,43 @@ def enhance_files(cfg: EnhanceConfig) -> dict[str, Any]:
     n_frames = sum(r["frames"] for r in records)
     summary = {
         "model": cfg.model, "preset": meta.get("preset"), "modality": meta.get("modality"),
-        "device": cfg.device, "batch": cfg.batch, "files": records, "n_files": len(records),
+        "device": cfg.device, "batch": cfg.batch, "engine": engine_info,
+        "adaptation": adapter.stats() if adapter else None,
+        "files": records, "n_files": len(records), "failed": failed, "n_failed": len(failed),
         "n_frames": n_frames, "seconds": round(total, 3),
         "mean_ms_per_frame": round(sum(r["ms_per_frame"] * r["frames"] for r in records)
                                    / n_frames, 2) if n_frames else None,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _make_step(cfg: EnhanceConfig, model: torch.nn.Module, meta: dict[str, Any]
+               ) -> tuple[Step | None, Any, dict[str, Any]]:
+    """The enhancement step for ``cfg``: plain torch, an engine backend, or an online adapter."""
+    if cfg.adapt:
+        if cfg.backend not in ("torch", "auto"):
+            raise InputError("--adapt serves the adapting torch student; use --backend torch")
+        if cfg.adapt_every < 1:
+            raise InputError("--adapt-every must be >= 1")
+        from same_fast.adapt.loop import AdaptConfig
+        from same_fast.adapt.online import OnlineAdapter
+        from same_fast.commands.adapt import resolve_picker
+
+        modality = str(meta.get("modality", "fundus"))
+        picker = resolve_picker(cfg.picker, modality, cfg.device)
+        adapter = OnlineAdapter(model, picker, AdaptConfig(mode="online", modality=modality,
+                                                           every=cfg.adapt_every))
+
+        def adapt_step(t: torch.Tensor, mm: torch.Tensor | None) -> torch.Tensor:
+            adapter.observe(t, mm)
+            return adapter.enhance(t, mm)
+
+        return adapt_step, adapter, {"backend": "torch", "adapt": "online",
+                                     "picker": cfg.picker}
+    if cfg.backend == "torch":
+        return None, None, {"backend": "torch"}
+    from same_fast.engine import create_backend
+
+    backend = create_backend(cfg.backend, model, device=cfg.device, metadata=meta)
+    return backend.enhance, None, backend.describe()
