@@ -60,7 +60,7 @@ def export_onnx(model: nn.Module, path: str | Path | None = None,
     channels = model_channels(model) or 3
     mult = model_multiple(model)
     size = max(mult, -(-cfg.sample_size // mult) * mult)
-    module = DeployModule(_cpu_eval_copy(model), structure=cfg.structure).eval()
+    module = DeployModule(cpu_eval_copy(model), structure=cfg.structure).eval()
     sample = torch.rand(1, channels, size, size, generator=torch.Generator().manual_seed(0))
     outputs = [OUTPUT, STRUCTURE] if cfg.structure else [OUTPUT]
     data = _dynamo_export(module, sample, outputs, cfg)
@@ -75,7 +75,8 @@ def export_onnx(model: nn.Module, path: str | Path | None = None,
     return data
 
 
-def _cpu_eval_copy(model: nn.Module) -> nn.Module:
+def cpu_eval_copy(model: nn.Module) -> nn.Module:
+    """A frozen float32 CPU copy in eval mode (export and ORT weight mapping never touch the caller's)."""
     import copy
 
     m = copy.deepcopy(model).to("cpu").float().eval()
@@ -160,7 +161,7 @@ def check_against_torch(model: nn.Module, onnx_bytes: bytes, sizes: tuple[tuple[
     mult = model_multiple(model)
     channels = model_channels(model) or 3
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    module = DeployModule(_cpu_eval_copy(model)).eval()
+    module = DeployModule(cpu_eval_copy(model)).eval()
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
     for n, h, w in sizes:

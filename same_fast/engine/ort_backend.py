@@ -21,6 +21,7 @@ from same_fast.engine.onnx_export import (
     INPUT,
     OUTPUT,
     ExportConfig,
+    cpu_eval_copy,
     export_onnx,
     initializer_map,
     replace_initializers,
@@ -79,7 +80,7 @@ class OnnxRuntimeBackend(Backend):
         ort = _ort()
         if self.config.dtype != "fp32":
             raise InputError("the onnxruntime backend runs fp32 (use tensorrt for fp16/bf16)")
-        self._model = _cpu_copy(model)
+        self._model = cpu_eval_copy(model)
         onnx = __import__("onnx")
         self._graph = onnx.load_from_string(cached_onnx(self._model, ExportConfig(),
                                                         self.config.cache_dir))
@@ -168,11 +169,3 @@ class OnnxRuntimeBackend(Backend):
              "initializers_mapped": len(self._map)}
         return d
 
-
-def _cpu_copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    m = copy.deepcopy(model).to("cpu").float().eval()
-    for p in m.parameters():
-        p.requires_grad_(False)
-    return m

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from same_fast.engine.base import Backend, BackendConfig, model_channels, model_multiple
-from same_fast.engine.onnx_export import INPUT, OUTPUT, ExportConfig, initializer_map
-from same_fast.engine.ort_backend import _cpu_copy, cached_onnx
+from same_fast.engine.onnx_export import INPUT, OUTPUT, ExportConfig, cpu_eval_copy, initializer_map
+from same_fast.engine.ort_backend import cached_onnx
 from same_fast.errors import DependencyError, InputError, missing_dependency
 
 
@@ -138,7 +138,7 @@ class TensorRTBackend(Backend):
         trt = _trt()
         if self.device.type != "cuda":
             raise InputError("the tensorrt backend runs on CUDA devices only (--device cuda)")
-        self._model = _cpu_copy(model)
+        self._model = cpu_eval_copy(model)
         onnx = __import__("onnx")
         data = cached_onnx(self._model, ExportConfig(), self.config.cache_dir)
         graph = onnx.load_from_string(data)
