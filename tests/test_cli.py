@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from same_fast import io
+from same_fast.cli import COMMANDS, main
 
 
 def run(*args: str, check: bool = False) -> subprocess.CompletedProcess:
@@ -84,6 +85,9 @@ def test_debug_shows_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
-@pytest.mark.parametrize("command", ["info", "eval", "bench"])
-def test_subcommand_help(command):
-    assert run(command, "--help", check=True).stdout.startswith("usage:")
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_is_installed_and_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: same-fast {command}")
