@@ -21,17 +21,24 @@ from same_fast.errors import InputError
 from same_fast.ops._backend import resolve
 
 
-@functools.lru_cache(maxsize=16)
-def _gauss_1d_cached(window: int, sigma: float, dtype: torch.dtype, device: str) -> torch.Tensor:
+def _gauss_1d(window: int, sigma: float, dtype: torch.dtype, device: str) -> torch.Tensor:
     r = torch.arange(window, dtype=torch.float64) - (window - 1) / 2.0
     g = torch.exp(-(r * r) / (2.0 * sigma * sigma))
     return (g / g.sum()).to(dtype=dtype, device=device)
 
 
+_gauss_1d_cached = functools.lru_cache(maxsize=16)(_gauss_1d)
+
+
 def gaussian_1d(window: int, sigma: float, dtype: torch.dtype = torch.float32,
                 device: torch.device | str = "cpu") -> torch.Tensor:
     """The normalised 1-D Gaussian taps, shape (window,)."""
-    return _gauss_1d_cached(int(window), float(sigma), dtype, str(torch.device(device)))
+    args = (int(window), float(sigma), dtype, str(torch.device(device)))
+    # Under torch.compile the taps become graph constants anyway; the cache would only be
+    # traced through (with a warning), so call the plain function there.
+    if torch.compiler.is_compiling():
+        return _gauss_1d(*args)
+    return _gauss_1d_cached(*args)
 
 
 def _check(x: torch.Tensor, y: torch.Tensor, window: int) -> None:
@@ -86,9 +93,15 @@ def ssim_reference(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, wi
 _TILE_BYTES = 16 << 20  # per tile (input rows + intermediate): fits L3, few ops per call
 
 
-@functools.lru_cache(maxsize=16)
-def _taps(window: int, sigma: float) -> tuple[float, ...]:
+def _taps_uncached(window: int, sigma: float) -> tuple[float, ...]:
     return tuple(gaussian_1d(window, sigma, torch.float64, "cpu").tolist())
+
+
+_taps_cached = functools.lru_cache(maxsize=16)(_taps_uncached)
+
+
+def _taps(window: int, sigma: float) -> tuple[float, ...]:
+    return _taps_uncached(window, sigma) if torch.compiler.is_compiling() else _taps_cached(window, sigma)
 
 
 def _filter_valid(z: torch.Tensor, taps: tuple[float, ...]) -> torch.Tensor:
