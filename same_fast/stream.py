@@ -229,29 +229,40 @@ def _from_float01(t, dtype: np.dtype) -> np.ndarray:
     return a.astype(dtype)
 
 
-def tensor_step(model_step: Callable[[Any], Any]) -> Callable[[list], list]:
-    """Wrap a model step on float ``(N, C, H, W)`` [0, 1] tensors into a frame step.
+def run_grouped(frames: list, model_step: Callable[[Any], Any],
+                observe: Callable[[Any], None] | None = None) -> list[np.ndarray]:
+    """Run a float model step over ``(H, W, C)`` uint8/uint16 frames, grouped by shape and dtype.
 
-    Frames are ``(H, W, C)`` uint8/uint16 arrays; frames of equal shape and dtype in one batch
-    go through the model together, so a batch may mix sizes. Outputs keep shape and dtype.
+    Frames of equal shape and dtype go through ``model_step`` (float ``(N, C, H, W)`` in [0, 1]
+    -> same shape) together, so a batch may mix sizes; outputs keep each frame's shape and
+    dtype. ``observe`` (online adaptation) receives each group's input after it is served.
     """
     import torch
 
+    out: list[Any] = [None] * len(frames)
+    groups: dict[tuple, list[int]] = {}
+    for i, f in enumerate(frames):
+        groups.setdefault((f.shape, f.dtype.str), []).append(i)
+    with torch.inference_mode():
+        for idx in groups.values():
+            x = torch.stack([_to_float01(frames[i]) for i in idx])
+            y = model_step(x)
+            if tuple(y.shape) != tuple(x.shape):
+                raise RuntimeError(f"model step changed the shape {tuple(x.shape)} -> "
+                                   f"{tuple(y.shape)}")
+            if observe is not None:
+                observe(x)
+            y = y.detach().to("cpu", torch.float32)
+            for j, i in enumerate(idx):
+                out[i] = _from_float01(y[j], frames[i].dtype)
+    return out
+
+
+def tensor_step(model_step: Callable[[Any], Any]) -> Callable[[list], list]:
+    """Wrap a model step on float ``(N, C, H, W)`` [0, 1] tensors into a frame step
+    (see ``run_grouped``)."""
+
     def step(frames: list) -> list:
-        out: list[Any] = [None] * len(frames)
-        groups: dict[tuple, list[int]] = {}
-        for i, f in enumerate(frames):
-            groups.setdefault((f.shape, f.dtype.str), []).append(i)
-        with torch.inference_mode():
-            for idx in groups.values():
-                x = torch.stack([_to_float01(frames[i]) for i in idx])
-                y = model_step(x)
-                if tuple(y.shape) != tuple(x.shape):
-                    raise RuntimeError(f"model step changed the shape {tuple(x.shape)} -> "
-                                       f"{tuple(y.shape)}")
-                y = y.detach().to("cpu", torch.float32)
-                for j, i in enumerate(idx):
-                    out[i] = _from_float01(y[j], frames[i].dtype)
-        return out
+        return run_grouped(frames, model_step)
 
     return step

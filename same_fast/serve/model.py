@@ -115,29 +115,11 @@ class ServedModel:
 
         ``observe`` (online adaptation) receives each group's input batch after it is served.
         """
+        from same_fast.stream import run_grouped
+
         self._install_pending()
         version, digest = self.weights_version, self.weights_hash
-        out: list[Any] = [None] * len(frames)
-        groups: dict[tuple, list[int]] = {}
-        for i, f in enumerate(frames):
-            groups.setdefault((f.shape, f.dtype.str), []).append(i)
-        with torch.inference_mode():
-            for idx in groups.values():
-                dtype = frames[idx[0]].dtype
-                scale = 255.0 if dtype == np.uint8 else 65535.0
-                x = torch.from_numpy(np.stack([frames[i] for i in idx])).permute(0, 3, 1, 2)
-                x = x.float().div_(scale)
-                y = self.step(x)
-                if tuple(y.shape) != tuple(x.shape):
-                    raise RuntimeError(f"model step changed the shape {tuple(x.shape)} -> "
-                                       f"{tuple(y.shape)}")
-                if observe is not None:
-                    observe(x)
-                a = y.detach().to("cpu", torch.float32).clamp_(0, 1).mul_(scale).round_()
-                a = a.permute(0, 2, 3, 1).contiguous().numpy().astype(dtype)
-                for j, i in enumerate(idx):
-                    out[i] = (a[j], version, digest)
-        return out
+        return [(y, version, digest) for y in run_grouped(frames, self.step, observe)]
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.name, "backend": self.backend, "channels": self.channels,
