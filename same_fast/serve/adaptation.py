@@ -352,6 +352,9 @@ class ProcessAdaptation:
         with self._cv:
             self._stop = True
             self._cv.notify_all()
+        # The child may ack "stop" while the writer is still inside its flush: let the writer
+        # finish before the pipe closes under it (it would count a spurious pipe error).
+        self._writer.join(timeout=10)
         try:
             self.proc.stdin.close()
         except OSError:
