@@ -173,10 +173,14 @@ class StreamLoop:
                 continue
             for seq, status, value, error, latency, fut in items:
                 meta = getattr(fut, "meta", None)
-                if status == OK:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(_EXC[status](error or STATUS_NAMES[status], status, seq))
+                # A caller may cancel its future (a client that went away). Claiming the future
+                # first closes that race; a cancelled one is skipped, since nobody waits for it.
+                # Setting a result on it would raise and kill this thread, stalling every stream.
+                if fut.set_running_or_notify_cancel():
+                    if status == OK:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(_EXC[status](error or STATUS_NAMES[status], status, seq))
                 if self._on_result is not None:
                     try:
                         self._on_result(Outcome(seq, status, value, error, latency, meta))

@@ -246,3 +246,19 @@ def test_step_runs_without_blocking_producers():
     stop.set()
     th.join()
     assert len(ticks) > 10  # ~100 when nothing else runs; the GIL-bound failure gives ~1
+
+
+def test_cancelled_futures_do_not_stop_delivery():
+    """A client that goes away cancels its futures; every other frame must still come back."""
+    gate = threading.Event()
+    seen = []
+    with StreamLoop(lambda fr: (gate.wait(5), fr)[1], capacity=64, max_batch=4, max_delay_ms=0,
+                    on_result=lambda o: seen.append(o.seq)) as loop:
+        first = [loop.submit(np.full((2, 2), i)) for i in range(8)]
+        assert all(f.cancel() for f in first[::2])  # still queued: cancellable
+        gate.set()
+        for i, f in enumerate(first[1::2]):
+            assert int(f.result(timeout=10)[0, 0]) == 2 * i + 1
+        later = [loop.submit(np.full((2, 2), 100 + i)) for i in range(4)]
+        assert [int(f.result(timeout=10)[0, 0]) for f in later] == [100, 101, 102, 103]
+    assert seen == sorted(seen) and len(seen) == 12  # the in-order callback still sees all
