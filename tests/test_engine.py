@@ -170,8 +170,11 @@ def test_auto_measures_once_and_caches(cache: str, monkeypatch) -> None:
     table = json.loads((tmp_path / "auto.json").read_text())
     (entry,) = table.values()
     assert entry["backend"] == b.name
-    assert set(entry["seconds_per_batch"]) >= {"torch", "onnxruntime"}
-    assert b.name == min(entry["seconds_per_batch"], key=entry["seconds_per_batch"].get)
+    assert entry["channels_last"] == b.config.channels_last
+    times = entry["seconds_per_batch"]
+    assert set(times) >= {"torch", "torch+channels_last", "onnxruntime"}
+    assert entry["label"] == min(times, key=times.get)
+    assert entry["label"] == b.name + ("+channels_last" if b.config.channels_last else "")
 
     import same_fast.engine.select as sel
 
@@ -181,6 +184,24 @@ def test_auto_measures_once_and_caches(cache: str, monkeypatch) -> None:
     monkeypatch.setattr(sel, "_measure", boom)
     again = create_backend("auto", model, cache_dir=str(tmp_path))
     assert again.name == b.name
+    assert again.describe()["channels_last"] == b.config.channels_last
+
+
+def test_channels_last_matches_eager_before_and_after_update(cache: str) -> None:
+    """NHWC weights and inputs (oneDNN's preferred layout on the CPU): same maths as eager."""
+    model = _lite()
+    x = torch.rand(2, 3, 45, 61, generator=torch.Generator().manual_seed(4))
+    eager = create_backend("torch", model, cache_dir=cache)
+    cl = create_backend("torch", model, cache_dir=cache, channels_last=True)
+    assert cl.describe()["channels_last"] and not eager.describe()["channels_last"]
+    assert (cl.enhance(x) - eager.enhance(x)).abs().max().item() < TOL
+    adapted = perturbed_state(model, 0.3, seed=5)
+    before = eager.enhance(x)
+    eager.update_weights(adapted)
+    cl.update_weights(adapted)
+    after = eager.enhance(x)
+    assert (after - before).abs().max().item() > 1e-2
+    assert (cl.enhance(x) - after).abs().max().item() < TOL
 
 
 def test_refit_mapping_covers_every_parameter_once() -> None:

@@ -43,8 +43,14 @@ def _cpu_model() -> str:
 
 
 def interleaved(cases: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2,
-                sync: Callable[[], None] | None = None) -> dict[str, dict[str, float]]:
+                sync: Callable[[], None] | None = None, gap_s: float = 0.02
+                ) -> dict[str, dict[str, float]]:
     """Time each case ``repeats`` times, round-robin so drift hits all cases alike.
+
+    ``gap_s``: idle time before each timed call. Thread pools keep spinning for a while after
+    a call returns (ONNX Runtime's intra-op threads do by default); without the gap that spin
+    steals cores from whichever case runs next, which measured eager torch at 2x its real time
+    right after ONNX Runtime on this 2-core machine.
 
     Returns per case: median, p10, p90, min (seconds) and the raw samples.
     """
@@ -56,6 +62,8 @@ def interleaved(cases: dict[str, Callable[[], Any]], repeats: int = 10, warmup: 
     samples: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(repeats):
         for name, fn in cases.items():
+            if gap_s > 0:
+                time.sleep(gap_s)
             t0 = time.perf_counter()
             fn()
             if sync:

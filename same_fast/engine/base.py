@@ -197,6 +197,7 @@ class Backend(ABC):
         """JSON-able description: backend name, device, dtype, weights version, options."""
         return {"backend": self.name, "device": str(self.device), "dtype": self.config.dtype,
                 "multiple": self.multiple, "channels": self.channels,
+                "channels_last": self.config.channels_last,
                 "weights_version": self.weights_version,
                 "architecture": self.metadata.get("architecture") or self._arch,
                 "preset": self.metadata.get("preset") or self._preset}

@@ -17,7 +17,8 @@ class ServeConfig:
     ``identity:delay_ms=N``) for tests and benchmarks.
     stream: also serve the WebSocket stream ``/v1/stream`` (HTTP endpoints are always on).
     backend: inference backend (``same_fast.engine``: auto, torch, compile, onnxruntime,
-    tensorrt). device: cpu, cuda or auto.
+    tensorrt). device: cpu, cuda or auto. channels_last: NHWC weights and frames for the
+    torch/compile backends.
     adapt: ``off`` or ``online`` (adapt the served weights to the incoming frames).
     Limits: max_message_bytes per WebSocket message or HTTP body; max_pixels per frame;
     max_inflight frames per connection (the client is back-pressured beyond it);
@@ -33,6 +34,7 @@ class ServeConfig:
     port: int = 8000
     backend: str = "torch"
     device: str = "cpu"
+    channels_last: bool = False
     adapt: str = "off"
     token: str | None = None
     max_batch: int = 4

@@ -150,7 +150,7 @@ def _synthetic(spec: str) -> ServedModel:
 
 
 def load_served_model(spec: str, backend: str = "torch", device: str = "cpu",
-                      threads: int = 0) -> ServedModel:
+                      threads: int = 0, channels_last: bool = False) -> ServedModel:
     """Resolve ``-m``: ``identity[:delay_ms=N]``, a shipped model name, or a checkpoint path.
 
     Checkpoints run on ``same_fast.engine.create_backend(backend, ...)``; weights published by
@@ -161,15 +161,16 @@ def load_served_model(spec: str, backend: str = "torch", device: str = "cpu",
     from same_fast.models import load_model
 
     model, meta = load_model(spec, device="cpu")
-    return served_from_module(model, spec, backend, device, meta, threads)
+    return served_from_module(model, spec, backend, device, meta, threads, channels_last)
 
 
 def served_from_module(model: torch.nn.Module, name: str, backend: str = "torch",
                        device: str = "cpu", metadata: Mapping[str, Any] | None = None,
-                       threads: int = 0) -> ServedModel:
+                       threads: int = 0, channels_last: bool = False) -> ServedModel:
     """Serve an in-memory enhancer (SAMENet forward) on ``same_fast.engine`` backend ``backend``.
 
-    threads: CPU threads of the backend (ONNX Runtime; 0 = its default).
+    threads: CPU threads of the backend (ONNX Runtime; 0 = its default). channels_last: NHWC
+    weights and frames (torch and compile backends).
     """
     meta = dict(metadata or {})
     try:
@@ -178,7 +179,8 @@ def served_from_module(model: torch.nn.Module, name: str, backend: str = "torch"
         create_backend = None
     if create_backend is not None:
         def factory() -> Any:
-            return create_backend(backend, model, device=device, metadata=meta, threads=threads)
+            return create_backend(backend, model, device=device, metadata=meta, threads=threads,
+                                  channels_last=channels_last)
 
         b = factory()
         return ServedModel(b.enhance, name, backend=getattr(b, "name", backend),

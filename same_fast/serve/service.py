@@ -33,7 +33,8 @@ class Service:
 
     def __init__(self, config: ServeConfig, model: ServedModel | None = None) -> None:
         self.config = config.validate()
-        self.model = model or load_served_model(config.model, config.backend, config.device)
+        self.model = model or load_served_model(config.model, config.backend, config.device,
+                                                       channels_last=config.channels_last)
         self.adaptation: OnlineAdaptation | ProcessAdaptation | None = None
         if config.adapt == "online":
             acfg = AdaptConfig(
