@@ -71,6 +71,9 @@ class Picker(nn.Module):
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
+        # NHWC weights: oneDNN then keeps the small convolutions' activations NHWC too; on the
+        # 2-core CPU the picker's cost per 4x256x256 batch fell from 23.5 to 13.6 ms (1 thread).
+        self.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> Picker:
         # The assessors are frozen judges: BatchNorm statistics must never move during adaptation.

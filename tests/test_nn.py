@@ -15,8 +15,7 @@ def test_paper_preset_layout():
     m = SAMENet(3, "paper")
     assert m.multiple == 256
     assert m.widths == [64, 128, 256, 512, 512, 512, 512, 512]
-    drops = [u.drop.p if isinstance(u.drop, torch.nn.Dropout) else 0.0
-             for u in m.image_decoder.ups]
+    drops = [getattr(u.drop, "p", 0.0) for u in m.image_decoder.ups]
     # ups[k-1] makes level k-1's resolution; the three stages after the innermost use dropout 0.5
     assert drops == [0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.0]
     assert any(isinstance(mod, torch.nn.InstanceNorm2d) and not mod.affine for mod in m.modules())
@@ -99,3 +98,29 @@ def test_pad_to_multiple():
     p, hw = pad_to_multiple(x, 16)
     assert p.shape[-2:] == (32, 32) and hw == (30, 17)
     assert torch.equal(p[..., :30, :17], x)
+
+
+def test_fast_dropout_semantics():
+    """same_fast.nn.dropout.Dropout: nn.Dropout's maths with a faster CPU mask."""
+    from same_fast.nn.dropout import Dropout, dropout_mask
+
+    d = Dropout(0.1)
+    x = torch.ones(64, 32, 33, 17, requires_grad=True)
+    torch.manual_seed(0)
+    y = d(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.003  # 1.2M draws: sd ~3e-4
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() / 0.9)  # gradient flows through kept units only
+    torch.manual_seed(0)
+    assert torch.equal(d(x), y)  # torch.manual_seed reproduces the mask
+    assert not torch.equal(d(x), y)  # and the next call draws a new one
+    d.eval()
+    assert d(x) is x
+    # lanes are independent of their neighbours: no structure left by cutting 64-bit words
+    m = dropout_mask((400_000,), 0.5).view(-1, 4).float()
+    assert torch.allclose(m.mean(0), torch.full((4,), 0.5), atol=0.005)
+    assert abs(torch.corrcoef(m.T)[0, 1].item()) < 0.01
+    with pytest.raises(ValueError):
+        Dropout(1.0)

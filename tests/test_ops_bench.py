@@ -44,5 +44,6 @@ def test_suite_runs_quick_and_reports_ratios() -> None:
     lite = r["ema"]["lite"]
     assert lite["parameters"] == sum(p.numel() for p in SAMENet(3, "lite").parameters())
     assert lite["copy_gb_per_s"] > 0 and lite["speedup_vs_reference_loop"] > 0
-    assert set(s["step_multiple_of_plain_inference"]) == {"ours", "ours_no_picker", "reference_style"}
+    assert set(s["step_multiple_of_plain_inference"]) == {
+        "ours", "ours_picker_inputs_only", "ours_no_picker", "reference_style"}
     assert r["environment"]["torch"] == torch.__version__

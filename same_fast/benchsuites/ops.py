@@ -9,10 +9,11 @@ ours is faster):
   ``torch._foreach_lerp_``; achieved GB/s counting three passes (read teacher, read student, write
   teacher) against this machine's copy bandwidth (``copy_`` of a buffer of the same size, two
   passes);
-- ``step``: one whole adaptation step (ours with the device-side picker inputs of
-  :func:`device_picker`, ours without a picker, optionally compiled; and a reference-style step) as
-  a multiple of one plain inference of the same batch by the same network: both the served
-  inference (image decoder only) and the forward with both decoders that the step runs.
+- ``step``: one whole adaptation step (ours with the shipped picker of the network's modality,
+  ``fundus-picker`` for RGB, ours with only the picker's colour inputs of :func:`device_picker`,
+  ours without a picker, optionally compiled; and a reference-style step) as a multiple of one
+  plain inference of the same batch by the same network: both the served inference (image
+  decoder only) and the forward with both decoders that the step runs.
 
 Options (``--set KEY=VALUE``): ``sections=ssim,ema,step``; ``threads=N`` (torch intra-op
 threads); ``step_preset=lite|paper``; ``step_batch=4``; ``step_size=256``; ``compile=0|1`` (add a
@@ -203,6 +204,13 @@ def reference_style_step(student: nn.Module, teacher: nn.Module, optimizer: torc
     return {"loss": loss.item(), "l1": l1.item(), "entropy": entropy.item()}
 
 
+def shipped_picker(channels: int, dev: torch.device) -> Callable:
+    """The product's picker for this many channels (fundus-picker / ultrasound-picker)."""
+    from same_fast.picker import load_picker
+
+    return load_picker("fundus-picker" if channels == 3 else "ultrasound-picker", device=dev)
+
+
 def bench_step(preset: str, batch: int, size: int, dev: torch.device, repeats: int,
                compiled: bool) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
@@ -218,8 +226,11 @@ def bench_step(preset: str, batch: int, size: int, dev: torch.device, repeats: i
         with torch.inference_mode():
             plain_model(x)
 
+    picker = shipped_picker(x.shape[1], dev)
     s_ours, t_ours = copy.deepcopy(base), copy.deepcopy(base)
-    step = AdaptStep(s_ours, t_ours, StepConfig(), picker=device_picker)
+    step = AdaptStep(s_ours, t_ours, StepConfig(), picker=picker)
+    s_in, t_in = copy.deepcopy(base), copy.deepcopy(base)
+    step_in = AdaptStep(s_in, t_in, StepConfig(), picker=device_picker)
     s_np, t_np = copy.deepcopy(base), copy.deepcopy(base)
     step_np = AdaptStep(s_np, t_np, StepConfig(), picker=None)
     s_ref, t_ref = copy.deepcopy(base), copy.deepcopy(base)
@@ -228,12 +239,13 @@ def bench_step(preset: str, batch: int, size: int, dev: torch.device, repeats: i
         "plain_inference": plain,
         "inference_both_outputs": forward_both,
         "ours": lambda: step(x),
+        "ours_picker_inputs_only": lambda: step_in(x),
         "ours_no_picker": lambda: step_np(x),
         "reference_style": lambda: reference_style_step(s_ref, t_ref, opt_ref, x),
     }
     if compiled:
         s_c, t_c = copy.deepcopy(base), copy.deepcopy(base)
-        step_c = AdaptStep(s_c, t_c, StepConfig(compile=True), picker=device_picker)
+        step_c = AdaptStep(s_c, t_c, StepConfig(compile=True), picker=picker)
         cases["ours_compiled"] = lambda: step_c(x)
     r = interleaved(cases, repeats=repeats, warmup=2, sync=_sync(dev))
     ms = _ms(r)

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from same_fast.errors import InputError
+from same_fast.nn.dropout import Dropout
 
 # Named configurations; every key is a SAMENet constructor argument.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -54,7 +55,7 @@ class _Up(nn.Module):
         super().__init__()
         self.conv = nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=norm != "group")
         self.norm = _norm(norm, cout)
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.drop = Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.norm(self.conv(F.relu(x))))
