@@ -112,3 +112,166 @@ def test_adapting_an_untrainable_model_is_a_clear_error():
 
     with pytest.raises(InputError, match="trainable"):
         Service(ServeConfig(model="identity", adapt="online"))
+
+
+def _stream_until(ws, url, rng, done, limit=60):
+    """Stream 2 frames at a time until ``done(/v1/model json)``; returns the version messages."""
+    versions = []
+    for _ in range(limit):
+        _, v = _stream(ws, 2, rng)
+        versions += v
+        info = httpx.get(url + "/v1/model").json()
+        if done(info):
+            return versions, info
+    raise AssertionError(f"condition not reached: {info['adaptation']}")
+
+
+@pytest.mark.parametrize("adapt_in", ["process", "thread"])
+def test_audit_log_records_every_step_and_event(tiny_model, tmp_path, adapt_in):
+    from same_fast.adapt.audit import read_audit
+
+    log = tmp_path / "logs" / "audit.jsonl"
+    cfg = ServeConfig(stream=True, model=tiny_model, adapt="online", adapt_every=2,
+                      adapt_batch=2, adapt_crop=16, adapt_safety="off", max_batch=2,
+                      max_delay_ms=1, adapt_in=adapt_in, audit=str(log), audit_hash_every=3)
+    svc = Service(cfg)
+    if adapt_in == "process":
+        assert svc.adaptation.ready.wait(120), svc.adaptation.last_error
+    rng = np.random.default_rng(1)
+    with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
+        source = httpx.get(srv.url + "/v1/model").json()
+        assert source["adaptation"]["audit"] == str(log)
+        announced, _ = _stream_until(ws, srv.url, rng,
+                                     lambda m: m["adaptation"]["steps"] >= 4)
+        for action in ("freeze", "resume", "reset"):
+            assert httpx.post(f"{srv.url}/v1/adaptation/{action}").status_code == 200
+        v, _ = _stream_until(ws, srv.url, rng, lambda m: m["adaptation"]["steps"] >= 7)
+        announced += v
+    steps = svc.adaptation.steps  # final: the server has stopped
+    recs = read_audit(log)
+    kinds = [r["event"] for r in recs]
+    assert kinds[:2] == ["serve", "start"] and kinds[-1] == "end", kinds
+    assert recs[0]["model"] == tiny_model and recs[0]["runs_in"] == adapt_in
+    assert recs[0]["source_weights_hash"] == source["weights_hash"]
+    assert recs[-1]["reason"] == "server stopped" and recs[-1]["step"] == steps
+    assert "weights_sha256" in recs[1] and "weights_sha256" in recs[-1]
+    # Every step, once, in order, complete; the weights hash every third step.
+    step_recs = [r for r in recs if r["event"] == "step"]
+    assert [r["step"] for r in step_recs] == list(range(1, steps + 1))
+    for r in step_recs:
+        assert {"loss", "l1", "struct", "entropy", "accepted", "batch", "version"} <= set(r)
+        assert r["acceptance"] == pytest.approx(r["accepted"] / r["batch"])
+        assert ("weights_sha256" in r) == (r["step"] % 3 == 0)
+    assert [r["step"] for r in recs] == sorted(r["step"] for r in recs)
+    assert [r["time"] for r in recs] == sorted(r["time"] for r in recs)
+    # The controls, in order, each with the weights it left serving and why.
+    controls = [r for r in recs if r["event"] in ("freeze", "resume", "reset")]
+    assert [r["event"] for r in controls] == ["freeze", "resume", "reset"]
+    assert all("weights_sha256" in r for r in controls)
+    assert controls[0]["reason"] == controls[2]["reason"] == "requested over HTTP"
+    # Every weights hash the stream announced was published (and audited), or is the source's.
+    published = [r for r in recs if r["event"] == "publish"]
+    assert published and all("weights_sha256" in r and "version" in r for r in published)
+    hashes = {r["weights_hash"] for r in published} | {source["weights_hash"]}
+    assert {a["weights_hash"] for a in announced} <= hashes
+    assert len({a["weights_hash"] for a in announced}) >= 2
+    assert svc.adaptation.errors == 0, svc.adaptation.last_error
+
+
+def test_audit_needs_online_adaptation_and_a_writable_file(tmp_path):
+    from same_fast.errors import InputError
+
+    with pytest.raises(InputError, match="--adapt online"):
+        ServeConfig(audit=str(tmp_path / "a.jsonl")).validate()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    from same_fast.serve.adaptation import check_audit_path
+
+    with pytest.raises(InputError, match="cannot write the audit log"):
+        check_audit_path(str(blocker / "audit.jsonl"))
+    import argparse
+
+    from same_fast.commands.serve import add_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = config_from_args(p.parse_args(["--adapt", "online", "--audit", "x.jsonl",
+                                         "--audit-hash-every", "5", "--adapt-max-drift", "0.1",
+                                         "--adapt-min-acceptance", "0.2"]))
+    assert (cfg.audit, cfg.audit_hash_every, cfg.adapt_max_drift, cfg.adapt_min_acceptance) == \
+        ("x.jsonl", 5, 0.1, 0.2)
+
+
+def _metric(text, name):
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_drift_freezes_adaptation_visibly(tiny_model, tmp_path):
+    # The adapter in its child process measures drift every 4 steps; a bound of 1e-7 is crossed
+    # at the first check, so it freezes itself at step 4. /v1/model, /metrics and the audit log
+    # say so, and the served weights stop changing.
+    log = tmp_path / "audit.jsonl"
+    cfg = ServeConfig(stream=True, model=tiny_model, adapt="online", adapt_every=1,
+                      adapt_batch=2, adapt_crop=16, adapt_lr=1e-2, adapt_safety="freeze",
+                      adapt_max_drift=1e-7, max_batch=2, max_delay_ms=1, adapt_in="process",
+                      audit=str(log))
+    svc = Service(cfg)
+    assert svc.adaptation.ready.wait(120), svc.adaptation.last_error
+    rng = np.random.default_rng(2)
+    with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
+        _, info = _stream_until(ws, srv.url, rng, lambda m: m["adaptation"]["state"] == "frozen")
+        a = info["adaptation"]
+        assert a["steps"] == 4 and a["reason"].startswith("drift ") and a["last_drift"] > 1e-7
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert _metric(metrics, "same_fast_adaptation_frozen") == 1
+        assert _metric(metrics, "same_fast_adaptation_steps_total") == 4
+        _stream(ws, 2, rng)  # installs what was published with the freeze
+        frozen_v = httpx.get(srv.url + "/v1/model").json()["weights_version"]
+        _, v = _stream(ws, 8, rng)
+        assert v == [] and httpx.get(srv.url + "/v1/model").json()["weights_version"] == frozen_v
+        assert httpx.get(srv.url + "/v1/model").json()["adaptation"]["steps"] == 4
+    from same_fast.adapt.audit import read_audit
+
+    freezes = [r for r in read_audit(log) if r["event"] == "freeze"]
+    assert len(freezes) == 1 and freezes[0]["step"] == 4 and freezes[0]["reason"] == a["reason"]
+
+
+def test_collapsed_acceptance_resets_adaptation_visibly(tiny_model, tmp_path):
+    # A picker that rejects every sample (no structure score is below -1e9): after the safety
+    # window of 8 steps acceptance is 0, and with --adapt-safety reset the adapter goes back to
+    # the source weights by itself and keeps adapting.
+    from same_fast.nn.iqa import IQANet
+    from same_fast.nn.isd import StructureVAE
+    from same_fast.picker import save_picker
+
+    torch.manual_seed(0)
+    picker = save_picker(tmp_path / "reject.safetensors", IQANet(1, width=4, depth=2, size=32),
+                         StructureVAE(size=16, latent=4, width=4), -1e9, "ultrasound")
+    cfg = ServeConfig(stream=True, model=tiny_model, adapt="online", adapt_every=1,
+                      adapt_batch=2, adapt_crop=16, adapt_safety="reset", max_batch=2,
+                      max_delay_ms=1, adapt_in="thread", picker=str(picker),
+                      audit=str(tmp_path / "audit.jsonl"))
+    svc = Service(cfg)
+    rng = np.random.default_rng(3)
+    with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
+        source = httpx.get(srv.url + "/v1/model").json()
+        _, info = _stream_until(ws, srv.url, rng, lambda m: m["adaptation"]["resets"] >= 1)
+        a = info["adaptation"]
+        assert a["state"] == "adapting" and a["acceptance"] == 0.0
+        assert a["reason"] == "acceptance 0.000 < 0.05 over 8 steps"
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert _metric(metrics, "same_fast_adaptation_resets_total") >= 1
+        assert _metric(metrics, "same_fast_adaptation_acceptance") == 0.0
+        assert _metric(metrics, "same_fast_adaptation_frozen") == 0
+    from same_fast.adapt.audit import read_audit
+
+    recs = read_audit(tmp_path / "audit.jsonl")
+    resets = [r for r in recs if r["event"] == "reset"]
+    assert resets[0]["step"] == 8 and resets[0]["reason"] == a["reason"]
+    assert all(r["acceptance"] == 0.0 for r in recs if r["event"] == "step")
+    # The reset left the source weights serving, exactly.
+    assert recs[1]["event"] == "start" and resets[0]["weights_sha256"] == recs[1]["weights_sha256"]
+    assert recs[0]["source_weights_hash"] == source["weights_hash"]

@@ -1,6 +1,7 @@
 """SIGTERM on a real server process: every frame it received is answered before it exits."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -65,3 +66,54 @@ def test_sigterm_drains_in_flight_frames():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_sigterm_to_the_process_group_keeps_the_audit_log_complete(tmp_path):
+    # A service manager signals the whole group: the server drains and the adapter's child
+    # process (which ignores SIGTERM) finishes its step, writes the log's "end" record and exits
+    # when the server stops it.
+    import torch
+
+    from same_fast.adapt.audit import read_audit
+    from same_fast.models import save_model
+    from same_fast.nn import SAMENet
+
+    torch.manual_seed(0)
+    net = SAMENet(in_channels=1, preset="lite", base=4, max_channels=8, levels=2)
+    model = save_model(tmp_path / "tiny.safetensors", net, modality="ultrasound")
+    log = tmp_path / "audit.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "same_fast.cli", "serve", "-m", str(model), "--stream",
+         "--port", "0", "--adapt", "online", "--adapt-every", "1", "--adapt-batch", "2",
+         "--adapt-crop", "16", "--adapt-safety", "off", "--audit", str(log)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})  # a tiny model; threads only contend
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
+        rng = np.random.default_rng(0)
+        with connect(f"ws://127.0.0.1:{m.group(1)}/v1/stream") as ws:
+            version, deadline = 0, time.monotonic() + 60
+            while version < 2 and time.monotonic() < deadline:  # the adapter published twice
+                ws.send(_png(rng.integers(0, 256, (16, 16), dtype=np.uint8)))
+                while isinstance(reply := ws.recv(timeout=30), str):
+                    version = max(version, json.loads(reply).get("weights_version", 0))
+            assert version >= 2
+            print("streamed", time.monotonic() - deadline + 60)
+            os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    ws.recv(timeout=30)
+            print("closed", time.monotonic() - deadline + 60)
+        assert proc.wait(timeout=30) == 0
+        print("exited", time.monotonic() - deadline + 60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    recs = read_audit(log)
+    steps = [r["step"] for r in recs if r["event"] == "step"]
+    assert recs[0]["event"] == "serve" and recs[-1]["event"] == "end", recs[-1]
+    assert recs[-1]["reason"] == "server stopped" and steps == list(range(1, len(steps) + 1))
+    assert recs[-1]["step"] == steps[-1] >= 2

@@ -4,6 +4,7 @@ Examples::
 
     same-fast serve -m fundus-lite --stream                       # http://127.0.0.1:8000
     same-fast serve -m fundus-lite --adapt online --max-batch 4 --max-delay-ms 5
+    same-fast serve -m fundus-lite --stream --adapt online --audit adapt-audit.jsonl
     same-fast serve -m model.safetensors --host 0.0.0.0 --token "$TOKEN"
     same-fast serve -m identity --pipe --shape 480x640x3 < in.raw > out.raw
 """
@@ -65,6 +66,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or a thread")
     g.add_argument("--adapt-safety", default=d.adapt_safety, choices=["freeze", "reset", "off"],
                    help="when acceptance collapses or outputs drift from the source model")
+    g.add_argument("--adapt-min-acceptance", type=float, default=d.adapt_min_acceptance,
+                   help="safety: mean picker acceptance over the last 8 steps below this "
+                        "collapses (default 0.05; 0 = never)")
+    g.add_argument("--adapt-max-drift", type=float, default=d.adapt_max_drift,
+                   help="safety: mean |served - source| output difference above this, in "
+                        "[0, 1] intensity units, is drift (default 0.15; 0 = never)")
+    g.add_argument("--audit", default=d.audit, metavar="FILE",
+                   help="append every adaptation step and event (publish, freeze, resume, "
+                        "reset, safety actions) to this JSONL audit log")
+    g.add_argument("--audit-hash-every", type=int, default=d.audit_hash_every, metavar="N",
+                   help="add the served weights' SHA-256 to every N-th step record (events "
+                        "always carry it; 0 = events only)")
     g.add_argument("--picker", default=d.picker, help="picker checkpoint (default: accept all)")
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("pipe mode")

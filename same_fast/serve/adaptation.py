@@ -11,6 +11,11 @@ labels, picker weights, student distillation, EMA; one step every ``every`` fram
 of recent frames) with its safety monitor: when picker acceptance collapses or the output drifts
 too far from the source model's, it freezes (or resets) by itself. ``freeze``/``resume``/
 ``reset`` are the HTTP controls.
+
+With ``audit`` set (``same-fast serve --audit FILE``) every step, publish, control and safety
+event is appended to a JSONL audit log (``same_fast.adapt.audit``; see ``ServeAudit``). In process
+mode the child process writes it (it runs the adapter); either way each record is flushed as it
+is written and the log ends with an ``end`` record when the server stops.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from typing import Any
 
 import torch
 
+from same_fast.adapt.audit import AuditLog
 from same_fast.errors import InputError
 from same_fast.serve.model import ServedModel, weights_hash
 
@@ -38,7 +44,10 @@ class AdaptConfig:
     the adapter samples from; crop: side of the square training views (px, rounded down to the
     model's multiple); lr, ema: optimiser and teacher EMA; serve: which model is published;
     picker: picker checkpoint (None accepts every sample); safety: 'freeze', 'reset' or 'off';
-    nice, threads: OS priority offset and torch intra-op threads of the adapter thread.
+    min_acceptance, max_drift: the safety thresholds (None: ``adapt.safety.SafetyConfig``'s);
+    nice, threads: OS priority offset and torch intra-op threads of the adapter thread;
+    audit: JSONL audit log to append to (None: none); audit_hash_every: steps between weight
+    hashes in it.
     """
 
     batch: int = 4
@@ -53,6 +62,96 @@ class AdaptConfig:
     seed: int = 0
     nice: int = 10
     threads: int = 1
+    min_acceptance: float | None = None
+    max_drift: float | None = None
+    audit: str | None = None
+    audit_hash_every: int = 10
+
+
+def safety_config(safety: str, min_acceptance: float | None = None,
+                  max_drift: float | None = None) -> Any:
+    """The library's SafetyConfig for ``--adapt-safety`` and the threshold flags."""
+    from same_fast.adapt.safety import SafetyConfig
+
+    if safety == "off":
+        return SafetyConfig(min_acceptance=0.0, max_drift=0.0)
+    kw: dict[str, Any] = {"action": safety}
+    if min_acceptance is not None:
+        kw["min_acceptance"] = float(min_acceptance)
+    if max_drift is not None:
+        kw["max_drift"] = float(max_drift)
+    return SafetyConfig(**kw)
+
+
+class ServeAudit(AuditLog):
+    """The adaptation audit log of a server (``--audit FILE``): the library's JSONL records
+    (``same_fast.adapt.audit.AuditLog``, written by ``OnlineAdapter``) with serving fields.
+
+    Records, in order: ``serve`` (model, source weights hash, settings), ``start``, then one
+    ``step`` per adaptation step (step, loss, l1, struct, entropy, accepted = the picker's summed
+    weight, batch, acceptance = accepted / batch, drift when measured, version = the adapter's
+    weights version, ``weights_sha256`` every ``hash_every`` steps), ``publish`` whenever weights
+    go to the server (version, ``weights_sha256`` and ``weights_hash``: the short hash the stream
+    and HTTP replies announce), ``freeze`` / ``resume`` / ``reset`` (with ``reason``: "requested
+    over HTTP" or the safety monitor's, e.g. "drift 0.2 > 0.15"), and ``end`` at shutdown. Every
+    record is flushed when written. Only the last ``keep`` records stay in memory.
+    """
+
+    def __init__(self, path: str, hash_every: int = 10, keep: int = 256) -> None:
+        try:
+            super().__init__(path, hash_every)
+        except OSError as e:
+            raise InputError(f"cannot write the audit log '{path}' ({e.strerror or e})") from None
+        self.keep = int(keep)
+
+    def _trim(self) -> None:
+        if len(self.records) > 2 * self.keep:
+            del self.records[:-self.keep]
+
+    def step(self, step: int, metrics: dict[str, Any], served: torch.nn.Module | None = None,
+             **extra: Any) -> dict[str, Any]:
+        m = dict(metrics)
+        if m.get("batch"):
+            m["acceptance"] = float(m.get("accepted", 0.0)) / float(m["batch"])
+        rec = super().step(step, m, served, **extra)
+        self._trim()
+        return rec
+
+    def event(self, event: str, step: int, served: torch.nn.Module | None = None,
+              **extra: Any) -> dict[str, Any]:
+        if event == "snapshot":  # the server snapshots the adapter only to publish
+            event = "publish"
+            if served is not None:
+                extra["weights_hash"] = weights_hash(served.state_dict())
+        rec = super().event(event, step, served, **extra)
+        self._trim()
+        return rec
+
+
+def open_audit(path: str, hash_every: int, context: dict[str, Any]) -> ServeAudit:
+    """Open (append to) a server's audit log and write its ``serve`` record."""
+    audit = ServeAudit(path, hash_every)
+    audit.event("serve", 0, **context)
+    return audit
+
+
+def check_audit_path(path: str) -> None:
+    """InputError unless ``path`` can be appended to (checked before a child process opens it)."""
+    from pathlib import Path
+
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise InputError(f"cannot write the audit log '{path}' ({e.strerror or e})") from None
+
+
+def _audit_context(served: ServedModel, cfg: AdaptConfig, runs_in: str) -> dict[str, Any]:
+    return {"model": served.name, "runs_in": runs_in, "source_weights_hash": served.weights_hash,
+            "settings": {k: getattr(cfg, k) for k in (
+                "batch", "every", "buffer", "crop", "lr", "ema", "serve", "picker", "safety",
+                "min_acceptance", "max_drift", "seed")}}
 
 
 class OnlineAdaptation:
@@ -67,7 +166,6 @@ class OnlineAdaptation:
             raise InputError(f"--adapt online needs a trainable model; '{served.name}' is not one")
         from same_fast.adapt.loop import AdaptConfig as LibConfig
         from same_fast.adapt.online import OnlineAdapter
-        from same_fast.adapt.safety import SafetyConfig
 
         self.config = cfg = config or AdaptConfig()
         self.served = served
@@ -76,16 +174,19 @@ class OnlineAdaptation:
         lib = LibConfig(mode="online", batch=cfg.batch, size=max(size, 8), lr=cfg.lr,
                         ema=cfg.ema, every=cfg.every, buffer=cfg.buffer, serve=cfg.serve,
                         seed=cfg.seed, modality=str(served.metadata.get("modality") or "fundus"))
-        safety = SafetyConfig(min_acceptance=0.0, max_drift=0.0) if cfg.safety == "off" else \
-            SafetyConfig(action=cfg.safety)
+        safety = safety_config(cfg.safety, cfg.min_acceptance, cfg.max_drift)
         picker = None
         if cfg.picker:
             from same_fast.picker import load_picker
 
             picker = load_picker(cfg.picker, device="cpu")
         module = served.module.to("cpu")
-        self.adapter = OnlineAdapter(module, picker, lib, safety)
+        self.audit = open_audit(cfg.audit, cfg.audit_hash_every,
+                                _audit_context(served, cfg, "thread")) if cfg.audit else None
+        self.adapter = OnlineAdapter(module, picker, lib, safety, audit=self.audit)
+        self._closed = False
         self._published = self.adapter.version
+        self._pub_lock = threading.Lock()  # the adapter thread and a reset both publish
         self._inbox: deque[torch.Tensor] = deque(maxlen=cfg.buffer)
         self._cv = threading.Condition()
         self._stop = False
@@ -145,11 +246,12 @@ class OnlineAdaptation:
             self.last_error = f"{type(e).__name__}: {e}"[:300]
 
     def _publish_if_changed(self) -> None:
-        if self.adapter.version == self._published:
-            return
-        state, version = self.adapter.snapshot()
-        self.served.publish(state, weights_hash(state))
-        self._published = version
+        with self._pub_lock:
+            if self.adapter.version == self._published:
+                return
+            state, version = self.adapter.snapshot()
+            self.served.publish(state, weights_hash(state))
+            self._published = version
 
     # -- control ----------------------------------------------------------------------------
     def freeze(self) -> None:
@@ -167,11 +269,22 @@ class OnlineAdaptation:
         self._publish_if_changed()
 
     def close(self) -> None:
+        """Stop the adapter thread; the audit log gets its ``end`` record and is closed."""
+        if self._closed:
+            return
+        self._closed = True
         with self._cv:
             self._stop = True
             self._cv.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=60)
+        if self.audit is not None:
+            alive = self._thread is not None and self._thread.is_alive()
+            with contextlib.suppress(OSError, ValueError):
+                self.audit.event("end", self.adapter.steps,
+                                 served=None if alive else self.adapter.served,
+                                 version=self.adapter.version, reason="server stopped")
+            self.audit.close()
 
     @property
     def steps(self) -> int:
@@ -185,8 +298,8 @@ class OnlineAdaptation:
                 "acceptance": s["acceptance"], "last_loss": s["last_loss"],
                 "resets": s["resets"], "errors": self.errors, "last_error": self.last_error,
                 "serves": self.config.serve, "picker": self.config.picker,
-                "safety": self.config.safety, "runs_in": "thread",
-                "last_drift": self.adapter.safety.last_drift}
+                "safety": self.config.safety, "runs_in": "thread", "reason": s["reason"],
+                "last_drift": self.adapter.safety.last_drift, "audit": self.config.audit}
 
 
 class ProcessAdaptation:
@@ -219,7 +332,12 @@ class ProcessAdaptation:
             "lr": cfg.lr, "ema": cfg.ema, "every": cfg.every, "buffer": cfg.buffer,
             "serve": cfg.serve, "seed": cfg.seed, "safety": cfg.safety, "picker": cfg.picker,
             "nice": cfg.nice, "threads": cfg.threads,
+            "min_acceptance": cfg.min_acceptance, "max_drift": cfg.max_drift,
             "modality": str(served.metadata.get("modality") or "fundus")}
+        if cfg.audit:
+            check_audit_path(cfg.audit)
+            child_cfg.update(audit=cfg.audit, audit_hash_every=cfg.audit_hash_every,
+                             audit_context=_audit_context(served, cfg, "process"))
         meta = {"architecture": type(module).__name__, "config": dict(module.config)}
         state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
         self.proc = subprocess.Popen([sys.executable, "-m", "same_fast.serve.adapter_proc"],
@@ -379,5 +497,6 @@ class ProcessAdaptation:
                 "acceptance": s.get("acceptance"), "last_loss": s.get("last_loss"),
                 "resets": s.get("resets"), "errors": self.errors, "last_error": self.last_error,
                 "serves": self.config.serve, "picker": self.config.picker,
-                "safety": self.config.safety, "last_drift": s.get("last_drift"),
+                "safety": self.config.safety, "reason": s.get("reason"),
+                "last_drift": s.get("last_drift"), "audit": self.config.audit,
                 "pid": self.proc.pid}

@@ -14,6 +14,11 @@ weights), ``frames`` (header: shape; payload: float16 (N, C, H, W) in [0, 1]), `
 Child -> parent: ``ready`` (after init), ``weights`` (header: version, hash, stats; payload:
 safetensors state of the served model), ``ack`` (header: id, stats), ``error`` (header:
 message).
+
+With ``audit`` in the init config the child appends the audit log itself (it runs the adapter:
+``same_fast.serve.adaptation.ServeAudit``), flushing every record; it writes the ``end`` record
+when told to stop or when its stdin closes. SIGINT and SIGTERM are ignored: the parent drains
+on them and then stops the child, so no step record is cut short.
 """
 from __future__ import annotations
 
@@ -82,13 +87,15 @@ def main() -> int:
 
     from same_fast.adapt.loop import AdaptConfig as LibConfig
     from same_fast.adapt.online import OnlineAdapter
-    from same_fast.adapt.safety import SafetyConfig
     from same_fast.models import build_from_metadata
+    from same_fast.serve.adaptation import open_audit, safety_config
     from same_fast.serve.model import weights_hash
 
-    # The parent owns our lifetime (stdin closes when it goes); a Ctrl+C at the terminal
-    # reaches the whole process group and must not kill training mid-message.
+    # The parent owns our lifetime (stdin closes when it goes); a Ctrl+C at the terminal, or a
+    # service manager's SIGTERM to the whole group, must not kill training mid-message: the
+    # parent drains, then sends "stop".
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but framed messages may reach the parent's pipe
     first = read_msg(inp)
@@ -111,11 +118,31 @@ def main() -> int:
     lib = LibConfig(mode="online", batch=cfg["batch"], size=cfg["size"], lr=cfg["lr"],
                     ema=cfg["ema"], every=cfg["every"], buffer=cfg["buffer"], serve=cfg["serve"],
                     seed=cfg["seed"], modality=cfg["modality"])
-    safety = SafetyConfig(min_acceptance=0.0, max_drift=0.0) if cfg["safety"] == "off" else \
-        SafetyConfig(action=cfg["safety"])
-    adapter = OnlineAdapter(model, picker, lib, safety)
-    published = adapter.version
+    safety = safety_config(cfg["safety"], cfg.get("min_acceptance"), cfg.get("max_drift"))
+    audit = None
+    if cfg.get("audit"):
+        audit = open_audit(cfg["audit"], int(cfg.get("audit_hash_every", 10)),
+                           cfg.get("audit_context") or {})
+    adapter = OnlineAdapter(model, picker, lib, safety, audit=audit)
     write_msg(out, {"type": "ready", "stats": _stats(adapter)})
+    end = "adapter process ended"
+    try:
+        end = _serve(adapter, inp, out, weights_hash, st_save)
+        return 0
+    finally:
+        if audit is not None:
+            try:
+                audit.event("end", adapter.steps, served=adapter.served, version=adapter.version,
+                            reason=end)
+            finally:
+                audit.close()
+
+
+def _serve(adapter: Any, inp: BinaryIO, out: BinaryIO, weights_hash: Any, st_save: Any) -> str:
+    """Answer the parent's messages until "stop" or end of input; returns why it ended."""
+    import torch
+
+    published = adapter.version
     history_cap = 1024
 
     def publish() -> None:
@@ -131,7 +158,7 @@ def main() -> int:
     while True:
         msg = read_msg(inp)
         if msg is None:
-            return 0
+            return "the server closed the adapter's input"
         header, payload = msg
         kind = header.get("type")
         try:
@@ -156,7 +183,7 @@ def main() -> int:
                 write_msg(out, {"type": "ack", "id": header.get("id"), "stats": _stats(adapter)})
             elif kind == "stop":
                 write_msg(out, {"type": "ack", "id": header.get("id"), "stats": _stats(adapter)})
-                return 0
+                return "server stopped"
         except Exception as e:  # reported to the parent, which keeps serving
             write_msg(out, {"type": "error", "message": f"{type(e).__name__}: {e}"[:300],
                             "id": header.get("id"), "stats": _stats(adapter)})

@@ -26,6 +26,9 @@ class ServeConfig:
     send_timeout_s for one reply before a slow client is disconnected; drain_timeout_s is how
     long SIGTERM waits for in-flight frames.
     Loop: queue capacity, max_batch, max_delay_ms, policy (block | drop_oldest), workers.
+    adapt_min_acceptance, adapt_max_drift: safety thresholds (None: the library defaults, 0.05
+    and 0.15). audit: JSONL file that every adaptation step and event is appended to (needs
+    ``adapt='online'``); audit_hash_every: steps between served-weights hashes in it.
     """
 
     model: str = "identity"
@@ -59,6 +62,10 @@ class ServeConfig:
     adapt_serve: str = "student"
     adapt_safety: str = "freeze"
     adapt_in: str = "process"
+    adapt_min_acceptance: float | None = None
+    adapt_max_drift: float | None = None
+    audit: str | None = None
+    audit_hash_every: int = 10
     picker: str | None = None
     seed: int = 0
     # pipe mode
@@ -83,6 +90,14 @@ class ServeConfig:
                      "adapt_buffer"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.audit and self.adapt != "online":
+            raise InputError("--audit logs online adaptation; add --adapt online")
+        if self.audit_hash_every < 0:
+            raise InputError("--audit-hash-every must be >= 0")
+        if self.adapt_min_acceptance is not None and not 0 <= self.adapt_min_acceptance <= 1:
+            raise InputError("--adapt-min-acceptance must be in [0, 1]")
+        if self.adapt_max_drift is not None and not self.adapt_max_drift >= 0:
+            raise InputError("--adapt-max-drift must be >= 0")
         if self.max_delay_ms < 0:
             raise InputError("--max-delay-ms must be >= 0")
         if not self.pipe and not is_loopback(self.host) and not self.token:

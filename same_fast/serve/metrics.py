@@ -108,6 +108,10 @@ class Metrics:
                   "# HELP same_fast_adaptation_acceptance Mean picker weight of adapted samples.",
                   "# TYPE same_fast_adaptation_acceptance gauge",
                   f"same_fast_adaptation_acceptance {a.get('acceptance') or 0.0}",
+                  "# HELP same_fast_adaptation_resets_total Resets to the source weights "
+                  "(requested or by the safety monitor).",
+                  "# TYPE same_fast_adaptation_resets_total counter",
+                  f"same_fast_adaptation_resets_total {a.get('resets') or 0}",
                   "# HELP same_fast_adaptation_frozen 1 when adaptation is frozen or off.",
                   "# TYPE same_fast_adaptation_frozen gauge",
                   f"same_fast_adaptation_frozen {0 if a.get('state') == 'adapting' else 1}"]

@@ -41,7 +41,9 @@ class Service:
                 batch=config.adapt_batch, every=config.adapt_every, buffer=config.adapt_buffer,
                 crop=config.adapt_crop, lr=config.adapt_lr, ema=config.adapt_ema,
                 serve=config.adapt_serve, picker=config.picker, safety=config.adapt_safety,
-                seed=config.seed)
+                seed=config.seed, min_acceptance=config.adapt_min_acceptance,
+                max_drift=config.adapt_max_drift, audit=config.audit,
+                audit_hash_every=config.audit_hash_every)
             # A child process shares no GIL with serving (lower tail latency); a thread starts
             # faster and works for any torch module.
             cls = ProcessAdaptation if config.adapt_in == "process" else OnlineAdaptation
