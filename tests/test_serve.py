@@ -1,6 +1,7 @@
 """A real uvicorn server on loopback, driven by a real WebSocket client and httpx."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
@@ -266,3 +267,116 @@ def test_stream_endpoint_only_with_stream_flag():
         assert httpx.get(srv.url + "/healthz").status_code == 200
         with pytest.raises(InvalidStatus):
             connect(srv.ws_url)
+
+
+def test_multiframe_dicom_http_gives_a_cine_and_the_stream_refuses_it(dicom_file):
+    # pydicom's 30-frame echo cine (JPEG baseline, YBR_FULL_422). A queue of 8 frames is
+    # smaller than the file: HTTP must still enhance all 30 (a window of max_inflight frames).
+    import pydicom
+
+    from same_fast.io.dicom import dataset_frames
+
+    src = dicom_file("examples_ybr_color.dcm").read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(src))
+    expected = dataset_frames(ds)
+    assert expected.shape == (30, 240, 320, 3)
+    svc = Service(ServeConfig(stream=True, capacity=8, max_inflight=4, max_batch=4))
+    with ServerThread(svc) as srv:
+        r = httpx.post(srv.url + "/v1/enhance", content=src, timeout=60)
+        assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
+        out = pydicom.dcmread(io.BytesIO(r.content))
+        assert int(out.NumberOfFrames) == 30 and out.SeriesInstanceUID != ds.SeriesInstanceUID
+        assert out.SOPInstanceUID != ds.SOPInstanceUID and out.PatientID == ds.PatientID
+        np.testing.assert_array_equal(dataset_frames(out), expected)  # identity model
+        # On the stream a message is one frame: the cine gets one error in its place, and the
+        # stream goes on.
+        single = frames(1, shape=(8, 8, 3), seed=11)[0]
+        with connect(srv.ws_url) as ws:
+            ws.send(png(single))
+            ws.send(src)
+            ws.send(png(single))
+            replies, _ = recv_frames(ws, 3)
+        assert replies[1]["frame"] == 1 and "multi-frame DICOM (30 frames)" in replies[1]["error"]
+        assert "one frame per message" in replies[1]["error"]
+        np.testing.assert_array_equal(replies[0], single)
+        np.testing.assert_array_equal(replies[2], single)
+        assert 'same_fast_errors_total{kind="decode"} 1' in httpx.get(srv.url + "/metrics").text
+
+
+def _raw_ws(host: str, port: int) -> socket.socket:
+    """A WebSocket client socket that never reads after the handshake (small receive buffer)."""
+    import base64
+    import os
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /v1/stream HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def _ws_frame(payload: bytes) -> bytes:
+    """One masked binary WebSocket frame (client to server)."""
+    import struct
+
+    n = len(payload)
+    head = bytes([0x82]) + (bytes([0x80 | n]) if n < 126 else
+                            bytes([0xFE]) + struct.pack(">H", n) if n < 65536 else
+                            bytes([0xFF]) + struct.pack(">Q", n))
+    mask = bytes([1, 2, 3, 4])
+    body = np.frombuffer(payload, np.uint8) ^ np.resize(np.frombuffer(mask, np.uint8), n)
+    return head + mask + body.tobytes()
+
+
+def test_client_that_never_reads_is_dropped_while_another_is_served():
+    # Incompressible 256x256 RGB frames (~200 kB replies): the replies fill the socket buffers
+    # within a few frames, a reply then waits longer than send_timeout_s and the server aborts
+    # that connection; a steady client on the same server gets every frame meanwhile.
+    svc = Service(ServeConfig(stream=True, send_timeout_s=0.5, max_inflight=4, max_batch=2))
+    noise = np.random.default_rng(12).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    msg = _ws_frame(png(noise))
+    sent = frames(100, shape=(8, 8, 3), seed=13)
+    with ServerThread(svc) as srv:
+        rude = _raw_ws(srv.host, srv.port)
+        rude.settimeout(20)
+
+        def flood():
+            with contextlib.suppress(OSError):
+                for _ in range(40):
+                    rude.sendall(msg)
+
+        threading.Thread(target=flood, daemon=True).start()
+        t0 = time.perf_counter()
+        replies = []
+        with connect(srv.ws_url) as ws:
+            while True:  # keep a steady stream going until the rude client is gone
+                for a in sent[:10]:
+                    ws.send(png(a))
+                replies += recv_frames(ws, 10)[0]
+                metrics = httpx.get(srv.url + "/metrics").text
+                if 'kind="disconnect"' in metrics or time.perf_counter() - t0 > 30:
+                    break
+            for a in sent[10:]:
+                ws.send(png(a))
+            replies += recv_frames(ws, 90)[0]
+            # The rude connection is gone from the server (aborted, not left half-closed);
+            # only the steady one is open.
+            deadline = time.monotonic() + 5
+            while len(srv.server.server_state.connections) > 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert len(srv.server.server_state.connections) == 1
+            assert 'same_fast_stream_connections 1' in httpx.get(srv.url + "/metrics").text
+        rude.close()
+    assert 'same_fast_errors_total{kind="disconnect"} 1' in metrics
+    assert len(replies) == 10 * (len(replies) // 10) and len(replies) >= 100
+    for i, r in enumerate(replies[:-90]):
+        np.testing.assert_array_equal(r, sent[i % 10])
+    for a, r in zip(sent[10:], replies[-90:], strict=True):
+        np.testing.assert_array_equal(r, a)

@@ -4,16 +4,23 @@ Endpoints:
 
 - ``POST /v1/enhance``: body = one encoded image (PNG, JPEG, TIFF, GIF, BMP) or a DICOM file;
   reply = PNG of the same size and channels (``image/png``), or a derived DICOM instance
-  (``application/dicom``) for DICOM input. Headers ``X-Same-Fast-Weights-Version`` and
-  ``X-Same-Fast-Weights-Hash`` name the weights that produced it. Errors are JSON
-  ``{"error": ...}`` with 400 (bad input), 413 (too large), 503 (busy, shutting down), 500.
+  (``application/dicom``) for DICOM input; a multi-frame DICOM (a cine) comes back as a derived
+  multi-frame DICOM with every frame enhanced (at most ``max_inflight`` of its frames queued at a
+  time, so a long cine never finds the queue full of its own frames). Headers
+  ``X-Same-Fast-Weights-Version`` and ``X-Same-Fast-Weights-Hash`` name the weights that produced
+  it. Errors are JSON ``{"error": ...}`` with 400 (bad input), 413 (too large), 503 (busy,
+  shutting down), 500.
 - ``WS /v1/stream`` (with ``--stream``): each binary message is one encoded frame; each reply
   is one binary PNG of the same size, in the same order. A frame that fails gets a text message
   ``{"error": ..., "frame": n}`` (n counts this connection's messages from 0) in its place and
-  the stream goes on. Before the first reply, and whenever the weights change (online
+  the stream goes on. A multi-frame DICOM message is such an error (refused before its pixels are
+  decoded: "send one frame per message"); the stream's one-reply-per-message order stays
+  exact. Before the first reply, and whenever the weights change (online
   adaptation), a text message ``{"weights_version": v, "weights_hash": h, "frame": n}`` announces
   the weights of reply n and later ones. A client that sends more than ``max_inflight`` frames
-  ahead of the replies is back-pressured (the server stops reading). On SIGTERM every frame
+  ahead of the replies is back-pressured (the server stops reading). A client that reads no
+  reply for ``send_timeout_s`` is disconnected (its connection aborted, unsent replies dropped)
+  and one that sends nothing for ``idle_timeout_s`` is closed with 1001. On SIGTERM every frame
   already received is answered, then the socket closes with 1001.
 - ``GET /healthz`` (liveness, never needs the token), ``GET /readyz`` (503 while draining),
   ``GET /metrics`` (Prometheus text), ``GET /v1/model`` (JSON: model, backend, adaptation
@@ -29,6 +36,7 @@ import contextlib
 import hmac
 import json
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -39,7 +47,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from same_fast.errors import ImageTooLargeError, InputError, SameFastError
-from same_fast.serve.codec import check_channels, decode_frames, encode_dicom, encode_png
+from same_fast.serve.codec import check_channels, decode_frames, encode_dicom, encode_png, too_many_frames
 from same_fast.serve.service import Busy, Service, ShuttingDown
 from same_fast.stream import FrameDropped, StreamError
 
@@ -48,6 +56,11 @@ from same_fast.stream import FrameDropped, StreamError
 # more than they do).
 _OFFLOAD_BYTES = 256 * 1024
 _OFFLOAD_PIXELS = 512 * 512
+
+# Scope key under which the server (``server.build_server``) puts the connection's
+# ``transport.abort``: a client that stopped reading cannot take a close frame, and a graceful
+# close would wait forever for it to read what is buffered.
+ABORT_KEY = "same_fast.abort"
 
 
 def _error_kind(e: BaseException) -> str:
@@ -170,8 +183,17 @@ def create_app(service: Service) -> Any:
             decoded = await asyncio.to_thread(decode_frames, data, cfg.max_pixels, "request")
             frames = [check_channels(f, service.model.channels, "request")
                       for f in decoded.frames]
-            futs = [service.accept(f) for f in frames]
-            results = [await asyncio.wrap_future(f) for f in futs]
+            # A cine's frames go in a window of max_inflight: the queue holds other clients'
+            # frames too, and a file longer than its capacity must not be refused as busy.
+            window = max(1, min(cfg.max_inflight, cfg.capacity))
+            futs: deque = deque()
+            results = []
+            for f in frames:
+                if len(futs) >= window:
+                    results.append(await asyncio.wrap_future(futs.popleft()))
+                futs.append(service.accept(f))
+            while futs:
+                results.append(await asyncio.wrap_future(futs.popleft()))
         except SameFastError as e:
             kind = _error_kind(e)
             service.metrics.error(kind)
@@ -268,12 +290,11 @@ def create_app(service: Service) -> Any:
                                  f"{cfg.max_message_bytes}", "limit")
         try:
             if len(data) > _OFFLOAD_BYTES:
-                decoded = await asyncio.to_thread(decode_frames, data, cfg.max_pixels, "frame")
+                decoded = await asyncio.to_thread(decode_frames, data, cfg.max_pixels, "frame", 1)
             else:
-                decoded = decode_frames(data, cfg.max_pixels, "frame")
+                decoded = decode_frames(data, cfg.max_pixels, "frame", 1)
             if decoded.frames.shape[0] != 1:
-                raise InputError(f"frame: DICOM with {decoded.frames.shape[0]} frames; send one "
-                                 "frame per message")
+                raise InputError(too_many_frames("frame", decoded.frames.shape[0]))
             frame = check_channels(decoded.frames[0], service.model.channels)
             return (n, t0, service.accept(frame), None, None)
         except SameFastError as e:
@@ -291,10 +312,16 @@ def create_app(service: Service) -> Any:
             try:
                 if not state["dead"]:
                     announced = await _reply(ws, item, announced)
-            except (WebSocketDisconnect, TimeoutError, asyncio.TimeoutError, RuntimeError,
-                    OSError):
-                # The client left or stopped reading: stop writing to it; other streams go on.
+            except (TimeoutError, asyncio.TimeoutError):
+                # The client stopped reading: drop the connection (unsent replies too); other
+                # streams go on.
                 state["dead"] = True
+                service.metrics.error("disconnect")
+                abort = ws.scope.get(ABORT_KEY)
+                if abort is not None:
+                    abort()
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                state["dead"] = True  # the client left: stop writing to it
                 service.metrics.error("disconnect")
             finally:
                 slots.release()  # also for a dead socket, so the receiver never waits forever

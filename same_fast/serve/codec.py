@@ -27,22 +27,25 @@ class Frame:
     dataset: Any = None
 
 
-def decode_frames(data: bytes, max_pixels: int, name: str = "frame") -> Frame:
+def decode_frames(data: bytes, max_pixels: int, name: str = "frame",
+                  max_frames: int | None = None) -> Frame:
     """Decode PNG/JPEG/TIFF/GIF/BMP or DICOM bytes; raise a SameFastError for bad input.
 
-    Sizes are checked against ``max_pixels`` from headers before pixels are decoded.
+    Sizes are checked against ``max_pixels`` from headers before pixels are decoded; a DICOM
+    declaring more than ``max_frames`` frames is refused before its pixels are decoded.
     """
     if not data:
         raise CorruptFileError(f"{name}: empty message")
     fmt = sniff(data[:132])
     if fmt == "dicom":
-        ds, frames = _decode_dicom(data, max_pixels, name)
+        ds, frames = _decode_dicom(data, max_pixels, name, max_frames)
         return Frame(frames, "dicom", ds)
     arr = decode_image(data, name=name, max_pixels=max_pixels)
     return Frame(arr[None], fmt or "image")
 
 
-def _decode_dicom(data: bytes, max_pixels: int, name: str) -> tuple[Any, np.ndarray]:
+def _decode_dicom(data: bytes, max_pixels: int, name: str, max_frames: int | None = None
+                  ) -> tuple[Any, np.ndarray]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -56,7 +59,20 @@ def _decode_dicom(data: bytes, max_pixels: int, name: str) -> tuple[Any, np.ndar
         raise CorruptFileError(f"{name}: DICOM sequences nested too deeply") from None
     except Exception as e:  # pydicom raises many types for malformed files
         raise CorruptFileError(f"{name}: corrupt DICOM ({_short(e)})") from None
+    if max_frames is not None:
+        try:
+            n = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        except Exception as e:
+            raise CorruptFileError(f"{name}: bad DICOM NumberOfFrames ({_short(e)})") from None
+        if n > max_frames:
+            raise InputError(too_many_frames(name, n))
     return ds, dataset_frames(ds, name, max_pixels)
+
+
+def too_many_frames(name: str, n: int) -> str:
+    """The stream's error for a multi-frame DICOM message."""
+    return (f"{name}: a multi-frame DICOM ({n} frames) is not one frame; send one frame per "
+            "message, or POST the file to /v1/enhance for a derived multi-frame DICOM")
 
 
 def _short(e: BaseException) -> str:

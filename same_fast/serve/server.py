@@ -16,7 +16,7 @@ from typing import Any
 
 import uvicorn
 
-from same_fast.serve.app import create_app
+from same_fast.serve.app import ABORT_KEY, create_app
 from same_fast.serve.config import ServeConfig
 from same_fast.serve.service import Service, tune_process
 
@@ -78,11 +78,32 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _ws_protocol() -> Any:
+    """uvicorn's WebSocket protocol ("auto") with the connection's ``transport.abort`` in each
+    scope under ``ABORT_KEY``, so the app can drop a client that stopped reading (a graceful
+    close waits for the client to read what is buffered: forever, for such a client)."""
+    try:
+        from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
+    except ImportError:
+        return "auto"
+    if AutoWebSocketsProtocol is None:
+        return "auto"
+
+    class AbortableProtocol(AutoWebSocketsProtocol):  # type: ignore[misc, valid-type]
+        async def run_asgi(self) -> None:
+            scope, transport = getattr(self, "scope", None), getattr(self, "transport", None)
+            if isinstance(scope, dict) and transport is not None:
+                scope[ABORT_KEY] = transport.abort
+            await super().run_asgi()
+
+    return AbortableProtocol
+
+
 def build_server(service: Service, log_level: str = "warning") -> DrainingServer:
     cfg = service.config
     asgi = create_app(service)
     uv = uvicorn.Config(
-        asgi, log_level=log_level, lifespan="off", ws="auto",
+        asgi, log_level=log_level, lifespan="off", ws=_ws_protocol(),
         # Protocol-level ceiling well above our own per-message limit, so an oversized frame
         # gets a JSON error from us instead of a 1009 close from the protocol.
         ws_max_size=max(cfg.max_message_bytes * 4, 1 << 20),
