@@ -158,3 +158,29 @@ def test_color_aug_and_ssim_term(tmp_path):
     loss1, parts1 = source_loss(model, plain, 0.1, lambda_ssim=1.0)
     assert "ssim_loss" not in parts0 and 0 < parts1["ssim_loss"] <= 2
     assert abs(float((loss1 - loss0).detach()) - parts1["ssim_loss"]) < 1e-4
+
+
+def test_gamma_aug_and_identity_pairs(tmp_path):
+    data = _folder(tmp_path, n=2, size=64)
+    sets = load_samples(str(data), 3, 64, "fundus")
+    train, _ = split(sets, 0.0, 0)
+    cpu = torch.device("cpu")
+    plain = make_batch(train, _cfg(data), torch.Generator().manual_seed(0), cpu)
+    assert not torch.allclose(plain["degraded"], plain["clean"])
+    ident = make_batch(train, _cfg(data, clean_prob=1.0), torch.Generator().manual_seed(0), cpu)
+    assert torch.equal(ident["degraded"], ident["clean"])
+    gam = make_batch(train, _cfg(data, gamma_aug=0.5), torch.Generator().manual_seed(0), cpu)
+    assert gam["clean"].min() >= 0 and gam["clean"].max() <= 1
+    # a tone curve, not a gain: the ratio of mean to mean of squares changes per sample
+    assert not torch.allclose(gam["clean"].mean((1, 2, 3)), plain["clean"].mean((1, 2, 3)),
+                              atol=1e-3)
+
+
+def test_skimage_retina_set():
+    sets = load_samples("skimage-retina", 3, 128, "fundus")
+    assert [name for name, _ in sets] == ["skimage-retina"]
+    (s,) = sets[0][1]
+    assert s.name == "skimage-retina/retina.jpg" and s.image.shape == (3, 128, 128)
+    assert s.fov is not None and 0.5 < float(s.fov.float().mean()) < 0.95
+    train, val = split(sets, 0.1, 0)
+    assert len(train) == 1 and not val  # a set of one image is never held out

@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = SourceConfig(data="", out="")
     p.add_argument("-i", "--data", required=True,
                    help="folder with images/ [masks/] [fov/], or set names joined by commas "
-                        "(DRIVE, HRF, FIVES, BUSI, CCAUS)")
+                        "(DRIVE, HRF, FIVES, BUSI, CCAUS; skimage-retina: scikit-image's CC0 retina)")
     p.add_argument("-o", "--out", required=True, help="checkpoint to write (.safetensors)")
     p.add_argument("--modality", required=True, choices=sorted(MODALITIES))
     p.add_argument("--preset", default=d.preset, choices=["lite", "paper"])
@@ -33,6 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from this checkpoint's weights (same preset and --net)")
     p.add_argument("--color-aug", type=float, default=d.color_aug,
                    help="per-channel gain exp(U(-a, a)) on clean images (palette augmentation)")
+    p.add_argument("--gamma-aug", type=float, default=d.gamma_aug,
+                   help="per-image gamma exp(U(-a, a)) on clean images (tone-curve augmentation)")
+    p.add_argument("--clean-prob", type=float, default=d.clean_prob,
+                   help="probability that a sample is left undegraded (identity pairs: inputs "
+                        "that need no enhancement come back unchanged)")
     p.add_argument("--degrade", default=None, help="degradation preset (default per modality)")
     p.add_argument("--holdout", type=float, default=d.holdout,
                    help="fraction of each set held out for validation")

@@ -1,11 +1,15 @@
 """Source training of SAMENet on clean scans degraded on the fly (SPEC sections 2 and 3).
 
 Data: a folder with ``images/`` and optional ``masks/`` (structure) and ``fov/``, or names from
-``same_fast.data.DATASETS`` joined by commas (``HRF,FIVES``). Images are loaded once, square-
-cropped and resized so that their side is ``load_size``; each step takes a batch, degrades the
-whole frames on the device (so halo, hole and blur have the scale of the full image), then takes
-random crops zoomed by U(1.1, 1.35) to ``size`` with independent horizontal and vertical flips.
+``same_fast.data.DATASETS`` joined by commas (``HRF,FIVES``), or ``skimage-retina`` (scikit-image's
+CC0 retina photograph, shipped in its wheel; never held out, as a set of one image). Images are
+loaded once, square-cropped and resized so that their side is ``load_size``; each step takes a
+batch, degrades the whole frames on the device (so halo, hole and blur have the scale of the full
+image), then takes random crops zoomed by U(1.1, 1.35) to ``size`` with independent horizontal
+and vertical flips.
 
+Clean-image augmentation (off by default): per-channel gain (``color_aug``), gamma (``gamma_aug``);
+``clean_prob`` leaves a sample undegraded so that the pair is an identity.
 Loss: L1(image, clean) + ``lambda_s`` x (BCE + Dice)(structure logits, mask); Adam.
 A held-out split (``holdout`` fraction per set, chosen by name with the seed) is degraded once
 with a fixed seed and scored every ``val_every`` steps under the paper protocol (SSIM/PSNR).
@@ -35,6 +39,7 @@ from same_fast.io import list_images, load, load_mask, to_tensor
 from same_fast.models import save_model
 from same_fast.nn import SAMENet, enhance
 
+SKIMAGE_RETINA = "skimage-retina"  # data-spec name of scikit-image's CC0 retina photograph
 MODALITIES = {"fundus": (3, "fundus-shen2020"), "oct": (1, "gray"),
               "ultrasound": (1, "ultrasound-speckle")}
 
@@ -57,6 +62,8 @@ class SourceConfig:
     lambda_ssim: float = 0.0       # weight of the optional (1 - SSIM) image term (SPEC 3)
     init: str | None = None        # start from this checkpoint's weights (fine-tuning)
     color_aug: float = 0.0         # per-channel gain exp(U(-a, a)) on the clean image (0: off)
+    gamma_aug: float = 0.0         # per-image gamma exp(U(-a, a)) on the clean image (0: off)
+    clean_prob: float = 0.0        # probability that a sample is left undegraded (identity pair)
     degrade: str | None = None     # preset name; default per modality
     holdout: float = 0.15          # fraction of each set held out for validation (>= 1 image)
     val_every: int = 250
@@ -100,7 +107,14 @@ def _folders(spec: str) -> list[tuple[str, Path, list[Path], Path | None, Path |
     """Resolve a data spec into (set, root, image files, masks dir, fov dir) entries."""
     out = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
-        if part in DATASETS:
+        if part == SKIMAGE_RETINA:
+            from skimage import data as skdata
+
+            f = Path(skdata.__file__).parent / "retina.jpg"
+            if not f.is_file():
+                raise InputError(f"{part}: {f} not found in this scikit-image install")
+            out.append((part, f.parent, [f], None, None))
+        elif part in DATASETS:
             root = data_root()
             if root is None:
                 raise InputError(f"data set {part}: no data folder (set SAME_FAST_DATA)")
@@ -222,8 +236,17 @@ def make_batch(train: list[Sample], cfg: SourceConfig, g: torch.Generator, devic
         a = cfg.color_aug
         gains = torch.exp((torch.rand(cfg.batch, x.shape[1], 1, 1, generator=g) * 2 - 1) * a)
         x = (x * gains.to(device)).clamp(0, 1)
+    if cfg.gamma_aug > 0:
+        # tone curve of the clean image (x ** gamma): cameras differ in it as much as in gain
+        a = cfg.gamma_aug
+        gamma = torch.exp((torch.rand(cfg.batch, 1, 1, 1, generator=g) * 2 - 1) * a)
+        x = x.clamp_min(0).pow(gamma.to(device))
     x = x * fov
     y = degrade(x, cfg.degrade or MODALITIES[cfg.modality][1], g, fov)
+    if cfg.clean_prob > 0:
+        # identity pairs: an input that needs no enhancement should come back unchanged
+        keep = (torch.rand(cfg.batch, generator=g) < cfg.clean_prob).view(-1, 1, 1, 1)
+        y = torch.where(keep.to(device), x, y)
     side = x.shape[-1]
     zoom = 1.1 + 0.25 * float(torch.rand(1, generator=g))
     c = min(side, max(1, int(round(cfg.size / zoom))))
@@ -408,7 +431,8 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     meta = {"modality": cfg.modality, "provenance": provenance,
             "training": {"size": cfg.size, "load_size": cfg.load_size, "batch": cfg.batch,
                          "lr": cfg.lr, "lambda_s": cfg.lambda_s, "lambda_ssim": cfg.lambda_ssim,
-                         "init": cfg.init, "color_aug": cfg.color_aug}}
+                         "init": cfg.init, "color_aug": cfg.color_aug,
+                         "gamma_aug": cfg.gamma_aug, "clean_prob": cfg.clean_prob}}
     vs = validation_set(val, cfg, device)
     g = torch.Generator().manual_seed(cfg.seed + start)  # resumed runs continue a fresh stream
     log = out.with_name(out.name.removesuffix(".safetensors") + ".log.jsonl")
