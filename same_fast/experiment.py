@@ -70,6 +70,15 @@ class ExperimentConfig:
     examples: int = 3
     redegrade: bool = True     # also run SAME / mean teacher with the re-degraded student view
     redegrade_strength: float = 0.6
+    redegrade_preset: str = ""  # "" = the modality's default (AdaptConfig.redegrade_preset)
+    schedule: str = "constant"  # offline learning-rate schedule: constant or paper
+    ema: float = 0.995
+    w_entropy: float = 1.0
+    w_struct: float = 0.1
+    serve: str = "student"      # the offline arms' output model: student or teacher
+    arms: str = ""              # comma-separated adapted arms to run ("" = all), for exploring
+    picker_soft: bool = False   # soft picker weights (PickerConfig.soft)
+    picker_p_good: float = 0.0  # IQA acceptance threshold (0 = the picker's default)
 
 
 EXPERIMENTS: dict[str, dict[str, Any]] = {
@@ -91,13 +100,14 @@ def _resize(t: torch.Tensor, size: int, nearest: bool = False) -> torch.Tensor:
     return F.interpolate(t[None].float(), size=(size, size), mode=mode)[0]
 
 
-def load_drive_test(size: int, n: int = 0) -> dict[str, Any]:
+def load_drive_test(size: int, n: int = 0, split: str = "DRIVE-test") -> dict[str, Any]:
     """DRIVE test at ``size`` square: clean (N, 3, S, S) in [0, 1], fov and vessels (N, 1, S, S)
-    in {0, 1} (nearest-resized, as the paper protocol resizes masks)."""
+    in {0, 1} (nearest-resized, as the paper protocol resizes masks). ``split="DRIVE"`` loads
+    the 20 training images instead (the validation split for tuning adaptation)."""
     from same_fast.data import DATASETS, require_data_root
     from same_fast.io import list_images, load_mask, pair_by_name, read_image, to_tensor
 
-    spec = DATASETS["DRIVE-test"]
+    spec = DATASETS[split]
     root = require_data_root() / str(spec["root"])
     imgs = list_images(root / str(spec["images"]))
     if n:
@@ -346,7 +356,7 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     from same_fast.baselines import clahe
     from same_fast.degrade import PRESETS, degrade
     from same_fast.models import load_model
-    from same_fast.picker import load_picker, picker_config_dict
+    from same_fast.picker import PickerConfig, load_picker, picker_config_dict
 
     cfg = make_config(name, quick, **overrides)
     out = Path(out_dir) if out_dir else Path("experiments") / name
@@ -354,9 +364,12 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     t_start = time.perf_counter()
     log = print if progress else (lambda *a, **k: None)
     model, meta = load_model(cfg.model)
-    picker = load_picker(cfg.picker)
-    if cfg.dataset == "DRIVE-test":
-        data = load_drive_test(cfg.size, cfg.n_images)
+    picker = load_picker(cfg.picker, config=PickerConfig(
+        soft=cfg.picker_soft, p_good=cfg.picker_p_good if cfg.picker_p_good > 0 else None))
+    if cfg.dataset in ("DRIVE-test", "DRIVE", "DRIVE-train"):
+        # DRIVE training images: the validation split for tuning (never tune on DRIVE test)
+        data = load_drive_test(cfg.size, cfg.n_images,
+                               "DRIVE-test" if cfg.dataset == "DRIVE-test" else "DRIVE")
     elif cfg.dataset == "BUSI":
         data = load_busi_heldout(cfg.size, cfg.n_images, meta)
     else:
@@ -381,20 +394,28 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     outputs["clahe"] = timed("clahe", lambda: clahe(degraded, fov=fov))
     outputs["source"] = timed("source", lambda: _enhance(model, degraded, fov))
     acfg = AdaptConfig(steps=cfg.steps, batch=cfg.batch, size=cfg.view, lr=cfg.lr,
-                       seed=cfg.seed, modality=cfg.modality)
-    mt = timed("mean_teacher", lambda: adapt_offline(model, frames, None, acfg, fovs))
-    outputs["mean_teacher"] = _enhance(mt.student, degraded, fov)
-    same = timed("same_offline", lambda: adapt_offline(model, frames, picker, acfg, fovs))
-    outputs["same_offline"] = _enhance(same.student, degraded, fov)
-    red = None
+                       seed=cfg.seed, modality=cfg.modality, schedule=cfg.schedule, ema=cfg.ema,
+                       w_entropy=cfg.w_entropy, w_struct=cfg.w_struct, serve=cfg.serve,
+                       redegrade_preset=cfg.redegrade_preset)
+    arms = {a.strip() for a in cfg.arms.split(",") if a.strip()} or set(ADAPTED + EXTRA)
+    unknown = arms - set(ADAPTED + EXTRA)
+    if unknown:
+        raise InputError(f"unknown arms {sorted(unknown)} (choose from {ADAPTED + EXTRA})")
+    runs: dict[str, Any] = {}
+
+    def offline(arm: str, pick: Any, c: Any) -> None:
+        if arm in arms:
+            r = runs[arm] = timed(arm, lambda: adapt_offline(model, frames, pick, c, fovs))
+            outputs[arm] = _enhance(r.student if cfg.serve == "student" else r.teacher,
+                                    degraded, fov)
+
+    offline("mean_teacher", None, acfg)
+    offline("same_offline", picker, acfg)
     if cfg.redegrade:
         rcfg = dataclasses.replace(acfg, redegrade=True,
                                    redegrade_strength=cfg.redegrade_strength)
-        mtr = timed("mean_teacher_redegrade",
-                    lambda: adapt_offline(model, frames, None, rcfg, fovs))
-        outputs["mean_teacher_redegrade"] = _enhance(mtr.student, degraded, fov)
-        red = timed("same_redegrade", lambda: adapt_offline(model, frames, picker, rcfg, fovs))
-        outputs["same_redegrade"] = _enhance(red.student, degraded, fov)
+        offline("mean_teacher_redegrade", None, rcfg)
+        offline("same_redegrade", picker, rcfg)
     ocfg = dataclasses.replace(acfg, mode="online", every=cfg.online_every,
                                steps_per_update=cfg.online_steps_per_update,
                                buffer=cfg.online_buffer)
@@ -407,7 +428,9 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
             ys.append(y if fov is None else y * fov[k])
         return torch.stack(ys)
 
-    outputs["same_online"] = timed("same_online", online)
+    if "same_online" in arms:
+        outputs["same_online"] = timed("same_online", online)
+    same, mt, red = runs.get("same_offline"), runs.get("mean_teacher"), runs.get("same_redegrade")
 
     # quality
     methods = [m for m in METHODS + EXTRA if m in outputs]
@@ -424,8 +447,9 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     plaus_pos = real["plausibility"].numpy()
     picker_res: dict[str, Any] = {"config": picker_config_dict(picker),
                                   "accept_real": float(w_real.mean()),
-                                  "acceptance_offline": same.acceptance,
-                                  "acceptance_offline_curve": _curve(same.history),
+                                  "acceptance_offline": same.acceptance if same else None,
+                                  "acceptance_offline_curve": _curve(same.history) if same else [],
+                                  "acceptance_redegrade": red.acceptance if red else None,
                                   "acceptance_online": adapter.stats()["acceptance"],
                                   "online": {k: v for k, v in adapter.stats().items()
                                              if k != "last_loss"},
@@ -473,7 +497,7 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     targets = {"picker_auroc>=0.9": picker_res["auroc"]["all"] >= 0.9}
     for arm, mt_arm in (("same_offline", "mean_teacher"),
                         ("same_redegrade", "mean_teacher_redegrade")):
-        if arm not in table:
+        if arm not in table or mt_arm not in table:
             continue
         r = table[arm]
         targets[f"{arm}: ssim_gain>=0.01"] = r["ssim"] - table["source"]["ssim"] >= 0.01
@@ -486,8 +510,10 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
         "model": {"name": cfg.model, "provenance": meta.get("provenance")},
         "table": table, "per_image": per_image, "picker": picker_res,
         "downstream": downstream, "targets": targets, "timings_s": timings,
-        "adaptation": {"mean_teacher_last_loss": mt.history[-1]["loss"] if mt.history else None,
-                       "same_last_loss": same.history[-1]["loss"] if same.history else None,
+        "adaptation": {"mean_teacher_last_loss": mt.history[-1]["loss"] if mt and mt.history
+                       else None,
+                       "same_last_loss": same.history[-1]["loss"] if same and same.history
+                       else None,
                        "same_redegrade_acceptance": red.acceptance if red else None},
         "seconds": time.perf_counter() - t_start,
     }
@@ -499,7 +525,8 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     md = markdown(result)
     (out / "results.md").write_text(md)
-    _grid(out / "examples.png", [outputs[m] for m in ("degraded", "source", "same_offline")]
+    shown = "same_offline" if "same_offline" in outputs else methods[-1]
+    _grid(out / "examples.png", [outputs[m] for m in ("degraded", "source", shown)]
           + [clean], cfg.examples)
     log(md)
     return result
@@ -543,13 +570,17 @@ def markdown(result: dict[str, Any]) -> str:
     p = result["picker"]
     lines += ["", f"Picker: accepts {100 * p['accept_real']:.0f} % of the source teacher's "
               f"pseudo-labels; acceptance during SAME offline "
-              f"{100 * p['acceptance_offline']:.0f} %; AUROC against planted implausible "
+              f"{_pct(p['acceptance_offline'])}; AUROC against planted implausible "
               f"pseudo-labels {p['auroc']['all']:.3f} (noise {p['auroc']['noise']:.3f}, "
               f"scramble {p['auroc']['scramble']:.3f}, washout {p['auroc']['washout']:.3f}; "
               f"IQA alone {p['auroc']['iqa_only']:.3f}, ISD alone {p['auroc']['isd_only']:.3f})."]
     lines += ["", "Targets: " + "; ".join(f"{k} {'met' if v else 'NOT met'}"
                                            for k, v in result["targets"].items()), ""]
     return "\n".join(lines) + "\n"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.0f} %"
 
 
 def _grid(path: Path, rows: list[torch.Tensor], n: int) -> None:
