@@ -90,9 +90,15 @@ def build_from_metadata(meta: dict[str, Any], source: str = "<checkpoint>") -> S
 
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu"
                ) -> tuple[SAMENet, dict[str, Any]]:
-    """Load a shipped name or a checkpoint path -> ``(model in eval mode on device, metadata)``."""
+    """Load a shipped name or a checkpoint path -> ``(model in eval mode on device, metadata)``.
+
+    A training state (``train-source``'s ``<out>.last.safetensors``: ``model.*`` weights beside
+    ``optim.*`` Adam moments) loads as its model; the optimiser state is left out.
+    """
     path = resolve(name_or_path)
     tensors, meta = checkpoint.load(path)
+    if any(k.startswith("optim.") for k in tensors):
+        tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     model = build_from_metadata(meta, str(path))
     try:
         model.load_state_dict(tensors, strict=True)

@@ -91,6 +91,10 @@ def test_resume_continues_from_last(tmp_path):
                           net={"base": 4, "levels": 3}))
     summary = train_source(_cfg(data, steps=6, size=32, load_size=48, val_every=2, resume=True))
     assert summary["start_step"] == 4
+    # the training state loads as a model wherever one is expected (Adam moments left out)
+    last, last_meta = load_model(tmp_path / "out" / "m.last.safetensors")
+    assert last_meta["step"] == 6
+    assert sum(p.numel() for p in last.parameters()) > 0
     steps = [json.loads(line)["step"] for line in open(tmp_path / "out" / "m.log.jsonl")]
     assert steps == [2, 4, 6]
     # --init fine-tunes from a checkpoint and records where it came from
