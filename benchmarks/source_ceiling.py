@@ -1,0 +1,157 @@
+"""How much SSIM/PSNR can any enhancer recover on a `fundus-shen2020` test set? A ceiling.
+
+    python benchmarks/source_ceiling.py [--images DIR --fov DIR] [--seed 0] [--json FILE]
+        [--pred DIR ...]
+
+Degrades each image exactly as ``same-fast synth --preset fundus-shen2020 --seed S`` does (one
+generator, sorted file order), and alongside it the *blur-only* image: the same draws, with every
+family that a perfect enhancer could undo switched off (colour jitter, halo, hole, spots, the
+cataract haze and its colour factors) and only the Gaussian blur kept (the cataract's blur
+included). Gaussian blur of sigma 5-15 px removes detail that no enhancer recovers, so the
+blur-only image's score is an optimistic ceiling for an enhancer that undoes everything else
+perfectly and does not deblur. A second ceiling (``ceiling_keep_colour``) also keeps the global
+colour factors (brightness, contrast, saturation x U(0.5, 1.5)): one image alone does not tell
+how bright or saturated its clean version was, so an enhancer that knows no camera's palette
+undoes only the local families (halo, hole, spots, haze). Scores use the paper protocol (256x256, FOV
+mask, 7x7 uniform SSIM, data_range 255). Per image it prints the degradation type, the degraded
+score, the ceiling and, for each ``--pred`` folder (enhanced outputs named like synth's), its
+score. Default images: DRIVE test from the shared data folder.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@contextlib.contextmanager
+def _blur_only(keep_colour: bool = False) -> Any:
+    """Patch the fundus preset so that only blur is applied (random draws unchanged); with
+    ``keep_colour`` the global colour factors (brightness, contrast, saturation) stay too."""
+    from same_fast.degrade import ops, presets
+
+    saved = {k: getattr(ops, k) for k in ("adjust_brightness", "adjust_contrast",
+                                           "adjust_saturation", "gaussian_blobs")}
+    saved_p = {k: getattr(presets, k) for k in ("_halo", "_hole")}
+    saved_cat = presets.Cataract.apply
+
+    def cataract_blur(self: Any, x: torch.Tensor, g: Any, fov: Any = None) -> torch.Tensor:
+        n, _, h, w = x.shape
+        d = x.device
+        s = presets._scale(x, self.reference_px)
+        presets._u(g, n, (-self.center_offset, self.center_offset), d)  # haze centre y, x
+        presets._u(g, n, (-self.center_offset, self.center_offset), d)
+        k0, k1 = self.kernel
+        kk = torch.floor(presets._u(g, n, (k0 / 2, k1 / 2 + 1), d)).clamp_max(k1 // 2) * 2 + 1
+        kk = (torch.round((kk - 1) / 2 * s) * 2 + 1).clamp_min(1)
+        y = ops.box_gaussian_blur(x, kk, presets._u(g, n, self.sigma, d) * s)
+        presets._u(g, n, self.r, d)  # haze strength
+        y = ops.adjust_contrast(y, presets._u(g, n, self.contrast, d))
+        y = ops.adjust_brightness(y, presets._u(g, n, self.brightness, d))
+        y = ops.adjust_saturation(y, presets._u(g, n, self.color, d))
+        return ops.keep_fov(y.clamp(0, 1), fov)
+
+    try:
+        if not keep_colour:
+            ops.adjust_brightness = lambda x, f: x
+            ops.adjust_contrast = lambda x, f: x
+            ops.adjust_saturation = lambda x, f: x
+        ops.gaussian_blobs = lambda h, w, cy, cx, r, a: torch.zeros(cy.shape[0], 1, h, w,
+                                                                   device=cy.device)
+        presets._halo = lambda x, g, *a: x
+        presets._hole = lambda x, g, *a: x
+        presets.Cataract.apply = cataract_blur
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(ops, k, v)
+        for k, v in saved_p.items():
+            setattr(presets, k, v)
+        presets.Cataract.apply = saved_cat
+
+
+def _kind(preset: Any, g: torch.Generator) -> str:
+    """The type the preset will draw next from ``g`` (its first draw), without consuming it."""
+    from same_fast.degrade import presets
+
+    st = g.get_state()
+    i = int(torch.floor(presets._u(g, 1, (0, len(preset.types)), torch.device("cpu"))))
+    g.set_state(st)
+    return preset.types[min(i, len(preset.types) - 1)]
+
+
+def run(images: Path, fov_dir: Path | None, seed: int, preds: list[Path]) -> dict[str, Any]:
+    from same_fast.degrade import degrade, get_preset
+    from same_fast.eval.protocol import score_pair
+    from same_fast.io import list_images, load, load_mask, pair_by_name, to_array, to_tensor
+
+    preset = get_preset("fundus-shen2020")
+    files = list_images(images, dicom=False)
+    fovs = {it.path: it.partner for it in pair_by_name(files, fov_dir)} if fov_dir else {}
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for f in files:
+        arr = load(f).frames[0][..., :3]
+        x = to_tensor(arr)[None]
+        fov_arr = load_mask(fovs[f], arr.shape[:2]) if f in fovs else None
+        fov = None if fov_arr is None else torch.from_numpy(fov_arr)[None, None]
+        kind = _kind(preset, g)
+        state = g.get_state()
+        with _blur_only():
+            ceil = to_array(degrade(x, preset, g, fov)[0], arr.dtype.type)
+        g.set_state(state)
+        with _blur_only(keep_colour=True):
+            ceil_c = to_array(degrade(x, preset, g, fov)[0], arr.dtype.type)
+        g.set_state(state)
+        deg = to_array(degrade(x, preset, g, fov)[0], arr.dtype.type)
+        row: dict[str, Any] = {"name": f.stem, "type": kind}
+        for key, img in (("degraded", deg), ("ceiling", ceil), ("ceiling_keep_colour", ceil_c)):
+            s = score_pair(img, arr, fov_arr, "paper")
+            row[key] = {"ssim": s.ssim, "psnr": s.psnr}
+        for p in preds:
+            out = load(p / f"{f.stem}.png").frames[0][..., :3]
+            s = score_pair(out, arr, fov_arr, "paper")
+            row[p.name] = {"ssim": s.ssim, "psnr": s.psnr}
+        rows.append(row)
+    cols = ["degraded", "ceiling", "ceiling_keep_colour"] + [p.name for p in preds]
+    mean = {c: {m: float(np.mean([r[c][m] for r in rows])) for m in ("ssim", "psnr")}
+            for c in cols}
+    return {"images": str(images), "seed": seed, "preset": "fundus-shen2020", "rows": rows,
+            "mean": mean}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from same_fast.data import data_root
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=Path)
+    p.add_argument("--fov", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pred", type=Path, action="append", default=[])
+    p.add_argument("--json", type=Path)
+    a = p.parse_args(argv)
+    if a.images is None:
+        root = data_root()
+        if root is None:
+            raise SystemExit("no data folder: set SAME_FAST_DATA or pass --images/--fov")
+        a.images = root / "fundus/DRIVE/test/images"
+        a.fov = a.fov or root / "fundus/DRIVE/test/fov"
+    res = run(a.images, a.fov, a.seed, a.pred)
+    cols = list(res["mean"])
+    print(f"{'image':10s} {'type':18s} " + " ".join(f"{c[:16]:>16s}" for c in cols))
+    for r in res["rows"] + [{"name": "mean", "type": "", **res["mean"]}]:
+        print(f"{r['name']:10s} {r['type']:18s} "
+              + " ".join(f"{r[c]['ssim']:8.4f}/{r[c]['psnr']:5.2f}"[-16:].rjust(16) for c in cols))
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
