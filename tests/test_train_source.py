@@ -188,3 +188,13 @@ def test_skimage_retina_set():
     assert s.fov is not None and 0.5 < float(s.fov.float().mean()) < 0.95
     train, val = split(sets, 0.1, 0)
     assert len(train) == 1 and not val  # a set of one image is never held out
+
+
+def test_split_seed_keeps_the_parents_hold_out(tmp_path):
+    data = _folder(tmp_path, n=8, size=48)
+    held = {}
+    for name, kw in (("a", dict(seed=0)), ("b", dict(seed=5)), ("c", dict(seed=5, split_seed=0))):
+        train_source(_cfg(data, out=str(tmp_path / f"{name}.safetensors"), steps=1, size=32,
+                          load_size=48, val_every=1, **kw))
+        held[name] = load_model(tmp_path / f"{name}.safetensors")[1]["provenance"]["held_out"]
+    assert held["c"] == held["a"] != held["b"]

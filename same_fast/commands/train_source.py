@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fraction of each set held out for validation")
     p.add_argument("--val-every", type=int, default=d.val_every)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the hold-out split (default: --seed); keep a parent's split "
+                        "when fine-tuning with a new --seed")
     p.add_argument("--device", default=d.device)
     p.add_argument("--resume", action="store_true", help="continue from <out>.last.safetensors")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: default)")

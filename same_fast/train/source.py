@@ -66,6 +66,8 @@ class SourceConfig:
     clean_prob: float = 0.0        # probability that a sample is left undegraded (identity pair)
     degrade: str | None = None     # preset name; default per modality
     holdout: float = 0.15          # fraction of each set held out for validation (>= 1 image)
+    split_seed: int | None = None  # seed of the hold-out split (None: ``seed``); fine-tuning
+    #                                runs with a new ``seed`` keep their parent's split with it
     val_every: int = 250
     seed: int = 0
     device: str = "cpu"
@@ -306,12 +308,14 @@ def source_loss(model: SAMENet, batch: dict[str, torch.Tensor], lambda_s: float,
 
 def validation_set(val: list[Sample], cfg: SourceConfig, device: torch.device
                    ) -> dict[str, torch.Tensor] | None:
-    """The held-out frames at ``load_size`` degraded once with a fixed seed (seed + 1000)."""
+    """The held-out frames at ``load_size`` degraded once with a fixed seed (split seed + 1000,
+    so runs that share a split are validated on the same pairs)."""
     if not val:
         return None
     x, _mask, fov, _ = _stack(val, device)
     x = x * fov
-    g = torch.Generator().manual_seed(cfg.seed + 1000)
+    g = torch.Generator().manual_seed((cfg.seed if cfg.split_seed is None else cfg.split_seed)
+                                      + 1000)
     y = torch.cat([degrade(x[i:i + 1], cfg.degrade or MODALITIES[cfg.modality][1], g,
                            fov[i:i + 1]) for i in range(len(val))])
     return {"clean": x, "degraded": y, "fov": fov}
@@ -391,7 +395,8 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     channels = MODALITIES[cfg.modality][0]
     sets = load_samples(cfg.data, channels, cfg.load_size, cfg.modality, cfg.max_images)
-    train, val = split(sets, cfg.holdout, cfg.seed)
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    train, val = split(sets, cfg.holdout, split_seed)
     out = Path(cfg.out)
     last = _last_path(out)
     model = SAMENet(channels, cfg.preset, **cfg.net).to(device)
