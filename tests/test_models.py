@@ -23,6 +23,20 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(m(x)[0], m2(x)[0])
 
 
+def test_checkpoint_file_mode_follows_umask_and_the_replaced_file(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        p = checkpoint.save(tmp_path / "a.safetensors", {"w": torch.zeros(2)}, {})
+        assert p.stat().st_mode & 0o777 == 0o644  # safetensors alone writes 0600
+        os.chmod(p, 0o640)
+        checkpoint.save(p, {"w": torch.ones(2)}, {})
+        assert p.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
 def test_unknown_name_lists_available():
     with pytest.raises(CheckpointError, match="available"):
         load_model("no-such-model")
