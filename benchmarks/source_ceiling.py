@@ -1,7 +1,7 @@
-"""How much SSIM/PSNR can any enhancer recover on a `fundus-shen2020` test set? A ceiling.
+"""How much SSIM/PSNR can any enhancer recover on a synthetic test set? Ceilings.
 
-    python benchmarks/source_ceiling.py [--images DIR --fov DIR] [--seed 0] [--json FILE]
-        [--pred DIR ...]
+    python benchmarks/source_ceiling.py [--preset fundus-shen2020|ultrasound-speckle]
+        [--images DIR --fov DIR] [--seed 0] [--json FILE] [--pred DIR ...]
 
 Degrades each image exactly as ``same-fast synth --preset fundus-shen2020 --seed S`` does (one
 generator, sorted file order), and alongside it the *blur-only* image: the same draws, with every
@@ -12,10 +12,18 @@ blur-only image's score is an optimistic ceiling for an enhancer that undoes eve
 perfectly and does not deblur. A second ceiling (``ceiling_keep_colour``) also keeps the global
 colour factors (brightness, contrast, saturation x U(0.5, 1.5)): one image alone does not tell
 how bright or saturated its clean version was, so an enhancer that knows no camera's palette
-undoes only the local families (halo, hole, spots, haze). Scores use the paper protocol (256x256, FOV
-mask, 7x7 uniform SSIM, data_range 255). Per image it prints the degradation type, the degraded
-score, the ceiling and, for each ``--pred`` folder (enhanced outputs named like synth's), its
-score. Default images: DRIVE test from the shared data folder.
+undoes only the local families (halo, hole, spots, haze).
+
+``--preset ultrasound-speckle`` (images in grey, as synth makes them): ``ceiling`` keeps the
+blur and the global tone (gain x U(0.7, 1.2), contrast x U(0.6, 1.1)) and removes the speckle;
+``ceiling_keep_colour`` keeps only the tone (speckle and blur both removed). The same draws are
+made (the speckle strength is set to 0 and the blur probability to 0), so each image's tone is
+the one its degraded version has.
+
+Scores use the paper protocol (256x256, FOV mask where given, 7x7 uniform SSIM, data_range
+255). Per image it prints the degradation type, the degraded score, the ceilings and, for each
+``--pred`` folder (enhanced outputs named like synth's), its score. Default images: DRIVE test
+from the shared data folder.
 """
 from __future__ import annotations
 
@@ -86,43 +94,65 @@ def _kind(preset: Any, g: torch.Generator) -> str:
     return preset.types[min(i, len(preset.types) - 1)]
 
 
-def run(images: Path, fov_dir: Path | None, seed: int, preds: list[Path]) -> dict[str, Any]:
+def _variants(preset_name: str, x: torch.Tensor, g: torch.Generator, fov: Any) -> dict[str, Any]:
+    """The degraded image and its ceilings, drawn from ``g`` like synth (g ends as synth's)."""
+    import dataclasses
+
     from same_fast.degrade import degrade, get_preset
+
+    preset = get_preset(preset_name)
+    state = g.get_state()
+    out = {}
+    if preset_name == "fundus-shen2020":
+        with _blur_only():
+            out["ceiling"] = degrade(x, preset, g, fov)
+        g.set_state(state)
+        with _blur_only(keep_colour=True):
+            out["ceiling_keep_colour"] = degrade(x, preset, g, fov)
+    else:
+        out["ceiling"] = degrade(x, dataclasses.replace(preset, strength=(0.0, 0.0)), g, fov)
+        g.set_state(state)
+        out["ceiling_keep_colour"] = degrade(
+            x, dataclasses.replace(preset, strength=(0.0, 0.0), p_blur=0.0), g, fov)
+    g.set_state(state)
+    return {"degraded": degrade(x, preset, g, fov), **out}
+
+
+def run(images: Path, fov_dir: Path | None, seed: int, preds: list[Path],
+        preset_name: str = "fundus-shen2020") -> dict[str, Any]:
+    from same_fast.degrade import get_preset
     from same_fast.eval.protocol import score_pair
     from same_fast.io import list_images, load, load_mask, pair_by_name, to_array, to_tensor
 
-    preset = get_preset("fundus-shen2020")
+    if preset_name not in ("fundus-shen2020", "ultrasound-speckle"):
+        raise SystemExit(f"--preset: fundus-shen2020 or ultrasound-speckle, not {preset_name}")
+    preset = get_preset(preset_name)
+    grey = preset_name == "ultrasound-speckle"
     files = list_images(images, dicom=False)
     fovs = {it.path: it.partner for it in pair_by_name(files, fov_dir)} if fov_dir else {}
     g = torch.Generator().manual_seed(seed)
     rows = []
     for f in files:
         arr = load(f).frames[0][..., :3]
+        if grey and arr.shape[-1] == 3:  # as synth does for grey presets
+            arr = np.rint(arr.astype(np.float64).mean(-1, keepdims=True)).astype(arr.dtype)
         x = to_tensor(arr)[None]
         fov_arr = load_mask(fovs[f], arr.shape[:2]) if f in fovs else None
         fov = None if fov_arr is None else torch.from_numpy(fov_arr)[None, None]
-        kind = _kind(preset, g)
-        state = g.get_state()
-        with _blur_only():
-            ceil = to_array(degrade(x, preset, g, fov)[0], arr.dtype.type)
-        g.set_state(state)
-        with _blur_only(keep_colour=True):
-            ceil_c = to_array(degrade(x, preset, g, fov)[0], arr.dtype.type)
-        g.set_state(state)
-        deg = to_array(degrade(x, preset, g, fov)[0], arr.dtype.type)
+        kind = _kind(preset, g) if preset_name == "fundus-shen2020" else ""
         row: dict[str, Any] = {"name": f.stem, "type": kind}
-        for key, img in (("degraded", deg), ("ceiling", ceil), ("ceiling_keep_colour", ceil_c)):
-            s = score_pair(img, arr, fov_arr, "paper")
+        for key, t in _variants(preset_name, x, g, fov).items():
+            s = score_pair(to_array(t[0], arr.dtype.type), arr, fov_arr, "paper")
             row[key] = {"ssim": s.ssim, "psnr": s.psnr}
         for p in preds:
-            out = load(p / f"{f.stem}.png").frames[0][..., :3]
+            out = load(p / f"{f.stem}.png").frames[0][..., :arr.shape[-1]]
             s = score_pair(out, arr, fov_arr, "paper")
             row[p.name] = {"ssim": s.ssim, "psnr": s.psnr}
         rows.append(row)
     cols = ["degraded", "ceiling", "ceiling_keep_colour"] + [p.name for p in preds]
     mean = {c: {m: float(np.mean([r[c][m] for r in rows])) for m in ("ssim", "psnr")}
             for c in cols}
-    return {"images": str(images), "seed": seed, "preset": "fundus-shen2020", "rows": rows,
+    return {"images": str(images), "seed": seed, "preset": preset_name, "rows": rows,
             "mean": mean}
 
 
@@ -130,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     from same_fast.data import data_root
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="fundus-shen2020",
+                   choices=["fundus-shen2020", "ultrasound-speckle"])
     p.add_argument("--images", type=Path)
     p.add_argument("--fov", type=Path)
     p.add_argument("--seed", type=int, default=0)
@@ -137,16 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     if a.images is None:
+        if a.preset != "fundus-shen2020":
+            raise SystemExit("--images is needed for --preset ultrasound-speckle")
         root = data_root()
         if root is None:
             raise SystemExit("no data folder: set SAME_FAST_DATA or pass --images/--fov")
         a.images = root / "fundus/DRIVE/test/images"
         a.fov = a.fov or root / "fundus/DRIVE/test/fov"
-    res = run(a.images, a.fov, a.seed, a.pred)
+    res = run(a.images, a.fov, a.seed, a.pred, a.preset)
     cols = list(res["mean"])
-    print(f"{'image':10s} {'type':18s} " + " ".join(f"{c[:16]:>16s}" for c in cols))
+    w = max(10, *(len(r["name"]) for r in res["rows"]))
+    print(f"{'image':{w}s} {'type':18s} " + " ".join(f"{c[:16]:>16s}" for c in cols))
     for r in res["rows"] + [{"name": "mean", "type": "", **res["mean"]}]:
-        print(f"{r['name']:10s} {r['type']:18s} "
+        print(f"{r['name']:{w}s} {r['type']:18s} "
               + " ".join(f"{r[c]['ssim']:8.4f}/{r[c]['psnr']:5.2f}"[-16:].rjust(16) for c in cols))
     if a.json:
         a.json.write_text(json.dumps(res, indent=2) + "\n")
