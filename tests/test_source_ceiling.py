@@ -1,0 +1,46 @@
+"""benchmarks/source_ceiling.py: it degrades exactly as synth does, and its ceilings are what
+they say (only blur left: images of a blur-free type score perfectly)."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from same_fast.commands.synth import SynthConfig, synth
+from same_fast.eval.protocol import score_pair
+from same_fast.io import load, write_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("source_ceiling",
+                                                  ROOT / "benchmarks" / "source_ceiling.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("preset", ["fundus-shen2020", "ultrasound-speckle"])
+def test_ceiling_replays_synth(tmp_path, preset):
+    from skimage import data
+
+    img = data.retina()[::8, ::8]  # 177 x 177 RGB, real fundus
+    (tmp_path / "in").mkdir()
+    for k in range(6):
+        write_image(tmp_path / "in" / f"r{k}.png", np.ascontiguousarray(np.rot90(img, k % 4)))
+    synth(SynthConfig(preset=preset, input=str(tmp_path / "in"), output=str(tmp_path / "syn"),
+                      seed=3, progress=False))
+    res = _module().run(tmp_path / "in", None, 3, [tmp_path / "syn" / "degraded"], preset)
+    for r in res["rows"]:
+        # the script's own degraded image is synth's (the same scores)
+        clean = load(tmp_path / "syn" / "clean" / f"{r['name']}.png").frames[0]
+        deg = load(tmp_path / "syn" / "degraded" / f"{r['name']}.png").frames[0]
+        s = score_pair(deg, clean, None, "paper")
+        assert r["degraded"]["ssim"] == pytest.approx(s.ssim, abs=1e-12)
+        assert r["degraded"]["psnr"] == pytest.approx(s.psnr, abs=1e-9)
+        if preset == "fundus-shen2020" and "blur" not in r["type"] and r["type"] != "cataract":
+            assert r["ceiling"]["ssim"] > 0.999  # nothing but blur is kept, and there was none
+    if preset == "fundus-shen2020":
+        assert any("blur" not in r["type"] and r["type"] != "cataract" for r in res["rows"])
+    assert res["mean"]["ceiling_keep_colour"]["ssim"] > res["mean"]["degraded"]["ssim"]
