@@ -8,7 +8,9 @@ A teacher output is kept when both assessors accept it (SPEC section 4):
 
 The decision is a float weight vector (N,) on the input's device, 0/1 (hard) or in [0, 1] (soft),
 that multiplies per-sample losses: no boolean indexing and no host round trip, so a batch where
-every sample is rejected simply contributes zero loss.
+every sample is rejected simply contributes zero loss. After the two networks, every score and
+the decision come from one call of the fused op ``same_fast.ops.picker_weights`` (one Triton
+launch on CUDA), whose formulas are the ones the shipped thresholds were calibrated with.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from same_fast import checkpoint
+from same_fast import checkpoint, ops
 from same_fast.errors import CheckpointError
 from same_fast.nn.iqa import IQANet
 from same_fast.nn.isd import StructureVAE
@@ -79,47 +81,48 @@ class Picker(nn.Module):
         # The assessors are frozen judges: BatchNorm statistics must never move during adaptation.
         return super().train(False)
 
+    def rule(self) -> dict[str, Any]:
+        """The decision settings as ``same_fast.ops.picker_weights`` keywords (thresholds,
+        the strict ISD comparison, soft mode and its temperature, the two switches)."""
+        cfg = self.config
+        return {"isd_threshold": self.isd_threshold, "iqa_threshold": self.p_good,
+                "isd_compare": "<", "soft": cfg.soft, "temperature": cfg.temperature,
+                "use_iqa": cfg.use_iqa, "use_isd": cfg.use_isd}
+
+    @torch.no_grad()
+    def assess(self, image: torch.Tensor, structure_logits: torch.Tensor) -> ops.PickerScores:
+        """Both assessors, then one fused ``ops.picker_weights`` call: every per-sample field.
+
+        The ISD score is ``StructureVAE.score`` (Bernoulli-KL reconstruction error from the
+        posterior mean + beta x KL), computed by the op from the VAE's reconstruction.
+        """
+        x01 = ((image.float() + 1) * 0.5).clamp(0, 1)
+        iqa_logits = self.iqa(x01)
+        x, recon, mu, logvar = self.isd.reconstruct_mean(torch.sigmoid(structure_logits.float()))
+        return ops.picker_weights(x, recon, iqa_logits, mu, logvar, kl_weight=self.isd.beta,
+                                  good_class=0, recon_error="bernoulli_kl", **self.rule())
+
     @torch.no_grad()
     def scores(self, image: torch.Tensor, structure_logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw assessor outputs for a batch (image in [-1, 1], logits): each value (N,) float.
 
         p_good: IQA probability of the good class; good_top: 1.0 where good is the argmax;
         isd: the ISD score (higher = less plausible); plausibility: a continuous score, higher =
-        more acceptable, min(p_good / p_good_thr, isd_thr / isd), used for ranking (AUROC).
+        more acceptable, min(p_good / p_good_thr, isd_thr / isd), used for ranking (AUROC);
+        weights: this picker's decision (what ``forward`` returns).
         """
-        x01 = ((image.float() + 1) * 0.5).clamp(0, 1)
-        probs = self.iqa.probs(x01)
-        p_good = probs[:, 0]
-        good_top = (probs.argmax(1) == 0).float()
-        isd = self.isd.score(torch.sigmoid(structure_logits.float()))
-        parts = []
-        if self.config.use_iqa:
-            parts.append(p_good / self.p_good)
-        if self.config.use_isd:
-            parts.append(self.isd_threshold / isd.clamp_min(1e-8))
-        plaus = torch.stack(parts, 0).amin(0) if parts else torch.ones_like(p_good)
-        return {"p_good": p_good, "good_top": good_top, "isd": isd, "plausibility": plaus}
+        r = self.assess(image, structure_logits)
+        return {"p_good": r.p_good, "good_top": r.good_top, "isd": r.score,
+                "plausibility": r.plausibility, "weights": r.weights}
 
     @torch.no_grad()
     def forward(self, image: torch.Tensor, structure_logits: torch.Tensor) -> torch.Tensor:
-        s = self.scores(image, structure_logits)
-        return self.weights_from_scores(s)
+        return self.assess(image, structure_logits).weights
 
     def weights_from_scores(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
-        cfg = self.config
-        w = torch.ones_like(s["p_good"])
-        if cfg.soft:
-            t = max(cfg.temperature, 1e-6)
-            if cfg.use_iqa:
-                w = w * torch.sigmoid((s["p_good"] - self.p_good) / (t * self.p_good))
-            if cfg.use_isd:
-                w = w * torch.sigmoid((self.isd_threshold - s["isd"]) / (t * self.isd_threshold))
-            return w
-        if cfg.use_iqa:
-            w = w * (s["p_good"] > self.p_good).float() * s["good_top"]
-        if cfg.use_isd:
-            w = w * (s["isd"] < self.isd_threshold).float()
-        return w
+        """Weights (N,) from a ``scores`` dict under the current config (the op's decision
+        stage, ``ops.picker_decision``; a dict from ``scores`` gives its ``weights`` again)."""
+        return ops.picker_decision(s["isd"], s["p_good"], s["good_top"], **self.rule())[0]
 
 
 def state_and_metadata(iqa: IQANet, isd: StructureVAE, isd_threshold: float, modality: str,

@@ -16,6 +16,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 CHILD = os.environ.get("SAME_FAST_KERNEL_TESTS") == "interpret"
 if CHILD:
@@ -97,20 +98,91 @@ def _interp_l1_ssim_fused(shape: tuple = (2, 2, 9, 13)) -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
-def _interp_picker_kernel() -> None:
-    g = torch.Generator().manual_seed(3)
-    n = 6
-    s = torch.rand(n, 1, 33, 40, generator=g)  # 1320 > BLOCK: the loop over chunks runs twice
+def _midpoint(values: torch.Tensor, k: int) -> float:
+    """A threshold halfway between two adjacent sorted values (never on one, so a rounding
+    difference between kernel and torch cannot flip a hard decision)."""
+    v = sorted(values.tolist())
+    if len(v) == 1:
+        return v[0] * (0.9 if k == 0 else 1.1)
+    k = min(max(k, 0), len(v) - 2)
+    return 0.5 * (v[k] + v[k + 1])
+
+
+def _assert_picker_paths_agree(s, r, **kw) -> None:
+    got = ops.picker_weights(s, r, backend="triton", **kw)
+    ref = ops.picker_weights(s, r, backend="torch", **kw)
+    for f, a, b in zip(ref._fields, got, ref, strict=True):
+        tol = (dict(rtol=1e-4, atol=1e-5) if f == "weights" and kw.get("soft")
+               else dict(rtol=1e-5, atol=1e-6))
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, f=f: f"{f} {kw}: {m}")
+
+
+# (N, structure shape, latent D, IQA classes K): batch 1 and many, odd sizes, a map longer than
+# BLOCK (the chunk loop runs twice), a latent longer than BLOCK_D, K not a power of two.
+PICKER_CASES = [(1, (1, 5, 5), 3, 3), (6, (1, 33, 40), 5, 3), (13, (2, 7, 9), 1, 2),
+                (4, (1, 1, 3), 33, 5), (2, (1, 4, 4), 1100, 3)]
+
+
+@pytest.mark.parametrize("n,shape,d,k", PICKER_CASES)
+def _interp_picker_kernel(n: int, shape: tuple, d: int, k: int) -> None:
+    import itertools
+
+    g = torch.Generator().manual_seed(n + d)
+    s = torch.rand(n, *shape, generator=g)
+    s.view(-1)[:3] = torch.tensor([0.0, 1.0, 1e-9])  # the clamps
     r = (s + 0.3 * torch.randn(s.shape, generator=g)).clamp(0, 1)
-    mu, lv = torch.randn(n, 5, generator=g), 0.4 * torch.randn(n, 5, generator=g)
-    q = 2 * torch.randn(n, 3, generator=g)
-    q[0] = torch.tensor([1.0, 1.0, 0.0])  # tie for the top class
-    for kw in (dict(), dict(iqa_logits=q, mu=mu, logvar=lv, isd_threshold=0.5,
-                            iqa_threshold=0.3, kl_weight=0.7)):
-        got = ops.picker_weights(s, r, backend="triton", **kw)
-        ref = ops.picker_weights(s, r, backend="torch", **kw)
-        for a, b in zip(got, ref, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    mu, lv = torch.randn(n, d, generator=g), 0.4 * torch.randn(n, d, generator=g)
+    q = 2 * torch.randn(n, k, generator=g)
+    q[0, :2] = q[0, :2].max()  # a tie for the top class
+    for re, cmp, soft in itertools.product(("mse", "bernoulli_kl"), ("<=", "<"), (False, True)):
+        _assert_picker_paths_agree(s, r, recon_error=re)  # no gate: scores only
+        base = ops.picker_weights(s, r, q, mu, lv, kl_weight=0.7, recon_error=re)
+        kw = dict(iqa_logits=q, mu=mu, logvar=lv, kl_weight=0.7, recon_error=re,
+                  isd_compare=cmp, soft=soft, temperature=0.05 if soft else 0.3,
+                  isd_threshold=_midpoint(base.score, n // 2),
+                  iqa_threshold=_midpoint(base.p_good, n // 3))
+        for use_iqa, use_isd in ((True, True), (False, True), (True, False), (False, False)):
+            _assert_picker_paths_agree(s, r, use_iqa=use_iqa, use_isd=use_isd, **kw)
+        # no logits, no latent: the ISD gate alone on the reconstruction error
+        _assert_picker_paths_agree(s, r, recon_error=re, isd_compare=cmp, soft=soft,
+                                   isd_threshold=_midpoint(
+                                       ops.picker_weights(s, r, recon_error=re).score, n // 2))
+
+
+@pytest.mark.parametrize("recon_error", ["mse", "bernoulli_kl"])
+def _interp_picker_kernel_threshold_tie(recon_error: str) -> None:
+    s = torch.rand(3, 1, 9, 7, generator=torch.Generator().manual_seed(1))
+    r = s.clone()
+    r[2] = 1 - s[2]
+    for cmp, expect in (("<=", [1.0, 1.0, 0.0]), ("<", [0.0, 0.0, 0.0])):
+        got = ops.picker_weights(s, r, recon_error=recon_error, isd_threshold=0.0,
+                                 isd_compare=cmp, backend="triton")
+        assert got.score[:2].tolist() == [0.0, 0.0] and got.weights.tolist() == expect
+
+
+@pytest.mark.parametrize("name", ["fundus-picker", "ultrasound-picker"])
+def _interp_picker_kernel_on_shipped_assessors(name: str) -> None:
+    """The shipped picker's own inputs (its VAE's reconstruction, its IQA logits) through the
+    kernel: the same scores and decisions as the torch path, hard and soft."""
+    from same_fast.picker import load_picker
+
+    picker = load_picker(name)
+    g = torch.Generator().manual_seed(2)
+    c = picker.iqa.in_channels
+    img = torch.rand(5, c, 64, 72, generator=g)
+    maps = torch.sigmoid(4 * F.avg_pool2d(torch.randn(5, 1, 70, 78, generator=g), 7, 1))
+    with torch.no_grad():
+        logits = picker.iqa(img)
+        x, recon, mu, lv = picker.isd.reconstruct_mean(maps)
+    common = dict(kl_weight=picker.isd.beta, recon_error="bernoulli_kl", good_class=0)
+    base = ops.picker_weights(x, recon, logits, mu, lv, **common, backend="torch")
+    for soft in (False, True):
+        rules = [picker.rule(), {**picker.rule(), "isd_threshold": _midpoint(base.score, 2),
+                                 "iqa_threshold": _midpoint(base.p_good, 2)}]
+        for rule in rules:
+            rule = {**rule, "soft": soft}
+            _assert_picker_paths_agree(x, recon, iqa_logits=logits, mu=mu, logvar=lv, **common,
+                                       **rule)
 
 
 def _interp_color_kernels() -> None:
@@ -189,12 +261,19 @@ def _host_kernels_compile_for_cuda(tmp_path, monkeypatch) -> None:
           "NEED_X": "constexpr", "NEED_Y": "constexpr", "WIN": "constexpr",
           "BH": "constexpr", "BW": "constexpr"},
          {"NEED_X": True, "NEED_Y": True, "WIN": 3, "BH": 16, "BW": 32}),
-        (k["picker"].picker_kernel,
-         {"s_ptr": f32, "r_ptr": f32, "mu_ptr": f32, "lv_ptr": f32, "q_ptr": f32,
-          "out_ptr": f32, "L": i32, "D": i32, "K": i32, "THR": "fp32", "IQA_THR": "fp32",
-          "KL_W": "fp32", "GOOD": i32, "HAS_KL": "constexpr", "HAS_IQA": "constexpr",
-          "BLOCK": "constexpr", "BLOCK_D": "constexpr", "BLOCK_K": "constexpr"},
-         {"HAS_KL": True, "HAS_IQA": True, "BLOCK": 1024, "BLOCK_D": 64, "BLOCK_K": 4}),
+        # both reconstruction errors, both comparisons, hard and soft: every branch compiles
+        *[(k["picker"].picker_kernel,
+           {"s_ptr": f32, "r_ptr": f32, "mu_ptr": f32, "lv_ptr": f32, "q_ptr": "*fp16",
+            "out_ptr": f32, "L": i32, "D": i32, "K": i32, "KL_W": "fp32", "GOOD": i32,
+            "ISD_THR": "fp32", "ISD_WIDTH": "fp32", "IQA_THR": "fp32", "IQA_WIDTH": "fp32",
+            "HAS_KL": "constexpr", "HAS_IQA": "constexpr", "BERNOULLI": "constexpr",
+            "ISD_GATE": "constexpr", "STRICT": "constexpr", "IQA_GATE": "constexpr",
+            "SOFT": "constexpr", "BLOCK": "constexpr", "BLOCK_D": "constexpr",
+            "BLOCK_K": "constexpr"},
+           {"HAS_KL": True, "HAS_IQA": True, "BERNOULLI": bern, "ISD_GATE": True,
+            "STRICT": strict, "IQA_GATE": True, "SOFT": soft, "BLOCK": 1024, "BLOCK_D": 64,
+            "BLOCK_K": 4})
+          for bern, strict, soft in ((True, True, False), (False, False, True))],
         (k["color"].rgb_to_hsv_kernel,
          {"x_ptr": f32, "out_ptr": f32, "total": i32, "HW": i32, "BLOCK": "constexpr"},
          {"BLOCK": 1024}),
@@ -211,6 +290,8 @@ if CHILD:
     test_ema_kernels = _interp_ema_kernels
     test_ssim_kernels_value_and_gradient = _interp_ssim_kernels_value_and_gradient
     test_picker_kernel = _interp_picker_kernel
+    test_picker_kernel_threshold_tie = _interp_picker_kernel_threshold_tie
+    test_picker_kernel_on_shipped_assessors = _interp_picker_kernel_on_shipped_assessors
     test_l1_ssim_fused = _interp_l1_ssim_fused
     test_color_kernels = _interp_color_kernels
 else:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.utils._python_dispatch
 
 from same_fast.adapt.step import AdaptStep, StepConfig
 from same_fast.errors import CheckpointError
@@ -121,3 +122,172 @@ def test_enhancer_checkpoint_is_not_a_picker(tmp_path):
                                                           levels=3))
     with pytest.raises(CheckpointError, match="not a picker"):
         load_picker(path)
+
+
+# --- the shipped pickers: the fused op gives the numbers their thresholds were calibrated on -----
+
+def _calibrated_scores(p: Picker, image: torch.Tensor, logits: torch.Tensor) -> dict:
+    """Picker.scores as it was when the shipped thresholds were calibrated (before it ran through
+    ops.picker_weights), StructureVAE.score's formula written out."""
+    x01 = ((image.float() + 1) * 0.5).clamp(0, 1)
+    probs = p.iqa.probs(x01)
+    p_good = probs[:, 0]
+    good_top = (probs.argmax(1) == 0).float()
+    vae = p.isd
+    x = vae.prepare(torch.sigmoid(logits.float()))
+    mu, logvar = vae.encode(x)
+    q = torch.sigmoid(vae.decode(mu)).clamp(1e-6, 1 - 1e-6)
+    xc = x.clamp(1e-6, 1 - 1e-6)
+    rec = (xc * (xc / q).log() + (1 - xc) * ((1 - xc) / (1 - q)).log()).flatten(1).mean(1)
+    isd = rec + vae.beta * (0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean(1))
+    parts = []
+    if p.config.use_iqa:
+        parts.append(p_good / p.p_good)
+    if p.config.use_isd:
+        parts.append(p.isd_threshold / isd.clamp_min(1e-8))
+    plaus = torch.stack(parts, 0).amin(0) if parts else torch.ones_like(p_good)
+    return {"p_good": p_good, "good_top": good_top, "isd": isd, "plausibility": plaus}
+
+
+def _calibrated_weights(p: Picker, s: dict) -> torch.Tensor:
+    """Picker.weights_from_scores as it was (the rule the thresholds were calibrated for)."""
+    cfg = p.config
+    w = torch.ones_like(s["p_good"])
+    if cfg.soft:
+        t = max(cfg.temperature, 1e-6)
+        if cfg.use_iqa:
+            w = w * torch.sigmoid((s["p_good"] - p.p_good) / (t * p.p_good))
+        if cfg.use_isd:
+            w = w * torch.sigmoid((p.isd_threshold - s["isd"]) / (t * p.isd_threshold))
+        return w
+    if cfg.use_iqa:
+        w = w * (s["p_good"] > p.p_good).float() * s["good_top"]
+    if cfg.use_isd:
+        w = w * (s["isd"] < p.isd_threshold).float()
+    return w
+
+
+def _shipped_inputs(name: str, retina, dicom_file) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher outputs (image in [-1, 1], structure logits) of the shipped enhancer of the
+    picker's modality on real scans, clean and degraded, plus planted bad ones."""
+    import torch.nn.functional as F
+
+    from same_fast import io
+    from same_fast.degrade import degrade
+    from same_fast.models import load_model
+    from same_fast.nn import pad_to_multiple
+
+    g = torch.Generator().manual_seed(0)
+    if name == "fundus-picker":
+        full = torch.from_numpy(retina).permute(2, 0, 1)[None].float() / 255
+        half = F.interpolate(full, size=(384, 384), mode="area")
+        clean = torch.cat([F.interpolate(full, size=(192, 192), mode="area"),
+                           half[..., :192, :192], half[..., 192:, 192:], half[..., 96:288, 96:288]])
+        preset, model_name = "fundus-shen2020", "fundus-lite"
+    else:
+        frames = io.load(dicom_file("examples_ybr_color.dcm")).frames[::6]  # (5, 240, 320, 3)
+        grey = torch.from_numpy(frames).float().mean(-1, keepdim=True).permute(0, 3, 1, 2) / 255
+        clean = F.interpolate(grey, size=(120, 160), mode="area")
+        preset, model_name = "ultrasound-speckle", "ultrasound-lite"
+    degraded = degrade(clean, preset, g)
+    noise = (clean + 0.35 * torch.randn(clean.shape, generator=g)).clamp(0, 1)
+    flat = torch.full_like(clean[:2], 0.5)
+    model, _ = load_model(model_name)
+    with torch.no_grad():
+        xin = torch.cat([clean, degraded, noise, flat])
+        xp, (h, w) = pad_to_multiple(xin * 2 - 1, int(getattr(model, "multiple", 1)))
+        y, s = model(xp)
+    y, s = y[..., :h, :w], s[..., :h, :w]
+    # random structure maps (noise and smooth blobs) and saturated ones beside real images
+    rand = torch.cat([4 * torch.randn(2, 1, h, w, generator=g),
+                      8 * F.avg_pool2d(torch.randn(2, 1, h + 8, w + 8, generator=g), 9, 1),
+                      torch.full((1, 1, h, w), -12.0), torch.full((1, 1, h, w), 12.0)])
+    return torch.cat([y, y[: rand.shape[0]]]), torch.cat([s, rand])
+
+
+@pytest.mark.parametrize("name", ["fundus-picker", "ultrasound-picker"])
+def test_shipped_pickers_keep_their_calibrated_decisions(name, retina, dicom_file):
+    """Scores through ops.picker_weights equal the formulas the shipped thresholds were
+    calibrated on (bit for bit), and the weights are identical: hard, soft, either assessor
+    alone, and at thresholds moved into the batch (so accept and reject both occur) including a
+    threshold exactly on a sample's score (the strict rule rejects it)."""
+    import dataclasses
+
+    image, logits = _shipped_inputs(name, retina, dicom_file)
+    shipped = load_picker(name)
+    ref = _calibrated_scores(shipped, image, logits)
+    mid_p = float(ref["p_good"].median())
+    on_a_score = float(ref["isd"].sort().values[len(ref["isd"]) // 2])
+    configs = [PickerConfig(p_good=shipped.p_good)]
+    configs += [PickerConfig(p_good=mid_p, isd_threshold=on_a_score)]
+    configs = [dataclasses.replace(c, soft=soft, use_iqa=ui, use_isd=us)
+               for c in configs for soft in (False, True)
+               for ui, us in ((True, True), (True, False), (False, True), (False, False))]
+    configs.append(PickerConfig(p_good=mid_p, isd_threshold=on_a_score, soft=True,
+                                temperature=0.3))
+    split = []
+    for cfg in configs:
+        p = load_picker(name, config=cfg)
+        old = _calibrated_scores(p, image, logits)
+        new = p.scores(image, logits)
+        for k, v in old.items():
+            assert torch.equal(new[k], v), (cfg, k, (new[k] - v).abs().max())
+        w_old = _calibrated_weights(p, old)
+        assert torch.equal(new["weights"], w_old), cfg
+        assert torch.equal(p(image, logits), w_old), cfg
+        assert torch.equal(p.weights_from_scores(old), w_old), cfg
+        if not cfg.soft and cfg.use_isd and cfg.isd_threshold is not None:
+            # the sample exactly on the threshold is rejected (isd < threshold)
+            assert float(w_old[old["isd"] == on_a_score].sum()) == 0.0
+        if not cfg.soft and cfg.p_good == mid_p and (cfg.use_iqa or cfg.use_isd):
+            split.append(float(w_old.sum()))
+    n = image.shape[0]
+    assert all(0 < a < n for a in split), split  # the moved thresholds make real decisions
+
+
+class _HostSyncs(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every aten call that reads a tensor's value on the host or depends on it for a
+    shape (``.item()``, ``bool(t)``, ``nonzero``, boolean indexing, ``masked_select``) and every
+    copy to another device: each would stall a CUDA stream."""
+
+    SYNCING = {"aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero",
+               "aten::masked_select", "aten::equal", "aten::allclose", "aten::unique",
+               "aten::_unique2", "aten::repeat_interleave"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func._schema.name
+        if name in self.SYNCING:
+            self.seen.append(name)
+        if name.startswith("aten::index") and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                for i in (args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else [])):
+            self.seen.append(name + " (boolean mask)")
+        dev = kwargs.get("device")
+        if dev is not None and isinstance(args[0], torch.Tensor) and \
+                torch.device(dev) != args[0].device:
+            self.seen.append(f"{name} to {dev}")
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_picker_hot_path_has_no_host_sync(soft):
+    """forward (what AdaptStep calls) and scores never read a value back to the host."""
+    p = _picker(PickerConfig(p_good=0.5, soft=soft), channels=3, thr=0.5)
+    g = torch.Generator().manual_seed(0)
+    img, logits = torch.rand(3, 3, 24, 20, generator=g) * 2 - 1, torch.randn(3, 1, 24, 20,
+                                                                             generator=g)
+    with _HostSyncs() as mode:
+        w = p(img, logits)
+        p.scores(img, logits)
+    assert mode.seen == []
+    assert w.shape == (3,)
+    with _HostSyncs() as mode:  # the recorder itself sees the syncs it looks for
+        float(w.sum())
+        _ = w[w > 0]
+    assert "aten::_local_scalar_dense" in mode.seen and any("boolean" in s or "nonzero" in s
+                                                            for s in mode.seen)

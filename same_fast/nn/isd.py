@@ -83,17 +83,28 @@ class StructureVAE(nn.Module):
         rec = F.binary_cross_entropy_with_logits(logits, x)
         return rec + self.beta * _kl(mu, logvar).mean()
 
+    def reconstruct_mean(self, m: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Deterministic reconstruction from the posterior mean, what scoring compares.
+
+        Returns (prepared input (N, 1, size, size) in [0, 1], reconstruction probabilities
+        sigmoid(decode(mu)) of the same shape, mu (N, latent), logvar (N, latent)).
+        """
+        x = self.prepare(m)
+        mu, logvar = self.encode(x)
+        return x, torch.sigmoid(self.decode(mu)), mu, logvar
+
     @torch.no_grad()
     def score(self, m: torch.Tensor) -> torch.Tensor:
         """Implausibility of each map: (N,) float, higher = less like the training structures.
 
         Reconstruction error is the mean per-pixel Bernoulli KL(input || reconstruction) from the
         posterior mean (deterministic), so a soft but faithful map scores as low as a binary one;
-        plus ``beta`` x the KL of the posterior (per latent dimension).
+        plus ``beta`` x the KL of the posterior (per latent dimension). The picker computes the
+        same number through ``same_fast.ops.picker_weights(recon_error="bernoulli_kl")``.
         """
-        x = self.prepare(m)
-        mu, logvar = self.encode(x)
-        p = torch.sigmoid(self.decode(mu)).clamp(1e-6, 1 - 1e-6)
+        x, p, mu, logvar = self.reconstruct_mean(m)
+        p = p.clamp(1e-6, 1 - 1e-6)
         xc = x.clamp(1e-6, 1 - 1e-6)
         rec = (xc * (xc / p).log() + (1 - xc) * ((1 - xc) / (1 - p)).log()).flatten(1).mean(1)
         return rec + self.beta * _kl(mu, logvar)
