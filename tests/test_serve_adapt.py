@@ -62,9 +62,10 @@ def _wait_steps_settle(url):
 
 @pytest.mark.parametrize("adapt_in", ["process", "thread"])
 def test_online_adaptation_publishes_freezes_and_resets(tiny_model, adapt_in):
+    # Every step publishes (no --adapt-publish-every-s interval): the loop below waits for two.
     cfg = ServeConfig(stream=True, model=tiny_model, adapt="online", adapt_every=2,
                       adapt_batch=2, adapt_crop=16, adapt_safety="off", max_batch=2,
-                      max_delay_ms=1, adapt_in=adapt_in)
+                      max_delay_ms=1, adapt_in=adapt_in, adapt_publish_every_s=0)
     svc = Service(cfg)
     if adapt_in == "process":
         assert svc.adaptation.ready.wait(120), svc.adaptation.last_error

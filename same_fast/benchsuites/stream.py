@@ -26,8 +26,11 @@ from what queued while the model was busy), capacity (16), adapt_every (8), adap
 threads (torch intra-op threads, default 1), switch_ms (Python's GIL switch interval, default
 0.5 ms instead of 5: see ``same_fast.serve.service.tune_process``), backend (the serving
 backend: torch, onnxruntime, compile; default torch), adapt_in (process or thread: where the
-loop's adapter runs; the serial baseline always adapts inline), streams ("1,4"), modes
-("fixed,asap"), adapt ("off,on").
+loop's adapter runs; the serial baseline always adapts inline), adapt_cpus (where the loop's
+adapter may run, as ``same-fast serve --adapt-cpus``: auto, off or a CPU list; default auto),
+publish_every_s (``--adapt-publish-every-s``: at most one weights swap per this many seconds;
+default serve's, 1.0),
+streams ("1,4"), modes ("fixed,asap"), adapt ("off,on").
 Done-when (issue 7): adaptation on at a fixed rate: loop p99 <= 1.5 x p50 and 0 frames lost;
 each fixed-rate case reports ``p99_over_p50`` and ``lost``. Each side also times its model step
 alone (``step_p50_ms``, ``step_p99_ms``): on a shared or virtual machine the step's own p99/p50
@@ -54,7 +57,7 @@ def _opts(args: Any) -> dict[str, Any]:
          "frames": 200 if quick else 1000,
          "runs": 1 if quick else 3, "max_batch": 4, "max_delay_ms": 0.0, "capacity": 16,
          "adapt_every": 8, "adapt_batch": 2, "threads": 1, "switch_ms": 0.5, "backend": "torch",
-         "adapt_in": "process",
+         "adapt_in": "process", "adapt_cpus": "auto", "publish_every_s": 1.0,
          "streams": "1" if quick else "1,4", "modes": "fixed,asap", "adapt": "off,on"}
     if getattr(args, "repeats", None):
         d["runs"] = int(args.repeats)
@@ -121,6 +124,7 @@ def _restore_source(served, frame: np.ndarray) -> None:
 def run_loop(o: dict[str, Any], served, adapt: bool, mode: str, streams: int) -> dict[str, Any]:
     """The product path: StreamLoop + engine backend (+ background adaptation)."""
     from same_fast.serve.adaptation import AdaptConfig, OnlineAdaptation, ProcessAdaptation
+    from same_fast.serve.cpus import serving_step
     from same_fast.stream import LoopConfig, StreamLoop
 
     n = o["frames"]
@@ -128,7 +132,8 @@ def run_loop(o: dict[str, Any], served, adapt: bool, mode: str, streams: int) ->
     adaptation = None
     if adapt:
         acfg = AdaptConfig(batch=o["adapt_batch"], every=o["adapt_every"], crop=o["size"],
-                           buffer=64)
+                           buffer=64, cpus=o["adapt_cpus"],
+                           publish_every_s=o["publish_every_s"])
         if o["adapt_in"] == "process":
             adaptation = ProcessAdaptation(served, acfg)
             adaptation.ready.wait(300)  # child start-up (imports) is not part of the stream
@@ -144,7 +149,8 @@ def run_loop(o: dict[str, Any], served, adapt: bool, mode: str, streams: int) ->
         step_s.append(time.perf_counter() - t)
         return out
 
-    loop = StreamLoop(step, LoopConfig(
+    # As `same-fast serve` does: the loop's workers keep off the adapter's CPUs.
+    loop = StreamLoop(serving_step(step, adaptation.cpus if adaptation else None), LoopConfig(
         capacity=o["capacity"], max_batch=o["max_batch"], max_delay_ms=o["max_delay_ms"],
         policy="drop_oldest" if fixed else "block"))
     futures: list[list] = [[] for _ in range(streams)]
@@ -198,8 +204,8 @@ def run_serial(o: dict[str, Any], served, adapt: bool, mode: str, streams: int
     if adapt:
         # No thread: the same adaptation steps run inline, in this loop.
         adaptation = OnlineAdaptation(served, AdaptConfig(
-            batch=o["adapt_batch"], every=o["adapt_every"], crop=o["size"], buffer=64),
-            start=False)
+            batch=o["adapt_batch"], every=o["adapt_every"], crop=o["size"], buffer=64,
+            publish_every_s=o["publish_every_s"]), start=False)
     lat: list[float] = []
     step_s: list[float] = []
     fixed = mode == "fixed"
@@ -299,5 +305,8 @@ def _run(o: dict[str, Any]) -> dict[str, Any]:
             "adapt steps loop/serial": [lm["adapt_steps"], sm["adapt_steps"]],
             **({"done_when_met": c["done_when_met"]} if "done_when_met" in c else {}),
         })
+    from same_fast.serve.cpus import plan_adapter_cpus
+
     return {"suite": "stream", "environment": environment(), "options": o,
+            "adapt_cpus": plan_adapter_cpus(o["adapt_cpus"]).describe(),
             "model": served.describe(), "cases": results, "summary": summary}

@@ -64,6 +64,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adapt-in", default=d.adapt_in, choices=["process", "thread"],
                    help="run the adapter in a child process (no GIL shared with serving) "
                         "or a thread")
+    g.add_argument("--adapt-cpus", default=d.adapt_cpus, metavar="LIST",
+                   help="CPUs the adapter (child process or thread, its pipe threads, the "
+                        "loading of new weights into a standby backend) runs on; serving "
+                        "keeps the others. auto: the highest-numbered CPU when there are 2 or "
+                        "more; off; or a list like 1,3,5-7 that leaves a CPU for serving (Linux)")
+    g.add_argument("--adapt-publish-every-s", type=float, default=d.adapt_publish_every_s,
+                   metavar="S", help="publish new weights to the served model at most this "
+                                     "often (each swap slows the next frames; 0 = every step)")
     g.add_argument("--adapt-safety", default=d.adapt_safety, choices=["freeze", "reset", "off"],
                    help="when acceptance collapses or outputs drift from the source model")
     g.add_argument("--adapt-min-acceptance", type=float, default=d.adapt_min_acceptance,

@@ -4,7 +4,8 @@ in a background thread, and its new weights are published to the served model be
 Serving never waits for training: ``observe`` (called by the model worker after each batch)
 only copies the frames into a bounded hand-off buffer (when the adapter falls behind, the oldest
 unseen frames are skipped and counted); the adapter thread runs at a lower OS priority with one
-intra-op thread; the served model installs published weights at its next batch.
+intra-op thread, on CPUs of its own (``AdaptConfig.cpus``, ``same_fast.serve.cpus``); the served
+model installs published weights at its next batch, at most every ``publish_every_s``.
 
 The adapter is the adaptation engineer's ``OnlineAdapter`` (SPEC section 5: teacher pseudo-
 labels, picker weights, student distillation, EMA; one step every ``every`` frames from a buffer
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,7 @@ import torch
 
 from same_fast.adapt.audit import AuditLog
 from same_fast.errors import InputError
+from same_fast.serve.cpus import adapter_work, confine_thread, plan_adapter_cpus
 from same_fast.serve.model import ServedModel, weights_hash
 
 # Per-step records the adapter keeps; a server runs for days, so older ones are dropped.
@@ -46,8 +49,12 @@ class AdaptConfig:
     picker: picker checkpoint (None accepts every sample); safety: 'freeze', 'reset' or 'off';
     min_acceptance, max_drift: the safety thresholds (None: ``adapt.safety.SafetyConfig``'s);
     nice, threads: OS priority offset and torch intra-op threads of the adapter thread;
-    audit: JSONL audit log to append to (None: none); audit_hash_every: steps between weight
-    hashes in it.
+    cpus: where the adapter (child process or thread, its pipe threads, and the loading of new
+    weights into a standby backend) may run: ``auto``, ``off`` or a CPU list (see
+    ``same_fast.serve.cpus``); publish_every_s: new weights reach the server at most this
+    often (each swap costs the next served batches; freeze and reset always publish); audit:
+    JSONL audit log to append to (None: none); audit_hash_every: steps between weight hashes
+    in it.
     """
 
     batch: int = 4
@@ -62,6 +69,8 @@ class AdaptConfig:
     seed: int = 0
     nice: int = 10
     threads: int = 1
+    cpus: str = "auto"
+    publish_every_s: float = 1.0
     min_acceptance: float | None = None
     max_drift: float | None = None
     audit: str | None = None
@@ -169,6 +178,9 @@ class OnlineAdaptation:
 
         self.config = cfg = config or AdaptConfig()
         self.served = served
+        self.cpus = plan_adapter_cpus(cfg.cpus, cfg.threads)
+        # Inline feeding (start=False: a serial baseline) runs in the caller's thread: not placed.
+        self._placed = self.cpus if start else None
         mult = int(getattr(served.module, "multiple", 1) or 1)
         size = max(mult, cfg.crop // mult * mult)
         lib = LibConfig(mode="online", batch=cfg.batch, size=max(size, 8), lr=cfg.lr,
@@ -186,6 +198,7 @@ class OnlineAdaptation:
         self.adapter = OnlineAdapter(module, picker, lib, safety, audit=self.audit)
         self._closed = False
         self._published = self.adapter.version
+        self._published_at = float("-inf")
         self._pub_lock = threading.Lock()  # the adapter thread and a reset both publish
         self._inbox: deque[torch.Tensor] = deque(maxlen=cfg.buffer)
         self._cv = threading.Condition()
@@ -217,6 +230,7 @@ class OnlineAdaptation:
     def _run(self) -> None:
         with contextlib.suppress(OSError, AttributeError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.config.nice)
+        confine_thread(self.cpus.adapter)
         if self.config.threads > 0:
             # OpenMP's thread count is per calling thread: this caps the adapter's share of
             # cores without changing the serving thread's.
@@ -234,29 +248,37 @@ class OnlineAdaptation:
         """Give frames ``(C, H, W)`` [0, 1] to the adapter (runs the steps that fall due, in this
         thread) and publish the served weights if they changed."""
         try:
+            safety = (self.adapter.frozen, self.adapter.resets)
             for f in frames:
                 if self._stop or self.adapter.frozen:
                     break
                 self.adapter.observe(f[None])
             if len(self.adapter.history) > 2 * _HISTORY:
                 del self.adapter.history[:-_HISTORY]
-            self._publish_if_changed()
+            # A safety freeze or reset is served at once; other weights wait for the interval.
+            self._publish_if_changed(force=(self.adapter.frozen, self.adapter.resets) != safety)
         except Exception as e:  # a failing step must not stop serving; it is reported
             self.errors += 1
             self.last_error = f"{type(e).__name__}: {e}"[:300]
 
-    def _publish_if_changed(self) -> None:
+    def _publish_if_changed(self, force: bool = False) -> None:
         with self._pub_lock:
             if self.adapter.version == self._published:
                 return
+            now = time.monotonic()
+            if not force and now - self._published_at < self.config.publish_every_s:
+                return  # held back: the next feed (at most 1 s away, frames or not) publishes it
+            self._published_at = now
             state, version = self.adapter.snapshot()
-            self.served.publish(state, weights_hash(state))
+            with adapter_work(self._placed):  # the standby backend loads off serving's CPUs
+                self.served.publish(state, weights_hash(state))
             self._published = version
 
     # -- control ----------------------------------------------------------------------------
     def freeze(self) -> None:
-        """Stop adapting; the currently served weights stay."""
+        """Stop adapting; the adapter's latest weights are served from the next batch on."""
         self.adapter.freeze("requested over HTTP")
+        self._publish_if_changed(force=True)
 
     def resume(self) -> None:
         self.adapter.resume()
@@ -266,7 +288,7 @@ class OnlineAdaptation:
         self.adapter.reset("requested over HTTP")
         with self._cv:
             self._inbox.clear()
-        self._publish_if_changed()
+        self._publish_if_changed(force=True)
 
     def close(self) -> None:
         """Stop the adapter thread; the audit log gets its ``end`` record and is closed."""
@@ -299,7 +321,8 @@ class OnlineAdaptation:
                 "resets": s["resets"], "errors": self.errors, "last_error": self.last_error,
                 "serves": self.config.serve, "picker": self.config.picker,
                 "safety": self.config.safety, "runs_in": "thread", "reason": s["reason"],
-                "last_drift": self.adapter.safety.last_drift, "audit": self.config.audit}
+                "last_drift": self.adapter.safety.last_drift, "audit": self.config.audit,
+                **self.cpus.describe()}
 
 
 class ProcessAdaptation:
@@ -325,6 +348,7 @@ class ProcessAdaptation:
             raise InputError(f"--adapt online needs a trainable SAMENet; '{served.name}' is not")
         self.config = cfg = config or AdaptConfig()
         self.served = served
+        self.cpus = plan_adapter_cpus(cfg.cpus, cfg.threads)
         self._ipc = adapter_proc
         mult = int(getattr(module, "multiple", 1) or 1)
         child_cfg = {
@@ -332,6 +356,8 @@ class ProcessAdaptation:
             "lr": cfg.lr, "ema": cfg.ema, "every": cfg.every, "buffer": cfg.buffer,
             "serve": cfg.serve, "seed": cfg.seed, "safety": cfg.safety, "picker": cfg.picker,
             "nice": cfg.nice, "threads": cfg.threads,
+            "cpus": sorted(self.cpus.adapter) if self.cpus.adapter else None,
+            "publish_every_s": cfg.publish_every_s,
             "min_acceptance": cfg.min_acceptance, "max_drift": cfg.max_drift,
             "modality": str(served.metadata.get("modality") or "fundus")}
         if cfg.audit:
@@ -342,6 +368,10 @@ class ProcessAdaptation:
         state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
         self.proc = subprocess.Popen([sys.executable, "-m", "same_fast.serve.adapter_proc"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        if self.cpus.adapter:
+            # At once, before the child starts threads (they inherit it); it confines itself too.
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(self.proc.pid, set(self.cpus.adapter))
         adapter_proc.write_msg(self.proc.stdin, {"type": "init", "config": child_cfg,
                                                  "metadata": meta}, st_save(state))
         self._inbox: deque[torch.Tensor] = deque(maxlen=cfg.buffer)
@@ -378,17 +408,25 @@ class ProcessAdaptation:
             self._cv.notify()
 
     def _write_loop(self) -> None:
+        confine_thread(self.cpus.adapter)
+        every = self.config.publish_every_s
+        flush_due = False  # frames went out since the child was last told to publish
         try:
             while True:
                 with self._cv:
-                    self._cv.wait_for(lambda: self._stop or bool(self._inbox) or
-                                      bool(self._controls))
+                    woke = self._cv.wait_for(lambda: self._stop or bool(self._inbox) or
+                                             bool(self._controls),
+                                             timeout=every if flush_due else None)
                     control = self._controls.popleft() if self._controls else None
                     frames = [] if control else list(self._inbox)
                     if not control:
                         self._inbox.clear()
                     if control is None and not frames and self._stop:
                         return
+                if not woke:  # no frames for a publish interval: send what the child held back
+                    self._ipc.write_msg(self.proc.stdin, {"type": "publish"})
+                    flush_due = False
+                    continue
                 if control is not None:
                     self._ipc.write_msg(self.proc.stdin, control)
                     if control["type"] == "stop":
@@ -403,12 +441,14 @@ class ProcessAdaptation:
                     self._ipc.write_msg(self.proc.stdin, {"type": "frames",
                                                           "shape": [len(fs), *shape]},
                                         x.view(torch.uint8).numpy().tobytes())
+                flush_due = every > 0
         except (BrokenPipeError, OSError, ValueError) as e:
             self._fail(f"adapter process pipe closed ({e})")
 
     def _read_loop(self) -> None:
         from safetensors.torch import load as st_load
 
+        confine_thread(self.cpus.adapter)
         try:
             while True:
                 msg = self._ipc.read_msg(self.proc.stdout)
@@ -423,7 +463,9 @@ class ProcessAdaptation:
                 if kind == "ready":
                     self.ready.set()
                 elif kind == "weights":
-                    self.served.publish(st_load(payload), header["hash"])
+                    # The standby backend is built here, on the adapter's CPUs.
+                    with adapter_work(self.cpus):
+                        self.served.publish(st_load(payload), header["hash"])
                 elif kind == "error":
                     self.errors += 1
                     self.last_error = header.get("message")
@@ -499,4 +541,4 @@ class ProcessAdaptation:
                 "serves": self.config.serve, "picker": self.config.picker,
                 "safety": self.config.safety, "reason": s.get("reason"),
                 "last_drift": s.get("last_drift"), "audit": self.config.audit,
-                "pid": self.proc.pid}
+                "pid": self.proc.pid, **self.cpus.describe()}

@@ -8,9 +8,11 @@ messages (a JSON header and raw bytes: float16 frames in, safetensors weights ou
 
 Message framing (both directions): 4-byte big-endian header length, the UTF-8 JSON header,
 8-byte big-endian payload length, the payload.
-Parent -> child: ``init`` (header: config, architecture metadata; payload: safetensors source
-weights), ``frames`` (header: shape; payload: float16 (N, C, H, W) in [0, 1]), ``freeze``,
-``resume``, ``reset``, ``stop`` (each control header carries an ``id`` echoed in an ``ack``).
+Parent -> child: ``init`` (header: config, with ``cpus``: the CPU list to confine the child to
+or null, architecture metadata; payload: safetensors source weights), ``frames`` (header:
+shape; payload: float16 (N, C, H, W) in [0, 1]), ``publish`` (send weights held back by
+``publish_every_s`` now; no ack), ``freeze``, ``resume``, ``reset``, ``stop`` (each control
+header carries an ``id`` echoed in an ``ack``).
 Child -> parent: ``ready`` (after init), ``weights`` (header: version, hash, stats; payload:
 safetensors state of the served model), ``ack`` (header: id, stats), ``error`` (header:
 message).
@@ -81,15 +83,7 @@ def _stats(adapter: Any) -> dict[str, Any]:
 def main() -> int:
     import signal
 
-    import torch
-    from safetensors.torch import load as st_load
-    from safetensors.torch import save as st_save
-
-    from same_fast.adapt.loop import AdaptConfig as LibConfig
-    from same_fast.adapt.online import OnlineAdapter
-    from same_fast.models import build_from_metadata
-    from same_fast.serve.adaptation import open_audit, safety_config
-    from same_fast.serve.model import weights_hash
+    from same_fast.serve.cpus import confine_process
 
     # The parent owns our lifetime (stdin closes when it goes); a Ctrl+C at the terminal, or a
     # service manager's SIGTERM to the whole group, must not kill training mid-message: the
@@ -103,10 +97,22 @@ def main() -> int:
         return 2
     header, payload = first
     cfg = header["config"]
+    # Priority and CPUs before torch starts any thread: threads inherit both.
     try:
         os.nice(int(cfg.get("nice", 10)))
     except OSError:
         pass
+    confine_process(cfg.get("cpus"))
+    import torch
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    from same_fast.adapt.loop import AdaptConfig as LibConfig
+    from same_fast.adapt.online import OnlineAdapter
+    from same_fast.models import build_from_metadata
+    from same_fast.serve.adaptation import open_audit, safety_config
+    from same_fast.serve.model import weights_hash
+
     torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
     model = build_from_metadata(header["metadata"], "adapter")
     model.load_state_dict(st_load(payload))
@@ -127,7 +133,8 @@ def main() -> int:
     write_msg(out, {"type": "ready", "stats": _stats(adapter)})
     end = "adapter process ended"
     try:
-        end = _serve(adapter, inp, out, weights_hash, st_save)
+        end = _serve(adapter, inp, out, weights_hash, st_save,
+                     float(cfg.get("publish_every_s") or 0.0))
         return 0
     finally:
         if audit is not None:
@@ -138,17 +145,30 @@ def main() -> int:
                 audit.close()
 
 
-def _serve(adapter: Any, inp: BinaryIO, out: BinaryIO, weights_hash: Any, st_save: Any) -> str:
-    """Answer the parent's messages until "stop" or end of input; returns why it ended."""
+def _serve(adapter: Any, inp: BinaryIO, out: BinaryIO, weights_hash: Any, st_save: Any,
+           publish_every_s: float = 0.0) -> str:
+    """Answer the parent's messages until "stop" or end of input; returns why it ended.
+
+    New weights go out at most every ``publish_every_s`` seconds (controls, the ``publish``
+    message and safety actions publish at once); held-back weights go out with the first
+    message after the interval.
+    """
+    import time
+
     import torch
 
     published = adapter.version
+    last = float("-inf")
     history_cap = 1024
 
-    def publish() -> None:
-        nonlocal published
+    def publish(force: bool = False) -> None:
+        nonlocal published, last
         if adapter.version == published:
             return
+        now = time.monotonic()
+        if not force and now - last < publish_every_s:
+            return
+        last = now
         state, version = adapter.snapshot()
         state = {k: v.contiguous() for k, v in state.items()}
         write_msg(out, {"type": "weights", "version": version, "hash": weights_hash(state),
@@ -163,6 +183,7 @@ def _serve(adapter: Any, inp: BinaryIO, out: BinaryIO, weights_hash: Any, st_sav
         kind = header.get("type")
         try:
             if kind == "frames":
+                safety = (adapter.frozen, adapter.resets)
                 x = torch.frombuffer(bytearray(payload), dtype=torch.float16)
                 x = x.reshape(header["shape"]).float()
                 for f in x:
@@ -171,7 +192,10 @@ def _serve(adapter: Any, inp: BinaryIO, out: BinaryIO, weights_hash: Any, st_sav
                     adapter.observe(f[None])
                 if len(adapter.history) > 2 * history_cap:
                     del adapter.history[:-history_cap]
-                publish()
+                # A safety freeze or reset is served (and reported) at once.
+                publish(force=(adapter.frozen, adapter.resets) != safety)
+            elif kind == "publish":
+                publish(force=True)
             elif kind in ("freeze", "resume", "reset"):
                 if kind == "freeze":
                     adapter.freeze("requested over HTTP")
@@ -179,7 +203,7 @@ def _serve(adapter: Any, inp: BinaryIO, out: BinaryIO, weights_hash: Any, st_sav
                     adapter.resume()
                 else:
                     adapter.reset("requested over HTTP")
-                publish()
+                publish(force=True)
                 write_msg(out, {"type": "ack", "id": header.get("id"), "stats": _stats(adapter)})
             elif kind == "stop":
                 write_msg(out, {"type": "ack", "id": header.get("id"), "stats": _stats(adapter)})

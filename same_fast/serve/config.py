@@ -29,6 +29,10 @@ class ServeConfig:
     adapt_min_acceptance, adapt_max_drift: safety thresholds (None: the library defaults, 0.05
     and 0.15). audit: JSONL file that every adaptation step and event is appended to (needs
     ``adapt='online'``); audit_hash_every: steps between served-weights hashes in it.
+    adapt_cpus: CPUs the adapter is confined to, the stream loop's workers keeping the others
+    (``auto``: the highest-numbered usable CPU when there are two or more; ``off``; or a list
+    like ``1,3,5-7``; see ``same_fast.serve.cpus``). adapt_publish_every_s: new weights reach
+    the served model at most this often (seconds; 0 = after every step).
     """
 
     model: str = "identity"
@@ -62,6 +66,8 @@ class ServeConfig:
     adapt_serve: str = "student"
     adapt_safety: str = "freeze"
     adapt_in: str = "process"
+    adapt_cpus: str = "auto"
+    adapt_publish_every_s: float = 1.0
     adapt_min_acceptance: float | None = None
     adapt_max_drift: float | None = None
     audit: str | None = None
@@ -90,6 +96,10 @@ class ServeConfig:
                      "adapt_buffer"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.adapt == "online" or self.adapt_cpus.strip().lower() not in ("auto", "off"):
+            from same_fast.serve.cpus import plan_adapter_cpus
+
+            plan_adapter_cpus(self.adapt_cpus)  # a bad list fails here, before any model loads
         if self.audit and self.adapt != "online":
             raise InputError("--audit logs online adaptation; add --adapt online")
         if self.audit_hash_every < 0:
@@ -98,6 +108,8 @@ class ServeConfig:
             raise InputError("--adapt-min-acceptance must be in [0, 1]")
         if self.adapt_max_drift is not None and not self.adapt_max_drift >= 0:
             raise InputError("--adapt-max-drift must be >= 0")
+        if not self.adapt_publish_every_s >= 0:
+            raise InputError("--adapt-publish-every-s must be >= 0")
         if self.max_delay_ms < 0:
             raise InputError("--max-delay-ms must be >= 0")
         if not self.pipe and not is_loopback(self.host) and not self.token:

@@ -123,6 +123,8 @@ def run_server(config: ServeConfig, log_level: str = "info") -> int:
     host, port = sock.getsockname()[:2]
     log.info("same-fast serving %s on http://%s:%s (backend %s, adapt %s)", config.model, host,
              port, service.model.backend, config.adapt)
+    if service.adaptation is not None:
+        log.info("online adaptation: %s", service.adaptation.cpus.note)
     ws = f" and ws://{host}:{port}/v1/stream" if config.stream else ""
     print(f"same-fast: serving {config.model} on http://{host}:{port}{ws}", flush=True)
     try:

@@ -15,6 +15,7 @@ import numpy as np
 from same_fast.errors import InputError, SameFastError
 from same_fast.serve.adaptation import AdaptConfig, OnlineAdaptation, ProcessAdaptation
 from same_fast.serve.config import ServeConfig
+from same_fast.serve.cpus import serving_step
 from same_fast.serve.metrics import Metrics
 from same_fast.serve.model import ServedModel, load_served_model
 from same_fast.stream import LoopClosed, LoopConfig, QueueFull, StreamLoop
@@ -43,14 +44,18 @@ class Service:
                 serve=config.adapt_serve, picker=config.picker, safety=config.adapt_safety,
                 seed=config.seed, min_acceptance=config.adapt_min_acceptance,
                 max_drift=config.adapt_max_drift, audit=config.audit,
-                audit_hash_every=config.audit_hash_every)
+                audit_hash_every=config.audit_hash_every, cpus=config.adapt_cpus,
+                publish_every_s=config.adapt_publish_every_s)
             # A child process shares no GIL with serving (lower tail latency); a thread starts
             # faster and works for any torch module.
             cls = ProcessAdaptation if config.adapt_in == "process" else OnlineAdaptation
             self.adaptation = cls(self.model, acfg)
         observe = self.adaptation.observe if self.adaptation else None
         model_ref = self.model
-        self.loop = StreamLoop(lambda frames: model_ref.frame_step(frames, observe), LoopConfig(
+        # With the adapter placed (--adapt-cpus), the loop's workers keep to the other CPUs.
+        step = serving_step(lambda frames: model_ref.frame_step(frames, observe),
+                            self.adaptation.cpus if self.adaptation else None)
+        self.loop = StreamLoop(step, LoopConfig(
             capacity=config.capacity, max_batch=config.max_batch,
             max_delay_ms=config.max_delay_ms, policy=config.policy, workers=config.workers))
         self.metrics = Metrics()
