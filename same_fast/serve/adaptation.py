@@ -449,6 +449,8 @@ class ProcessAdaptation:
         from safetensors.torch import load as st_load
 
         confine_thread(self.cpus.adapter)
+        if self.config.threads > 0:  # weights copied into a torch standby: no OpenMP team here
+            torch.set_num_threads(self.config.threads)
         try:
             while True:
                 msg = self._ipc.read_msg(self.proc.stdout)
