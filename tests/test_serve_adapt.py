@@ -26,6 +26,17 @@ def _png(a: np.ndarray) -> bytes:
     return b.getvalue()
 
 
+def _online_service(model: str, adapt_in: str = "process", **overrides) -> Service:
+    """A streaming service adapting online with tiny settings (a step every 2 frames of batch
+    2, 16 px crops, batches of 2 frames within 1 ms), its adapter ready."""
+    kw = dict(stream=True, model=model, adapt="online", adapt_every=2, adapt_batch=2,
+              adapt_crop=16, max_batch=2, max_delay_ms=1, adapt_in=adapt_in)
+    svc = Service(ServeConfig(**{**kw, **overrides}))
+    if adapt_in == "process":
+        assert svc.adaptation.ready.wait(120), svc.adaptation.last_error
+    return svc
+
+
 @pytest.fixture()
 def tiny_model(tmp_path):
     torch.manual_seed(0)
@@ -63,12 +74,7 @@ def _wait_steps_settle(url):
 @pytest.mark.parametrize("adapt_in", ["process", "thread"])
 def test_online_adaptation_publishes_freezes_and_resets(tiny_model, adapt_in):
     # Every step publishes (no --adapt-publish-every-s interval): the loop below waits for two.
-    cfg = ServeConfig(stream=True, model=tiny_model, adapt="online", adapt_every=2,
-                      adapt_batch=2, adapt_crop=16, adapt_safety="off", max_batch=2,
-                      max_delay_ms=1, adapt_in=adapt_in, adapt_publish_every_s=0)
-    svc = Service(cfg)
-    if adapt_in == "process":
-        assert svc.adaptation.ready.wait(120), svc.adaptation.last_error
+    svc = _online_service(tiny_model, adapt_in, adapt_safety="off", adapt_publish_every_s=0)
     rng = np.random.default_rng(0)
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
         source = httpx.get(srv.url + "/v1/model").json()
@@ -132,12 +138,8 @@ def test_audit_log_records_every_step_and_event(tiny_model, tmp_path, adapt_in):
     from same_fast.adapt.audit import read_audit
 
     log = tmp_path / "logs" / "audit.jsonl"
-    cfg = ServeConfig(stream=True, model=tiny_model, adapt="online", adapt_every=2,
-                      adapt_batch=2, adapt_crop=16, adapt_safety="off", max_batch=2,
-                      max_delay_ms=1, adapt_in=adapt_in, audit=str(log), audit_hash_every=3)
-    svc = Service(cfg)
-    if adapt_in == "process":
-        assert svc.adaptation.ready.wait(120), svc.adaptation.last_error
+    svc = _online_service(tiny_model, adapt_in, adapt_safety="off", audit=str(log),
+                          audit_hash_every=3)
     rng = np.random.default_rng(1)
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
         source = httpx.get(srv.url + "/v1/model").json()
@@ -215,12 +217,8 @@ def test_drift_freezes_adaptation_visibly(tiny_model, tmp_path):
     # at the first check, so it freezes itself at step 4. /v1/model, /metrics and the audit log
     # say so, and the served weights stop changing.
     log = tmp_path / "audit.jsonl"
-    cfg = ServeConfig(stream=True, model=tiny_model, adapt="online", adapt_every=1,
-                      adapt_batch=2, adapt_crop=16, adapt_lr=1e-2, adapt_safety="freeze",
-                      adapt_max_drift=1e-7, max_batch=2, max_delay_ms=1, adapt_in="process",
-                      audit=str(log))
-    svc = Service(cfg)
-    assert svc.adaptation.ready.wait(120), svc.adaptation.last_error
+    svc = _online_service(tiny_model, "process", adapt_every=1, adapt_lr=1e-2,
+                          adapt_safety="freeze", adapt_max_drift=1e-7, audit=str(log))
     rng = np.random.default_rng(2)
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
         _, info = _stream_until(ws, srv.url, rng, lambda m: m["adaptation"]["state"] == "frozen")
@@ -251,11 +249,8 @@ def test_collapsed_acceptance_resets_adaptation_visibly(tiny_model, tmp_path):
     torch.manual_seed(0)
     picker = save_picker(tmp_path / "reject.safetensors", IQANet(1, width=4, depth=2, size=32),
                          StructureVAE(size=16, latent=4, width=4), -1e9, "ultrasound")
-    cfg = ServeConfig(stream=True, model=tiny_model, adapt="online", adapt_every=1,
-                      adapt_batch=2, adapt_crop=16, adapt_safety="reset", max_batch=2,
-                      max_delay_ms=1, adapt_in="thread", picker=str(picker),
-                      audit=str(tmp_path / "audit.jsonl"))
-    svc = Service(cfg)
+    svc = _online_service(tiny_model, "thread", adapt_every=1, adapt_safety="reset",
+                          picker=str(picker), audit=str(tmp_path / "audit.jsonl"))
     rng = np.random.default_rng(3)
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
         source = httpx.get(srv.url + "/v1/model").json()

@@ -196,6 +196,11 @@ def load_samples(spec: str, channels: int, load_size: int, modality: str, max_im
     return list(sets.items())
 
 
+def _split_seed(cfg: SourceConfig) -> int:
+    """The hold-out split's seed: ``split_seed``, else the training ``seed``."""
+    return cfg.seed if cfg.split_seed is None else cfg.split_seed
+
+
 def split(sets: list[tuple[str, list[Sample]]], holdout: float, seed: int
           ) -> tuple[list[Sample], list[Sample]]:
     """Per set, hold out ``ceil(holdout * n)`` images (at least 1 when n > 1) chosen by seed."""
@@ -314,8 +319,7 @@ def validation_set(val: list[Sample], cfg: SourceConfig, device: torch.device
         return None
     x, _mask, fov, _ = _stack(val, device)
     x = x * fov
-    g = torch.Generator().manual_seed((cfg.seed if cfg.split_seed is None else cfg.split_seed)
-                                      + 1000)
+    g = torch.Generator().manual_seed(_split_seed(cfg) + 1000)
     y = torch.cat([degrade(x[i:i + 1], cfg.degrade or MODALITIES[cfg.modality][1], g,
                            fov[i:i + 1]) for i in range(len(val))])
     return {"clean": x, "degraded": y, "fov": fov}
@@ -395,8 +399,7 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     channels = MODALITIES[cfg.modality][0]
     sets = load_samples(cfg.data, channels, cfg.load_size, cfg.modality, cfg.max_images)
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-    train, val = split(sets, cfg.holdout, split_seed)
+    train, val = split(sets, cfg.holdout, _split_seed(cfg))
     out = Path(cfg.out)
     last = _last_path(out)
     model = SAMENet(channels, cfg.preset, **cfg.net).to(device)
