@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -27,16 +27,18 @@ DEFAULT_REDEGRADE = {"fundus": "fundus-shen2020", "ultrasound": "ultrasound-spec
 
 
 @dataclass
-class AdaptConfig:
+class AdaptConfig(StepConfig):
     """Every knob of ``same-fast adapt`` (one field per flag); shared by offline and online modes.
 
+    The step's own fields (lr, betas, ema, w_l1, w_struct, w_entropy, w_ssim, compile,
+    teacher_dropout) are inherited from ``StepConfig``; ``step_config()`` hands them on.
     steps: optimizer steps (offline: used when epochs == 0); epochs: passes over the images
     (steps = epochs * ceil(n / batch)); batch: images per step (4 in the paper); size: side of
     the square training views in pixels (a multiple of the model's ``multiple``); schedule:
-    'constant' or 'paper'; lr, ema, w_*: see ``StepConfig``; redegrade: give the student a
-    re-degraded view (preset ``redegrade_preset`` or the modality's default, scaled by
-    ``redegrade_strength``); every / buffer: online cadence (adapt every k frames from a buffer
-    of the last ``buffer`` frames); serve: 'student' or 'teacher'; hash_every: audit hash period.
+    'constant' or 'paper'; redegrade: give the student a re-degraded view (preset
+    ``redegrade_preset`` or the modality's default, scaled by ``redegrade_strength``); every /
+    buffer: online cadence (adapt every k frames from a buffer of the last ``buffer`` frames);
+    serve: 'student' or 'teacher'; hash_every: audit hash period.
     """
 
     mode: str = "offline"
@@ -45,13 +47,6 @@ class AdaptConfig:
     batch: int = 4
     size: int = 256
     schedule: str = "constant"
-    lr: float = 2e-4
-    ema: float = 0.995
-    w_l1: float = 0.9
-    w_struct: float = 0.1
-    w_entropy: float = 1.0
-    w_ssim: float = 0.0
-    teacher_dropout: bool = True
     redegrade: bool = False
     redegrade_preset: str = ""
     redegrade_strength: float = 0.3
@@ -66,9 +61,7 @@ class AdaptConfig:
     gate_entropy: bool = True
 
     def step_config(self) -> StepConfig:
-        return StepConfig(lr=self.lr, ema=self.ema, w_l1=self.w_l1, w_struct=self.w_struct,
-                          w_entropy=self.w_entropy, w_ssim=self.w_ssim,
-                          teacher_dropout=self.teacher_dropout)
+        return StepConfig(**{f.name: getattr(self, f.name) for f in fields(StepConfig)})
 
     def augment_config(self, multiple: int) -> AugmentConfig:
         if self.size % multiple:
