@@ -1,0 +1,76 @@
+"""ServedModel: weights published by adaptation go into a warmed standby backend and swap in
+between batches, with an exact weights version per batch."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from same_fast.serve.model import ServedModel
+
+
+class FakeBackend:
+    """Records the batch shapes it ran and the weights it holds."""
+
+    def __init__(self, fail_on: tuple[int, ...] | None = None) -> None:
+        self.calls: list[tuple[int, ...]] = []
+        self.weights: dict[str, torch.Tensor] | None = None
+        self.fail_on = fail_on
+
+    def enhance(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(tuple(x.shape))
+        if self.fail_on is not None and tuple(x.shape) == self.fail_on:
+            raise RuntimeError("boom")
+        return x
+
+    def update_weights(self, state: dict[str, torch.Tensor]) -> None:
+        self.weights = state
+
+
+def _served(make=FakeBackend) -> tuple[ServedModel, FakeBackend, list[FakeBackend]]:
+    built: list[FakeBackend] = []
+
+    def factory() -> FakeBackend:
+        built.append(make())
+        return built[-1]
+
+    cur = FakeBackend()
+    return ServedModel(cur.enhance, "fake", backend_factory=factory, current_backend=cur), cur, \
+        built
+
+
+def _frame(h: int = 24, w: int = 20, c: int = 3) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (h, w, c), dtype=np.uint8)
+
+
+def test_publish_warms_the_standby_on_the_last_served_shape_then_swaps_between_batches():
+    served, cur, built = _served()
+    served.publish({"w": torch.ones(1)}, "h1")  # nothing served yet: no shape to warm with
+    assert built[0].calls == [] and built[0].weights is not None
+    out = served.frame_step([_frame()])  # the swap happens here, before the batch runs
+    assert out[0][1:] == (1, "h1") and cur.calls == [] and built[0].calls == [(1, 3, 24, 20)]
+
+    served.publish({"w": torch.full((1,), 2.0)}, "h2")
+    # the old current backend became the standby: it takes the new weights and is warmed once
+    assert cur.weights is not None and float(cur.weights["w"]) == 2.0
+    assert cur.calls == [(1, 3, 24, 20)]
+    out = served.frame_step([_frame(), _frame()])
+    assert [o[1:] for o in out] == [(2, "h2")] * 2
+    assert cur.calls == [(1, 3, 24, 20), (2, 3, 24, 20)]
+
+
+def test_a_failed_warm_up_still_publishes_and_a_failed_batch_sets_no_warm_shape():
+    served, cur, built = _served(lambda: FakeBackend(fail_on=(1, 3, 24, 20)))
+    served.frame_step([_frame()])
+    served.publish({"w": torch.ones(1)}, "h1")
+    standby = built[0]
+    assert standby.calls == [(1, 3, 24, 20)]  # the warm-up ran and raised
+    served.frame_step([_frame(20, 16)])  # swapped in although its warm-up failed
+    assert served.weights_hash == "h1" and standby.calls[-1] == (1, 3, 20, 16)
+
+    # a batch that fails leaves the warm shape at the last one that was served
+    standby.fail_on = (1, 1, 8, 8)
+    with pytest.raises(RuntimeError):
+        served.frame_step([_frame(8, 8, 1)])
+    served.publish({"w": torch.zeros(1)}, "h2")
+    assert cur.calls[-1] == (1, 3, 20, 16)
