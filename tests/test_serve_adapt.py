@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 
 from same_fast.models import save_model
 from same_fast.nn import SAMENet
-from same_fast.serve.config import ServeConfig
+from same_fast.serve.config import AdaptConfig, ServeConfig
 from same_fast.serve.server import ServerThread
 from same_fast.serve.service import Service
 
@@ -28,10 +28,11 @@ def _png(a: np.ndarray) -> bytes:
 
 def _online_service(model: str, adapt_in: str = "process", **overrides) -> Service:
     """A streaming service adapting online with tiny settings (a step every 2 frames of batch
-    2, 16 px crops, batches of 2 frames within 1 ms), its adapter ready."""
-    kw = dict(stream=True, model=model, adapt="online", adapt_every=2, adapt_batch=2,
-              adapt_crop=16, max_batch=2, max_delay_ms=1, adapt_in=adapt_in)
-    svc = Service(ServeConfig(**{**kw, **overrides}))
+    2, 16 px crops, batches of 2 frames within 1 ms), its adapter ready; overrides are
+    AdaptConfig fields."""
+    adaptation = AdaptConfig(**{**dict(every=2, batch=2, crop=16), **overrides})
+    svc = Service(ServeConfig(stream=True, model=model, adapt="online", max_batch=2,
+                              max_delay_ms=1, adapt_in=adapt_in, adaptation=adaptation))
     if adapt_in == "process":
         assert svc.adaptation.ready.wait(120), svc.adaptation.last_error
     return svc
@@ -74,7 +75,7 @@ def _wait_steps_settle(url):
 @pytest.mark.parametrize("adapt_in", ["process", "thread"])
 def test_online_adaptation_publishes_freezes_and_resets(tiny_model, adapt_in):
     # Every step publishes (no --adapt-publish-every-s interval): the loop below waits for two.
-    svc = _online_service(tiny_model, adapt_in, adapt_safety="off", adapt_publish_every_s=0)
+    svc = _online_service(tiny_model, adapt_in, safety="off", publish_every_s=0)
     rng = np.random.default_rng(0)
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
         source = httpx.get(srv.url + "/v1/model").json()
@@ -138,7 +139,7 @@ def test_audit_log_records_every_step_and_event(tiny_model, tmp_path, adapt_in):
     from same_fast.adapt.audit import read_audit
 
     log = tmp_path / "logs" / "audit.jsonl"
-    svc = _online_service(tiny_model, adapt_in, adapt_safety="off", audit=str(log),
+    svc = _online_service(tiny_model, adapt_in, safety="off", audit=str(log),
                           audit_hash_every=3)
     rng = np.random.default_rng(1)
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
@@ -185,7 +186,7 @@ def test_audit_needs_online_adaptation_and_a_writable_file(tmp_path):
     from same_fast.errors import InputError
 
     with pytest.raises(InputError, match="--adapt online"):
-        ServeConfig(audit=str(tmp_path / "a.jsonl")).validate()
+        ServeConfig(adaptation=AdaptConfig(audit=str(tmp_path / "a.jsonl"))).validate()
     blocker = tmp_path / "file"
     blocker.write_text("")
     from same_fast.serve.adaptation import check_audit_path
@@ -201,8 +202,35 @@ def test_audit_needs_online_adaptation_and_a_writable_file(tmp_path):
     cfg = config_from_args(p.parse_args(["--adapt", "online", "--audit", "x.jsonl",
                                          "--audit-hash-every", "5", "--adapt-max-drift", "0.1",
                                          "--adapt-min-acceptance", "0.2"]))
-    assert (cfg.audit, cfg.audit_hash_every, cfg.adapt_max_drift, cfg.adapt_min_acceptance) == \
-        ("x.jsonl", 5, 0.1, 0.2)
+    a = cfg.adaptation
+    assert (a.audit, a.audit_hash_every, a.max_drift, a.min_acceptance) == ("x.jsonl", 5, 0.1, 0.2)
+
+
+def test_every_adaptation_flag_sets_its_adaptconfig_field_and_names_it_in_errors():
+    import argparse
+
+    from same_fast.commands.serve import add_arguments, config_from_args
+    from same_fast.errors import InputError
+    from same_fast.serve.config import ADAPT_FLAGS
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert config_from_args(p.parse_args([])) == ServeConfig()  # the defaults are AdaptConfig's
+    given = {"batch": 3, "every": 5, "buffer": 7, "crop": 32, "lr": 0.5, "ema": 0.25,
+             "serve": "teacher", "cpus": "off", "publish_every_s": 2.5, "safety": "reset",
+             "min_acceptance": 0.125, "max_drift": 0.375, "audit": "a.jsonl",
+             "audit_hash_every": 4, "picker": "p.safetensors", "seed": 9}
+    assert set(given) == set(ADAPT_FLAGS)
+    argv = ["--adapt", "online", "--adapt-in", "thread"]
+    for name, value in given.items():
+        argv += [ADAPT_FLAGS[name], str(value)]
+    cfg = config_from_args(p.parse_args(argv)).validate()
+    assert cfg.adapt_in == "thread" and cfg.adaptation == AdaptConfig(**given)
+    for name, bad in (("batch", 0), ("every", 0), ("buffer", 0), ("audit_hash_every", -1),
+                      ("min_acceptance", 2.0), ("max_drift", -1.0), ("publish_every_s", -1.0),
+                      ("serve", "both"), ("safety", "panic")):
+        with pytest.raises(InputError, match=ADAPT_FLAGS[name] + " must be"):
+            ServeConfig(adaptation=AdaptConfig(**{name: bad})).validate()
 
 
 def _metric(text, name):
@@ -217,8 +245,8 @@ def test_drift_freezes_adaptation_visibly(tiny_model, tmp_path):
     # at the first check, so it freezes itself at step 4. /v1/model, /metrics and the audit log
     # say so, and the served weights stop changing.
     log = tmp_path / "audit.jsonl"
-    svc = _online_service(tiny_model, "process", adapt_every=1, adapt_lr=1e-2,
-                          adapt_safety="freeze", adapt_max_drift=1e-7, audit=str(log))
+    svc = _online_service(tiny_model, "process", every=1, lr=1e-2, safety="freeze",
+                          max_drift=1e-7, audit=str(log))
     rng = np.random.default_rng(2)
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
         _, info = _stream_until(ws, srv.url, rng, lambda m: m["adaptation"]["state"] == "frozen")
@@ -249,7 +277,7 @@ def test_collapsed_acceptance_resets_adaptation_visibly(tiny_model, tmp_path):
     torch.manual_seed(0)
     picker = save_picker(tmp_path / "reject.safetensors", IQANet(1, width=4, depth=2, size=32),
                          StructureVAE(size=16, latent=4, width=4), -1e9, "ultrasound")
-    svc = _online_service(tiny_model, "thread", adapt_every=1, adapt_safety="reset",
+    svc = _online_service(tiny_model, "thread", every=1, safety="reset",
                           picker=str(picker), audit=str(tmp_path / "audit.jsonl"))
     rng = np.random.default_rng(3)
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:

@@ -81,7 +81,7 @@ def test_bad_cpu_lists_are_input_errors(spec):
 def test_a_list_of_every_usable_cpu_leaves_none_for_serving():
     every = ",".join(str(c) for c in sorted(USABLE))
     with pytest.raises(InputError, match="leaves no CPU for serving"):
-        ServeConfig(adapt="online", adapt_cpus=every).validate()
+        ServeConfig(adapt="online", adaptation=AdaptConfig(cpus=every)).validate()
 
 
 @pytest.mark.parametrize("spec", ["nonsense", "3-1", "99999", "all-of-them"])
@@ -154,8 +154,8 @@ def test_serve_auto_places_the_adapter_and_keeps_the_loop_workers_off_its_cpus(a
         return step(frames, observe)
 
     served.frame_step = frame_step
-    svc = Service(ServeConfig(adapt="online", adapt_in=adapt_in, adapt_every=2, adapt_batch=2,
-                              adapt_crop=16, adapt_safety="off"), model=served)
+    svc = Service(ServeConfig(adapt="online", adapt_in=adapt_in, adaptation=AdaptConfig(
+        every=2, batch=2, crop=16, safety="off")), model=served)
     try:
         plan = svc.adaptation.cpus
         assert plan.adapter and plan.serving and not plan.adapter & plan.serving

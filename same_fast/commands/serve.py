@@ -12,10 +12,47 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import Any
 
-from same_fast.serve.config import ServeConfig
+from same_fast.serve.config import ADAPT_FLAGS, ADAPT_IN, ADAPT_SAFETY, ADAPT_SERVES, AdaptConfig, ServeConfig
 
 HELP = "serve enhancement over HTTP/WebSocket or a pipe"
+
+# argparse options of the online-adaptation flags by AdaptConfig field, in --help order: the flag
+# is ADAPT_FLAGS's, the default AdaptConfig's, and config_from_args nests the values.
+ADAPT_OPTIONS: dict[str, dict[str, Any]] = {
+    "batch": {"type": int},
+    "every": {"type": int, "help": "one adaptation step per this many served frames"},
+    "buffer": {"type": int},
+    "crop": {"type": int, "help": "training crop (px)"},
+    "lr": {"type": float},
+    "ema": {"type": float},
+    "serve": {"choices": list(ADAPT_SERVES)},
+    "cpus": {"metavar": "LIST",
+             "help": "CPUs the adapter (child process or thread, its pipe threads, the loading "
+                     "of new weights into a standby backend) runs on; serving keeps the others. "
+                     "auto: the highest-numbered CPU when there are 2 or more; off; or a list "
+                     "like 1,3,5-7 that leaves a CPU for serving (Linux)"},
+    "publish_every_s": {"type": float, "metavar": "S",
+                        "help": "publish new weights to the served model at most this often "
+                                "(each swap slows the next frames; 0 = every step)"},
+    "safety": {"choices": list(ADAPT_SAFETY),
+               "help": "when acceptance collapses or outputs drift from the source model"},
+    "min_acceptance": {"type": float,
+                       "help": "safety: mean picker acceptance over the last 8 steps below this "
+                               "collapses (default 0.05; 0 = never)"},
+    "max_drift": {"type": float,
+                  "help": "safety: mean |served - source| output difference above this, in "
+                          "[0, 1] intensity units, is drift (default 0.15; 0 = never)"},
+    "audit": {"metavar": "FILE",
+              "help": "append every adaptation step and event (publish, freeze, resume, reset, "
+                      "safety actions) to this JSONL audit log"},
+    "audit_hash_every": {"type": int, "metavar": "N",
+                         "help": "add the served weights' SHA-256 to every N-th step record "
+                                 "(events always carry it; 0 = events only)"},
+    "picker": {"help": "picker checkpoint (default: accept all)"},
+    "seed": {"type": int},
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,41 +90,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--send-timeout-s", type=float, default=d.send_timeout_s)
     g.add_argument("--drain-timeout-s", type=float, default=d.drain_timeout_s)
     g = p.add_argument_group("online adaptation")
-    g.add_argument("--adapt-batch", type=int, default=d.adapt_batch)
-    g.add_argument("--adapt-every", type=int, default=d.adapt_every,
-                   help="one adaptation step per this many served frames")
-    g.add_argument("--adapt-buffer", type=int, default=d.adapt_buffer)
-    g.add_argument("--adapt-crop", type=int, default=d.adapt_crop, help="training crop (px)")
-    g.add_argument("--adapt-lr", type=float, default=d.adapt_lr)
-    g.add_argument("--adapt-ema", type=float, default=d.adapt_ema)
-    g.add_argument("--adapt-serve", default=d.adapt_serve, choices=["student", "teacher"])
-    g.add_argument("--adapt-in", default=d.adapt_in, choices=["process", "thread"],
+    g.add_argument("--adapt-in", default=d.adapt_in, choices=list(ADAPT_IN),
                    help="run the adapter in a child process (no GIL shared with serving) "
                         "or a thread")
-    g.add_argument("--adapt-cpus", default=d.adapt_cpus, metavar="LIST",
-                   help="CPUs the adapter (child process or thread, its pipe threads, the "
-                        "loading of new weights into a standby backend) runs on; serving "
-                        "keeps the others. auto: the highest-numbered CPU when there are 2 or "
-                        "more; off; or a list like 1,3,5-7 that leaves a CPU for serving (Linux)")
-    g.add_argument("--adapt-publish-every-s", type=float, default=d.adapt_publish_every_s,
-                   metavar="S", help="publish new weights to the served model at most this "
-                                     "often (each swap slows the next frames; 0 = every step)")
-    g.add_argument("--adapt-safety", default=d.adapt_safety, choices=["freeze", "reset", "off"],
-                   help="when acceptance collapses or outputs drift from the source model")
-    g.add_argument("--adapt-min-acceptance", type=float, default=d.adapt_min_acceptance,
-                   help="safety: mean picker acceptance over the last 8 steps below this "
-                        "collapses (default 0.05; 0 = never)")
-    g.add_argument("--adapt-max-drift", type=float, default=d.adapt_max_drift,
-                   help="safety: mean |served - source| output difference above this, in "
-                        "[0, 1] intensity units, is drift (default 0.15; 0 = never)")
-    g.add_argument("--audit", default=d.audit, metavar="FILE",
-                   help="append every adaptation step and event (publish, freeze, resume, "
-                        "reset, safety actions) to this JSONL audit log")
-    g.add_argument("--audit-hash-every", type=int, default=d.audit_hash_every, metavar="N",
-                   help="add the served weights' SHA-256 to every N-th step record (events "
-                        "always carry it; 0 = events only)")
-    g.add_argument("--picker", default=d.picker, help="picker checkpoint (default: accept all)")
-    g.add_argument("--seed", type=int, default=d.seed)
+    a = AdaptConfig()
+    for name, options in ADAPT_OPTIONS.items():
+        g.add_argument(ADAPT_FLAGS[name], default=getattr(a, name), **options)
     g = p.add_argument_group("pipe mode")
     g.add_argument("--pipe", action="store_true", help="raw frames stdin -> stdout")
     g.add_argument("--shape", default=d.shape, help="HxWxC of every raw frame")
@@ -96,8 +104,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
-    names = {f.name for f in dataclasses.fields(ServeConfig)}
-    return ServeConfig(**{k: v for k, v in vars(args).items() if k in names})
+    """The ServeConfig of parsed ``serve`` arguments (the ``ADAPT_FLAGS`` ones nested in
+    ``adaptation``)."""
+    names = {f.name for f in dataclasses.fields(ServeConfig)} - {"adaptation"}
+    adaptation = AdaptConfig(**{name: getattr(args, _dest(flag))
+                                for name, flag in ADAPT_FLAGS.items()})
+    return ServeConfig(**{k: v for k, v in vars(args).items() if k in names},
+                       adaptation=adaptation)
+
+
+def _dest(flag: str) -> str:
+    """argparse's attribute for a ``--long-flag``."""
+    return flag.lstrip("-").replace("-", "_")
 
 
 def run(args: argparse.Namespace) -> int:

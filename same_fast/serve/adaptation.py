@@ -25,56 +25,18 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from same_fast.adapt.audit import AuditLog
 from same_fast.errors import InputError
+from same_fast.serve.config import AdaptConfig  # defined there, torch-free; importable here
 from same_fast.serve.cpus import adapter_work, confine_thread, plan_adapter_cpus
 from same_fast.serve.model import ServedModel, weights_hash
 
 # Per-step records the adapter keeps; a server runs for days, so older ones are dropped.
 _HISTORY = 1024
-
-
-@dataclass
-class AdaptConfig:
-    """Online adaptation settings (``same-fast serve --adapt-*`` flags).
-
-    batch: views per step; every: one step per this many served frames; buffer: recent frames
-    the adapter samples from; crop: side of the square training views (px, rounded down to the
-    model's multiple); lr, ema: optimiser and teacher EMA; serve: which model is published;
-    picker: picker checkpoint (None accepts every sample); safety: 'freeze', 'reset' or 'off';
-    min_acceptance, max_drift: the safety thresholds (None: ``adapt.safety.SafetyConfig``'s);
-    nice, threads: OS priority offset and torch intra-op threads of the adapter thread;
-    cpus: where the adapter (child process or thread, its pipe threads, and the loading of new
-    weights into a standby backend) may run: ``auto``, ``off`` or a CPU list (see
-    ``same_fast.serve.cpus``); publish_every_s: new weights reach the server at most this
-    often (each swap costs the next served batches; freeze and reset always publish); audit:
-    JSONL audit log to append to (None: none); audit_hash_every: steps between weight hashes
-    in it.
-    """
-
-    batch: int = 4
-    every: int = 4
-    buffer: int = 64
-    crop: int = 256
-    lr: float = 2e-4
-    ema: float = 0.995
-    serve: str = "student"
-    picker: str | None = None
-    safety: str = "freeze"
-    seed: int = 0
-    nice: int = 10
-    threads: int = 1
-    cpus: str = "auto"
-    publish_every_s: float = 1.0
-    min_acceptance: float | None = None
-    max_drift: float | None = None
-    audit: str | None = None
-    audit_hash_every: int = 10
 
 
 def safety_config(safety: str, min_acceptance: float | None = None,

@@ -1,12 +1,97 @@
-"""Serving configuration: one dataclass whose fields map 1:1 to ``same-fast serve`` flags."""
+"""Serving configuration: ``ServeConfig``, whose fields map 1:1 to ``same-fast serve`` flags but
+for ``adaptation``, the online-adaptation settings nested in it (``AdaptConfig``, whose flags
+``ADAPT_FLAGS`` names). Torch-free, so the CLI parses and validates before anything loads."""
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from same_fast.errors import InputError
 
 LOOPBACK_NAMES = ("localhost",)
+ADAPT_SERVES = ("student", "teacher")
+ADAPT_SAFETY = ("freeze", "reset", "off")
+ADAPT_IN = ("process", "thread")
+
+# The ``same-fast serve`` flag of each AdaptConfig field (``nice`` and ``threads`` have none):
+# commands/serve.py declares the flags from it, and the errors of AdaptConfig.validate name them.
+ADAPT_FLAGS = {
+    "batch": "--adapt-batch", "every": "--adapt-every", "buffer": "--adapt-buffer",
+    "crop": "--adapt-crop", "lr": "--adapt-lr", "ema": "--adapt-ema", "serve": "--adapt-serve",
+    "cpus": "--adapt-cpus", "publish_every_s": "--adapt-publish-every-s",
+    "safety": "--adapt-safety", "min_acceptance": "--adapt-min-acceptance",
+    "max_drift": "--adapt-max-drift", "audit": "--audit", "audit_hash_every": "--audit-hash-every",
+    "picker": "--picker", "seed": "--seed",
+}
+
+
+@dataclass
+class AdaptConfig:
+    """Online adaptation settings (``ServeConfig.adaptation``; the ``same-fast serve`` flags in
+    ``ADAPT_FLAGS``). Used by ``same_fast.serve.adaptation``, which re-exports it.
+
+    batch: views per step; every: one step per this many served frames; buffer: recent frames
+    the adapter samples from; crop: side of the square training views (px, rounded down to the
+    model's multiple); lr, ema: optimiser and teacher EMA; serve: which model is published;
+    picker: picker checkpoint (None accepts every sample); safety: 'freeze', 'reset' or 'off';
+    min_acceptance, max_drift: the safety thresholds (None: ``adapt.safety.SafetyConfig``'s,
+    0.05 and 0.15); nice, threads: OS priority offset and torch intra-op threads of the adapter
+    thread; cpus: where the adapter (child process or thread, its pipe threads, and the loading
+    of new weights into a standby backend) may run, the stream loop's workers keeping the
+    others: ``auto`` (the highest-numbered usable CPU when there are two or more), ``off`` or a
+    CPU list like ``1,3,5-7`` (see ``same_fast.serve.cpus``); publish_every_s: new weights
+    reach the server at most this often (seconds, 0 = after every step; each swap costs the
+    next served batches; freeze and reset always publish); audit: JSONL audit log that every
+    step and event is appended to (None: none); audit_hash_every: steps between served-weights
+    hashes in it.
+    """
+
+    batch: int = 4
+    every: int = 4
+    buffer: int = 64
+    crop: int = 256
+    lr: float = 2e-4
+    ema: float = 0.995
+    serve: str = "student"
+    picker: str | None = None
+    safety: str = "freeze"
+    seed: int = 0
+    nice: int = 10
+    threads: int = 1
+    cpus: str = "auto"
+    publish_every_s: float = 1.0
+    min_acceptance: float | None = None
+    max_drift: float | None = None
+    audit: str | None = None
+    audit_hash_every: int = 10
+
+    def validate(self, plan_cpus: bool = True) -> AdaptConfig:
+        """Raise InputError, naming the ``same-fast serve`` flag, for a bad setting.
+
+        plan_cpus: also resolve ``cpus`` against this machine (a bad list fails here, before any
+        model loads); a server that does not adapt only checks a CPU list, not auto or off.
+        """
+        flag = ADAPT_FLAGS
+        if self.serve not in ADAPT_SERVES:
+            raise InputError(f"{flag['serve']} must be student or teacher")
+        if self.safety not in ADAPT_SAFETY:
+            raise InputError(f"{flag['safety']} must be freeze, reset or off")
+        for name in ("batch", "every", "buffer"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{flag[name]} must be >= 1")
+        if plan_cpus or self.cpus.strip().lower() not in ("auto", "off"):
+            from same_fast.serve.cpus import plan_adapter_cpus
+
+            plan_adapter_cpus(self.cpus)
+        if self.audit_hash_every < 0:
+            raise InputError(f"{flag['audit_hash_every']} must be >= 0")
+        if self.min_acceptance is not None and not 0 <= self.min_acceptance <= 1:
+            raise InputError(f"{flag['min_acceptance']} must be in [0, 1]")
+        if self.max_drift is not None and not self.max_drift >= 0:
+            raise InputError(f"{flag['max_drift']} must be >= 0")
+        if not self.publish_every_s >= 0:
+            raise InputError(f"{flag['publish_every_s']} must be >= 0")
+        return self
 
 
 @dataclass
@@ -19,20 +104,17 @@ class ServeConfig:
     backend: inference backend (``same_fast.engine``: auto, torch, compile, onnxruntime,
     tensorrt). device: cpu, cuda or auto. channels_last: NHWC weights and frames for the
     torch/compile backends.
-    adapt: ``off`` or ``online`` (adapt the served weights to the incoming frames).
+    adapt: ``off`` or ``online`` (adapt the served weights to the incoming frames);
+    adapt_in: where the adapter runs, ``process`` (a child process, no GIL shared with serving)
+    or ``thread``; adaptation: its settings (``AdaptConfig``, from the ``--adapt-*``,
+    ``--audit*``, ``--picker`` and ``--seed`` flags; an audit log needs ``adapt='online'``).
     Limits: max_message_bytes per WebSocket message or HTTP body; max_pixels per frame;
     max_inflight frames per connection (the client is back-pressured beyond it);
     max_connections concurrent WebSocket streams; idle_timeout_s without a message and
     send_timeout_s for one reply before a slow client is disconnected; drain_timeout_s is how
     long SIGTERM waits for in-flight frames.
     Loop: queue capacity, max_batch, max_delay_ms, policy (block | drop_oldest), workers.
-    adapt_min_acceptance, adapt_max_drift: safety thresholds (None: the library defaults, 0.05
-    and 0.15). audit: JSONL file that every adaptation step and event is appended to (needs
-    ``adapt='online'``); audit_hash_every: steps between served-weights hashes in it.
-    adapt_cpus: CPUs the adapter is confined to, the stream loop's workers keeping the others
-    (``auto``: the highest-numbered usable CPU when there are two or more; ``off``; or a list
-    like ``1,3,5-7``; see ``same_fast.serve.cpus``). adapt_publish_every_s: new weights reach
-    the served model at most this often (seconds; 0 = after every step).
+    Pipe mode: pipe, shape (``HxWxC``), dtype (uint8 | uint16).
     """
 
     model: str = "identity"
@@ -57,23 +139,8 @@ class ServeConfig:
     send_timeout_s: float = 30.0
     drain_timeout_s: float = 30.0
     # online adaptation
-    adapt_batch: int = 4
-    adapt_every: int = 4
-    adapt_buffer: int = 64
-    adapt_crop: int = 256
-    adapt_lr: float = 2e-4
-    adapt_ema: float = 0.995
-    adapt_serve: str = "student"
-    adapt_safety: str = "freeze"
     adapt_in: str = "process"
-    adapt_cpus: str = "auto"
-    adapt_publish_every_s: float = 1.0
-    adapt_min_acceptance: float | None = None
-    adapt_max_drift: float | None = None
-    audit: str | None = None
-    audit_hash_every: int = 10
-    picker: str | None = None
-    seed: int = 0
+    adaptation: AdaptConfig = field(default_factory=AdaptConfig)
     # pipe mode
     pipe: bool = False
     shape: str | None = None
@@ -83,33 +150,17 @@ class ServeConfig:
         """Raise InputError for inconsistent settings (e.g. a public host without a token)."""
         if self.adapt not in ("off", "online"):
             raise InputError(f"--adapt must be off or online, got '{self.adapt}'")
-        if self.adapt_serve not in ("student", "teacher"):
-            raise InputError("--adapt-serve must be student or teacher")
-        if self.adapt_in not in ("process", "thread"):
+        if self.adapt_in not in ADAPT_IN:
             raise InputError("--adapt-in must be process or thread")
-        if self.adapt_safety not in ("freeze", "reset", "off"):
-            raise InputError("--adapt-safety must be freeze, reset or off")
+        self.adaptation.validate(plan_cpus=self.adapt == "online")
+        if self.adaptation.audit and self.adapt != "online":
+            raise InputError("--audit logs online adaptation; add --adapt online")
         if self.policy not in ("block", "drop_oldest"):
             raise InputError("--policy must be block or drop_oldest")
         for name in ("max_batch", "capacity", "workers", "max_inflight", "max_connections",
-                     "max_message_bytes", "max_pixels", "adapt_batch", "adapt_every",
-                     "adapt_buffer"):
+                     "max_message_bytes", "max_pixels"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.adapt == "online" or self.adapt_cpus.strip().lower() not in ("auto", "off"):
-            from same_fast.serve.cpus import plan_adapter_cpus
-
-            plan_adapter_cpus(self.adapt_cpus)  # a bad list fails here, before any model loads
-        if self.audit and self.adapt != "online":
-            raise InputError("--audit logs online adaptation; add --adapt online")
-        if self.audit_hash_every < 0:
-            raise InputError("--audit-hash-every must be >= 0")
-        if self.adapt_min_acceptance is not None and not 0 <= self.adapt_min_acceptance <= 1:
-            raise InputError("--adapt-min-acceptance must be in [0, 1]")
-        if self.adapt_max_drift is not None and not self.adapt_max_drift >= 0:
-            raise InputError("--adapt-max-drift must be >= 0")
-        if not self.adapt_publish_every_s >= 0:
-            raise InputError("--adapt-publish-every-s must be >= 0")
         if self.max_delay_ms < 0:
             raise InputError("--max-delay-ms must be >= 0")
         if not self.pipe and not is_loopback(self.host) and not self.token:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from same_fast.errors import InputError, SameFastError
-from same_fast.serve.adaptation import AdaptConfig, OnlineAdaptation, ProcessAdaptation
+from same_fast.serve.adaptation import OnlineAdaptation, ProcessAdaptation
 from same_fast.serve.config import ServeConfig
 from same_fast.serve.cpus import serving_step
 from same_fast.serve.metrics import Metrics
@@ -38,18 +38,10 @@ class Service:
                                                        channels_last=config.channels_last)
         self.adaptation: OnlineAdaptation | ProcessAdaptation | None = None
         if config.adapt == "online":
-            acfg = AdaptConfig(
-                batch=config.adapt_batch, every=config.adapt_every, buffer=config.adapt_buffer,
-                crop=config.adapt_crop, lr=config.adapt_lr, ema=config.adapt_ema,
-                serve=config.adapt_serve, picker=config.picker, safety=config.adapt_safety,
-                seed=config.seed, min_acceptance=config.adapt_min_acceptance,
-                max_drift=config.adapt_max_drift, audit=config.audit,
-                audit_hash_every=config.audit_hash_every, cpus=config.adapt_cpus,
-                publish_every_s=config.adapt_publish_every_s)
             # A child process shares no GIL with serving (lower tail latency); a thread starts
             # faster and works for any torch module.
             cls = ProcessAdaptation if config.adapt_in == "process" else OnlineAdaptation
-            self.adaptation = cls(self.model, acfg)
+            self.adaptation = cls(self.model, config.adaptation)
         observe = self.adaptation.observe if self.adaptation else None
         model_ref = self.model
         # With the adapter placed (--adapt-cpus), the loop's workers keep to the other CPUs.
