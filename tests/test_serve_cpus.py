@@ -230,3 +230,37 @@ def _wait(cond, timeout: float = 60.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.05)
+
+
+def test_process_adaptation_hands_frames_to_the_child_in_chunks():
+    """The writer thread wakes per chunk of ``every`` frames (or a partial chunk after the
+    hand-off time), not after every served batch: fewer wake-ups beside the serving thread."""
+    from same_fast.serve import adapter_proc
+
+    served = _served()
+    ad = ProcessAdaptation(served, AdaptConfig(batch=2, every=4, crop=16, buffer=16,
+                                               cpus="off", safety="off"))
+    sent: list[int] = []
+
+    class Spy:  # records the frame messages on their way to the child
+        read_msg = staticmethod(adapter_proc.read_msg)
+
+        @staticmethod
+        def write_msg(f, header, payload=b""):
+            if header.get("type") == "frames":
+                sent.append(int(header["shape"][0]))
+            adapter_proc.write_msg(f, header, payload)
+
+    ad._ipc = Spy
+    try:
+        assert ad.ready.wait(120), ad.last_error
+        for _ in range(8):  # eight served batches of one frame, back to back
+            ad.observe(torch.rand(1, 1, 16, 16))
+        _wait(lambda: sum(sent) == 8, timeout=10)
+        assert len(sent) < 8 and max(sent) >= 4, sent
+        ad.observe(torch.rand(1, 1, 16, 16))  # a partial chunk still goes, after a moment
+        _wait(lambda: sum(sent) == 9, timeout=10)
+        assert sent[-1] == 1
+        _wait(lambda: ad.steps >= 2)  # and the child trains on what it received
+    finally:
+        ad.close()

@@ -37,6 +37,9 @@ from same_fast.serve.model import ServedModel, weights_hash
 
 # Per-step records the adapter keeps; a server runs for days, so older ones are dropped.
 _HISTORY = 1024
+# Process mode: served frames go to the child in chunks (``every`` frames, or whatever waited
+# this long), so the writer thread wakes a few times a second instead of after every batch.
+_HANDOFF_S = 0.05
 
 
 def safety_config(safety: str, min_acceptance: float | None = None,
@@ -291,8 +294,9 @@ class ProcessAdaptation:
     """The same service as ``OnlineAdaptation`` with the adapter in a child process.
 
     Serving and training then share no GIL (see ``same_fast.serve.adapter_proc``). Frames go to
-    the child as float16 through a writer thread (a bounded hand-off buffer in front of it drops
-    the oldest unseen frames when the child falls behind); weights come back through a reader
+    the child as float16 through a writer thread, in chunks of ``every`` frames or whatever
+    waited 50 ms (a bounded hand-off buffer in front of it drops the oldest unseen frames when
+    the child falls behind); weights come back through a reader
     thread that publishes them to ``served``. Controls (freeze, resume, reset) wait for the
     child's acknowledgement, so after ``reset`` returns the source weights are ready to serve.
     """
@@ -337,6 +341,7 @@ class ProcessAdaptation:
         adapter_proc.write_msg(self.proc.stdin, {"type": "init", "config": child_cfg,
                                                  "metadata": meta}, st_save(state))
         self._inbox: deque[torch.Tensor] = deque(maxlen=cfg.buffer)
+        self._send_at = max(1, min(int(cfg.every), int(cfg.buffer)))  # frames per hand-off
         self._controls: deque[dict[str, Any]] = deque()
         self._cv = threading.Condition()
         self._acks: dict[int, threading.Event] = {}
@@ -362,12 +367,16 @@ class ProcessAdaptation:
         if self.frozen or self._stop or self._stats.get("frozen"):
             return
         with self._cv:
+            first = not self._inbox
             for f in x01:
                 if len(self._inbox) == self._inbox.maxlen:
                     self.skipped += 1
                 self._inbox.append(f.detach().to(torch.float16))
                 self.observed += 1
-            self._cv.notify()
+            # Wake the writer for a chunk's first frame (it arms the hand-off timer) and when a
+            # chunk is complete; frames in between only queue.
+            if first or len(self._inbox) >= self._send_at:
+                self._cv.notify()
 
     def _write_loop(self) -> None:
         confine_thread(self.cpus.adapter)
@@ -376,9 +385,17 @@ class ProcessAdaptation:
         try:
             while True:
                 with self._cv:
-                    woke = self._cv.wait_for(lambda: self._stop or bool(self._inbox) or
-                                             bool(self._controls),
-                                             timeout=every if flush_due else None)
+                    pending = bool(self._inbox)
+                    woke = self._cv.wait_for(
+                        lambda pending=pending: (self._stop or bool(self._controls)
+                                 or len(self._inbox) >= self._send_at
+                                 or (bool(self._inbox) and not pending)),
+                        timeout=_HANDOFF_S if pending else every if flush_due else None)
+                    if not woke and self._inbox:
+                        woke = True  # a partial chunk waited its hand-off time: send it
+                    elif (woke and not pending and 0 < len(self._inbox) < self._send_at
+                          and not self._stop and not self._controls):
+                        continue  # a chunk began: wait for the rest, at most _HANDOFF_S
                     control = self._controls.popleft() if self._controls else None
                     frames = [] if control else list(self._inbox)
                     if not control:
