@@ -86,6 +86,34 @@ def test_partial_update_and_private_copy(cache: str) -> None:
     assert not torch.equal(b.enhance(x), before)
 
 
+def test_onnxruntime_takes_new_weights_without_a_protobuf_edit(cache: str, monkeypatch) -> None:
+    """Sessions load a weightless graph once serialised, the weights handed over as external
+    initializers: re-serialising an edited protobuf per update held the GIL for milliseconds
+    beside the serving thread."""
+    import same_fast.engine.ort_backend as ob
+
+    model = _lite()
+    rt = create_backend("onnxruntime", model, cache_dir=cache)
+    weightless = onnx.load_from_string(rt._weightless)
+    mapped = set(initializer_map(model, weightless).values())
+    assert mapped and all(i.data_location == onnx.TensorProto.EXTERNAL and not i.raw_data
+                          for i in weightless.graph.initializer if i.name in mapped)
+
+    def edited(*a, **k):
+        raise AssertionError("an fp32 update edited the protobuf")
+
+    monkeypatch.setattr(ob, "replace_initializers", edited)
+    x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(2))
+    adapted = perturbed_state(model, 0.3, seed=4)
+    rt.update_weights(adapted)
+    model.load_state_dict(adapted)
+    ref = enhance(model, x)
+    assert (rt.enhance(x) - ref).abs().max().item() < TOL
+    for v in adapted.values():  # the session holds its own copy of what it was given
+        v.add_(1.0)
+    assert (rt.enhance(x) - ref).abs().max().item() < TOL
+
+
 def test_front_pads_crops_and_masks(cache: str) -> None:
     b = create_backend("torch", _lite(), cache_dir=cache)
     x = torch.rand(1, 3, 13, 7, generator=torch.Generator().manual_seed(2))

@@ -148,6 +148,27 @@ def replace_initializers(onnx_model: Any, mapping: Mapping[str, str],
     return new
 
 
+def weightless_graph(onnx_model: Any, names: set[str]) -> bytes:
+    """``onnx_model`` serialised with the initializers in ``names`` emptied and marked as
+    external data (a placeholder location that is never read): a session gets them as
+    ``OrtValue``s (``SessionOptions.add_external_initializers``) instead, so new weights need
+    no protobuf edit. Initializers not in ``names`` keep their data."""
+    from onnx import TensorProto
+
+    new = type(onnx_model)()
+    new.CopyFrom(onnx_model)
+    for init in new.graph.initializer:
+        if init.name not in names:
+            continue
+        for f in ("raw_data", "float_data", "double_data", "int32_data", "int64_data"):
+            init.ClearField(f)
+        del init.external_data[:]
+        init.data_location = TensorProto.EXTERNAL
+        entry = init.external_data.add()
+        entry.key, entry.value = "location", "same-fast-weights-in-memory"
+    return new.SerializeToString()
+
+
 def check_against_torch(model: nn.Module, onnx_bytes: bytes, sizes: tuple[tuple[int, int, int], ...]
                         = ((1, 64, 64), (2, 96, 128)), seed: int = 0) -> float:
     """Max |ORT - torch| of the enhanced output over random batches of the given (N, H, W).

@@ -25,6 +25,7 @@ from same_fast.engine.onnx_export import (
     export_onnx,
     initializer_map,
     replace_initializers,
+    weightless_graph,
 )
 from same_fast.errors import DependencyError, InputError, missing_dependency
 
@@ -85,6 +86,11 @@ class OnnxRuntimeBackend(Backend):
         self._graph = onnx.load_from_string(cached_onnx(self._model, ExportConfig(),
                                                         self.config.cache_dir))
         self._map = initializer_map(self._model, self._graph)
+        self._weightless = weightless_graph(self._graph, set(self._map.values()))
+        from onnx import helper
+
+        self._dtypes = {i.name: helper.tensor_dtype_to_np_dtype(i.data_type)
+                        for i in self._graph.graph.initializer}
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise DependencyError("the onnxruntime backend on CUDA needs the GPU build "
@@ -115,15 +121,37 @@ class OnnxRuntimeBackend(Backend):
         return so
 
     def _build(self, state: Mapping[str, torch.Tensor]) -> Any:
-        ort = _ort()
-        proto = replace_initializers(self._graph, self._map, state)
-        data = proto.SerializeToString()
-        if self.config.int8:
-            from same_fast.engine.quantize import quantize_int8
+        """A session running ``state``.
 
-            data = quantize_int8(data, self._calibration_frames())
-        return ort.InferenceSession(data, sess_options=self._session_options(),
-                                    providers=self._providers)
+        fp32: the weightless graph (``weightless_graph``, serialised once) with the weights
+        handed over as ``OrtValue`` external initializers, which ORT loads before it optimises
+        the graph. Editing and re-serialising the protobuf for every build instead holds the
+        GIL for ~7 ms (measured: beside a thread publishing at 4 Hz, the serving step's p99 went
+        from 1.2x to 6.7x its p50); ORT builds the session with the GIL released. int8
+        quantises a rewritten graph (calibration needs one), as do ORT builds without
+        ``add_external_initializers``.
+        """
+        ort = _ort()
+        if self.config.int8 or not hasattr(ort.SessionOptions, "add_external_initializers"):
+            data = replace_initializers(self._graph, self._map, state).SerializeToString()
+            if self.config.int8:
+                from same_fast.engine.quantize import quantize_int8
+
+                data = quantize_int8(data, self._calibration_frames())
+            return ort.InferenceSession(data, sess_options=self._session_options(),
+                                        providers=self._providers)
+        so = self._session_options()
+        names, arrays, values = [], [], []
+        for ours, name in self._map.items():
+            # A private copy: the model's own tensors change at the next update.
+            arr = np.array(state[ours].detach().to("cpu").numpy(), dtype=self._dtypes[name])
+            names.append(name)
+            arrays.append(arr)
+            values.append(ort.OrtValue.ortvalue_from_numpy(arr))
+        so.add_external_initializers(names, values)
+        sess = ort.InferenceSession(self._weightless, sess_options=so, providers=self._providers)
+        sess._same_fast_initializers = (arrays, values)  # alive as long as the session
+        return sess
 
     def _calibration_frames(self) -> torch.Tensor:
         if self._calibration is not None:
