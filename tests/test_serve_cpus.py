@@ -244,6 +244,7 @@ def test_process_adaptation_hands_frames_to_the_child_in_chunks():
 
     class Spy:  # records the frame messages on their way to the child
         read_msg = staticmethod(adapter_proc.read_msg)
+        load_weights = staticmethod(adapter_proc.load_weights)
 
         @staticmethod
         def write_msg(f, header, payload=b""):

@@ -74,3 +74,55 @@ def test_a_failed_warm_up_still_publishes_and_a_failed_batch_sets_no_warm_shape(
         served.frame_step([_frame(8, 8, 1)])
     served.publish({"w": torch.zeros(1)}, "h2")
     assert cur.calls[-1] == (1, 3, 20, 16)
+
+
+def test_adapter_weights_messages_round_trip_as_views_of_the_payload():
+    """The parent reads the child's safetensors weights without a copy under the GIL."""
+    import io
+
+    from safetensors.torch import save as st_save
+
+    from same_fast.serve.adapter_proc import load_weights, read_msg, write_msg
+
+    g = torch.Generator().manual_seed(0)
+    state = {"conv.weight": torch.randn(4, 3, 3, 3, generator=g),
+             "half": torch.randn(5, generator=g).half(), "steps": torch.tensor(7),
+             "mask": torch.tensor([True, False, True]), "empty": torch.zeros(0, 2)}
+    pipe = io.BytesIO()
+    write_msg(pipe, {"type": "weights", "hash": "h"}, st_save(state))
+    pipe.seek(0)
+    header, payload = read_msg(pipe)
+    assert header == {"type": "weights", "hash": "h"} and isinstance(payload, bytearray)
+    out = load_weights(payload)
+    assert out.keys() == state.keys()
+    for k, v in state.items():
+        assert out[k].dtype == v.dtype and out[k].shape == v.shape and torch.equal(out[k], v)
+    lo = torch.frombuffer(payload, dtype=torch.uint8).data_ptr()
+    assert lo <= out["conv.weight"].data_ptr() < lo + len(payload)  # a view, not a copy
+    assert read_msg(pipe) is None  # end of stream
+
+
+@pytest.mark.parametrize("cut", ["short", "header", "offsets", "dtype"])
+def test_adapter_weights_payload_that_is_corrupt_is_a_clear_error(cut):
+    import json
+
+    from safetensors.torch import save as st_save
+
+    from same_fast.serve.adapter_proc import load_weights
+
+    good = bytearray(st_save({"w": torch.ones(4)}))
+    n = int.from_bytes(good[:8], "little")
+    header = json.loads(bytes(good[8:8 + n]))
+    if cut == "short":
+        bad = good[:5]
+    elif cut == "header":
+        bad = (len(good) + 10).to_bytes(8, "little") + good[8:]
+    else:
+        if cut == "offsets":
+            header["w"]["data_offsets"] = [0, 4096]
+        else:
+            header["w"]["dtype"] = "X9"
+        h = json.dumps(header).encode()
+        bad = bytearray(len(h).to_bytes(8, "little") + h + good[8 + n:])
+    with pytest.raises(ValueError):
+        load_weights(bad)

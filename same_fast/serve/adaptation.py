@@ -425,8 +425,6 @@ class ProcessAdaptation:
             self._fail(f"adapter process pipe closed ({e})")
 
     def _read_loop(self) -> None:
-        from safetensors.torch import load as st_load
-
         confine_thread(self.cpus.adapter)
         if self.config.threads > 0:  # weights copied into a torch standby: no OpenMP team here
             torch.set_num_threads(self.config.threads)
@@ -446,7 +444,8 @@ class ProcessAdaptation:
                 elif kind == "weights":
                     # The standby backend is built here, on the adapter's CPUs.
                     with adapter_work(self.cpus):
-                        self.served.publish(st_load(payload), header["hash"])
+                        # views of the payload: the standby copies them into its own weights
+                        self.served.publish(self._ipc.load_weights(payload), header["hash"])
                 elif kind == "error":
                     self.errors += 1
                     self.last_error = header.get("message")
