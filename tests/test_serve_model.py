@@ -126,3 +126,23 @@ def test_adapter_weights_payload_that_is_corrupt_is_a_clear_error(cut):
         bad = bytearray(len(h).to_bytes(8, "little") + h + good[8 + n:])
     with pytest.raises(ValueError):
         load_weights(bad)
+
+
+def test_publish_gil_benchmark_measures_every_piece(tmp_path):
+    """benchmarks/publish_gil.py runs each piece beside the serving thread and reports it."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "publish_gil.py"
+    spec = importlib.util.spec_from_file_location("publish_gil", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "gil.json"
+    assert mod.main(["--seconds", "0.4", "--rate", "20", "--size", "16", "--only", "idle",
+                     "ort-publish", "views-load", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())["results"]
+    assert set(res) == {"idle", "ort-publish", "views-load"}
+    assert res["idle"]["pieces"] == 0 and res["views-load"]["pieces"] >= 2
+    assert all(r["steps"] > 10 and r["step_p99_ms"] >= r["step_p50_ms"] > 0
+               for r in res.values())
