@@ -2,6 +2,7 @@
 the stream loop's workers on the others, and bad lists are one-line usage errors."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -117,9 +118,12 @@ def test_adapter_process_and_its_pipe_threads_run_on_the_configured_cpus():
                 break
             time.sleep(0.05)
         assert served.weights_version >= 1 and ad.errors == 0, ad.last_error
-        # Threads born while the standby backend was built serve: they get every CPU back.
+        # The child publishes after every step: a later standby build may still be running, its
+        # threads confined until the build ends. Closing joins the reader, so every build ended.
+        ad.close()
+        # Threads born while a standby backend was built serve: they get every CPU back.
         for t in set(_tids(os.getpid())) - before:
-            if t not in (ad._writer.native_id, ad._reader.native_id):
+            with contextlib.suppress(ProcessLookupError):  # a thread may end while we look
                 assert _affinity(t) == set(USABLE)
     finally:
         ad.close()
@@ -266,3 +270,19 @@ def test_process_adaptation_hands_frames_to_the_child_in_chunks():
         _wait(lambda: ad.steps >= 2)  # and the child trains on what it received
     finally:
         ad.close()
+
+
+@needs_two
+def test_onnxruntime_intra_op_threads_are_not_pinned_to_one_cpu():
+    """ORT left at its default thread count pins each intra-op thread to one CPU: on 2 CPUs, the
+    one ``--adapt-cpus auto`` gives the adapter. The backend sets the count itself, so the pool's
+    threads keep the CPUs of the thread that built them."""
+    before = set(_tids(os.getpid()))
+    served = _served("onnxruntime")
+    new = set(_tids(os.getpid())) - before
+    assert served._current.describe()["threads"] >= 1  # set, not ORT's default (0)
+    assert new, "the session started no intra-op thread"
+    time.sleep(0.05)  # a pool thread pins itself when it starts
+    for t in new:
+        with contextlib.suppress(ProcessLookupError):
+            assert _affinity(t) == set(USABLE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,24 @@ def cached_onnx(model: nn.Module, cfg: ExportConfig, cache_dir: str | Path | Non
     return export_onnx(model, path, cfg)
 
 
+def physical_cores() -> int:
+    """Physical cores among the CPUs this thread may run on (Linux sysfs topology; elsewhere, or
+    when it cannot be read, the logical count). At least 1."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+    cores = set()
+    for c in cpus:
+        top = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
+        try:
+            cores.add(((top / "physical_package_id").read_text().strip(),
+                       (top / "core_id").read_text().strip()))
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))
+
+
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime session over the exported ``DeployModule`` graph.
 
@@ -68,7 +87,11 @@ class OnnxRuntimeBackend(Backend):
     level, default all: folds BatchNorm into convolutions, fuses activations), ``ort_layout``
     = 1 to let the CPU EP convert convolutions to NCHWc blocked layout (part of level all),
     ``ort_spin`` = 0 to stop idle intra-op threads from spinning (helps on loaded machines).
-    ``config.threads``: intra-op threads (0 = ORT default). ``config.int8``: static QDQ int8
+    ``config.threads``: intra-op threads (0 = one per physical core this process may use, ORT's
+    own default count, but set explicitly: left at 0, ORT pins each intra-op thread to one CPU,
+    and on a 2-CPU machine that is the CPU ``serve --adapt-cpus auto`` gives the adapter; a pool
+    started by a standby build pinned itself back onto the adapter's CPUs after ``adapter_work``
+    had widened it). ``config.int8``: static QDQ int8
     quantisation calibrated on ``calibration`` frames (``(N, C, H, W)`` in [0, 1]).
     """
 
@@ -82,6 +105,8 @@ class OnnxRuntimeBackend(Backend):
         if self.config.dtype != "fp32":
             raise InputError("the onnxruntime backend runs fp32 (use tensorrt for fp16/bf16)")
         self._model = cpu_eval_copy(model)
+        # counted once, here: a standby build runs confined to the adapter's CPUs
+        self._threads = int(self.config.threads) or physical_cores()
         onnx = __import__("onnx")
         self._graph = onnx.load_from_string(cached_onnx(self._model, ExportConfig(),
                                                         self.config.cache_dir))
@@ -112,8 +137,7 @@ class OnnxRuntimeBackend(Backend):
         if level not in _LEVELS:
             raise InputError(f"ort_opt must be one of {sorted(_LEVELS)}, got '{level}'")
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
-        if self.config.threads:
-            so.intra_op_num_threads = int(self.config.threads)
+        so.intra_op_num_threads = self._threads
         if str(self.config.options.get("ort_spin", "1")) == "0":
             # On an oversubscribed machine spinning worker threads steal cores from each other.
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -193,7 +217,7 @@ class OnnxRuntimeBackend(Backend):
         d = {**super().describe(), "onnxruntime": ort.__version__,
              "providers": self._session.get_providers(),
              "ort_opt": self.config.options.get("ort_opt", "all"),
-             "threads": self.config.threads or "default", "int8": self.config.int8,
+             "threads": self._threads, "int8": self.config.int8,
              "initializers_mapped": len(self._map)}
         return d
 
