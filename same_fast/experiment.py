@@ -309,6 +309,45 @@ def _planted(x01: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
     return {"noise": noise, "scramble": scrambled, "washout": washed}
 
 
+def picker_separation(model: nn.Module, picker: Any, degraded: torch.Tensor, seed: int,
+                      teacher: tuple[torch.Tensor, torch.Tensor] | None = None
+                      ) -> dict[str, Any]:
+    """How well ``picker`` tells the teacher's real pseudo-labels from implausible ones.
+
+    The positives are ``model``'s outputs on ``degraded`` (N, C, H, W) in [0, 1] (``teacher``:
+    those outputs, when already computed); the negatives its outputs on the three planted
+    corruptions of the same images (``_planted``, seeded by ``seed``). Returns ``auroc`` per
+    family, over all (``all``) and for each assessor alone (``iqa_only``, ``isd_only``),
+    ``accept_planted``, the picker's acceptance of each family, and ``accept_real``, its
+    acceptance of the real pseudo-labels.
+    """
+    y_t, s_t = teacher if teacher is not None else _teacher(model, degraded)
+    real = picker.scores(y_t, s_t)
+    planted = _planted(degraded, torch.Generator().manual_seed(seed))
+    pos = real["plausibility"].numpy()
+    res: dict[str, Any] = {"auroc": {}, "accept_planted": {},
+                           "accept_real": float(picker.weights_from_scores(real).mean())}
+    outs = {fam: _teacher(model, xin) for fam, xin in planted.items()}
+    negs = []
+    for fam, (yp, sp) in outs.items():
+        sc = picker.scores(yp, sp)
+        negs.append(sc["plausibility"].numpy())
+        res["auroc"][fam] = auroc(pos, negs[-1])
+        res["accept_planted"][fam] = float(picker.weights_from_scores(sc).mean())
+    res["auroc"]["all"] = auroc(pos, np.concatenate(negs))
+    old = picker.config
+    try:
+        for part in ("iqa", "isd"):
+            picker.config = dataclasses.replace(old, use_iqa=part == "iqa", use_isd=part == "isd")
+            solo_pos = picker.scores(y_t, s_t)["plausibility"].numpy()
+            solo_neg = np.concatenate([picker.scores(*o)["plausibility"].numpy()
+                                       for o in outs.values()])
+            res["auroc"][f"{part}_only"] = auroc(solo_pos, solo_neg)
+    finally:
+        picker.config = old
+    return res
+
+
 @torch.no_grad()
 def _teacher(model: nn.Module, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from same_fast.nn import pad_to_multiple
@@ -346,6 +385,29 @@ def make_config(name: str, quick: bool = False, **overrides: Any) -> ExperimentC
     return dataclasses.replace(cfg, **overrides)
 
 
+def experiment_images(cfg: ExperimentConfig, model_meta: dict[str, Any] | None = None
+                      ) -> tuple[dict[str, Any], torch.Tensor]:
+    """The experiment's paired images: (data, degraded). ``data`` is the loader's dict (``clean``
+    (N, C, S, S) in [0, 1], ``fov`` or None, ``vessels`` or None, ``names``, ...); ``degraded``
+    is ``cfg.preset`` (with its overrides) drawn on ``clean`` with ``cfg.seed``.
+    ``model_meta``: the source model's metadata (BUSI leaves out what it did not train on)."""
+    from same_fast.degrade import PRESETS, degrade
+
+    if cfg.dataset in ("DRIVE-test", "DRIVE", "DRIVE-train"):
+        # DRIVE training images: the validation split for tuning (never tune on DRIVE test)
+        data = load_drive_test(cfg.size, cfg.n_images,
+                               "DRIVE-test" if cfg.dataset == "DRIVE-test" else "DRIVE")
+    elif cfg.dataset == "BUSI":
+        data = load_busi_heldout(cfg.size, cfg.n_images, model_meta)
+    else:
+        raise InputError(f"experiment dataset '{cfg.dataset}' is not supported")
+    clean, fov = data["clean"], data["fov"]
+    preset = dataclasses.replace(PRESETS[cfg.preset], **cfg.preset_overrides) \
+        if cfg.preset_overrides else cfg.preset
+    g = torch.Generator().manual_seed(cfg.seed)
+    return data, degrade(clean, preset, g, fov)
+
+
 def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = False,
                    progress: bool = True, **overrides: Any) -> dict[str, Any]:
     """Run experiment ``name``; write results.json, results.md and examples.png to ``out_dir``
@@ -354,7 +416,6 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     from same_fast.adapt.online import OnlineAdapter, enhance_adaptive
     from same_fast.adapt.safety import SafetyConfig
     from same_fast.baselines import clahe
-    from same_fast.degrade import PRESETS, degrade
     from same_fast.models import load_model
     from same_fast.picker import PickerConfig, load_picker, picker_config_dict
 
@@ -366,19 +427,8 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     model, meta = load_model(cfg.model)
     picker = load_picker(cfg.picker, config=PickerConfig(
         soft=cfg.picker_soft, p_good=cfg.picker_p_good if cfg.picker_p_good > 0 else None))
-    if cfg.dataset in ("DRIVE-test", "DRIVE", "DRIVE-train"):
-        # DRIVE training images: the validation split for tuning (never tune on DRIVE test)
-        data = load_drive_test(cfg.size, cfg.n_images,
-                               "DRIVE-test" if cfg.dataset == "DRIVE-test" else "DRIVE")
-    elif cfg.dataset == "BUSI":
-        data = load_busi_heldout(cfg.size, cfg.n_images, meta)
-    else:
-        raise InputError(f"experiment dataset '{cfg.dataset}' is not supported")
+    data, degraded = experiment_images(cfg, meta)
     clean, fov = data["clean"], data["fov"]
-    preset = dataclasses.replace(PRESETS[cfg.preset], **cfg.preset_overrides) \
-        if cfg.preset_overrides else cfg.preset
-    g = torch.Generator().manual_seed(cfg.seed)
-    degraded = degrade(clean, preset, g, fov)
     frames = list(degraded)
     fovs = None if fov is None else list(fov)
     outputs: dict[str, torch.Tensor] = {"degraded": degraded}
@@ -443,8 +493,6 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     y_t, s_t = _teacher(model, degraded)
     real = picker.scores(y_t, s_t)
     w_real = picker.weights_from_scores(real)
-    planted = _planted(degraded, torch.Generator().manual_seed(cfg.seed + 7))
-    plaus_pos = real["plausibility"].numpy()
     picker_res: dict[str, Any] = {"config": picker_config_dict(picker),
                                   "accept_real": float(w_real.mean()),
                                   "acceptance_offline": same.acceptance if same else None,
@@ -452,25 +500,9 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
                                   "acceptance_redegrade": red.acceptance if red else None,
                                   "acceptance_online": adapter.stats()["acceptance"],
                                   "online": {k: v for k, v in adapter.stats().items()
-                                             if k != "last_loss"},
-                                  "auroc": {}, "accept_planted": {}}
-    negs = []
-    for fam, xin in planted.items():
-        yp, sp = _teacher(model, xin)
-        sc = picker.scores(yp, sp)
-        negs.append(sc["plausibility"].numpy())
-        picker_res["auroc"][fam] = auroc(plaus_pos, negs[-1])
-        picker_res["accept_planted"][fam] = float(picker.weights_from_scores(sc).mean())
-    picker_res["auroc"]["all"] = auroc(plaus_pos, np.concatenate(negs))
-    for part in ("iqa", "isd"):
-        solo = dataclasses.replace(picker.config, use_iqa=part == "iqa", use_isd=part == "isd")
-        old = picker.config
-        picker.config = solo
-        pos = picker.scores(y_t, s_t)["plausibility"].numpy()
-        neg = np.concatenate([picker.scores(*_teacher(model, xin))["plausibility"].numpy()
-                              for xin in planted.values()])
-        picker.config = old
-        picker_res["auroc"][f"{part}_only"] = auroc(pos, neg)
+                                             if k != "last_loss"}}
+    sep = picker_separation(model, picker, degraded, cfg.seed + 7, (y_t, s_t))
+    picker_res["auroc"], picker_res["accept_planted"] = sep["auroc"], sep["accept_planted"]
     # sample-wise negative adaptation
     src_ssim = np.array([r["ssim"] for r in per_image["source"]])
     rejected = (w_real < 0.5).numpy()

@@ -77,3 +77,38 @@ def test_pseudo_clean_redegrade_script_runs_and_reports(tmp_path):
     assert all(0 < r["teacher"][0] <= 1 and r["teacher"][1] > 5 for r in rows[1:])
     # two steps at EMA 0.995 barely move the teacher: its scores stay near the source's
     assert abs(rows[-1]["teacher"][0] - rows[0]["source"][0]) < 0.01
+
+
+@pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (SAME_FAST_DATA)")
+def test_picker_auroc_script_compares_pickers_on_the_same_images(tmp_path):
+    """benchmarks/picker_auroc.py: every picker sees the same images and teacher outputs."""
+    import importlib.util
+    from pathlib import Path
+
+    torch.manual_seed(0)
+    model = save_model(tmp_path / "us.safetensors", SAMENet(1, "lite", base=8, max_channels=16),
+                       modality="ultrasound")
+    iqa, isd = IQANet(1, width=4, depth=2, size=32), StructureVAE(size=16, latent=4, width=4)
+    keep = save_picker(tmp_path / "keep.safetensors", iqa, isd, 1e9, "ultrasound")
+    same = save_picker(tmp_path / "same.safetensors", iqa, isd, 1e9, "ultrasound")
+    never = save_picker(tmp_path / "never.safetensors", iqa, isd, -1e9, "ultrasound")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "picker_auroc.py"
+    spec = importlib.util.spec_from_file_location("picker_auroc", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "auroc.json"
+    assert mod.main(["--experiment", "busi-speckle", "--model", str(model), "--n-images", "3",
+                     "--size", "64", "--seeds", "0,1", "--json", str(out),
+                     "--picker", str(keep), "--picker", str(same), "--picker", str(never)]) == 0
+    res = json.loads(out.read_text())
+    assert res["images"] == 3 and res["seeds"] == [0, 1]
+    s = res["summary"]
+    assert s[str(keep)] == s[str(same)]  # identical pickers, identical inputs
+    assert s[str(never)]["accept_real"] == 0.0  # every ISD score is above -1e9
+    for name, row in s.items():
+        assert set(row["auroc"]) == {"noise", "scramble", "washout", "all", "iqa_only",
+                                     "isd_only"}
+        assert all(0 <= v <= 1 for v in row["auroc"].values())
+        assert row["auroc"]["all"] == pytest.approx(
+            np.mean([r["auroc"]["all"] for r in res["runs"][name]]))
+        assert row["auroc_min_all"] <= row["auroc"]["all"]

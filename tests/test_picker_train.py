@@ -98,3 +98,64 @@ def test_exclude_held_out_images_of_a_source_checkpoint(tmp_path):
     bare = save(tmp_path / "bare.safetensors", {"w": torch.zeros(1)}, {"provenance": {}})
     with pytest.raises(InputError, match="no held-out images"):
         held_out_stems(str(bare))
+
+
+def test_vae_gan_term_trains_a_discriminator_and_changes_the_vae(tmp_path):
+    """--isd-adversarial: the discriminator learns, the VAE still fits, W=0 is the plain VAE."""
+    _tiny_set(tmp_path / "set")
+    data = load_structure_set([tmp_path / "set"], 1, 32)
+    base = dict(modality="ultrasound", isd_size=16, isd_latent=4, isd_steps=40, batch=8,
+                lr=3e-3)
+
+    def fit(w: float):
+        stats: dict = {}
+        torch.manual_seed(0)  # the modules' initial weights (train_picker seeds the same way)
+        cfg = PickerTrainConfig(isd_adversarial=w, **base)
+        vae, losses, thr, _ = train_isd(data.masks, cfg, torch.Generator().manual_seed(0),
+                                        stats=stats)
+        return vae, losses, thr, stats
+
+    plain, plain_losses, _, plain_stats = fit(0.0)
+    again, _, _, _ = fit(0.0)
+    gan, gan_losses, gan_thr, gan_stats = fit(0.5)
+    assert plain_stats["disc_losses"] == []
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
+                                                 again.state_dict().values()))
+    d = gan_stats["disc_losses"]
+    assert len(d) == 40 and np.isfinite(d).all()
+    # the discriminator learns to separate (2 log 2 = 1.386 is chance for its summed BCE)
+    assert np.mean(d[-10:]) < 1.3
+    # the reconstruction + KL part still falls, and the adversarial term changed the VAE
+    assert np.mean(gan_losses[-8:]) < 0.8 * np.mean(gan_losses[:8])
+    assert not all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
+                                                     gan.state_dict().values()))
+    assert np.isfinite(gan_thr)
+
+
+def test_structure_discriminator_checks_its_input():
+    from same_fast.nn.isd import StructureDiscriminator
+
+    d = StructureDiscriminator(size=32, width=4)
+    assert d(torch.rand(3, 1, 32, 32)).shape == (3,)
+    with pytest.raises(ValueError, match=r"\(N, 1, 32, 32\)"):
+        d(torch.rand(3, 1, 16, 16))
+    with pytest.raises(ValueError, match="power of two"):
+        StructureDiscriminator(size=24)
+
+
+def test_train_picker_cli_records_the_adversarial_weight(tmp_path, capsys):
+    _tiny_set(tmp_path / "set")
+    out = tmp_path / "p.safetensors"
+    args = ["train-picker", "-i", str(tmp_path / "set"), "-o", str(out), "--modality",
+            "ultrasound", "--iqa-steps", "2", "--isd-steps", "3", "--load-size", "32",
+            "--iqa-size", "32", "--isd-size", "16", "--iqa-width", "4", "--batch", "6"]
+    assert main(args + ["--isd-adversarial", "0.2"]) == 0
+    summary = json.loads(capsys.readouterr().out.split("wrote")[0])
+    assert summary["isd_adversarial"] == 0.2 and summary["isd_disc_loss_last"] > 0
+    meta = load_picker(out).metadata
+    assert meta["provenance"]["config"]["isd_adversarial"] == 0.2
+    assert meta["training"]["isd_adversarial"] == 0.2
+    with pytest.raises(SystemExit) as e:
+        main(args + ["--isd-adversarial", "-1"])
+    assert e.value.code == 2
+    assert "--isd-adversarial must be >= 0" in capsys.readouterr().err

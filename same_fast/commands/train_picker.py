@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--isd-latent", type=int, default=d.isd_latent, help="VAE latent dimensions")
     p.add_argument("--iqa-steps", type=int, default=d.iqa_steps)
     p.add_argument("--isd-steps", type=int, default=d.isd_steps)
+    p.add_argument("--isd-adversarial", type=float, default=d.isd_adversarial, metavar="W",
+                   help="weight of the VAE-GAN adversarial term (the paper's ISD; 0 = plain VAE)")
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--percentile", type=float, default=d.percentile,

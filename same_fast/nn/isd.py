@@ -4,8 +4,10 @@ Trained on real structure masks (vessel maps for fundus, lesion / lumen masks fo
 reconstructs plausible maps well and implausible ones (the teacher's structure output on an image
 it could not read) badly. The score of a map is its reconstruction error plus the KL term; a map
 scoring above a percentile of the training scores is rejected by the picker. The SAME paper uses
-a VAE-GAN; the reference code never released it. We train the VAE part (the adversarial term only
-sharpens samples, which scoring does not need).
+a VAE-GAN; the reference code never released it. ``StructureDiscriminator`` is its adversarial
+half: ``same-fast train-picker --isd-adversarial W`` trains the VAE against it (off by default, and
+the shipped pickers are plain VAEs: on BUSI it lowered the ISD's AUROC; README, adaptation). The
+discriminator shapes training only: scoring, the threshold and the checkpoint use the VAE alone.
 """
 from __future__ import annotations
 
@@ -79,7 +81,11 @@ class StructureVAE(nn.Module):
 
     def loss(self, m: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training loss (0-d): mean per-pixel BCE + beta * KL per latent dimension."""
-        x, logits, mu, logvar = self(m, generator)
+        return self.elbo_loss(*self(m, generator))
+
+    def elbo_loss(self, x: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor,
+                  logvar: torch.Tensor) -> torch.Tensor:
+        """The loss of one ``forward`` result (0-d): mean per-pixel BCE + beta * KL per latent."""
         rec = F.binary_cross_entropy_with_logits(logits, x)
         return rec + self.beta * _kl(mu, logvar).mean()
 
@@ -108,6 +114,37 @@ class StructureVAE(nn.Module):
         xc = x.clamp(1e-6, 1 - 1e-6)
         rec = (xc * (xc / p).log() + (1 - xc) * ((1 - xc) / (1 - p)).log()).flatten(1).mean(1)
         return rec + self.beta * _kl(mu, logvar)
+
+
+class StructureDiscriminator(nn.Module):
+    """The adversarial half of the VAE-GAN: a logit per map, real training structure vs decoded.
+
+    The same strided-convolution ladder as the VAE's encoder (``size`` a power of two >= 16, down
+    to 4 x 4), then one linear layer. Input (N, 1, size, size) in [0, 1]: what
+    ``StructureVAE.prepare`` returns, or the sigmoid of the VAE's decoder output.
+    """
+
+    def __init__(self, size: int = 128, width: int = 16) -> None:
+        super().__init__()
+        levels = int(round(math.log2(size / 4)))
+        if size < 16 or 4 * 2 ** levels != size:
+            raise ValueError(f"StructureDiscriminator: size must be a power of two >= 16, "
+                             f"got {size}")
+        self.size = size
+        chans = [min(width * 2 ** i, 4 * width) for i in range(levels)]
+        layers: list[nn.Module] = []
+        ch = 1
+        for c in chans:
+            layers += [nn.Conv2d(ch, c, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+            ch = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(ch * 16, 1)
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        if m.ndim != 4 or m.shape[1] != 1 or m.shape[-2:] != (self.size, self.size):
+            raise ValueError(f"StructureDiscriminator expects (N, 1, {self.size}, {self.size}), "
+                             f"got {tuple(m.shape)}")
+        return self.head(self.features(m).flatten(1)).squeeze(1)
 
 
 def _kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from same_fast.errors import InputError
 from same_fast.nn.iqa import IQANet
-from same_fast.nn.isd import StructureVAE
+from same_fast.nn.isd import StructureDiscriminator, StructureVAE
 
 GOOD, USABLE, REJECT = 0, 1, 2
 SEVERITY = {USABLE: (0.2, 0.45), REJECT: (0.6, 1.0)}
@@ -46,6 +46,8 @@ class PickerTrainConfig:
     isd_latent: int = 32
     iqa_steps: int = 300
     isd_steps: int = 300
+    # Weight of the VAE-GAN adversarial term (SPEC section 4, the paper's ISD); 0 = plain VAE.
+    isd_adversarial: float = 0.0
     batch: int = 16
     lr: float = 1e-3
     percentile: float = 99.0    # ISD threshold: this percentile of training-mask scores
@@ -309,28 +311,60 @@ def train_iqa(images: torch.Tensor, cfg: PickerTrainConfig, g: torch.Generator,
 
 
 def train_isd(masks: torch.Tensor, cfg: PickerTrainConfig, g: torch.Generator,
-              progress: Progress | None = None) -> tuple[StructureVAE, list[float], float,
-                                                          list[float]]:
+              progress: Progress | None = None, stats: dict[str, Any] | None = None
+              ) -> tuple[StructureVAE, list[float], float, list[float]]:
     """Train the structure VAE on ``masks`` (N, 1, S, S); returns (model, losses, threshold,
     calibration scores). The threshold is ``cfg.percentile`` of scores of augmented, softened
-    training masks (4 views each)."""
+    training masks (4 views each).
+
+    With ``cfg.isd_adversarial`` > 0 it is the paper's VAE-GAN: each step first updates a
+    ``StructureDiscriminator`` (real masks against the VAE's reconstructions and its decoded prior
+    samples), then adds ``isd_adversarial`` x the non-saturating generator loss on both to the
+    VAE's reconstruction + KL loss. ``losses`` stay the reconstruction + KL part, comparable with
+    a plain VAE; the discriminator's losses go to ``stats["disc_losses"]`` when ``stats`` is given.
+    """
     dev = torch.device(cfg.device)
+    if cfg.isd_adversarial < 0:
+        raise InputError(f"--isd-adversarial must be >= 0, got {cfg.isd_adversarial}")
     isd = StructureVAE(size=cfg.isd_size, latent=cfg.isd_latent).to(dev)
     opt = torch.optim.Adam(isd.parameters(), lr=cfg.lr)
-    losses = []
+    disc = opt_d = None
+    if cfg.isd_adversarial > 0:
+        disc = StructureDiscriminator(size=cfg.isd_size).to(dev)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    losses, disc_losses = [], []
     isd.train()
     gd = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
     for step in range(cfg.isd_steps):
         idx = torch.randint(0, masks.shape[0], (cfg.batch,), generator=g)
         m = soften(random_view(masks[idx], cfg.isd_size, g), g).to(dev)
-        loss = isd.loss(m, gd)
+        x, logits, mu, logvar = isd(m, gd)
+        loss = isd.elbo_loss(x, logits, mu, logvar)
+        total = loss
+        if disc is not None and opt_d is not None:
+            z = torch.randn(mu.shape, device=dev, dtype=mu.dtype, generator=gd)
+            fake = torch.cat([torch.sigmoid(logits), torch.sigmoid(isd.decode(z))])
+            d_real, d_fake = disc(x), disc(fake.detach())
+            loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+                      + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            disc_losses.append(float(loss_d.detach()))
+            disc.requires_grad_(False)
+            d_gen = disc(fake)
+            disc.requires_grad_(True)
+            total = loss + cfg.isd_adversarial * F.binary_cross_entropy_with_logits(
+                d_gen, torch.ones_like(d_gen))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         opt.step()
         losses.append(float(loss.detach()))
         if progress:
             progress("isd", step + 1, cfg.isd_steps, losses[-1])
     isd.eval()
+    if stats is not None:
+        stats["disc_losses"] = disc_losses
     scores = []
     for _ in range(4):
         for i in range(0, masks.shape[0], cfg.batch):
@@ -361,7 +395,9 @@ def train_picker(cfg: PickerTrainConfig, progress: Progress | None = None) -> di
     exclude = held_out_stems(cfg.exclude_from) if cfg.exclude_from else set()
     data = load_structure_set(cfg.inputs, channels, cfg.load_size, cfg.max_images, exclude)
     iqa, iqa_losses = train_iqa(data.images, cfg, g, progress)
-    isd, isd_losses, thr, _ = train_isd(data.masks, cfg, g, progress)
+    isd_stats: dict[str, Any] = {}
+    isd, isd_losses, thr, _ = train_isd(data.masks, cfg, g, progress, isd_stats)
+    disc_losses = isd_stats["disc_losses"]
     # held-out check: fresh corruptions (a generator the training never used)
     gv = torch.Generator().manual_seed(cfg.seed + 1000)
     x, y = graded_batch(data.images, 60, cfg.iqa_size, gv, cfg.modality)
@@ -376,6 +412,8 @@ def train_picker(cfg: PickerTrainConfig, progress: Progress | None = None) -> di
         "isd_loss_first": float(np.mean(isd_losses[:10])) if isd_losses else None,
         "isd_loss_last": float(np.mean(isd_losses[-10:])) if isd_losses else None,
         "isd_threshold": thr, "isd_percentile": cfg.percentile,
+        "isd_adversarial": cfg.isd_adversarial,
+        "isd_disc_loss_last": float(np.mean(disc_losses[-10:])) if disc_losses else None,
         "iqa_heldout_accuracy": acc, "seconds": time.perf_counter() - t0,
     }
     save_picker(cfg.output, iqa, isd, thr, cfg.modality, isd_percentile=cfg.percentile,
