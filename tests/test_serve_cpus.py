@@ -286,3 +286,29 @@ def test_onnxruntime_intra_op_threads_are_not_pinned_to_one_cpu():
     for t in new:
         with contextlib.suppress(ProcessLookupError):
             assert _affinity(t) == set(USABLE)
+
+
+@needs_two
+@pytest.mark.parametrize("adapt", ["online", "off"])
+def test_serve_sizes_the_onnxruntime_pool_to_the_serving_cpus(tmp_path, adapt):
+    """With the adapter placed, ORT gets one thread per serving CPU (no pool thread beside the
+    adapter); without adaptation, the backend's default (one per physical core)."""
+    from same_fast.engine.ort_backend import physical_cores
+    from same_fast.models import save_model
+
+    torch.manual_seed(0)
+    path = save_model(tmp_path / "m.safetensors", SAMENet(1, "lite", base=4, max_channels=8,
+                                                          levels=2))
+    svc = Service(ServeConfig(model=str(path), backend="onnxruntime", adapt=adapt,
+                              adapt_in="thread", adaptation=AdaptConfig(every=2, batch=2,
+                                                                        crop=16)))
+    try:
+        threads = svc.model._current.describe()["threads"]
+        if adapt == "online":
+            assert threads == len(svc.adaptation.cpus.serving) == len(USABLE) - 1
+        else:
+            assert threads == physical_cores()
+        assert svc.accept(np.zeros((16, 16, 1), np.uint8)).result(timeout=60)[0].shape == \
+            (16, 16, 1)
+    finally:
+        svc.close()

@@ -15,7 +15,7 @@ import numpy as np
 from same_fast.errors import InputError, SameFastError
 from same_fast.serve.adaptation import OnlineAdaptation, ProcessAdaptation
 from same_fast.serve.config import ServeConfig
-from same_fast.serve.cpus import serving_step
+from same_fast.serve.cpus import plan_adapter_cpus, serving_step
 from same_fast.serve.metrics import Metrics
 from same_fast.serve.model import ServedModel, load_served_model
 from same_fast.stream import LoopClosed, LoopConfig, QueueFull, StreamLoop
@@ -29,13 +29,24 @@ class ShuttingDown(SameFastError):
     """The server is draining after SIGTERM and takes no new frames."""
 
 
+def _serving_threads(config: ServeConfig) -> int:
+    """The backend's CPU threads (ONNX Runtime's intra-op pool): with the adapter placed on its
+    own CPUs, as many as serving keeps, so no pool thread runs beside the adapter; else 0 (the
+    backend's default)."""
+    if config.adapt != "online":
+        return 0
+    plan = plan_adapter_cpus(config.adaptation.cpus, config.adaptation.threads)
+    return len(plan.serving) if plan.adapter is not None else 0
+
+
 class Service:
     """Model + loop + adaptation + metrics, shared by every connection of one process."""
 
     def __init__(self, config: ServeConfig, model: ServedModel | None = None) -> None:
         self.config = config.validate()
         self.model = model or load_served_model(config.model, config.backend, config.device,
-                                                       channels_last=config.channels_last)
+                                                threads=_serving_threads(config),
+                                                channels_last=config.channels_last)
         self.adaptation: OnlineAdaptation | ProcessAdaptation | None = None
         if config.adapt == "online":
             # A child process shares no GIL with serving (lower tail latency); a thread starts
