@@ -24,8 +24,7 @@ import numpy as np
 
 
 def main(argv: list[str] | None = None) -> int:
-    from same_fast.experiment import EXPERIMENTS, experiment_images, make_config, \
-        picker_separation
+    from same_fast.experiment import EXPERIMENTS, experiment_images, make_config, picker_separation
     from same_fast.models import load_model
     from same_fast.picker import load_picker
 

@@ -120,7 +120,7 @@ def test_vae_gan_term_trains_a_discriminator_and_changes_the_vae(tmp_path):
     gan, gan_losses, gan_thr, gan_stats = fit(0.5)
     assert plain_stats["disc_losses"] == []
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
-                                                 again.state_dict().values()))
+                                                 again.state_dict().values(), strict=True))
     d = gan_stats["disc_losses"]
     assert len(d) == 40 and np.isfinite(d).all()
     # the discriminator learns to separate (2 log 2 = 1.386 is chance for its summed BCE)
@@ -128,7 +128,7 @@ def test_vae_gan_term_trains_a_discriminator_and_changes_the_vae(tmp_path):
     # the reconstruction + KL part still falls, and the adversarial term changed the VAE
     assert np.mean(gan_losses[-8:]) < 0.8 * np.mean(gan_losses[:8])
     assert not all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
-                                                     gan.state_dict().values()))
+                                                     gan.state_dict().values(), strict=True))
     assert np.isfinite(gan_thr)
 
 

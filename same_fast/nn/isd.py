@@ -19,6 +19,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _ladder_channels(owner: str, size: int, width: int) -> list[int]:
+    """Channels of each stride-2 level from ``size`` down to 4 x 4 (ValueError unless ``size``
+    is a power of two >= 16)."""
+    levels = int(round(math.log2(size / 4))) if size > 0 else 0
+    if size < 16 or 4 * 2 ** levels != size:
+        raise ValueError(f"{owner}: size must be a power of two >= 16, got {size}")
+    return [min(width * 2 ** i, 4 * width) for i in range(levels)]
+
+
+def _down_ladder(chans: list[int]) -> nn.Sequential:
+    """Stride-2 4x4 convolutions with LeakyReLU, one per entry of ``chans``, from 1 channel."""
+    layers: list[nn.Module] = []
+    for cin, cout in zip([1, *chans[:-1]], chans, strict=True):
+        layers += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+    return nn.Sequential(*layers)
+
+
 class StructureVAE(nn.Module):
     """VAE over one-channel structure probability maps.
 
@@ -30,20 +47,12 @@ class StructureVAE(nn.Module):
     def __init__(self, size: int = 128, latent: int = 32, width: int = 16, beta: float = 0.05
                  ) -> None:
         super().__init__()
-        levels = int(round(math.log2(size / 4)))
-        if size < 16 or 4 * 2 ** levels != size:
-            raise ValueError(f"StructureVAE: size must be a power of two >= 16, got {size}")
+        chans = _ladder_channels("StructureVAE", size, width)
         self.config: dict[str, Any] = {"size": size, "latent": latent, "width": width,
                                        "beta": beta}
         self.size, self.latent, self.beta = size, latent, beta
-        chans = [min(width * 2 ** i, 4 * width) for i in range(levels)]
-        enc: list[nn.Module] = []
-        ch = 1
-        for c in chans:
-            enc += [nn.Conv2d(ch, c, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
-            ch = c
-        self.encoder = nn.Sequential(*enc)
-        self.top = ch
+        self.encoder = _down_ladder(chans)
+        self.top = ch = chans[-1]
         self.to_stats = nn.Linear(ch * 16, 2 * latent)
         self.from_latent = nn.Linear(latent, ch * 16)
         ups = list(reversed(chans)) + [chans[0]]
@@ -126,19 +135,10 @@ class StructureDiscriminator(nn.Module):
 
     def __init__(self, size: int = 128, width: int = 16) -> None:
         super().__init__()
-        levels = int(round(math.log2(size / 4)))
-        if size < 16 or 4 * 2 ** levels != size:
-            raise ValueError(f"StructureDiscriminator: size must be a power of two >= 16, "
-                             f"got {size}")
+        chans = _ladder_channels("StructureDiscriminator", size, width)
         self.size = size
-        chans = [min(width * 2 ** i, 4 * width) for i in range(levels)]
-        layers: list[nn.Module] = []
-        ch = 1
-        for c in chans:
-            layers += [nn.Conv2d(ch, c, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
-            ch = c
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(ch * 16, 1)
+        self.features = _down_ladder(chans)
+        self.head = nn.Linear(chans[-1] * 16, 1)
 
     def forward(self, m: torch.Tensor) -> torch.Tensor:
         if m.ndim != 4 or m.shape[1] != 1 or m.shape[-2:] != (self.size, self.size):
