@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from same_fast.cli import main
+from same_fast.errors import InputError
 from same_fast.io import write_image
 from same_fast.picker import load_picker
 from same_fast.train.picker import (
@@ -130,6 +131,8 @@ def test_vae_gan_term_trains_a_discriminator_and_changes_the_vae(tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
                                                      gan.state_dict().values(), strict=True))
     assert np.isfinite(gan_thr)
+    with pytest.raises(InputError, match="--isd-adversarial must be >= 0"):
+        fit(-0.1)
 
 
 def test_structure_discriminator_checks_its_input():

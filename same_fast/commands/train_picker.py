@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = PickerTrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     if not (0.0 < cfg.percentile <= 100.0):
         raise InputError(f"--percentile must be in (0, 100], got {cfg.percentile}")
+    if cfg.isd_adversarial < 0:  # before any data is read or the IQA trains
+        raise InputError(f"--isd-adversarial must be >= 0, got {cfg.isd_adversarial}")
     bars: dict[str, object] = {}
 
     def progress(stage: str, step: int, total: int, loss: float) -> None:
