@@ -146,3 +146,23 @@ def test_publish_gil_benchmark_measures_every_piece(tmp_path):
     assert res["idle"]["pieces"] == 0 and res["views-load"]["pieces"] >= 2
     assert all(r["steps"] > 10 and r["step_p99_ms"] >= r["step_p50_ms"] > 0
                for r in res.values())
+
+
+def test_vm_hiccups_benchmark_reports_lateness(tmp_path):
+    """benchmarks/vm_hiccups.py: a periodic waiter's lateness and stalls per minute."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "vm_hiccups.py"
+    spec = importlib.util.spec_from_file_location("vm_hiccups", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "h.json"
+    assert mod.main(["--seconds", "0.3", "--period-ms", "2", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert 50 <= r["wakeups"] <= 150  # one per period, fewer only if the machine stalled
+    assert 0 <= r["late_p50_ms"] <= r["late_p99_ms"] <= r["late_p999_ms"] <= r["late_max_ms"]
+    per = r["stalls_per_minute"]
+    assert list(per) == [">2ms", ">5ms", ">20ms", ">50ms"]
+    assert per[">2ms"] >= per[">5ms"] >= per[">20ms"] >= per[">50ms"] >= 0
