@@ -1,6 +1,7 @@
 """Shared fixtures: real scans (scikit-image's retina, pydicom's ultrasound files, shared/data)."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +54,15 @@ def dicom_file():
         return Path(p)
 
     return get
+
+
+@pytest.fixture
+def bench_script():
+    """Load ``benchmarks/<name>.py`` as a module (the scripts are not a package)."""
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    return load

@@ -60,15 +60,9 @@ def test_busi_experiment_quick(tmp_path):
 
 
 @pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (SAME_FAST_DATA)")
-def test_pseudo_clean_redegrade_script_runs_and_reports(tmp_path):
+def test_pseudo_clean_redegrade_script_runs_and_reports(tmp_path, bench_script):
     """benchmarks/adapt_pseudo_clean.py (a variant tried and not kept) still runs end to end."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "adapt_pseudo_clean.py"
-    spec = importlib.util.spec_from_file_location("adapt_pseudo_clean", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = bench_script("adapt_pseudo_clean")
     out = tmp_path / "pc.json"
     assert mod.main(["--steps", "2", "--every", "1", "--n-images", "2", "--size", "128",
                      "--view", "64", "--json", str(out)]) == 0
@@ -80,11 +74,8 @@ def test_pseudo_clean_redegrade_script_runs_and_reports(tmp_path):
 
 
 @pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (SAME_FAST_DATA)")
-def test_picker_auroc_script_compares_pickers_on_the_same_images(tmp_path):
+def test_picker_auroc_script_compares_pickers_on_the_same_images(tmp_path, bench_script):
     """benchmarks/picker_auroc.py: every picker sees the same images and teacher outputs."""
-    import importlib.util
-    from pathlib import Path
-
     torch.manual_seed(0)
     model = save_model(tmp_path / "us.safetensors", SAMENet(1, "lite", base=8, max_channels=16),
                        modality="ultrasound")
@@ -92,10 +83,7 @@ def test_picker_auroc_script_compares_pickers_on_the_same_images(tmp_path):
     keep = save_picker(tmp_path / "keep.safetensors", iqa, isd, 1e9, "ultrasound")
     same = save_picker(tmp_path / "same.safetensors", iqa, isd, 1e9, "ultrasound")
     never = save_picker(tmp_path / "never.safetensors", iqa, isd, -1e9, "ultrasound")
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "picker_auroc.py"
-    spec = importlib.util.spec_from_file_location("picker_auroc", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = bench_script("picker_auroc")
     out = tmp_path / "auroc.json"
     assert mod.main(["--experiment", "busi-speckle", "--model", str(model), "--n-images", "3",
                      "--size", "64", "--seeds", "0,1", "--json", str(out),

@@ -128,16 +128,11 @@ def test_adapter_weights_payload_that_is_corrupt_is_a_clear_error(cut):
         load_weights(bad)
 
 
-def test_publish_gil_benchmark_measures_every_piece(tmp_path):
+def test_publish_gil_benchmark_measures_every_piece(tmp_path, bench_script):
     """benchmarks/publish_gil.py runs each piece beside the serving thread and reports it."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "publish_gil.py"
-    spec = importlib.util.spec_from_file_location("publish_gil", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = bench_script("publish_gil")
     out = tmp_path / "gil.json"
     assert mod.main(["--seconds", "0.4", "--rate", "20", "--size", "16", "--only", "idle",
                      "ort-publish", "views-load", "--json", str(out)]) == 0
@@ -148,16 +143,11 @@ def test_publish_gil_benchmark_measures_every_piece(tmp_path):
                for r in res.values())
 
 
-def test_vm_hiccups_benchmark_reports_lateness(tmp_path):
+def test_vm_hiccups_benchmark_reports_lateness(tmp_path, bench_script):
     """benchmarks/vm_hiccups.py: a periodic waiter's lateness and stalls per minute."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "vm_hiccups.py"
-    spec = importlib.util.spec_from_file_location("vm_hiccups", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = bench_script("vm_hiccups")
     out = tmp_path / "h.json"
     assert mod.main(["--seconds", "0.3", "--period-ms", "2", "--json", str(out)]) == 0
     r = json.loads(out.read_text())

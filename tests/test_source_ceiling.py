@@ -1,7 +1,5 @@
 """benchmarks/source_ceiling.py: it degrades exactly as synth does, and its ceilings are what
 they say (only blur left: images of a blur-free type score perfectly)."""
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,19 +8,9 @@ from same_fast.commands.synth import SynthConfig, synth
 from same_fast.eval.protocol import score_pair
 from same_fast.io import load, write_image
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("source_ceiling",
-                                                  ROOT / "benchmarks" / "source_ceiling.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 @pytest.mark.parametrize("preset", ["fundus-shen2020", "ultrasound-speckle"])
-def test_ceiling_replays_synth(tmp_path, preset):
+def test_ceiling_replays_synth(tmp_path, preset, bench_script):
     from skimage import data
 
     img = data.retina()[::8, ::8]  # 177 x 177 RGB, real fundus
@@ -31,7 +19,8 @@ def test_ceiling_replays_synth(tmp_path, preset):
         write_image(tmp_path / "in" / f"r{k}.png", np.ascontiguousarray(np.rot90(img, k % 4)))
     synth(SynthConfig(preset=preset, input=str(tmp_path / "in"), output=str(tmp_path / "syn"),
                       seed=3, progress=False))
-    res = _module().run(tmp_path / "in", None, 3, [tmp_path / "syn" / "degraded"], preset)
+    res = bench_script("source_ceiling").run(tmp_path / "in", None, 3,
+                                             [tmp_path / "syn" / "degraded"], preset)
     for r in res["rows"]:
         # the script's own degraded image is synth's (the same scores)
         clean = load(tmp_path / "syn" / "clean" / f"{r['name']}.png").frames[0]
