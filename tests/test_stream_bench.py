@@ -24,4 +24,39 @@ def test_stream_suite_smoke():
             assert c["serial"]["adapt_steps"] == 24 // 4
         if c["mode"] == "fixed" and c["adapt"] == "on":
             assert isinstance(c["done_when_met"], bool)
+        m = c["loop"]
+        assert m["tail_frames"] >= 1 and m["tail_step_ms"] > 0
+        parts = m["tail_from_wait"] + m["tail_from_step"] + m["tail_from_release"]
+        assert abs(parts - 1) < 0.2  # the three parts account for the slow frames' excess
     assert r["environment"]["python"]
+
+
+def _timeline(slow_steps: set[int], busy_before: set[int]):
+    """100 frames 10 ms apart, each served alone by a 1 ms step (3 ms where slow_steps says);
+    a frame in busy_before waits 2 ms for the worker first. Release is 0.05 ms after the step."""
+    submits, lat, steps = {}, {}, []
+    for i in range(100):
+        t = i * 0.01
+        start = t + (0.002 if i in busy_before else 0.0001)
+        end = start + (0.003 if i in slow_steps else 0.001)
+        steps.append((start, end))
+        submits[i], lat[i] = t, end + 0.00005 - t
+    return submits, lat, steps
+
+
+def test_tail_breakdown_blames_slow_steps():
+    r = stream.tail_breakdown(*_timeline(slow_steps={10, 50}, busy_before=set()))
+    assert r["tail_frames"] == 2  # the frames at or above the 99th percentile of 100
+    assert abs(r["tail_step_ms"] - 3.0) < 1e-6
+    assert r["tail_from_step"] > 0.99 and abs(r["tail_from_wait"]) < 0.01
+
+
+def test_tail_breakdown_blames_waiting():
+    r = stream.tail_breakdown(*_timeline(slow_steps=set(), busy_before={7, 70}))
+    assert r["tail_frames"] == 2
+    assert abs(r["tail_wait_ms"] - 2.0) < 1e-6 and abs(r["tail_step_ms"] - 1.0) < 1e-6
+    assert r["tail_from_wait"] > 0.99 and abs(r["tail_from_step"]) < 0.01
+
+
+def test_tail_breakdown_of_nothing():
+    assert stream.tail_breakdown({}, {}, [])["tail_frames"] == 0

@@ -35,7 +35,9 @@ Done-when (issue 7): adaptation on at a fixed rate: loop p99 <= 1.5 x p50 and 0 
 each fixed-rate case reports ``p99_over_p50`` and ``lost``. Each side also times its model step
 alone (``step_p50_ms``, ``step_p99_ms``): on a shared or virtual machine the step's own p99/p50
 (host speed drifting within a run) is the floor under the loop's, and ``loop_added_p50_ms`` is
-what queueing, batching and in-order release add on top.
+what queueing, batching and in-order release add on top. ``tail_from_wait``, ``tail_from_step``
+and ``tail_from_release`` say where the slowest 1 % of the loop's frames lost their time (see
+``tail_breakdown``).
 """
 from __future__ import annotations
 
@@ -126,6 +128,49 @@ def _sleep_until(t: float, spin: bool = True) -> None:
             time.sleep(d)
 
 
+def tail_breakdown(submits: dict[int, float], latencies: dict[int, float],
+                   steps: list[tuple[float, float]], q: float = 99.0) -> dict[str, float]:
+    """Where the frames at or above the ``q``-th latency percentile lost their time.
+
+    submits: ``perf_counter()`` just before each frame's submit, by sequence number; latencies:
+    the loop's own submit -> in-order release time (s), by sequence number; steps: ``(start,
+    end)`` of every model step call, in order. Each frame is matched to the step that served it
+    (the last to end before the frame was released), which splits its latency into *wait*
+    (submit -> that step's start: the worker was busy or not yet running), *step* (the model
+    step itself) and *release* (step end -> in-order release). For the slow frames, each part's
+    excess over its median across all frames is summed; ``tail_from_*`` are those sums as
+    fractions of the slow frames' total excess latency (they add up to about 1). A tail that
+    is mostly ``step`` is the model's own compute time varying (the machine), one that is
+    mostly ``wait`` is frames queueing behind each other or a worker kept off the CPU.
+    """
+    import bisect
+
+    empty = {"tail_frames": 0, "tail_wait_ms": 0.0, "tail_step_ms": 0.0, "tail_release_ms": 0.0,
+             "tail_from_wait": 0.0, "tail_from_step": 0.0, "tail_from_release": 0.0}
+    keys = [k for k in sorted(latencies) if k in submits]
+    if not keys or not steps:
+        return empty
+    ends = [e for _, e in steps]
+    parts = []
+    for k in keys:
+        release = submits[k] + latencies[k]
+        j = max(0, bisect.bisect_right(ends, release + 2e-4) - 1)
+        start, end = steps[j]
+        parts.append((latencies[k], start - submits[k], end - start, release - end))
+    a = np.asarray(parts) * 1000  # ms: latency, wait, step, release
+    med = np.median(a, axis=0)
+    slow = a[a[:, 0] >= np.percentile(a[:, 0], q)]
+    if not len(slow):
+        return empty
+    excess = (slow - med).sum(axis=0)
+    total = max(float(excess[0]), 1e-9)
+    return {"tail_frames": len(slow), "tail_wait_ms": float(np.median(slow[:, 1])),
+            "tail_step_ms": float(np.median(slow[:, 2])),
+            "tail_release_ms": float(np.median(slow[:, 3])),
+            "tail_from_wait": float(excess[1]) / total, "tail_from_step": float(excess[2]) / total,
+            "tail_from_release": float(excess[3]) / total}
+
+
 def _restore_source(served, frame: np.ndarray) -> None:
     """Serve the source weights again, so every case starts from the same model."""
     served.publish({k: v.detach().clone() for k, v in served.module.state_dict().items()},
@@ -153,18 +198,24 @@ def run_loop(o: dict[str, Any], served, adapt: bool, mode: str, streams: int) ->
             adaptation = OnlineAdaptation(served, acfg)
     observe = adaptation.observe if adaptation else None
     fixed = mode == "fixed"
-    step_s: list[float] = []
+    step_t: list[tuple[float, float]] = []
+    submitted_at: dict[int, float] = {}
+    latency: dict[int, float] = {}
 
     def step(fr: list) -> list:  # the model step alone, timed: the floor under the loop's latency
         t = time.perf_counter()
         out = served.frame_step(fr, observe)
-        step_s.append(time.perf_counter() - t)
+        step_t.append((t, time.perf_counter()))
         return out
+
+    def on_result(r) -> None:
+        if r.ok:
+            latency[r.seq] = r.latency_s
 
     # As `same-fast serve` does: the loop's workers keep off the adapter's CPUs.
     loop = StreamLoop(serving_step(step, adaptation.cpus if adaptation else None), LoopConfig(
         capacity=o["capacity"], max_batch=o["max_batch"], max_delay_ms=o["max_delay_ms"],
-        policy="drop_oldest" if fixed else "block"))
+        policy="drop_oldest" if fixed else "block"), on_result=on_result)
     futures: list[list] = [[] for _ in range(streams)]
     sched = _schedule(n, streams, o["fps"])
     v0 = served.weights_version
@@ -174,7 +225,10 @@ def run_loop(o: dict[str, Any], served, adapt: bool, mode: str, streams: int) ->
         for i, off in enumerate(sched[s]):
             if fixed:
                 _sleep_until(t0 + off, spin=False)
-            futures[s].append(loop.submit(frames[(i * streams + s) % n]))
+            t = time.perf_counter()
+            fut = loop.submit(frames[(i * streams + s) % n])
+            submitted_at[fut.seq] = t
+            futures[s].append(fut)
 
     threads = [threading.Thread(target=produce, args=(s,)) for s in range(streams)]
     for t in threads:
@@ -199,7 +253,8 @@ def run_loop(o: dict[str, Any], served, adapt: bool, mode: str, streams: int) ->
         "p999_ms": stats["p999_s"] * 1000, "max_ms": stats["max_latency_s"] * 1000,
         "throughput_fps": ok / max(t_end - t0, 1e-9), "mean_batch": stats["mean_batch"],
         "adapt_steps": steps, "weights_updates": updates,
-        **{f"step_{k}": v for k, v in _pct(step_s).items()},
+        **{f"step_{k}": v for k, v in _pct([e - b for b, e in step_t]).items()},
+        **tail_breakdown(submitted_at, latency, step_t),
     }
 
 
@@ -314,6 +369,9 @@ def _run(o: dict[str, Any]) -> dict[str, Any]:
             "model step p50/p99 ms": [round(lm["step_p50_ms"], 2), round(lm["step_p99_ms"], 2)],
             "model step p99/p50": round(c["step_p99_over_p50"], 2),
             "serial p99 / loop p99": round(c["serial_p99_over_loop_p99"], 2),
+            # the slowest 1 % of frames: their time above the median, by where it went
+            "loop tail from wait/step/release": [round(lm[f"tail_from_{k}"], 2)
+                                                 for k in ("wait", "step", "release")],
             "adapt steps loop/serial": [lm["adapt_steps"], sm["adapt_steps"]],
             **({"done_when_met": c["done_when_met"]} if "done_when_met" in c else {}),
         })
