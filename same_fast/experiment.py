@@ -83,6 +83,12 @@ class ExperimentConfig:
 
 EXPERIMENTS: dict[str, dict[str, Any]] = {
     "drive-cataract": {},
+    # A shift fully outside fundus-lite's training: none of the fundus presets adds noise. The
+    # re-degraded student view adds the same kind of noise again (Noisier2Noise: learning to map
+    # a noisier view to the teacher's output on the original teaches denoising without clean
+    # images).
+    "drive-noise": dict(preset="sensor-noise", redegrade_preset="sensor-noise",
+                        redegrade_strength=1.0),
     "busi-speckle": dict(
         dataset="BUSI", modality="ultrasound", model="ultrasound-lite",
         picker="ultrasound-picker", preset="ultrasound-speckle", downstream=False,

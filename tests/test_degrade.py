@@ -165,3 +165,15 @@ def test_errors():
         degrade(x[0], "gray")
     with pytest.raises(InputError, match="FOV"):
         degrade(x, "gray", fov=torch.ones(1, 1, 16, 32))
+
+
+def test_sensor_noise_is_zero_mean_and_grows_with_the_signal():
+    # Two flat images, dark and bright, away from the clamp at 0 and 1.
+    x = torch.cat([torch.full((1, 3, 128, 128), 0.2), torch.full((1, 3, 128, 128), 0.7)])
+    p = dataclasses.replace(PRESETS["sensor-noise"], shot=(0.006, 0.006), read=(0.02, 0.02))
+    r = degrade(x, p, torch.Generator().manual_seed(0)) - x
+    assert abs(float(r.mean())) < 2e-3  # no change of brightness on average
+    var = r.var(dim=(1, 2, 3))
+    expect = 0.006 * torch.tensor([0.2, 0.7]) + 0.02 ** 2
+    assert torch.allclose(var, expect, rtol=0.05), (var, expect)
+    assert var[1] > 2 * var[0]  # shot noise: the brighter image is noisier

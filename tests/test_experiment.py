@@ -100,3 +100,23 @@ def test_picker_auroc_script_compares_pickers_on_the_same_images(tmp_path, bench
         assert row["auroc"]["all"] == pytest.approx(
             np.mean([r["auroc"]["all"] for r in res["runs"][name]]))
         assert row["auroc_min_all"] <= row["auroc"]["all"]
+
+
+@pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (SAME_FAST_DATA)")
+def test_drive_noise_shift_and_its_noisier_student_view():
+    from same_fast.adapt.augment import redegrade
+    from same_fast.experiment import experiment_images
+
+    cfg = make_config("drive-noise", quick=True, n_images=2)
+    data, degraded = experiment_images(cfg)
+    fov = data["fov"].expand_as(degraded) > 0.5
+    clean = data["clean"]
+    r = (degraded - clean)[fov & (clean > 0.05) & (clean < 0.9)]  # away from the clamp
+    assert abs(float(r.mean())) < 0.01  # noise, not a change of brightness
+    assert 0.01 ** 2 < float(r.var()) < 0.03 ** 2 + 0.008  # within the preset's range
+    assert float((degraded - clean)[~fov].abs().max()) == 0  # the FOV stays black outside
+    # the student's view adds the same kind of noise again (Noisier2Noise)
+    g = torch.Generator().manual_seed(0)
+    noisier = redegrade(degraded, cfg.redegrade_preset, cfg.redegrade_strength, g)
+    extra = (noisier - degraded)[fov & (degraded > 0.05) & (degraded < 0.9)]
+    assert cfg.redegrade_preset == "sensor-noise" and float(extra.var()) > 0.01 ** 2

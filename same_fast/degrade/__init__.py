@@ -4,7 +4,8 @@
 degraded batch of the same shape, device and range; every parameter is drawn per image from
 ``generator`` (pass one on the tensors' device for speed; a CPU generator also works with CUDA
 tensors) and outside ``fov`` stays black. Presets: ``fundus-shen2020``, ``fundus-cataract``,
-``gray`` (OCT and ultrasound illumination, blur, noise) and ``ultrasound-speckle``. Their ranges
+``gray`` (OCT and ultrasound illumination, blur, noise), ``ultrasound-speckle`` and
+``sensor-noise`` (Poisson-Gaussian camera noise, outside the SPEC's families). Their ranges
 are dataclass fields: ``dataclasses.replace(PRESETS["gray"], p_blur=0.0)`` holds a family out.
 """
 from __future__ import annotations
@@ -16,13 +17,14 @@ from same_fast.degrade.presets import (
     Cataract,
     Gray,
     Preset,
+    SensorNoise,
     Shen2020,
     UltrasoundSpeckle,
 )
 from same_fast.errors import InputError
 
-__all__ = ["PRESETS", "Cataract", "Gray", "Preset", "Shen2020", "UltrasoundSpeckle", "degrade",
-           "get_preset"]
+__all__ = ["PRESETS", "Cataract", "Gray", "Preset", "SensorNoise", "Shen2020", "UltrasoundSpeckle",
+           "degrade", "get_preset"]
 
 
 def get_preset(preset: str | Preset) -> Preset:

@@ -308,8 +308,32 @@ class UltrasoundSpeckle:
         return ops.keep_fov(y.clamp(0, 1), fov)
 
 
-Preset = Shen2020 | Cataract | Gray | UltrasoundSpeckle
+@dataclass(frozen=True)
+class SensorNoise:
+    """Camera sensor noise (beyond the SPEC's families): Poisson-Gaussian, per pixel and channel.
+
+    ``y = x + sqrt(shot * x + read ** 2) * n`` with ``n`` standard normal: shot noise whose
+    variance grows with the signal (``shot`` is the gain in [0, 1] units) plus signal-independent
+    read noise of standard deviation ``read``, the usual model of a dim or small sensor. None of
+    the fundus presets adds noise, so this is a shift that ``fundus-lite`` never saw.
+    """
+
+    name: str = "sensor-noise"
+    shot: Range = (0.002, 0.008)
+    read: Range = (0.01, 0.03)
+
+    def apply(self, x: torch.Tensor, g: torch.Generator | None,
+              fov: torch.Tensor | None = None) -> torch.Tensor:
+        n = x.shape[0]
+        d = x.device
+        shot = _u(g, n, self.shot, d).view(-1, 1, 1, 1)
+        read = _u(g, n, self.read, d).view(-1, 1, 1, 1)
+        y = x + torch.sqrt(shot * x + read ** 2) * _randn(g, x)
+        return ops.keep_fov(y.clamp(0, 1), fov)
+
+
+Preset = Shen2020 | Cataract | Gray | UltrasoundSpeckle | SensorNoise
 
 PRESETS: dict[str, Preset] = {
-    p.name: p for p in (Shen2020(), Cataract(), Gray(), UltrasoundSpeckle())
+    p.name: p for p in (Shen2020(), Cataract(), Gray(), UltrasoundSpeckle(), SensorNoise())
 }
