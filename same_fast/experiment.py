@@ -563,8 +563,9 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     md = markdown(result)
     (out / "results.md").write_text(md)
-    shown = "same_offline" if "same_offline" in outputs else methods[-1]
-    _grid(out / "examples.png", [outputs[m] for m in ("degraded", "source", shown)]
+    # columns: degraded, source, each SAME arm that ran (offline, re-degraded view), clean
+    shown = [m for m in ("same_offline", "same_redegrade") if m in outputs] or [methods[-1]]
+    _grid(out / "examples.png", [outputs[m] for m in ("degraded", "source", *shown)]
           + [clean], cfg.examples)
     log(md)
     return result
