@@ -58,6 +58,20 @@ def test_adapt_reads_dicom_cine(tmp_path, tiny, dicom_file):
     assert load_model(out)[1]["provenance"]["frames"] == 30
 
 
+def test_adapt_redegrade_preset_implies_the_view_and_is_recorded(tmp_path, tiny):
+    out = tmp_path / "adapted.safetensors"
+    code = main(["adapt", "-m", str(tiny), "-i", str(_folder(tmp_path / "in")), "-o", str(out),
+                 "--steps", "2", "--size", "16", "--picker", "none",
+                 "--redegrade-preset", "sensor-noise", "--redegrade-strength", "0.5"])
+    assert code == 0
+    _, meta = load_model(out)
+    c = meta["adaptation"]["config"]
+    assert (c["redegrade"], c["redegrade_preset"], c["redegrade_strength"]) == \
+        (True, "sensor-noise", 0.5)
+    start = read_audit(tmp_path / "adapted.audit.jsonl")[0]
+    assert start["config"]["redegrade_preset"] == "sensor-noise"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["-i", "MISSING"], "no such folder"),
     (["--size", "12"], "multiple"),

@@ -219,7 +219,8 @@ def test_every_adaptation_flag_sets_its_adaptconfig_field_and_names_it_in_errors
     given = {"batch": 3, "every": 5, "buffer": 7, "crop": 32, "lr": 0.5, "ema": 0.25,
              "serve": "teacher", "cpus": "off", "publish_every_s": 2.5, "safety": "reset",
              "min_acceptance": 0.125, "max_drift": 0.375, "audit": "a.jsonl",
-             "audit_hash_every": 4, "picker": "p.safetensors", "seed": 9}
+             "audit_hash_every": 4, "picker": "p.safetensors", "seed": 9,
+             "redegrade": "sensor-noise", "redegrade_strength": 0.5}
     assert set(given) == set(ADAPT_FLAGS)
     argv = ["--adapt", "online", "--adapt-in", "thread"]
     for name, value in given.items():
@@ -228,9 +229,11 @@ def test_every_adaptation_flag_sets_its_adaptconfig_field_and_names_it_in_errors
     assert cfg.adapt_in == "thread" and cfg.adaptation == AdaptConfig(**given)
     for name, bad in (("batch", 0), ("every", 0), ("buffer", 0), ("audit_hash_every", -1),
                       ("min_acceptance", 2.0), ("max_drift", -1.0), ("publish_every_s", -1.0),
-                      ("serve", "both"), ("safety", "panic")):
+                      ("serve", "both"), ("safety", "panic"), ("redegrade_strength", -1.0)):
         with pytest.raises(InputError, match=ADAPT_FLAGS[name] + " must be"):
             ServeConfig(adaptation=AdaptConfig(**{name: bad})).validate()
+    with pytest.raises(InputError, match="--adapt-redegrade: unknown degradation preset 'fog'"):
+        ServeConfig(adaptation=AdaptConfig(redegrade="fog")).validate()
 
 
 def _metric(text, name):
@@ -299,3 +302,30 @@ def test_collapsed_acceptance_resets_adaptation_visibly(tiny_model, tmp_path):
     # The reset left the source weights serving, exactly.
     assert recs[1]["event"] == "start" and resets[0]["weights_sha256"] == recs[1]["weights_sha256"]
     assert recs[0]["source_weights_hash"] == source["weights_hash"]
+
+
+@pytest.mark.parametrize("adapt_in", ["process", "thread"])
+def test_the_adapter_trains_on_the_re_degraded_view_it_was_given(tiny_model, tmp_path, adapt_in):
+    # --adapt-redegrade reaches the library adapter in the child process and in the thread: its
+    # own "start" record (written where it runs) carries the configuration it trains with.
+    from same_fast.adapt.audit import read_audit
+
+    log = tmp_path / "audit.jsonl"
+    svc = _online_service(tiny_model, adapt_in, audit=str(log), redegrade="sensor-noise",
+                          redegrade_strength=0.75)
+    try:
+        start = next(r for r in read_audit(log) if r["event"] == "start")
+        c = start["config"]
+        assert (c["mode"], c["redegrade"], c["redegrade_preset"], c["redegrade_strength"]) == \
+            ("online", True, "sensor-noise", 0.75)
+        serve = next(r for r in read_audit(log) if r["event"] == "serve")
+        assert serve["settings"]["redegrade"] == "sensor-noise"
+    finally:
+        svc.close()
+    plain = tmp_path / "plain.jsonl"
+    svc = _online_service(tiny_model, adapt_in, audit=str(plain))
+    try:
+        assert next(r for r in read_audit(plain) if r["event"] == "start")["config"][
+            "redegrade"] is False
+    finally:
+        svc.close()

@@ -185,7 +185,7 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
     history: list[dict[str, float]] = []
     if audit is not None:
         audit.event("start", 0, served=student, mode="offline", total_steps=total,
-                    images=len(images), config=_jsonable(cfg))
+                    images=len(images), config=config_json(cfg))
     order: list[int] = []
     for i in range(total):
         # epochs: every image once per pass, in a seeded random order
@@ -212,7 +212,7 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
     return AdaptResult(student, teacher, history)
 
 
-def _jsonable(cfg: Any) -> dict[str, Any]:
+def config_json(cfg: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}

@@ -13,6 +13,7 @@ HELP = "adapt an enhancer to unlabeled target images (SAME teacher-student + pic
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from same_fast.adapt.loop import AdaptConfig
     from same_fast.adapt.safety import SafetyConfig
+    from same_fast.degrade import PRESETS
 
     d, s = AdaptConfig(), SafetyConfig()
     p.add_argument("-m", "--model", required=True, help="shipped model name or checkpoint path")
@@ -42,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the entropy term on batches where the picker kept nothing")
     p.add_argument("--redegrade", action="store_true",
                    help="give the student a re-degraded view (SRTTA-style)")
+    p.add_argument("--redegrade-preset", default=d.redegrade_preset, metavar="PRESET",
+                   choices=sorted(PRESETS),
+                   help="degradation preset of the re-degraded view, implies --redegrade "
+                        "(default: the modality's source training preset; sensor-noise for "
+                        "noisy target images)")
     p.add_argument("--redegrade-strength", type=float, default=d.redegrade_strength)
     p.add_argument("--every", type=int, default=d.every, help="online: adapt every k frames")
     p.add_argument("--buffer", type=int, default=d.buffer, help="online: frames kept")
@@ -87,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     modality = str(meta.get("modality", "fundus"))
     fields = {f.name for f in dataclasses.fields(AdaptConfig)}
     cfg = AdaptConfig(**{k: v for k, v in vars(args).items() if k in fields}, modality=modality)
+    if cfg.redegrade_preset:  # naming the preset asks for the view
+        cfg = dataclasses.replace(cfg, redegrade=True)
     cfg.check()
     picker = resolve_picker(args.picker, modality, args.device, args.p_good, args.soft_picker)
     frames, fovs, names = load_frames(args.input, model.in_channels, args.mask, args.device)

@@ -52,6 +52,11 @@ ADAPT_OPTIONS: dict[str, dict[str, Any]] = {
                                  "(events always carry it; 0 = events only)"},
     "picker": {"help": "picker checkpoint (default: accept all)"},
     "seed": {"type": int},
+    "redegrade": {"metavar": "PRESET",
+                  "help": "re-degrade the student's view with this degradation preset (e.g. "
+                          "sensor-noise for noisy frames: the student learns to undo it)"},
+    "redegrade_strength": {"type": float, "metavar": "S",
+                           "help": "scale of --adapt-redegrade (x + S (degraded - x))"},
 }
 
 

@@ -25,6 +25,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -121,11 +122,25 @@ def check_audit_path(path: str) -> None:
         raise InputError(f"cannot write the audit log '{path}' ({e.strerror or e})") from None
 
 
+def lib_config(c: Mapping[str, Any]):
+    """The library's online ``same_fast.adapt.loop.AdaptConfig`` from the serving settings
+    ``c`` (the fields the adapter child receives: batch, size, lr, ema, every, buffer, serve,
+    seed, modality and optionally redegrade, redegrade_strength). One place for both the thread
+    and the process adapter."""
+    from same_fast.adapt.loop import AdaptConfig as LibConfig
+
+    preset = c.get("redegrade") or ""
+    return LibConfig(mode="online", batch=c["batch"], size=c["size"], lr=c["lr"], ema=c["ema"],
+                     every=c["every"], buffer=c["buffer"], serve=c["serve"], seed=c["seed"],
+                     modality=c["modality"], redegrade=bool(preset), redegrade_preset=preset,
+                     redegrade_strength=float(c.get("redegrade_strength", 1.0)))
+
+
 def _audit_context(served: ServedModel, cfg: AdaptConfig, runs_in: str) -> dict[str, Any]:
     return {"model": served.name, "runs_in": runs_in, "source_weights_hash": served.weights_hash,
             "settings": {k: getattr(cfg, k) for k in (
                 "batch", "every", "buffer", "crop", "lr", "ema", "serve", "picker", "safety",
-                "min_acceptance", "max_drift", "seed")}}
+                "min_acceptance", "max_drift", "seed", "redegrade", "redegrade_strength")}}
 
 
 class OnlineAdaptation:
@@ -138,7 +153,6 @@ class OnlineAdaptation:
                  start: bool = True) -> None:
         if served.module is None:
             raise InputError(f"--adapt online needs a trainable model; '{served.name}' is not one")
-        from same_fast.adapt.loop import AdaptConfig as LibConfig
         from same_fast.adapt.online import OnlineAdapter
 
         self.config = cfg = config or AdaptConfig()
@@ -148,9 +162,10 @@ class OnlineAdaptation:
         self._placed = self.cpus if start else None
         mult = int(getattr(served.module, "multiple", 1) or 1)
         size = max(mult, cfg.crop // mult * mult)
-        lib = LibConfig(mode="online", batch=cfg.batch, size=max(size, 8), lr=cfg.lr,
-                        ema=cfg.ema, every=cfg.every, buffer=cfg.buffer, serve=cfg.serve,
-                        seed=cfg.seed, modality=str(served.metadata.get("modality") or "fundus"))
+        lib = lib_config({**{k: getattr(cfg, k) for k in (
+            "batch", "lr", "ema", "every", "buffer", "serve", "seed", "redegrade",
+            "redegrade_strength")}, "size": max(size, 8),
+            "modality": str(served.metadata.get("modality") or "fundus")})
         safety = safety_config(cfg.safety, cfg.min_acceptance, cfg.max_drift)
         picker = None
         if cfg.picker:
@@ -325,6 +340,7 @@ class ProcessAdaptation:
             "cpus": sorted(self.cpus.adapter) if self.cpus.adapter else None,
             "publish_every_s": cfg.publish_every_s,
             "min_acceptance": cfg.min_acceptance, "max_drift": cfg.max_drift,
+            "redegrade": cfg.redegrade, "redegrade_strength": cfg.redegrade_strength,
             "modality": str(served.metadata.get("modality") or "fundus")}
         if cfg.audit:
             check_audit_path(cfg.audit)

@@ -147,10 +147,9 @@ def main() -> int:
     import torch
     from safetensors.torch import save as st_save
 
-    from same_fast.adapt.loop import AdaptConfig as LibConfig
     from same_fast.adapt.online import OnlineAdapter
     from same_fast.models import build_from_metadata
-    from same_fast.serve.adaptation import open_audit, safety_config
+    from same_fast.serve.adaptation import lib_config, open_audit, safety_config
     from same_fast.serve.model import weights_hash
 
     torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
@@ -161,9 +160,7 @@ def main() -> int:
         from same_fast.picker import load_picker
 
         picker = load_picker(cfg["picker"], device="cpu")
-    lib = LibConfig(mode="online", batch=cfg["batch"], size=cfg["size"], lr=cfg["lr"],
-                    ema=cfg["ema"], every=cfg["every"], buffer=cfg["buffer"], serve=cfg["serve"],
-                    seed=cfg["seed"], modality=cfg["modality"])
+    lib = lib_config(cfg)
     safety = safety_config(cfg["safety"], cfg.get("min_acceptance"), cfg.get("max_drift"))
     audit = None
     if cfg.get("audit"):

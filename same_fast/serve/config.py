@@ -21,7 +21,8 @@ ADAPT_FLAGS = {
     "cpus": "--adapt-cpus", "publish_every_s": "--adapt-publish-every-s",
     "safety": "--adapt-safety", "min_acceptance": "--adapt-min-acceptance",
     "max_drift": "--adapt-max-drift", "audit": "--audit", "audit_hash_every": "--audit-hash-every",
-    "picker": "--picker", "seed": "--seed",
+    "picker": "--picker", "seed": "--seed", "redegrade": "--adapt-redegrade",
+    "redegrade_strength": "--adapt-redegrade-strength",
 }
 
 
@@ -43,7 +44,10 @@ class AdaptConfig:
     reach the server at most this often (seconds, 0 = after every step; each swap costs the
     next served batches; freeze and reset always publish); audit: JSONL audit log that every
     step and event is appended to (None: none); audit_hash_every: steps between served-weights
-    hashes in it.
+    hashes in it. redegrade: a degradation preset (``same_fast.degrade``) that re-degrades the
+    student's view, scaled by redegrade_strength (None: the paper's recipe, the same view for
+    teacher and student). A preset of the clinic's own kind of degradation (``sensor-noise``
+    for noisy frames) lets the student learn to undo it; see the README's drive-noise table.
     """
 
     batch: int = 4
@@ -64,6 +68,8 @@ class AdaptConfig:
     max_drift: float | None = None
     audit: str | None = None
     audit_hash_every: int = 10
+    redegrade: str | None = None
+    redegrade_strength: float = 1.0
 
     def validate(self, plan_cpus: bool = True) -> AdaptConfig:
         """Raise InputError, naming the ``same-fast serve`` flag, for a bad setting.
@@ -91,6 +97,14 @@ class AdaptConfig:
             raise InputError(f"{flag['max_drift']} must be >= 0")
         if not self.publish_every_s >= 0:
             raise InputError(f"{flag['publish_every_s']} must be >= 0")
+        if not self.redegrade_strength >= 0:
+            raise InputError(f"{flag['redegrade_strength']} must be >= 0")
+        if self.redegrade:
+            from same_fast.degrade import PRESETS  # imports torch: only when asked for
+
+            if self.redegrade not in PRESETS:
+                raise InputError(f"{flag['redegrade']}: unknown degradation preset "
+                                 f"'{self.redegrade}' (choose from {', '.join(sorted(PRESETS))})")
         return self
 
 
