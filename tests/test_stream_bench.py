@@ -27,7 +27,7 @@ def test_stream_suite_smoke():
         m = c["loop"]
         assert m["tail_frames"] >= 1 and m["tail_step_ms"] > 0
         parts = m["tail_from_wait"] + m["tail_from_step"] + m["tail_from_release"]
-        assert abs(parts - 1) < 0.2  # the three parts account for the slow frames' excess
+        assert abs(parts - 1) < 1e-9 or parts == 0  # shares of the slow frames' excess
     assert r["environment"]["python"]
 
 

@@ -139,7 +139,8 @@ def tail_breakdown(submits: dict[int, float], latencies: dict[int, float],
     (submit -> that step's start: the worker was busy or not yet running), *step* (the model
     step itself) and *release* (step end -> in-order release). For the slow frames, each part's
     excess over its median across all frames is summed; ``tail_from_*`` are those sums as
-    fractions of the slow frames' total excess latency (they add up to about 1). A tail that
+    fractions of the three sums' total (they add up to 1; a part below its median gives a
+    negative share). A tail that
     is mostly ``step`` is the model's own compute time varying (the machine), one that is
     mostly ``wait`` is frames queueing behind each other or a worker kept off the CPU.
     """
@@ -162,13 +163,16 @@ def tail_breakdown(submits: dict[int, float], latencies: dict[int, float],
     slow = a[a[:, 0] >= np.percentile(a[:, 0], q)]
     if not len(slow):
         return empty
+    out = {**empty, "tail_frames": len(slow), "tail_wait_ms": float(np.median(slow[:, 1])),
+           "tail_step_ms": float(np.median(slow[:, 2])),
+           "tail_release_ms": float(np.median(slow[:, 3]))}
     excess = (slow - med).sum(axis=0)
-    total = max(float(excess[0]), 1e-9)
-    return {"tail_frames": len(slow), "tail_wait_ms": float(np.median(slow[:, 1])),
-            "tail_step_ms": float(np.median(slow[:, 2])),
-            "tail_release_ms": float(np.median(slow[:, 3])),
-            "tail_from_wait": float(excess[1]) / total, "tail_from_step": float(excess[2]) / total,
-            "tail_from_release": float(excess[3]) / total}
+    total = float(excess[1:].sum())
+    if total > 0:  # else the slowest frames are not slower than the median: nothing to split
+        out.update(tail_from_wait=float(excess[1]) / total,
+                   tail_from_step=float(excess[2]) / total,
+                   tail_from_release=float(excess[3]) / total)
+    return out
 
 
 def _restore_source(served, frame: np.ndarray) -> None:
