@@ -140,9 +140,9 @@ def tail_breakdown(submits: dict[int, float], latencies: dict[int, float],
     step itself) and *release* (step end -> in-order release). For the slow frames, each part's
     excess over its median across all frames is summed; ``tail_from_*`` are those sums as
     fractions of the three sums' total (they add up to 1; a part below its median gives a
-    negative share). A tail that
-    is mostly ``step`` is the model's own compute time varying (the machine), one that is
-    mostly ``wait`` is frames queueing behind each other or a worker kept off the CPU.
+    negative share). A tail that is mostly ``step`` is the model's own compute time varying
+    (the machine); one that is mostly ``wait`` is frames queueing behind each other or a worker
+    kept off the CPU.
     """
     import bisect
 
