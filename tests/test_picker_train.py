@@ -17,6 +17,7 @@ from same_fast.train.picker import (
     load_structure_set,
     train_iqa,
     train_isd,
+    train_picker,
 )
 
 
@@ -162,3 +163,16 @@ def test_train_picker_cli_records_the_adversarial_weight(tmp_path, capsys):
         main(args + ["--isd-adversarial", "-1"])
     assert e.value.code == 2
     assert "--isd-adversarial must be >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"modality": "mri"}, "unknown modality 'mri'"),
+    ({"inputs": []}, "at least one input folder"),
+    ({"percentile": 0.0}, r"--percentile must be in \(0, 100\]"),
+    ({"isd_adversarial": -1.0}, "--isd-adversarial must be >= 0"),
+])
+def test_picker_settings_are_checked_before_any_data(tmp_path, bad, message):
+    # the inputs do not exist: a check that ran after loading would fail on them instead
+    cfg = PickerTrainConfig(**{"inputs": [str(tmp_path / "missing")], **bad})
+    with pytest.raises(InputError, match=message):
+        train_picker(cfg)

@@ -42,15 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from same_fast.errors import InputError
     from same_fast.train.picker import PickerTrainConfig, train_picker
 
     fields = {f.name for f in dataclasses.fields(PickerTrainConfig)}
     cfg = PickerTrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    if not (0.0 < cfg.percentile <= 100.0):
-        raise InputError(f"--percentile must be in (0, 100], got {cfg.percentile}")
-    if cfg.isd_adversarial < 0:  # before any data is read or the IQA trains
-        raise InputError(f"--isd-adversarial must be >= 0, got {cfg.isd_adversarial}")
     bars: dict[str, object] = {}
 
     def progress(stage: str, step: int, total: int, loss: float) -> None:

@@ -59,6 +59,17 @@ class PickerTrainConfig:
     # by the picker either: its provenance's held_out list is excluded from the inputs.
     exclude_from: str = ""
 
+    def check(self) -> None:
+        """InputError, naming the flag, for a setting no training can use (before any data)."""
+        if self.modality not in ("fundus", "ultrasound", "oct"):
+            raise InputError(f"unknown modality '{self.modality}' (fundus, ultrasound, oct)")
+        if not self.inputs:
+            raise InputError("train-picker needs at least one input folder (-i)")
+        if not (0.0 < self.percentile <= 100.0):
+            raise InputError(f"--percentile must be in (0, 100], got {self.percentile}")
+        if self.isd_adversarial < 0:
+            raise InputError(f"--isd-adversarial must be >= 0, got {self.isd_adversarial}")
+
 
 @dataclass
 class StructureSet:
@@ -324,7 +335,7 @@ def train_isd(masks: torch.Tensor, cfg: PickerTrainConfig, g: torch.Generator,
     a plain VAE; the discriminator's losses go to ``stats["disc_losses"]`` when ``stats`` is given.
     """
     dev = torch.device(cfg.device)
-    if cfg.isd_adversarial < 0:
+    if cfg.isd_adversarial < 0:  # train_isd is also called alone (tests, experiments)
         raise InputError(f"--isd-adversarial must be >= 0, got {cfg.isd_adversarial}")
     isd = StructureVAE(size=cfg.isd_size, latent=cfg.isd_latent).to(dev)
     opt = torch.optim.Adam(isd.parameters(), lr=cfg.lr)
@@ -382,10 +393,7 @@ def train_picker(cfg: PickerTrainConfig, progress: Progress | None = None) -> di
     """
     from same_fast.picker import save_picker
 
-    if cfg.modality not in ("fundus", "ultrasound", "oct"):
-        raise InputError(f"unknown modality '{cfg.modality}' (fundus, ultrasound, oct)")
-    if not cfg.inputs:
-        raise InputError("train-picker needs at least one input folder (-i)")
+    cfg.check()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
