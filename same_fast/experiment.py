@@ -79,6 +79,7 @@ class ExperimentConfig:
     arms: str = ""              # comma-separated adapted arms to run ("" = all), for exploring
     picker_soft: bool = False   # soft picker weights (PickerConfig.soft)
     picker_p_good: float = 0.0  # IQA acceptance threshold (0 = the picker's default)
+    picker_calibrate: float = 0.0  # PickerConfig.calibrate: also accept the target's best share
 
 
 EXPERIMENTS: dict[str, dict[str, Any]] = {
@@ -432,7 +433,8 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     log = print if progress else (lambda *a, **k: None)
     model, meta = load_model(cfg.model)
     picker = load_picker(cfg.picker, config=PickerConfig(
-        soft=cfg.picker_soft, p_good=cfg.picker_p_good if cfg.picker_p_good > 0 else None))
+        soft=cfg.picker_soft, p_good=cfg.picker_p_good if cfg.picker_p_good > 0 else None,
+        calibrate=cfg.picker_calibrate))
     data, degraded = experiment_images(cfg, meta)
     clean, fov = data["clean"], data["fov"]
     frames = list(degraded)
@@ -461,6 +463,8 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
 
     def offline(arm: str, pick: Any, c: Any) -> None:
         if arm in arms:
+            if pick is not None:  # each arm calibrates on its own teacher's outputs
+                pick.reset_calibration()
             r = runs[arm] = timed(arm, lambda: adapt_offline(model, frames, pick, c, fovs))
             outputs[arm] = _enhance(r.student if cfg.serve == "student" else r.teacher,
                                     degraded, fov)
@@ -485,6 +489,7 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
         return torch.stack(ys)
 
     if "same_online" in arms:
+        picker.reset_calibration()
         outputs["same_online"] = timed("same_online", online)
     same, mt, red = runs.get("same_offline"), runs.get("mean_teacher"), runs.get("same_redegrade")
 
@@ -497,6 +502,7 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
         table[m] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     # picker: decisions on the real pseudo-labels, AUROC against planted implausible ones
     y_t, s_t = _teacher(model, degraded)
+    picker.reset_calibration()  # accept_real and the planted ones: the absolute rule
     real = picker.scores(y_t, s_t)
     w_real = picker.weights_from_scores(real)
     picker_res: dict[str, Any] = {"config": picker_config_dict(picker),

@@ -11,11 +11,22 @@ that multiplies per-sample losses: no boolean indexing and no host round trip, s
 every sample is rejected simply contributes zero loss. After the two networks, every score and
 the decision come from one call of the fused op ``same_fast.ops.picker_weights`` (one Triton
 launch on CUDA), whose formulas are the ones the shipped thresholds were calibrated with.
+
+Calibration to the target (``PickerConfig.calibrate``, beyond the paper): the absolute thresholds
+were set on the source's kind of images. A clinic whose every image scores below them (a modality
+or camera the assessors never saw) would get no adaptation at all, and one where a small, biased
+share passes (the brightest, least noisy views) would adapt on that share only. With
+``calibrate = c`` in (0, 1), the picker also accepts a pseudo-label whose plausibility (the
+smaller of its two margins, ``p_good / p_good_threshold`` and ``isd_threshold / isd``: the
+assessor it fails worse decides) ranks in the best share ``c`` of the last ``window``
+pseudo-labels it judged during training, this batch included; so at least about that share is
+learnt from. What the absolute rule accepts is still accepted. The window and its quantile stay
+on the device: still no host round trip.
 """
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +53,9 @@ class PickerConfig:
     soft: weights in [0, 1] (sigmoids around both thresholds) instead of 0/1.
     temperature: width of the soft sigmoids, as a fraction of each threshold.
     use_iqa / use_isd: switch either assessor off (ablations).
+    calibrate: 0 = the absolute rule alone; c in (0, 1) = also accept the best share c of the
+        target's own recent pseudo-labels by plausibility (see the module doc).
+    window: how many recent pseudo-labels the calibration ranks against.
     """
 
     p_good: float | None = None
@@ -50,6 +64,16 @@ class PickerConfig:
     temperature: float = 0.05
     use_iqa: bool = True
     use_isd: bool = True
+    calibrate: float = 0.0
+    window: int = 256
+
+    def check(self) -> None:
+        from same_fast.errors import InputError
+
+        if not 0.0 <= self.calibrate < 1.0:
+            raise InputError(f"picker calibration share must be in [0, 1), got {self.calibrate}")
+        if self.window < 1:
+            raise InputError(f"picker calibration window must be >= 1, got {self.window}")
 
 
 class Picker(nn.Module):
@@ -66,6 +90,7 @@ class Picker(nn.Module):
         self.iqa, self.isd = iqa, isd
         self.modality = modality
         self.config = config or PickerConfig()
+        self.config.check()
         self.p_good = float(self.config.p_good if self.config.p_good is not None
                             else DEFAULT_P_GOOD.get(modality, 0.8))
         self.isd_threshold = float(self.config.isd_threshold if self.config.isd_threshold
@@ -76,6 +101,33 @@ class Picker(nn.Module):
         # NHWC weights: oneDNN then keeps the small convolutions' activations NHWC too; on the
         # 2-core CPU the picker's cost per 4x256x256 batch fell from 23.5 to 13.6 ms (1 thread).
         self.to(memory_format=torch.channels_last)
+        # The calibration window: recent plausibilities, NaN where not yet filled.
+        n = self.config.window if self.config.calibrate > 0 else 0
+        self.register_buffer("_window", torch.full((n,), float("nan")), persistent=False)
+        self._window_pos = self._seen = 0
+
+    def reset_calibration(self) -> None:
+        """Forget the judged pseudo-labels (after a reset of the teacher to the source weights,
+        whose outputs score differently from the adapted teacher's)."""
+        self._window.fill_(float("nan"))
+        self._window_pos = self._seen = 0
+
+    def _observe(self, r: ops.PickerScores) -> None:
+        n, size = r.plausibility.shape[0], self._window.shape[0]
+        vals = r.plausibility.float()[-size:]
+        idx = (torch.arange(vals.shape[0], device=vals.device) + self._window_pos) % size
+        self._window.index_copy_(0, idx, vals)
+        self._window_pos = (self._window_pos + n) % size
+        self._seen += n
+
+    def _calibrated(self, weights: torch.Tensor, plausibility: torch.Tensor) -> torch.Tensor:
+        """The absolute rule's weights, raised to pass what ranks in the target's best share."""
+        q = torch.nanquantile(self._window, 1.0 - self.config.calibrate)
+        if self.config.soft:
+            t = max(self.config.temperature, 1e-6)
+            return torch.maximum(weights, torch.sigmoid((plausibility - q) /
+                                                        (t * q.clamp_min(1e-8))))
+        return torch.maximum(weights, (plausibility >= q).float())
 
     def train(self, mode: bool = True) -> Picker:
         # The assessors are frozen judges: BatchNorm statistics must never move during adaptation.
@@ -90,17 +142,28 @@ class Picker(nn.Module):
                 "use_iqa": cfg.use_iqa, "use_isd": cfg.use_isd}
 
     @torch.no_grad()
-    def assess(self, image: torch.Tensor, structure_logits: torch.Tensor) -> ops.PickerScores:
+    def assess(self, image: torch.Tensor, structure_logits: torch.Tensor,
+               observe: bool = False) -> ops.PickerScores:
         """Both assessors, then one fused ``ops.picker_weights`` call: every per-sample field.
 
         The ISD score is ``StructureVAE.score`` (Bernoulli-KL reconstruction error from the
         posterior mean + beta x KL), computed by the op from the VAE's reconstruction.
+        With calibration on, ``weights`` also pass what ranks in the target's best share;
+        ``observe`` first adds this batch to the calibration window (training does; scoring
+        for logs and AUROC does not).
         """
         x01 = ((image.float() + 1) * 0.5).clamp(0, 1)
         iqa_logits = self.iqa(x01)
         x, recon, mu, logvar = self.isd.reconstruct_mean(torch.sigmoid(structure_logits.float()))
-        return ops.picker_weights(x, recon, iqa_logits, mu, logvar, kl_weight=self.isd.beta,
-                                  good_class=0, recon_error="bernoulli_kl", **self.rule())
+        r = ops.picker_weights(x, recon, iqa_logits, mu, logvar, kl_weight=self.isd.beta,
+                               good_class=0, recon_error="bernoulli_kl", **self.rule())
+        if self.config.calibrate <= 0:
+            return r
+        if observe:
+            self._observe(r)
+        if not self._seen:
+            return r
+        return r._replace(weights=self._calibrated(r.weights, r.plausibility))
 
     @torch.no_grad()
     def scores(self, image: torch.Tensor, structure_logits: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -117,12 +180,17 @@ class Picker(nn.Module):
 
     @torch.no_grad()
     def forward(self, image: torch.Tensor, structure_logits: torch.Tensor) -> torch.Tensor:
-        return self.assess(image, structure_logits).weights
+        """The training decision: weights (N,); adds the batch to the calibration window."""
+        return self.assess(image, structure_logits, observe=True).weights
 
     def weights_from_scores(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
         """Weights (N,) from a ``scores`` dict under the current config (the op's decision
-        stage, ``ops.picker_decision``; a dict from ``scores`` gives its ``weights`` again)."""
-        return ops.picker_decision(s["isd"], s["p_good"], s["good_top"], **self.rule())[0]
+        stage, ``ops.picker_decision``, then the calibration window as it stands; a dict from
+        ``scores`` gives its ``weights`` again)."""
+        w, plausibility = ops.picker_decision(s["isd"], s["p_good"], s["good_top"], **self.rule())
+        if self.config.calibrate > 0 and self._seen:
+            return self._calibrated(w, plausibility)
+        return w
 
 
 def state_and_metadata(iqa: IQANet, isd: StructureVAE, isd_threshold: float, modality: str,
@@ -187,6 +255,8 @@ def load_picker(name_or_path: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"{path}: picker checkpoint is inconsistent ({e})") from None
     if config is None:
         config = PickerConfig(p_good=meta.get("p_good"))
+    elif config.p_good is None:  # the checkpoint's threshold unless the caller sets one
+        config = replace(config, p_good=meta.get("p_good"))
     picker = Picker(iqa, isd, thr, str(meta.get("modality", "fundus")), config)
     picker.metadata = meta  # type: ignore[attr-defined]
     return picker.to(device)

@@ -72,7 +72,27 @@ def test_adapt_redegrade_preset_implies_the_view_and_is_recorded(tmp_path, tiny)
     assert start["config"]["redegrade_preset"] == "sensor-noise"
 
 
+def test_adapt_picker_calibration_adapts_where_the_absolute_rule_rejects_all(tmp_path, tiny):
+    # An IQA threshold no output reaches: alone, the absolute rule accepts none of the teacher's
+    # outputs. Calibrated, the picker learns from the better half of them.
+    runs = {}
+    for share in ("0", "0.5"):
+        out = tmp_path / f"a{share}.safetensors"
+        assert main(["adapt", "-m", str(tiny), "-i", str(_folder(tmp_path / f"in{share}")),
+                     "-o", str(out), "--steps", "4", "--size", "32",
+                     "--picker", "ultrasound-picker", "--p-good", "0.99999",
+                     "--picker-calibrate", share]) == 0
+        runs[share] = load_model(out)[1]["adaptation"], read_audit(
+            tmp_path / f"a{share}.audit.jsonl")
+    assert runs["0"][0]["acceptance"] == 0.0
+    assert 0.25 <= runs["0.5"][0]["acceptance"] <= 0.75
+    assert runs["0.5"][0]["picker_config"]["calibrate"] == 0.5
+    assert runs["0.5"][1][0]["picker"]["calibrate"] == 0.5  # the audit's start record
+    assert runs["0"][0]["picker_config"]["calibrate"] == 0.0
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--picker", "ultrasound-picker", "--picker-calibrate", "1"], "calibration share"),
     (["-i", "MISSING"], "no such folder"),
     (["--size", "12"], "multiple"),
     (["--picker", "nope.safetensors"], "no such picker"),

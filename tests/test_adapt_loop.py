@@ -152,6 +152,22 @@ def test_reset_restores_source_weights_exactly():
     assert not _same(ad.student, m)
 
 
+def test_reset_clears_the_pickers_calibration_window():
+    from same_fast.nn.iqa import IQANet
+    from same_fast.nn.isd import StructureVAE
+    from same_fast.picker import Picker, PickerConfig
+
+    torch.manual_seed(0)
+    picker = Picker(IQANet(1, width=4, depth=2, size=32), StructureVAE(size=16, latent=4, width=4),
+                    0.5, "ultrasound", PickerConfig(calibrate=0.5, window=32))
+    ad = OnlineAdapter(_model(), picker, AdaptConfig(mode="online", every=1, **CFG))
+    for f in _frames(3):
+        ad.observe(f)
+    assert picker._seen == sum(h["batch"] for h in ad.history) > 0
+    ad.reset()  # the window judged the adapted teacher; the source teacher starts it afresh
+    assert picker._seen == 0 and torch.isnan(picker._window).all()
+
+
 def test_acceptance_collapse_freezes_and_resume():
     safety = SafetyConfig(min_acceptance=0.5, window=3, max_drift=0.0, action="freeze")
     ad = OnlineAdapter(_model(), _reject_all, AdaptConfig(mode="online", every=1, **CFG), safety)
@@ -207,6 +223,18 @@ def test_offline_audit_every_step(tmp_path):
     recs = read_audit(tmp_path / "a.jsonl")
     assert [x["event"] for x in recs] == ["start"] + ["step"] * 4 + ["end"]
     assert recs[-1]["weights_sha256"] == weights_hash(r.student)
+
+
+def test_offline_serving_the_teacher_hashes_and_probes_the_teacher(tmp_path):
+    probed = []
+    with AuditLog(tmp_path / "a.jsonl", hash_every=1) as audit:
+        r = adapt_offline(_model(), _frames(), _accept_first,
+                          AdaptConfig(serve="teacher", **CFG), audit=audit,
+                          callback=lambda i, n, rec, served: probed.append(served))
+    recs = read_audit(tmp_path / "a.jsonl")
+    assert all(m is r.teacher for m in probed) and len(probed) == 4
+    assert recs[-1]["weights_sha256"] == weights_hash(r.teacher) != weights_hash(r.student)
+    assert recs[0]["picker"] == {"callable": "_accept_first"}
 
 
 def test_enhance_adaptive_stream_and_threads():

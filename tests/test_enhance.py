@@ -177,3 +177,31 @@ def test_enhance_adapt_online_on_a_cine(tmp_path, tiny_models):
     with pytest.raises(SystemExit):
         main(["enhance", "-m", tiny_models[1], "-i", src, "-o", str(out), "--adapt",
               "--backend", "onnxruntime"])
+
+
+def test_enhance_adapt_with_a_calibrated_picker_learns_where_the_rule_rejects_all(
+        tmp_path, tiny_models):
+    # A picker whose absolute rule rejects everything (no structure score is below -1e9):
+    # calibrated to the cine, it learns from the better part of the cine's pseudo-labels.
+    from pydicom.data import get_testdata_file
+
+    from same_fast.nn.iqa import IQANet
+    from same_fast.nn.isd import StructureVAE
+    from same_fast.picker import save_picker
+
+    torch.manual_seed(0)
+    picker = save_picker(tmp_path / "reject.safetensors", IQANet(1, width=4, depth=2, size=32),
+                         StructureVAE(size=16, latent=4, width=4), -1e9, "ultrasound")
+    src = get_testdata_file("examples_ybr_color.dcm")
+    acceptance = {}
+    for share in ("0", "0.5"):
+        out = tmp_path / share
+        assert main(["enhance", "-m", tiny_models[1], "-i", src, "-o", str(out), "--adapt",
+                     "--picker", str(picker), "--picker-calibrate", share,
+                     "--adapt-every", "8", "--no-progress"]) == 0
+        s = json.loads((out / "summary.json").read_text())
+        assert s["engine"]["picker_calibrate"] == float(share)
+        acceptance[share] = s["adaptation"]["acceptance"]
+    assert acceptance["0"] == 0.0
+    # under a half: each batch ranks against a window of earlier ones, whose scores drift
+    assert 0.1 <= acceptance["0.5"] <= 0.9

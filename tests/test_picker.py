@@ -291,3 +291,67 @@ def test_picker_hot_path_has_no_host_sync(soft):
         _ = w[w > 0]
     assert "aten::_local_scalar_dense" in mode.seen and any("boolean" in s or "nonzero" in s
                                                             for s in mode.seen)
+
+
+def _plausibility_scores(values: list[float], p: Picker) -> dict[str, torch.Tensor]:
+    """Scores whose plausibility is ``values`` (by P(good), the ISD far below its threshold)."""
+    v = torch.tensor(values)
+    return {"p_good": v * p.p_good, "good_top": torch.ones_like(v),
+            "isd": torch.full_like(v, p.isd_threshold * 1e-3)}
+
+
+def _judge(p: Picker, s: dict[str, torch.Tensor]) -> None:
+    """Add scored pseudo-labels to the calibration window, as a training step does."""
+    from same_fast import ops
+
+    w, plaus = ops.picker_decision(s["isd"], s["p_good"], s["good_top"], **p.rule())
+    z = torch.zeros_like(w)
+    p._observe(ops.PickerScores(w, s["isd"], z, z, z, s["p_good"], s["good_top"], plaus))
+
+
+def test_calibration_accepts_the_targets_best_share_and_keeps_the_absolute_rule():
+    p = _picker(PickerConfig(p_good=0.8, calibrate=0.25, window=8), thr=0.2)
+    low = _plausibility_scores([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], p)
+    assert p.weights_from_scores(low).sum() == 0  # nothing judged yet: the absolute rule
+    _judge(p, low)
+    # the window's 0.75 quantile is 0.625: the best quarter passes, nothing else
+    assert p.weights_from_scores(low).tolist() == [0, 0, 0, 0, 0, 0, 1, 1]
+    # a pseudo-label the absolute rule accepts passes whatever the window says
+    good = _plausibility_scores([2.0], p)
+    assert p.weights_from_scores(good).tolist() == [1.0]
+    _judge(p, _plausibility_scores([3.0] * 8, p))  # the window rolls over: only the new ones
+    assert p.weights_from_scores(low).sum() == 0 and p._seen == 16
+    p.reset_calibration()
+    assert p._seen == 0 and torch.isnan(p._window).all()
+
+
+def test_soft_calibration_centres_on_the_targets_quantile():
+    p = _picker(PickerConfig(p_good=0.8, soft=True, calibrate=0.5, window=4), thr=0.2)
+    s = _plausibility_scores([0.2, 0.4, 0.6, 0.8], p)
+    before = p.weights_from_scores(s)
+    _judge(p, s)
+    w = p.weights_from_scores(s)
+    assert (w >= before).all() and 0 < w[0] < w[1] < w[2] < w[3] < 1
+    assert abs(float(w[1] + w[2]) - 1.0) < 1e-5  # symmetric around the median, 0.5
+
+
+@pytest.mark.parametrize("field, value", [("calibrate", 1.0), ("calibrate", -0.1),
+                                          ("window", 0)])
+def test_calibration_settings_are_checked(field, value):
+    from same_fast.errors import InputError
+
+    with pytest.raises(InputError, match="calibration"):
+        _picker(PickerConfig(**{field: value}))
+
+
+def test_calibrated_forward_observes_and_scoring_does_not():
+    p = _picker(PickerConfig(p_good=0.99, calibrate=0.5, window=16), channels=3, thr=1e-6)
+    g = torch.Generator().manual_seed(0)
+    img, logits = torch.rand(4, 3, 24, 20, generator=g) * 2 - 1, torch.randn(4, 1, 24, 20,
+                                                                             generator=g)
+    assert p.scores(img, logits)["weights"].sum() == 0 and p._seen == 0
+    with _HostSyncs() as mode:
+        w = p(img, logits)
+    assert mode.seen == []  # the window and its quantile stay on the device
+    assert p._seen == 4 and w.sum() == 2  # the better half of a batch the absolute rule rejects
+    assert torch.equal(p.scores(img, logits)["weights"], w) and p._seen == 4

@@ -220,7 +220,7 @@ def test_every_adaptation_flag_sets_its_adaptconfig_field_and_names_it_in_errors
              "serve": "teacher", "cpus": "off", "publish_every_s": 2.5, "safety": "reset",
              "min_acceptance": 0.125, "max_drift": 0.375, "audit": "a.jsonl",
              "audit_hash_every": 4, "picker": "p.safetensors", "seed": 9,
-             "redegrade": "sensor-noise", "redegrade_strength": 0.5}
+             "redegrade": "sensor-noise", "redegrade_strength": 0.5, "picker_calibrate": 0.25}
     assert set(given) == set(ADAPT_FLAGS)
     argv = ["--adapt", "online", "--adapt-in", "thread"]
     for name, value in given.items():
@@ -229,7 +229,8 @@ def test_every_adaptation_flag_sets_its_adaptconfig_field_and_names_it_in_errors
     assert cfg.adapt_in == "thread" and cfg.adaptation == AdaptConfig(**given)
     for name, bad in (("batch", 0), ("every", 0), ("buffer", 0), ("audit_hash_every", -1),
                       ("min_acceptance", 2.0), ("max_drift", -1.0), ("publish_every_s", -1.0),
-                      ("serve", "both"), ("safety", "panic"), ("redegrade_strength", -1.0)):
+                      ("serve", "both"), ("safety", "panic"), ("redegrade_strength", -1.0),
+                      ("picker_calibrate", 1.0), ("picker_calibrate", -0.5)):
         with pytest.raises(InputError, match=ADAPT_FLAGS[name] + " must be"):
             ServeConfig(adaptation=AdaptConfig(**{name: bad})).validate()
     with pytest.raises(InputError, match="--adapt-redegrade: unknown degradation preset 'fog'"):
@@ -269,19 +270,44 @@ def test_drift_freezes_adaptation_visibly(tiny_model, tmp_path):
     assert len(freezes) == 1 and freezes[0]["step"] == 4 and freezes[0]["reason"] == a["reason"]
 
 
-def test_collapsed_acceptance_resets_adaptation_visibly(tiny_model, tmp_path):
-    # A picker that rejects every sample (no structure score is below -1e9): after the safety
-    # window of 8 steps acceptance is 0, and with --adapt-safety reset the adapter goes back to
-    # the source weights by itself and keeps adapting.
+def _reject_all_picker(path) -> str:
+    """A picker whose absolute rule rejects every sample (no structure score is below -1e9)."""
     from same_fast.nn.iqa import IQANet
     from same_fast.nn.isd import StructureVAE
     from same_fast.picker import save_picker
 
     torch.manual_seed(0)
-    picker = save_picker(tmp_path / "reject.safetensors", IQANet(1, width=4, depth=2, size=32),
-                         StructureVAE(size=16, latent=4, width=4), -1e9, "ultrasound")
+    return str(save_picker(path, IQANet(1, width=4, depth=2, size=32),
+                           StructureVAE(size=16, latent=4, width=4), -1e9, "ultrasound"))
+
+
+@pytest.mark.parametrize("adapt_in", ["process", "thread"])
+def test_a_calibrated_picker_adapts_on_the_scanners_best_share(tiny_model, tmp_path, adapt_in):
+    # --adapt-picker-calibrate reaches the picker where the adapter runs: with a picker that
+    # rejects everything on its own, the scanner's better half of pseudo-labels is learnt from.
+    from same_fast.adapt.audit import read_audit
+
+    log = tmp_path / "audit.jsonl"
+    svc = _online_service(tiny_model, adapt_in, every=1, safety="off", picker_calibrate=0.5,
+                          picker=_reject_all_picker(tmp_path / "p.safetensors"), audit=str(log))
+    rng = np.random.default_rng(5)
+    with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
+        _, info = _stream_until(ws, srv.url, rng, lambda m: m["adaptation"]["steps"] >= 4)
+        # about half: a batch ranks against the recent window, which its betters may have left
+        assert 0.2 <= info["adaptation"]["acceptance"] <= 0.9
+    recs = read_audit(log)
+    start = next(r for r in recs if r["event"] == "start")
+    assert start["picker"]["calibrate"] == 0.5 and start["picker"]["isd_threshold"] == -1e9
+    assert next(r for r in recs if r["event"] == "serve")["settings"]["picker_calibrate"] == 0.5
+
+
+def test_collapsed_acceptance_resets_adaptation_visibly(tiny_model, tmp_path):
+    # A picker that rejects every sample (no structure score is below -1e9): after the safety
+    # window of 8 steps acceptance is 0, and with --adapt-safety reset the adapter goes back to
+    # the source weights by itself and keeps adapting.
+    picker = _reject_all_picker(tmp_path / "reject.safetensors")
     svc = _online_service(tiny_model, "thread", every=1, safety="reset",
-                          picker=str(picker), audit=str(tmp_path / "audit.jsonl"))
+                          picker=picker, audit=str(tmp_path / "audit.jsonl"))
     rng = np.random.default_rng(3)
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
         source = httpx.get(srv.url + "/v1/model").json()

@@ -168,8 +168,10 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
     images: (C, H, W) float tensors in [0, 1] on the model's device (sizes may differ).
     fovs: optional (1, H, W) masks, one per image (views are masked by them).
     picker: ``(y_T in [-1, 1], s_T logits) -> weights (N,)`` or None (mean teacher, no picker).
-    callback(step, total, record, student): called after every step (progress bars, probes;
-    a probe that switches the student to eval mode must switch it back with ``train()``).
+    callback(step, total, record, served): called after every step with the model that
+    ``cfg.serve`` names (the one a checkpoint would be written from; progress bars, probes). A
+    probe that switches it to eval mode must restore its mode (``train(was_training)``).
+    The audit log's hashes are of that model too.
     """
     cfg = config or AdaptConfig()
     cfg.check()
@@ -180,12 +182,13 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
     g = torch.Generator().manual_seed(cfg.seed)
     student, teacher = make_pair(model)
     step = make_step(student, teacher, cfg, picker)
+    served = student if cfg.serve == "student" else teacher
     aug = cfg.augment_config(int(getattr(model, "multiple", 1)))
     preset = cfg.redegrade_preset or DEFAULT_REDEGRADE.get(cfg.modality, "gray")
     history: list[dict[str, float]] = []
     if audit is not None:
-        audit.event("start", 0, served=student, mode="offline", total_steps=total,
-                    images=len(images), config=config_json(cfg))
+        audit.event("start", 0, served=served, mode="offline", total_steps=total,
+                    images=len(images), config=config_json(cfg), picker=picker_json(picker))
     order: list[int] = []
     for i in range(total):
         # epochs: every image once per pass, in a seeded random order
@@ -202,13 +205,13 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
         rec.update(batch=float(len(idx)), lr=step.optimizer.param_groups[0]["lr"])
         history.append(rec)
         if audit is not None:
-            audit.step(i + 1, rec, served=student)
+            audit.step(i + 1, rec, served=served)
         if callback is not None:
-            callback(i + 1, total, rec, student)
+            callback(i + 1, total, rec, served)
     student.eval()
     teacher.eval()
     if audit is not None:
-        audit.event("end", total, served=student)
+        audit.event("end", total, served=served)
     return AdaptResult(student, teacher, history)
 
 
@@ -216,3 +219,16 @@ def config_json(cfg: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+
+
+def picker_json(picker: Any) -> dict[str, Any] | None:
+    """What decides the weights, for audit logs: a ``Picker``'s effective settings, the name of
+    any other callable, or None (every sample accepted)."""
+    if picker is None:
+        return None
+    from same_fast.picker import Picker, picker_config_dict
+
+    if isinstance(picker, Picker):
+        return picker_config_dict(picker)
+    return {"callable": getattr(picker, "__qualname__", type(picker).__qualname__)}
+

@@ -23,7 +23,14 @@ from torch import nn
 
 from same_fast.adapt.audit import AuditLog
 from same_fast.adapt.augment import random_views, redegrade
-from same_fast.adapt.loop import DEFAULT_REDEGRADE, AdaptConfig, config_json, make_pair, make_step
+from same_fast.adapt.loop import (
+    DEFAULT_REDEGRADE,
+    AdaptConfig,
+    config_json,
+    make_pair,
+    make_step,
+    picker_json,
+)
 from same_fast.adapt.safety import SafetyConfig, SafetyMonitor, clone_state, restore_
 from same_fast.errors import InputError
 from same_fast.nn import enhance as nn_enhance
@@ -54,6 +61,7 @@ class OnlineAdapter:
         self._source_state = clone_state(model)
         self.student, self.teacher = make_pair(model)
         self._step = make_step(self.student, self.teacher, cfg, picker)
+        self._picker = picker
         self._aug = cfg.augment_config(int(getattr(model, "multiple", 1)))
         self._preset = cfg.redegrade_preset or DEFAULT_REDEGRADE.get(cfg.modality, "gray")
         self.safety = SafetyMonitor(safety)
@@ -68,7 +76,8 @@ class OnlineAdapter:
         self.history: list[dict[str, float]] = []
         self._since_update = 0
         if audit is not None:
-            audit.event("start", 0, served=self.served, mode="online", config=config_json(cfg))
+            audit.event("start", 0, served=self.served, mode="online", config=config_json(cfg),
+                        picker=picker_json(picker))
 
     # --- serving ------------------------------------------------------------------------------
     @property
@@ -175,6 +184,8 @@ class OnlineAdapter:
             restore_(self.teacher, self._source_state)
             self._step.optimizer.state.clear()
             self.safety.clear()
+            if hasattr(self._picker, "reset_calibration"):  # it judged the adapted teacher
+                self._picker.reset_calibration()
             self.last_reason = reason
             self.resets += 1
             self.version += 1

@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "'none' (mean teacher without picker)")
     p.add_argument("--p-good", type=float, default=None, help="IQA threshold (default by modality)")
     p.add_argument("--soft-picker", action="store_true", help="soft weights instead of 0/1")
+    p.add_argument("--picker-calibrate", type=float, default=0.0, metavar="SHARE",
+                   help="each assessor also accepts the best SHARE (0-1) of the target's own "
+                        "recent pseudo-labels, for clinics the assessors rate low across the "
+                        "board (0 = the absolute thresholds alone)")
     p.add_argument("--ema", type=float, default=d.ema)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--batch", type=int, default=d.batch)
@@ -62,8 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_picker(spec: str, modality: str, device: str, p_good: float | None = None,
-                   soft: bool = False):
-    """'none' -> None; 'auto' -> the shipped picker of ``modality``; else a name or path."""
+                   soft: bool = False, calibrate: float = 0.0):
+    """'none' -> None; 'auto' -> the shipped picker of ``modality``; else a name or path.
+    ``p_good``, ``soft`` and ``calibrate`` override the checkpoint's decision settings."""
     from same_fast.errors import CheckpointError
     from same_fast.picker import SHIPPED, PickerConfig, load_picker
 
@@ -75,8 +80,10 @@ def resolve_picker(spec: str, modality: str, device: str, p_good: float | None =
             raise CheckpointError(f"no shipped picker for modality '{modality}' "
                                   "(pass --picker CKPT or --picker none)")
     picker = load_picker(spec, device)
-    if p_good is not None or soft:
-        cfg = PickerConfig(p_good=p_good if p_good is not None else picker.p_good, soft=soft)
+    if p_good is not None or soft or calibrate:
+        cfg = PickerConfig(p_good=p_good if p_good is not None else picker.p_good, soft=soft,
+                           calibrate=calibrate)
+        cfg.check()
         picker = load_picker(spec, device, cfg)
     return picker
 
@@ -88,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from same_fast.adapt.online import OnlineAdapter
     from same_fast.adapt.safety import SafetyConfig
     from same_fast.models import load_model, save_model
+    from same_fast.picker import picker_config_dict
 
     model, meta = load_model(args.model, args.device)
     modality = str(meta.get("modality", "fundus"))
@@ -96,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     if cfg.redegrade_preset:  # naming the preset asks for the view
         cfg = dataclasses.replace(cfg, redegrade=True)
     cfg.check()
-    picker = resolve_picker(args.picker, modality, args.device, args.p_good, args.soft_picker)
+    picker = resolve_picker(args.picker, modality, args.device, args.p_good, args.soft_picker,
+                            args.picker_calibrate)
     frames, fovs, names = load_frames(args.input, model.in_channels, args.mask, args.device)
     audit_path = args.audit or str(Path(args.output).with_suffix("")) + ".audit.jsonl"
     t0 = time.perf_counter()
@@ -139,7 +148,9 @@ def run(args: argparse.Namespace) -> int:
                            "frames": len(frames)},
                adaptation={"config": {k: (list(v) if isinstance(v, tuple) else v)
                                       for k, v in dataclasses.asdict(cfg).items()},
-                           "picker": args.picker, "seconds": seconds, **extra})
+                           "picker": args.picker,
+                           "picker_config": None if picker is None else picker_config_dict(picker),
+                           "seconds": seconds, **extra})
     acc = extra.get("acceptance")
     last = history[-1]["loss"] if history else float("nan")
     print(f"adapted {args.model} on {len(frames)} frame(s) ({cfg.mode}, {len(history)} steps, "

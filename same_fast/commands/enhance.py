@@ -46,6 +46,7 @@ class EnhanceConfig:
     adapt: bool = False
     picker: str = "auto"
     adapt_every: int = 4
+    picker_calibrate: float = 0.0
     progress: bool = True
 
 
@@ -68,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --adapt: picker name or checkpoint, 'auto' (by modality) or 'none'")
     p.add_argument("--adapt-every", type=int, default=4, metavar="K",
                    help="with --adapt: one adaptation step every K frames")
+    p.add_argument("--picker-calibrate", type=float, default=0.0, metavar="SHARE",
+                   help="with --adapt: also learn from the best SHARE (0-1) of the input's own "
+                        "recent pseudo-labels (for scans the picker rates low across the board)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -245,7 +249,8 @@ def _make_step(cfg: EnhanceConfig, model: torch.nn.Module, meta: dict[str, Any]
         from same_fast.commands.adapt import resolve_picker
 
         modality = str(meta.get("modality", "fundus"))
-        picker = resolve_picker(cfg.picker, modality, cfg.device)
+        picker = resolve_picker(cfg.picker, modality, cfg.device,
+                                calibrate=cfg.picker_calibrate)
         adapter = OnlineAdapter(model, picker, AdaptConfig(mode="online", modality=modality,
                                                            every=cfg.adapt_every))
 
@@ -254,7 +259,8 @@ def _make_step(cfg: EnhanceConfig, model: torch.nn.Module, meta: dict[str, Any]
             return adapter.enhance(t, mm)
 
         return adapt_step, adapter, {"backend": "torch", "adapt": "online",
-                                     "picker": cfg.picker}
+                                     "picker": cfg.picker,
+                                     "picker_calibrate": cfg.picker_calibrate}
     if cfg.backend == "torch" and not cfg.channels_last:
         return None, None, {"backend": "torch"}
     from same_fast.engine import create_backend

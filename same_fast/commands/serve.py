@@ -57,6 +57,9 @@ ADAPT_OPTIONS: dict[str, dict[str, Any]] = {
                           "sensor-noise for noisy frames: the student learns to undo it)"},
     "redegrade_strength": {"type": float, "metavar": "S",
                            "help": "scale of --adapt-redegrade (x + S (degraded - x))"},
+    "picker_calibrate": {"type": float, "metavar": "SHARE",
+                         "help": "each picker assessor also accepts the best SHARE (0-1) of "
+                                 "this scanner's recent pseudo-labels (0 = absolute thresholds)"},
 }
 
 

@@ -136,11 +136,23 @@ def lib_config(c: Mapping[str, Any]):
                      redegrade_strength=float(c.get("redegrade_strength", 1.0)))
 
 
+def load_serving_picker(c: Mapping[str, Any]):
+    """The picker of the serving settings ``c`` (``picker``, ``picker_calibrate``), or None.
+    One place for both the thread and the process adapter."""
+    if not c.get("picker"):
+        return None
+    from same_fast.picker import PickerConfig, load_picker
+
+    return load_picker(c["picker"], device="cpu",
+                       config=PickerConfig(calibrate=float(c.get("picker_calibrate") or 0.0)))
+
+
 def _audit_context(served: ServedModel, cfg: AdaptConfig, runs_in: str) -> dict[str, Any]:
     return {"model": served.name, "runs_in": runs_in, "source_weights_hash": served.weights_hash,
             "settings": {k: getattr(cfg, k) for k in (
                 "batch", "every", "buffer", "crop", "lr", "ema", "serve", "picker", "safety",
-                "min_acceptance", "max_drift", "seed", "redegrade", "redegrade_strength")}}
+                "min_acceptance", "max_drift", "seed", "redegrade", "redegrade_strength",
+                "picker_calibrate")}}
 
 
 class OnlineAdaptation:
@@ -167,11 +179,8 @@ class OnlineAdaptation:
             "redegrade_strength")}, "size": max(size, 8),
             "modality": str(served.metadata.get("modality") or "fundus")})
         safety = safety_config(cfg.safety, cfg.min_acceptance, cfg.max_drift)
-        picker = None
-        if cfg.picker:
-            from same_fast.picker import load_picker
-
-            picker = load_picker(cfg.picker, device="cpu")
+        picker = load_serving_picker({"picker": cfg.picker,
+                                      "picker_calibrate": cfg.picker_calibrate})
         module = served.module.to("cpu")
         self.audit = open_audit(cfg.audit, cfg.audit_hash_every,
                                 _audit_context(served, cfg, "thread")) if cfg.audit else None
@@ -341,6 +350,7 @@ class ProcessAdaptation:
             "publish_every_s": cfg.publish_every_s,
             "min_acceptance": cfg.min_acceptance, "max_drift": cfg.max_drift,
             "redegrade": cfg.redegrade, "redegrade_strength": cfg.redegrade_strength,
+            "picker_calibrate": cfg.picker_calibrate,
             "modality": str(served.metadata.get("modality") or "fundus")}
         if cfg.audit:
             check_audit_path(cfg.audit)

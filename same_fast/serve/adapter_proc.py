@@ -149,17 +149,13 @@ def main() -> int:
 
     from same_fast.adapt.online import OnlineAdapter
     from same_fast.models import build_from_metadata
-    from same_fast.serve.adaptation import lib_config, open_audit, safety_config
+    from same_fast.serve.adaptation import lib_config, load_serving_picker, open_audit, safety_config
     from same_fast.serve.model import weights_hash
 
     torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
     model = build_from_metadata(header["metadata"], "adapter")
     model.load_state_dict(load_weights(payload))
-    picker = None
-    if cfg.get("picker"):
-        from same_fast.picker import load_picker
-
-        picker = load_picker(cfg["picker"], device="cpu")
+    picker = load_serving_picker(cfg)
     lib = lib_config(cfg)
     safety = safety_config(cfg["safety"], cfg.get("min_acceptance"), cfg.get("max_drift"))
     audit = None

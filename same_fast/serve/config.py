@@ -23,6 +23,7 @@ ADAPT_FLAGS = {
     "max_drift": "--adapt-max-drift", "audit": "--audit", "audit_hash_every": "--audit-hash-every",
     "picker": "--picker", "seed": "--seed", "redegrade": "--adapt-redegrade",
     "redegrade_strength": "--adapt-redegrade-strength",
+    "picker_calibrate": "--adapt-picker-calibrate",
 }
 
 
@@ -46,7 +47,9 @@ class AdaptConfig:
     step and event is appended to (None: none); audit_hash_every: steps between served-weights
     hashes in it. redegrade: a degradation preset (``same_fast.degrade``) that re-degrades the
     student's view, scaled by redegrade_strength (None: the paper's recipe, the same view for
-    teacher and student). A preset of the clinic's own kind of degradation (``sensor-noise``
+    teacher and student). picker_calibrate: each picker assessor also accepts the best share of
+    the scanner's own recent pseudo-labels (``same_fast.picker.PickerConfig.calibrate``; 0 =
+    the absolute thresholds alone). A preset of the clinic's own kind of degradation (``sensor-noise``
     for noisy frames) lets the student learn to undo it; see the README's drive-noise table.
     """
 
@@ -70,6 +73,7 @@ class AdaptConfig:
     audit_hash_every: int = 10
     redegrade: str | None = None
     redegrade_strength: float = 1.0
+    picker_calibrate: float = 0.0
 
     def validate(self, plan_cpus: bool = True) -> AdaptConfig:
         """Raise InputError, naming the ``same-fast serve`` flag, for a bad setting.
@@ -99,6 +103,8 @@ class AdaptConfig:
             raise InputError(f"{flag['publish_every_s']} must be >= 0")
         if not self.redegrade_strength >= 0:
             raise InputError(f"{flag['redegrade_strength']} must be >= 0")
+        if not 0 <= self.picker_calibrate < 1:
+            raise InputError(f"{flag['picker_calibrate']} must be in [0, 1)")
         if self.redegrade:
             from same_fast.degrade import PRESETS  # imports torch: only when asked for
 
