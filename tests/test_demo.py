@@ -62,3 +62,35 @@ def test_demo_skips_a_missing_model_and_fails_when_none_runs(tmp_path, capsys):
         main(["demo", "-o", str(out), "--modality", "fundus", "--fundus-model",
               str(tmp_path / "missing.safetensors")])
     assert e.value.code == 2
+
+
+@pytest.mark.slow
+def test_demo_with_the_shipped_models_improves_both_cases(tmp_path):
+    # The product's first impression: with its defaults, adapting must lift SSIM over the
+    # source model on both embedded cases, and the picker must have learnt from some views.
+    for name in ("fundus-lite", "ultrasound-lite"):
+        assert name in available(), f"shipped model {name} is missing from this install"
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--eval-every", "100"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for name, case in summary["cases"].items():
+        gain = case["mean"]["adapted"]["ssim"] - case["mean"]["source"]["ssim"]
+        assert gain >= 0.005, (name, gain)
+        assert case["negative_adaptation"] == 0.0, name
+        assert 0.2 <= case["acceptance"] <= 0.9, name
+        assert case["picker_config"]["calibrate"] == 0.5 and case["serve"] == "teacher"
+    assert set(summary["cases"]) == {"fundus", "ultrasound"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--redegrade", "lots"], "--redegrade must be auto or a number"),
+    (["--redegrade", "-1"], "--redegrade must be >= 0"),
+    (["--picker-calibrate", "1.5"], "calibration share"),
+])
+def test_demo_settings_errors_are_one_line_and_come_first(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "-o", str(tmp_path / "demo"), *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "demo").exists()  # nothing ran
