@@ -37,8 +37,9 @@ from same_fast.errors import InputError
 
 METHODS = ("degraded", "clahe", "source", "mean_teacher", "same_offline", "same_online")
 ADAPTED = ("mean_teacher", "same_offline", "same_online")
-# the re-degraded student view (SPEC 5, beyond the reference), without and with the picker
-EXTRA = ("mean_teacher_redegrade", "same_redegrade")
+# the re-degraded student view (SPEC 5, beyond the reference): without and with the picker,
+# and online (what ``serve --adapt online --adapt-redegrade PRESET`` does to a stream)
+EXTRA = ("mean_teacher_redegrade", "same_redegrade", "same_online_redegrade")
 
 
 @dataclass
@@ -479,18 +480,28 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     ocfg = dataclasses.replace(acfg, mode="online", every=cfg.online_every,
                                steps_per_update=cfg.online_steps_per_update,
                                buffer=cfg.online_buffer)
-    # reset (not freeze) on collapse: a frozen student keeps the weights that collapsed
-    adapter = OnlineAdapter(model, picker, ocfg, SafetyConfig(action=cfg.online_on_collapse))
+    adapters: dict[str, OnlineAdapter] = {}
 
-    def online() -> torch.Tensor:
-        ys = []
-        for k, y in enumerate(enhance_adaptive(model, frames, adapter=adapter)):
-            ys.append(y if fov is None else y * fov[k])
-        return torch.stack(ys)
-
-    if "same_online" in arms:
+    def online(arm: str, c: Any) -> None:
+        if arm not in arms:
+            return
         picker.reset_calibration()
-        outputs["same_online"] = timed("same_online", online)
+        # reset (not freeze) on collapse: a frozen student keeps the weights that collapsed
+        ad = adapters[arm] = OnlineAdapter(model, picker, c,
+                                           SafetyConfig(action=cfg.online_on_collapse))
+
+        def run() -> torch.Tensor:
+            ys = []
+            for k, y in enumerate(enhance_adaptive(model, frames, adapter=ad)):
+                ys.append(y if fov is None else y * fov[k])
+            return torch.stack(ys)
+
+        outputs[arm] = timed(arm, run)
+
+    online("same_online", ocfg)
+    if cfg.redegrade:
+        online("same_online_redegrade", dataclasses.replace(
+            ocfg, redegrade=True, redegrade_strength=cfg.redegrade_strength))
     same, mt, red = runs.get("same_offline"), runs.get("mean_teacher"), runs.get("same_redegrade")
 
     # quality
@@ -510,9 +521,13 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
                                   "acceptance_offline": same.acceptance if same else None,
                                   "acceptance_offline_curve": _curve(same.history) if same else [],
                                   "acceptance_redegrade": red.acceptance if red else None,
-                                  "acceptance_online": adapter.stats()["acceptance"],
-                                  "online": {k: v for k, v in adapter.stats().items()
-                                             if k != "last_loss"}}
+                                  "acceptance_online": _online_stats(adapters, "same_online").get(
+                                      "acceptance"),
+                                  "acceptance_online_redegrade": _online_stats(
+                                      adapters, "same_online_redegrade").get("acceptance"),
+                                  "online": _online_stats(adapters, "same_online"),
+                                  "online_redegrade": _online_stats(adapters,
+                                                                    "same_online_redegrade")}
     sep = picker_separation(model, picker, degraded, cfg.seed + 7, (y_t, s_t))
     picker_res["auroc"], picker_res["accept_planted"] = sep["auroc"], sep["accept_planted"]
     # sample-wise negative adaptation
@@ -575,6 +590,13 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
           + [clean], cfg.examples)
     log(md)
     return result
+
+
+def _online_stats(adapters: dict[str, Any], arm: str) -> dict[str, Any]:
+    """An online arm's adapter counters, without its last loss ({} when the arm did not run)."""
+    if arm not in adapters:
+        return {}
+    return {k: v for k, v in adapters[arm].stats().items() if k != "last_loss"}
 
 
 def _curve(history: list[dict[str, float]], bins: int = 10) -> list[float]:

@@ -41,16 +41,18 @@ def test_busi_experiment_quick(tmp_path):
     assert res["n"] == 3
     t = res["table"]
     assert set(t) == {"degraded", "clahe", "source", "mean_teacher", "same_offline",
-                      "same_online", "mean_teacher_redegrade", "same_redegrade"}
+                      "same_online", "mean_teacher_redegrade", "same_redegrade",
+                      "same_online_redegrade"}
     for row in t.values():
         assert 0 < row["ssim"] <= 1 and row["psnr"] > 0
     for m in ("mean_teacher", "same_offline", "same_online", "mean_teacher_redegrade",
-              "same_redegrade"):
+              "same_redegrade", "same_online_redegrade"):
         assert 0 <= t[m]["negative_rate"] <= 1
     p = res["picker"]
     assert set(p["auroc"]) >= {"noise", "scramble", "washout", "all", "iqa_only", "isd_only"}
     assert all(0 <= v <= 1 for v in p["auroc"].values())
     assert res["picker"]["online"]["steps"] == 3  # one step per frame, one pass
+    assert res["picker"]["online_redegrade"]["steps"] == 3
     assert "same_redegrade: beats mean_teacher_redegrade" in res["targets"]
     on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
     assert on_disk["table"] == json.loads(json.dumps(t))
