@@ -272,6 +272,28 @@ def test_process_adaptation_hands_frames_to_the_child_in_chunks():
         ad.close()
 
 
+def test_thread_adaptation_takes_frames_in_chunks():
+    """The adapter thread, too, wakes per chunk of ``every`` frames (or a partial chunk after
+    the hand-off time), not after every served batch."""
+    ad = OnlineAdaptation(_served(), AdaptConfig(batch=2, every=4, crop=16, buffer=16,
+                                                 cpus="off", safety="off"))
+    fed: list[int] = []
+    feed = ad.feed
+    ad.feed = lambda frames: (fed.append(len(frames)) if frames else None, feed(frames))[1]
+    try:
+        for _ in range(8):  # eight served batches of one frame, 5 ms apart (a 200 fps stream)
+            ad.observe(torch.rand(1, 1, 16, 16))
+            time.sleep(0.005)
+        _wait(lambda: sum(fed) == 8, timeout=10)
+        assert len(fed) <= 4 and max(fed) >= 4, fed  # one wake-up per frame before chunking
+        ad.observe(torch.rand(1, 1, 16, 16))  # a partial chunk still goes, after a moment
+        _wait(lambda: sum(fed) == 9, timeout=10)
+        assert fed[-1] == 1
+        _wait(lambda: ad.adapter.steps >= 2)  # and the adapter trains on what it took
+    finally:
+        ad.close()
+
+
 @needs_two
 def test_onnxruntime_intra_op_threads_are_not_pinned_to_one_cpu():
     """ORT left at its default thread count pins each intra-op thread to one CPU: on 2 CPUs, the

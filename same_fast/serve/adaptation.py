@@ -38,8 +38,9 @@ from same_fast.serve.model import ServedModel, weights_hash
 
 # Per-step records the adapter keeps; a server runs for days, so older ones are dropped.
 _HISTORY = 1024
-# Process mode: served frames go to the child in chunks (``every`` frames, or whatever waited
-# this long), so the writer thread wakes a few times a second instead of after every batch.
+# Served frames go to the adapter (the child's writer thread in process mode, the adapter thread
+# in thread mode) in chunks: ``every`` frames, or whatever waited this long. So it wakes a few
+# times a second beside the serving thread instead of after every batch.
 _HANDOFF_S = 0.05
 
 
@@ -190,6 +191,7 @@ class OnlineAdaptation:
         self._published_at = float("-inf")
         self._pub_lock = threading.Lock()  # the adapter thread and a reset both publish
         self._inbox: deque[torch.Tensor] = deque(maxlen=cfg.buffer)
+        self._send_at = max(1, min(int(cfg.every), int(cfg.buffer)))  # frames per hand-off
         self._cv = threading.Condition()
         self._stop = False
         self.observed = 0
@@ -208,12 +210,16 @@ class OnlineAdaptation:
         if self.adapter.frozen or self._stop:
             return
         with self._cv:
+            first = not self._inbox
             for f in x01:
                 if len(self._inbox) == self._inbox.maxlen:
                     self.skipped += 1  # the adapter is behind: the oldest unseen frame goes
                 self._inbox.append(f.detach().clone())
                 self.observed += 1
-            self._cv.notify()
+            # Wake the adapter for a chunk's first frame (it arms the hand-off timer) and when a
+            # chunk is complete; frames in between only queue.
+            if first or len(self._inbox) >= self._send_at:
+                self._cv.notify()
 
     # -- the adapter thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -226,12 +232,18 @@ class OnlineAdaptation:
             torch.set_num_threads(self.config.threads)
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._stop or bool(self._inbox), timeout=1.0)
+                pending = bool(self._inbox)
+                woke = self._cv.wait_for(
+                    lambda pending=pending: (self._stop or len(self._inbox) >= self._send_at
+                                             or (bool(self._inbox) and not pending)),
+                    timeout=_HANDOFF_S if pending else 1.0)
                 if self._stop:
                     return
-                frames = list(self._inbox)
+                if woke and not pending and len(self._inbox) < self._send_at:
+                    continue  # a chunk began: wait for the rest, at most _HANDOFF_S
+                frames = list(self._inbox)  # a chunk, a partial one that waited, or none
                 self._inbox.clear()
-            self.feed(frames)
+            self.feed(frames)  # with none (1 s without frames) it publishes what was held back
 
     def feed(self, frames: list[torch.Tensor]) -> None:
         """Give frames ``(C, H, W)`` [0, 1] to the adapter (runs the steps that fall due, in this
