@@ -22,6 +22,10 @@ assessor it fails worse decides) ranks in the best share ``c`` of the last ``win
 pseudo-labels it judged during training, this batch included; so at least about that share is
 learnt from. What the absolute rule accepts is still accepted. The window and its quantile stay
 on the device: still no host round trip.
+The price: acceptance can no longer collapse below about that share, so the online safety's
+acceptance check (``adapt.safety``) stops guarding, and the drift bound from the source model's
+output is what remains. Calibration ranks; it cannot tell a domain where every pseudo-label is
+bad from one the assessors merely never saw.
 """
 from __future__ import annotations
 
