@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--p-good", type=float, default=None, help="IQA threshold (default by modality)")
     p.add_argument("--soft-picker", action="store_true", help="soft weights instead of 0/1")
     p.add_argument("--picker-calibrate", type=float, default=0.0, metavar="SHARE",
-                   help="each assessor also accepts the best SHARE (0-1) of the target's own "
+                   help="the picker also accepts the best SHARE (0-1) of the target's own "
                         "recent pseudo-labels, for clinics the assessors rate low across the "
                         "board (0 = the absolute thresholds alone)")
     p.add_argument("--ema", type=float, default=d.ema)

@@ -58,7 +58,7 @@ ADAPT_OPTIONS: dict[str, dict[str, Any]] = {
     "redegrade_strength": {"type": float, "metavar": "S",
                            "help": "scale of --adapt-redegrade (x + S (degraded - x))"},
     "picker_calibrate": {"type": float, "metavar": "SHARE",
-                         "help": "each picker assessor also accepts the best SHARE (0-1) of "
+                         "help": "the picker also accepts the best SHARE (0-1) of "
                                  "this scanner's recent pseudo-labels (0 = absolute thresholds)"},
 }
 

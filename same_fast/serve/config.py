@@ -47,10 +47,11 @@ class AdaptConfig:
     step and event is appended to (None: none); audit_hash_every: steps between served-weights
     hashes in it. redegrade: a degradation preset (``same_fast.degrade``) that re-degrades the
     student's view, scaled by redegrade_strength (None: the paper's recipe, the same view for
-    teacher and student). picker_calibrate: each picker assessor also accepts the best share of
-    the scanner's own recent pseudo-labels (``same_fast.picker.PickerConfig.calibrate``; 0 =
-    the absolute thresholds alone). A preset of the clinic's own kind of degradation (``sensor-noise``
+    teacher and student). A preset of the clinic's own kind of degradation (``sensor-noise``
     for noisy frames) lets the student learn to undo it; see the README's drive-noise table.
+    picker_calibrate: the picker also accepts the best share (by plausibility) of the
+    scanner's own recent pseudo-labels (``same_fast.picker.PickerConfig.calibrate``; 0 = the
+    absolute thresholds alone).
     """
 
     batch: int = 4
