@@ -197,12 +197,16 @@ def plot_curves(path: Path, cases: dict[str, dict[str, Any]]) -> None:
         if len(ss) > 1:
             d.line([xy(s, v) for s, v in [(0, c["mean"]["source"]["ssim"])] + ss], fill=col,
                    width=2)
-        acc = [(p["step"], p["accepted"]) for p in pts]
-        for s, a in acc:
-            px, py = xy(s, a, 0.0, 1.0)
-            d.ellipse([px - 2, py - 2, px + 2, py + 2], fill=col)
+        # acceptance per step is a multiple of 1/batch: a running mean over ~5 % of the steps
+        # shows its trend (dots, one per step)
+        k = max(1, len(pts) // 20)
+        acc = [p["accepted"] for p in pts]
+        for i, p in enumerate(pts):
+            win = acc[max(0, i - k + 1):i + 1]
+            px, py = xy(p["step"], sum(win) / len(win), 0.0, 1.0)
+            d.ellipse([px - 1, py - 1, px + 1, py + 1], fill=col)
         d.text((pad + 4, y), f"{name}: SSIM {lo:.3f}..{hi:.3f} (line), picker acceptance "
-               "0..1 (dots)", fill=col)
+               f"0..1 (dots, mean of {k} steps)", fill=col)
         y += 14
     d.text((w // 2 - 40, h - pad + 8), "adaptation step", fill="black")
     im.save(path)
