@@ -81,6 +81,11 @@ class ExperimentConfig:
     picker_soft: bool = False   # soft picker weights (PickerConfig.soft)
     picker_p_good: float = 0.0  # IQA acceptance threshold (0 = the picker's default)
     picker_calibrate: float = 0.0  # PickerConfig.calibrate: also accept the target's best share
+    # a clinic's ungradable share: this fraction of the degraded images (a seeded draw) gets a
+    # planted corruption on top (``_planted``: noise, scramble or washout), as real collections
+    # hold images no enhancer can rescue; tables then add scores over the usable images alone
+    ungradable: float = 0.0
+    ungradable_kind: str = "noise"
 
 
 EXPERIMENTS: dict[str, dict[str, Any]] = {
@@ -91,6 +96,11 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
     # images).
     "drive-noise": dict(preset="sensor-noise", redegrade_preset="sensor-noise",
                         redegrade_strength=1.0),
+    # The same, in a clinic where some images are beyond rescue: 30 % of them get heavy noise
+    # on top (the picker's planted "noise" family). A teacher's outputs on those are the
+    # pseudo-labels the picker exists to reject; the mean teacher learns from them too.
+    "drive-noise-mixed": dict(preset="sensor-noise", redegrade_preset="sensor-noise",
+                              redegrade_strength=1.0, ungradable=0.3, ungradable_kind="noise"),
     "busi-speckle": dict(
         dataset="BUSI", modality="ultrasound", model="ultrasound-lite",
         picker="ultrasound-picker", preset="ultrasound-speckle", downstream=False,
@@ -413,7 +423,22 @@ def experiment_images(cfg: ExperimentConfig, model_meta: dict[str, Any] | None =
     preset = dataclasses.replace(PRESETS[cfg.preset], **cfg.preset_overrides) \
         if cfg.preset_overrides else cfg.preset
     g = torch.Generator().manual_seed(cfg.seed)
-    return data, degrade(clean, preset, g, fov)
+    degraded = degrade(clean, preset, g, fov)
+    data["ungradable"] = []
+    if cfg.ungradable > 0:
+        kinds = ("noise", "scramble", "washout")
+        if cfg.ungradable_kind not in kinds or not cfg.ungradable <= 1:
+            raise InputError(f"ungradable must be in (0, 1] and ungradable_kind one of "
+                             f"{', '.join(kinds)}")
+        n = len(degraded)
+        k = max(1, round(cfg.ungradable * n))
+        idx = sorted(torch.randperm(n, generator=g)[:k].tolist())
+        bad = _planted(degraded[idx], g)[cfg.ungradable_kind]
+        if fov is not None:
+            bad = bad * fov[idx]
+        degraded[idx] = bad
+        data["ungradable"] = idx
+    return data, degraded
 
 
 def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = False,
@@ -508,9 +533,13 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
     methods = [m for m in METHODS + EXTRA if m in outputs]
     per_image = {m: image_scores(outputs[m], clean, fov) for m in methods}
     table: dict[str, dict[str, Any]] = {}
+    usable = [i for i in range(len(frames)) if i not in set(data["ungradable"])]
     for m in methods:
         rows = per_image[m]
         table[m] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        if data["ungradable"]:
+            for k in ("ssim", "psnr"):
+                table[m][f"{k}_usable"] = float(np.mean([rows[i][k] for i in usable]))
     # picker: decisions on the real pseudo-labels, AUROC against planted implausible ones
     y_t, s_t = _teacher(model, degraded)
     picker.reset_calibration()  # accept_real and the planted ones: the absolute rule
@@ -567,6 +596,7 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
         "experiment": name, "config": _jsonable(dataclasses.asdict(cfg)),
         "quick": quick, "images": data["names"], "n": len(data["names"]),
         "model": {"name": cfg.model, "provenance": meta.get("provenance")},
+        "ungradable": [data["names"][i] for i in data["ungradable"]],
         "table": table, "per_image": per_image, "picker": picker_res,
         "downstream": downstream, "targets": targets, "timings_s": timings,
         "adaptation": {"mean_teacher_last_loss": mt.history[-1]["loss"] if mt and mt.history
@@ -617,6 +647,10 @@ def markdown(result: dict[str, Any]) -> str:
     t, ds = result["table"], result.get("downstream")
     head = "| method | SSIM | PSNR (dB) | SSIM in FOV | PSNR in FOV | neg. adapt. |"
     sep = "|---|---|---|---|---|---|"
+    usable = "ssim_usable" in t.get("source", {})
+    if usable:
+        head += " SSIM usable | PSNR usable |"
+        sep += "---|---|"
     if ds:
         head += " Dice | IoU | F1 | kappa |"
         sep += "---|---|---|---|"
@@ -626,14 +660,17 @@ def markdown(result: dict[str, Any]) -> str:
         neg = f"{100 * r['negative_rate']:.0f} %" if "negative_rate" in r else "-"
         row = (f"| {m} | {r['ssim']:.4f} | {r['psnr']:.2f} | {r['ssim_fov']:.4f} | "
                f"{r['psnr_fov']:.2f} | {neg} |")
+        if usable:
+            row += f" {r['ssim_usable']:.4f} | {r['psnr_usable']:.2f} |"
         if ds:
             d = ds["scores"][m]
             row += f" {d['dice']:.4f} | {d['iou']:.4f} | {d['f1']:.4f} | {d['kappa']:.4f} |"
         lines.append(row)
     if ds:
         d = ds["scores"]["clean"]
-        lines.append(f"| clean (upper bound) | 1 | inf | 1 | inf | - | {d['dice']:.4f} | "
-                     f"{d['iou']:.4f} | {d['f1']:.4f} | {d['kappa']:.4f} |")
+        lines.append("| clean (upper bound) | 1 | inf | 1 | inf | - |"
+                     + (" 1 | inf |" if usable else "")
+                     + f" {d['dice']:.4f} | {d['iou']:.4f} | {d['f1']:.4f} | {d['kappa']:.4f} |")
     p = result["picker"]
     lines += ["", f"Picker: accepts {100 * p['accept_real']:.0f} % of the source teacher's "
               f"pseudo-labels; acceptance during SAME offline "

@@ -122,3 +122,41 @@ def test_drive_noise_shift_and_its_noisier_student_view():
     noisier = redegrade(degraded, cfg.redegrade_preset, cfg.redegrade_strength, g)
     extra = (noisier - degraded)[fov & (degraded > 0.05) & (degraded < 0.9)]
     assert cfg.redegrade_preset == "sensor-noise" and float(extra.var()) > 0.01 ** 2
+
+
+@pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (SAME_FAST_DATA)")
+def test_ungradable_share_corrupts_a_seeded_subset_and_scores_the_rest(tmp_path):
+    from same_fast.experiment import experiment_images
+
+    plain_cfg = make_config("busi-speckle", quick=True, n_images=4)
+    _, plain = experiment_images(plain_cfg)
+    cfg = make_config("busi-speckle", quick=True, n_images=4, ungradable=0.5,
+                      ungradable_kind="washout")
+    data, mixed = experiment_images(cfg)
+    bad = data["ungradable"]
+    assert len(bad) == 2 and bad == experiment_images(cfg)[0]["ungradable"]  # seeded
+    for i in range(4):
+        same = torch.equal(mixed[i], plain[i])
+        assert same == (i not in bad)
+    assert float(mixed[bad].std()) < float(plain[bad].std())  # washed out: flatter
+    with pytest.raises(InputError, match="ungradable_kind"):
+        experiment_images(make_config("busi-speckle", quick=True, n_images=4, ungradable=0.5,
+                                      ungradable_kind="fog"))
+
+
+@pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (SAME_FAST_DATA)")
+def test_experiment_with_ungradable_images_reports_the_usable_ones_apart(tmp_path):
+    torch.manual_seed(0)
+    model = save_model(tmp_path / "us.safetensors", SAMENet(1, "lite", base=8, max_channels=16),
+                       modality="ultrasound")
+    picker = save_picker(tmp_path / "p.safetensors", IQANet(1, width=4, depth=2, size=32),
+                         StructureVAE(size=16, latent=4, width=4), 1e9, "ultrasound")
+    res = run_experiment("busi-speckle", tmp_path / "out", quick=True, progress=False,
+                         model=str(model), picker=str(picker), n_images=4, steps=2,
+                         arms="mean_teacher", ungradable=0.5)
+    assert len(res["ungradable"]) == 2
+    per, t = res["per_image"]["source"], res["table"]["source"]
+    bad = {res["images"].index(n) for n in res["ungradable"]}
+    usable = [per[i]["ssim"] for i in range(4) if i not in bad]
+    assert t["ssim_usable"] == pytest.approx(sum(usable) / 2)
+    assert "SSIM usable" in (tmp_path / "out" / "results.md").read_text()
