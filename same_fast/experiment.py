@@ -328,8 +328,8 @@ def _planted(x01: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
 
 
 def picker_separation(model: nn.Module, picker: Any, degraded: torch.Tensor, seed: int,
-                      teacher: tuple[torch.Tensor, torch.Tensor] | None = None
-                      ) -> dict[str, Any]:
+                      teacher: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      ungradable: list[int] | None = None) -> dict[str, Any]:
     """How well ``picker`` tells the teacher's real pseudo-labels from implausible ones.
 
     The positives are ``model``'s outputs on ``degraded`` (N, C, H, W) in [0, 1] (``teacher``:
@@ -338,14 +338,21 @@ def picker_separation(model: nn.Module, picker: Any, degraded: torch.Tensor, see
     family, over all (``all``) and for each assessor alone (``iqa_only``, ``isd_only``),
     ``accept_planted``, the picker's acceptance of each family, and ``accept_real``, its
     acceptance of the real pseudo-labels.
+    ``ungradable``: indices of images that are themselves beyond rescue (``drive-noise-mixed``):
+    their real pseudo-labels count as a negative family (``ungradable``) instead of positives,
+    and ``accept_real`` covers the usable ones.
     """
     y_t, s_t = teacher if teacher is not None else _teacher(model, degraded)
-    real = picker.scores(y_t, s_t)
-    planted = _planted(degraded, torch.Generator().manual_seed(seed))
+    bad = sorted(set(ungradable or []))
+    good = [i for i in range(len(degraded)) if i not in bad]
+    real = picker.scores(y_t[good], s_t[good])
+    planted = _planted(degraded[good], torch.Generator().manual_seed(seed))
     pos = real["plausibility"].numpy()
     res: dict[str, Any] = {"auroc": {}, "accept_planted": {},
                            "accept_real": float(picker.weights_from_scores(real).mean())}
     outs = {fam: _teacher(model, xin) for fam, xin in planted.items()}
+    if bad:
+        outs["ungradable"] = (y_t[bad], s_t[bad])
     negs = []
     for fam, (yp, sp) in outs.items():
         sc = picker.scores(yp, sp)
@@ -357,7 +364,7 @@ def picker_separation(model: nn.Module, picker: Any, degraded: torch.Tensor, see
     try:
         for part in ("iqa", "isd"):
             picker.config = dataclasses.replace(old, use_iqa=part == "iqa", use_isd=part == "isd")
-            solo_pos = picker.scores(y_t, s_t)["plausibility"].numpy()
+            solo_pos = picker.scores(y_t[good], s_t[good])["plausibility"].numpy()
             solo_neg = np.concatenate([picker.scores(*o)["plausibility"].numpy()
                                        for o in outs.values()])
             res["auroc"][f"{part}_only"] = auroc(solo_pos, solo_neg)
@@ -557,7 +564,8 @@ def run_experiment(name: str, out_dir: str | Path | None = None, quick: bool = F
                                   "online": _online_stats(adapters, "same_online"),
                                   "online_redegrade": _online_stats(adapters,
                                                                     "same_online_redegrade")}
-    sep = picker_separation(model, picker, degraded, cfg.seed + 7, (y_t, s_t))
+    sep = picker_separation(model, picker, degraded, cfg.seed + 7, (y_t, s_t),
+                            data["ungradable"])
     picker_res["auroc"], picker_res["accept_planted"] = sep["auroc"], sep["accept_planted"]
     # sample-wise negative adaptation
     src_ssim = np.array([r["ssim"] for r in per_image["source"]])
@@ -676,8 +684,11 @@ def markdown(result: dict[str, Any]) -> str:
               f"pseudo-labels; acceptance during SAME offline "
               f"{_pct(p['acceptance_offline'])}; AUROC against planted implausible "
               f"pseudo-labels {p['auroc']['all']:.3f} (noise {p['auroc']['noise']:.3f}, "
-              f"scramble {p['auroc']['scramble']:.3f}, washout {p['auroc']['washout']:.3f}; "
-              f"IQA alone {p['auroc']['iqa_only']:.3f}, ISD alone {p['auroc']['isd_only']:.3f})."]
+              f"scramble {p['auroc']['scramble']:.3f}, washout {p['auroc']['washout']:.3f}"
+              + (f", the ungradable images' own {p['auroc']['ungradable']:.3f}"
+                 if "ungradable" in p["auroc"] else "")
+              + f"; IQA alone {p['auroc']['iqa_only']:.3f}, "
+              f"ISD alone {p['auroc']['isd_only']:.3f})."]
     lines += ["", "Targets: " + "; ".join(f"{k} {'met' if v else 'NOT met'}"
                                            for k, v in result["targets"].items()), ""]
     return "\n".join(lines) + "\n"

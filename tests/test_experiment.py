@@ -159,4 +159,8 @@ def test_experiment_with_ungradable_images_reports_the_usable_ones_apart(tmp_pat
     bad = {res["images"].index(n) for n in res["ungradable"]}
     usable = [per[i]["ssim"] for i in range(4) if i not in bad]
     assert t["ssim_usable"] == pytest.approx(sum(usable) / 2)
-    assert "SSIM usable" in (tmp_path / "out" / "results.md").read_text()
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "SSIM usable" in md and "the ungradable images' own" in md
+    # the ungradable images' pseudo-labels are a negative family of the AUROC, not positives
+    assert 0 <= res["picker"]["auroc"]["ungradable"] <= 1
+    assert set(res["picker"]["accept_planted"]) == {"noise", "scramble", "washout", "ungradable"}
