@@ -98,9 +98,11 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
                         redegrade_strength=1.0),
     # The same, in a clinic where some images are beyond rescue: 30 % of them get heavy noise
     # on top (the picker's planted "noise" family). A teacher's outputs on those are the
-    # pseudo-labels the picker exists to reject; the mean teacher learns from them too.
+    # pseudo-labels the picker exists to reject; the mean teacher learns from them too. The
+    # picker's calibration share (0.7) and the steps (600) were chosen on the validation split.
     "drive-noise-mixed": dict(preset="sensor-noise", redegrade_preset="sensor-noise",
-                              redegrade_strength=1.0, ungradable=0.3, ungradable_kind="noise"),
+                              redegrade_strength=1.0, ungradable=0.3, ungradable_kind="noise",
+                              picker_calibrate=0.7, steps=600),
     "busi-speckle": dict(
         dataset="BUSI", modality="ultrasound", model="ultrasound-lite",
         picker="ultrasound-picker", preset="ultrasound-speckle", downstream=False,
