@@ -29,15 +29,21 @@ def test_unknown_experiment_is_an_input_error():
         make_config("nope")
 
 
-@pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (SAME_FAST_DATA)")
-def test_busi_experiment_quick(tmp_path):
+def _tiny_us_model_and_picker(tmp_path) -> tuple[str, str]:
+    """A small random ultrasound enhancer and a picker whose ISD accepts everything."""
     torch.manual_seed(0)
     model = save_model(tmp_path / "us.safetensors", SAMENet(1, "lite", base=8, max_channels=16),
                        modality="ultrasound")
     picker = save_picker(tmp_path / "p.safetensors", IQANet(1, width=4, depth=2, size=32),
                          StructureVAE(size=16, latent=4, width=4), 1e9, "ultrasound")
+    return str(model), str(picker)
+
+
+@pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (SAME_FAST_DATA)")
+def test_busi_experiment_quick(tmp_path):
+    model, picker = _tiny_us_model_and_picker(tmp_path)
     res = run_experiment("busi-speckle", tmp_path / "out", quick=True, progress=False,
-                         model=str(model), picker=str(picker), n_images=3, steps=2)
+                         model=model, picker=picker, n_images=3, steps=2)
     assert res["n"] == 3
     t = res["table"]
     assert set(t) == {"degraded", "clahe", "source", "mean_teacher", "same_offline",
@@ -146,13 +152,9 @@ def test_ungradable_share_corrupts_a_seeded_subset_and_scores_the_rest(tmp_path)
 
 @pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (SAME_FAST_DATA)")
 def test_experiment_with_ungradable_images_reports_the_usable_ones_apart(tmp_path):
-    torch.manual_seed(0)
-    model = save_model(tmp_path / "us.safetensors", SAMENet(1, "lite", base=8, max_channels=16),
-                       modality="ultrasound")
-    picker = save_picker(tmp_path / "p.safetensors", IQANet(1, width=4, depth=2, size=32),
-                         StructureVAE(size=16, latent=4, width=4), 1e9, "ultrasound")
+    model, picker = _tiny_us_model_and_picker(tmp_path)
     res = run_experiment("busi-speckle", tmp_path / "out", quick=True, progress=False,
-                         model=str(model), picker=str(picker), n_images=4, steps=2,
+                         model=model, picker=picker, n_images=4, steps=2,
                          arms="mean_teacher", ungradable=0.5)
     assert len(res["ungradable"]) == 2
     per, t = res["per_image"]["source"], res["table"]["source"]
