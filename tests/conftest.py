@@ -66,3 +66,18 @@ def bench_script():
         spec.loader.exec_module(mod)
         return mod
     return load
+
+
+@pytest.fixture
+def reject_all_picker(tmp_path):
+    """A tiny grey picker checkpoint whose absolute rule rejects every sample (no structure
+    score is below its ISD threshold of -1e9); returns its path as a string."""
+    import torch
+
+    from same_fast.nn.iqa import IQANet
+    from same_fast.nn.isd import StructureVAE
+    from same_fast.picker import save_picker
+
+    torch.manual_seed(0)
+    return str(save_picker(tmp_path / "reject_all.safetensors", IQANet(1, width=4, depth=2, size=32),
+                           StructureVAE(size=16, latent=4, width=4), -1e9, "ultrasound"))

@@ -180,24 +180,17 @@ def test_enhance_adapt_online_on_a_cine(tmp_path, tiny_models):
 
 
 def test_enhance_adapt_with_a_calibrated_picker_learns_where_the_rule_rejects_all(
-        tmp_path, tiny_models):
-    # A picker whose absolute rule rejects everything (no structure score is below -1e9):
-    # calibrated to the cine, it learns from the better part of the cine's pseudo-labels.
+        tmp_path, tiny_models, reject_all_picker):
+    # A picker whose absolute rule rejects everything: calibrated to the cine, it learns from
+    # the better part of the cine's pseudo-labels.
     from pydicom.data import get_testdata_file
 
-    from same_fast.nn.iqa import IQANet
-    from same_fast.nn.isd import StructureVAE
-    from same_fast.picker import save_picker
-
-    torch.manual_seed(0)
-    picker = save_picker(tmp_path / "reject.safetensors", IQANet(1, width=4, depth=2, size=32),
-                         StructureVAE(size=16, latent=4, width=4), -1e9, "ultrasound")
     src = get_testdata_file("examples_ybr_color.dcm")
     acceptance = {}
     for share in ("0", "0.5"):
         out = tmp_path / share
         assert main(["enhance", "-m", tiny_models[1], "-i", src, "-o", str(out), "--adapt",
-                     "--picker", str(picker), "--picker-calibrate", share,
+                     "--picker", reject_all_picker, "--picker-calibrate", share,
                      "--adapt-every", "8", "--no-progress"]) == 0
         s = json.loads((out / "summary.json").read_text())
         assert s["engine"]["picker_calibrate"] == float(share)

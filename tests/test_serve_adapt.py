@@ -270,26 +270,16 @@ def test_drift_freezes_adaptation_visibly(tiny_model, tmp_path):
     assert len(freezes) == 1 and freezes[0]["step"] == 4 and freezes[0]["reason"] == a["reason"]
 
 
-def _reject_all_picker(path) -> str:
-    """A picker whose absolute rule rejects every sample (no structure score is below -1e9)."""
-    from same_fast.nn.iqa import IQANet
-    from same_fast.nn.isd import StructureVAE
-    from same_fast.picker import save_picker
-
-    torch.manual_seed(0)
-    return str(save_picker(path, IQANet(1, width=4, depth=2, size=32),
-                           StructureVAE(size=16, latent=4, width=4), -1e9, "ultrasound"))
-
-
 @pytest.mark.parametrize("adapt_in", ["process", "thread"])
-def test_a_calibrated_picker_adapts_on_the_scanners_best_share(tiny_model, tmp_path, adapt_in):
+def test_a_calibrated_picker_adapts_on_the_scanners_best_share(tiny_model, tmp_path, adapt_in,
+                                                               reject_all_picker):
     # --adapt-picker-calibrate reaches the picker where the adapter runs: with a picker that
     # rejects everything on its own, the scanner's better half of pseudo-labels is learnt from.
     from same_fast.adapt.audit import read_audit
 
     log = tmp_path / "audit.jsonl"
     svc = _online_service(tiny_model, adapt_in, every=1, safety="off", picker_calibrate=0.5,
-                          picker=_reject_all_picker(tmp_path / "p.safetensors"), audit=str(log))
+                          picker=reject_all_picker, audit=str(log))
     rng = np.random.default_rng(5)
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
         _, info = _stream_until(ws, srv.url, rng, lambda m: m["adaptation"]["steps"] >= 4)
@@ -301,13 +291,12 @@ def test_a_calibrated_picker_adapts_on_the_scanners_best_share(tiny_model, tmp_p
     assert next(r for r in recs if r["event"] == "serve")["settings"]["picker_calibrate"] == 0.5
 
 
-def test_collapsed_acceptance_resets_adaptation_visibly(tiny_model, tmp_path):
+def test_collapsed_acceptance_resets_adaptation_visibly(tiny_model, tmp_path, reject_all_picker):
     # A picker that rejects every sample (no structure score is below -1e9): after the safety
     # window of 8 steps acceptance is 0, and with --adapt-safety reset the adapter goes back to
     # the source weights by itself and keeps adapting.
-    picker = _reject_all_picker(tmp_path / "reject.safetensors")
     svc = _online_service(tiny_model, "thread", every=1, safety="reset",
-                          picker=picker, audit=str(tmp_path / "audit.jsonl"))
+                          picker=reject_all_picker, audit=str(tmp_path / "audit.jsonl"))
     rng = np.random.default_rng(3)
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
         source = httpx.get(srv.url + "/v1/model").json()

@@ -79,13 +79,8 @@ def resolve_picker(spec: str, modality: str, device: str, p_good: float | None =
         if spec not in SHIPPED:
             raise CheckpointError(f"no shipped picker for modality '{modality}' "
                                   "(pass --picker CKPT or --picker none)")
-    picker = load_picker(spec, device)
-    if p_good is not None or soft or calibrate:
-        cfg = PickerConfig(p_good=p_good if p_good is not None else picker.p_good, soft=soft,
-                           calibrate=calibrate)
-        cfg.check()
-        picker = load_picker(spec, device, cfg)
-    return picker
+    # p_good None: the checkpoint's threshold (load_picker fills it in); one load either way
+    return load_picker(spec, device, PickerConfig(p_good=p_good, soft=soft, calibrate=calibrate))
 
 
 def run(args: argparse.Namespace) -> int:
