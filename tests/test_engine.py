@@ -36,6 +36,14 @@ def _lite() -> SAMENet:
     return SAMENet(3, "lite", base=8, levels=3).eval()  # multiple 8, ~30k parameters
 
 
+def _lite_context() -> SAMENet:
+    torch.manual_seed(2)
+    m = SAMENet(3, "lite", base=8, levels=3, context=True).eval()
+    with torch.no_grad():  # the block starts at zero; make it matter
+        m.context.fc2.weight.normal_(0, 0.3)
+    return m
+
+
 def _paper() -> SAMENet:
     torch.manual_seed(1)
     # The paper preset's layers (instance norm, stem 1, tanh) at toy width and depth.
@@ -47,7 +55,8 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("engine-cache"))
 
 
-@pytest.mark.parametrize("make", [_lite, _paper], ids=["lite", "paper"])
+@pytest.mark.parametrize("make", [_lite, _lite_context, _paper],
+                         ids=["lite", "lite-context", "paper"])
 def test_onnxruntime_matches_eager_before_and_after_update(make, cache: str) -> None:
     model = make()
     c = model.config["in_channels"]
@@ -232,15 +241,17 @@ def test_channels_last_matches_eager_before_and_after_update(cache: str) -> None
     assert (cl.enhance(x) - after).abs().max().item() < TOL
 
 
-def test_refit_mapping_covers_every_parameter_once() -> None:
+@pytest.mark.parametrize("make", [_paper, _lite_context], ids=["paper", "lite-context"])
+def test_refit_mapping_covers_every_parameter_once(make) -> None:
     """The ONNX graph TensorRT parses holds every trainable weight as its own initializer."""
-    model = _paper()
+    model = make()
+    c = model.config["in_channels"]
     data = export_onnx(model, None, ExportConfig(structure=True, sample_size=16))
     proto = onnx.load_from_string(data)
     onnx.checker.check_model(proto)
     assert [o.name for o in proto.graph.output] == [OUTPUT, STRUCTURE]
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    assert isinstance(dims[0], str) and dims[1] == 1 and all(isinstance(d, str) for d in dims[2:])
+    assert isinstance(dims[0], str) and dims[1] == c and all(isinstance(d, str) for d in dims[2:])
     mapping = initializer_map(model, proto)
     params = dict(model.named_parameters())
     assert set(params) <= set(mapping)
@@ -264,7 +275,7 @@ def test_refit_mapping_covers_every_parameter_once() -> None:
     np.testing.assert_array_equal(arrays[mapping[k]], new[k].numpy())
     rebuilt = replace_initializers(proto, mapping, new)
     sess = ort.InferenceSession(rebuilt.SerializeToString(), providers=["CPUExecutionProvider"])
-    x = torch.rand(2, 1, 16, 32, generator=torch.Generator().manual_seed(6))
+    x = torch.rand(2, c, 16, 32, generator=torch.Generator().manual_seed(6))
     model.load_state_dict(new)
     with torch.no_grad():
         img, logits = model(x * 2 - 1)

@@ -82,3 +82,21 @@ def test_shipped_weights_load_by_name_and_are_small(name):
     y, s = m(x)
     assert y.shape == (1, c, 64, 64) and torch.isfinite(y).all() and s.shape == (1, 1, 64, 64)
     assert not torch.equal(y, x)  # trained weights do something
+
+
+def test_context_round_trips_and_older_checkpoints_load_without_it(tmp_path):
+    torch.manual_seed(0)
+    m = SAMENet(3, "lite", base=8, levels=3, context=True).eval()
+    with torch.no_grad():
+        m.context.fc2.weight.normal_(0, 0.3)
+    m2, meta = load_model(save_model(tmp_path / "c.safetensors", m))
+    assert meta["config"]["context"] is True and m2.context is not None
+    x = torch.rand(1, 3, 16, 24) * 2 - 1
+    assert torch.equal(m(x)[0], m2(x)[0])
+    # a checkpoint written before the option existed has no "context" in its config
+    p = save_model(tmp_path / "old.safetensors", SAMENet(3, "lite", base=8, levels=3))
+    tensors, meta = checkpoint.load(p)
+    del meta["config"]["context"]
+    checkpoint.save(p, tensors, meta)
+    old, _ = load_model(p)
+    assert old.context is None and old.config["context"] is False

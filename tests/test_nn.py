@@ -124,3 +124,23 @@ def test_fast_dropout_semantics():
     assert abs(torch.corrcoef(m.T)[0, 1].item()) < 0.01
     with pytest.raises(ValueError):
         Dropout(1.0)
+
+
+def test_context_starts_as_the_plain_network_and_sees_the_whole_image():
+    torch.manual_seed(0)
+    plain = SAMENet(3, "lite").eval()
+    ctx = SAMENet(3, "lite", context=True).eval()
+    missing, unexpected = ctx.load_state_dict(plain.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(k.startswith("context.") for k in missing)
+    x = torch.rand(1, 3, 512, 512) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(ctx(x)[0], plain(x)[0])  # the block's last layer starts at zero
+        ctx.context.fc2.weight.normal_(0, 2.0)
+        far = x.clone()
+        far[..., :96, :96] = -1.0  # change one corner only
+        # the opposite corner lies outside every convolution's reach, but not the context's
+        d_plain = (plain(far)[0] - plain(x)[0])[..., -64:, -64:].abs().max()
+        d_ctx = (ctx(far)[0] - ctx(x)[0])[..., -64:, -64:].abs().max()
+    assert d_plain == 0 and d_ctx > 1e-5
+    y = enhance(ctx, torch.rand(2, 3, 37, 53))
+    assert y.shape == (2, 3, 37, 53) and 0 <= y.min() and y.max() <= 1

@@ -32,9 +32,9 @@ from same_fast.nn.dropout import Dropout
 # Named configurations; every key is a SAMENet constructor argument.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(base=64, max_channels=512, levels=8, stem=1, norm="instance",
-                  dropout=0.5, dropout_levels=3, residual=False),
+                  dropout=0.5, dropout_levels=3, residual=False, context=False),
     "lite": dict(base=16, max_channels=128, levels=5, stem=2, norm="none",
-                 dropout=0.1, dropout_levels=2, residual=True),
+                 dropout=0.1, dropout_levels=2, residual=True, context=False),
 }
 
 _NORMS = ("instance", "group", "none")
@@ -59,6 +59,28 @@ class _Up(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.norm(self.conv(F.relu(x))))
+
+
+class _Context(nn.Module):
+    """Whole-image context for the innermost features: ``f + mlp([mean(f); max(f)])``.
+
+    A degradation such as cataract haze or a colour cast is set by a few numbers per image (the
+    channel maxima, the haze strength, the gain), which a convolution that sees ~150 px cannot
+    estimate. The pooled summary is broadcast back over the innermost map. Max pooling does not
+    change with how much black border (outside the FOV) the frame has. The last layer starts at
+    zero, so adding context to a trained network leaves its output unchanged until it learns.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(2 * channels, channels)
+        self.fc2 = nn.Linear(channels, channels)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1)
+        return f + self.fc2(F.relu(self.fc1(pooled)))[:, :, None, None]
 
 
 class _Decoder(nn.Module):
@@ -97,6 +119,8 @@ class SAMENet(nn.Module):
         dropout, dropout_levels: dropout probability in that many decoder stages next to the
             innermost one (active in train mode only).
         residual: image output = clamp(input + head, -1, 1) instead of tanh(head).
+        context: add a whole-image summary (mean and max pooled, through a small MLP that
+            starts at zero) to the innermost features, which both decoders read.
 
     ``forward(x)`` takes ``(N, C, H, W)`` in [-1, 1] and returns ``(image (N, C, H, W) in
     [-1, 1], structure_logits (N, 1, H, W))``; apply a sigmoid for a structure probability.
@@ -137,6 +161,7 @@ class SAMENet(nn.Module):
                 nn.Identity() if innermost else _norm(norm, widths[k]),
             ))
         self.downs = nn.ModuleList(downs)
+        self.context = _Context(widths[-1]) if cfg["context"] else None
         dec = dict(stem=stem, norm=norm, dropout=float(cfg["dropout"]),
                    dropout_levels=int(cfg["dropout_levels"]))
         self.image_decoder = _Decoder(widths, in_channels, **dec)
@@ -148,6 +173,8 @@ class SAMENet(nn.Module):
         for down in self.downs:
             h = down(h)
             feats.append(h)
+        if self.context is not None:
+            feats[-1] = self.context(feats[-1])
         return feats
 
     def _head(self, dec: _Decoder, h: torch.Tensor) -> torch.Tensor:
