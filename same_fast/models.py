@@ -93,12 +93,15 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu"
     """Load a shipped name or a checkpoint path -> ``(model in eval mode on device, metadata)``.
 
     A training state (``train-source``'s ``<out>.last.safetensors``: ``model.*`` weights beside
-    ``optim.*`` Adam moments) loads as its model; the optimiser state is left out.
+    ``optim.*`` Adam moments, and ``ema.*`` when trained with ``--ema``) loads as the model the
+    run validates: the EMA weights when there are any, else ``model.*``; the optimiser state is
+    left out.
     """
     path = resolve(name_or_path)
     tensors, meta = checkpoint.load(path)
     if any(k.startswith("optim.") for k in tensors):
-        tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
+        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     model = build_from_metadata(meta, str(path))
     try:
         model.load_state_dict(tensors, strict=True)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from same_fast import checkpoint
 from same_fast.data import data_root
 from same_fast.errors import CheckpointError, InputError
 from same_fast.io import write_image
@@ -198,3 +199,48 @@ def test_split_seed_keeps_the_parents_hold_out(tmp_path):
                           load_size=48, val_every=1, **kw))
         held[name] = load_model(tmp_path / f"{name}.safetensors")[1]["provenance"]["held_out"]
     assert held["c"] == held["a"] != held["b"]
+
+
+def test_init_adds_context_and_ema_is_what_is_validated_and_saved(tmp_path):
+    data = _folder(tmp_path, n=3, size=48)
+    base = _cfg(data, steps=2, size=32, load_size=48, val_every=2)
+    train_source(base)
+    parent, _ = load_model(base.out)
+    # a network without context seeds one with it, starting from the parent's output
+    ctx = _cfg(data, out=str(tmp_path / "ctx.safetensors"), steps=2, size=32, load_size=48,
+               val_every=2, init=base.out, lr=0.0, net={"base": 8, "levels": 3, "context": True})
+    train_source(ctx)
+    child, meta = load_model(ctx.out)
+    assert meta["config"]["context"] is True
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(child(x)[0], parent(x)[0])
+    # but not the other way round
+    with pytest.raises(CheckpointError, match="--init"):
+        train_source(_cfg(data, out=str(tmp_path / "back.safetensors"), steps=1, size=32,
+                          load_size=48, init=ctx.out))
+    with pytest.raises(InputError, match="--ema"):
+        train_source(_cfg(data, ema=1.0))
+    # --ema: the average (not the raw weights) is validated, saved, and what .last loads as
+    ema = _cfg(data, out=str(tmp_path / "ema.safetensors"), steps=4, size=32, load_size=48,
+               val_every=4, init=base.out, lr=1e-2, ema=0.5)
+    train_source(ema)
+    tensors, last_meta = checkpoint.load(tmp_path / "ema.last.safetensors")
+    raw = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    avg = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    assert set(raw) == set(avg)
+    p0 = dict(parent.state_dict())
+    k = "downs.0.weight"
+    # after 4 steps at decay 0.5 the average sits between the start and the raw weights
+    assert not torch.equal(avg[k], raw[k]) and not torch.equal(avg[k], p0[k])
+    saved, saved_meta = load_model(ema.out)
+    assert torch.equal(saved.state_dict()[k], avg[k])
+    assert saved_meta["training"]["ema"] == 0.5
+    last_model, _ = load_model(tmp_path / "ema.last.safetensors")
+    assert torch.equal(last_model.state_dict()[k], avg[k])
+    # resuming carries the average on rather than restarting it at the raw weights
+    train_source(_cfg(data, out=str(tmp_path / "ema.safetensors"), steps=5, size=32,
+                      load_size=48, val_every=1, lr=0.0, ema=0.5, resume=True))
+    tensors, _ = checkpoint.load(tmp_path / "ema.last.safetensors")
+    # lr 0: raw weights fixed, the average moves half way towards them
+    assert torch.allclose(tensors[f"ema.{k}"], 0.5 * avg[k] + 0.5 * raw[k], atol=1e-7)

@@ -38,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clean-prob", type=float, default=d.clean_prob,
                    help="probability that a sample is left undegraded (identity pairs: inputs "
                         "that need no enhancement come back unchanged)")
+    p.add_argument("--ema", type=float, default=d.ema,
+                   help="keep an exponential moving average of the weights with this decay "
+                        "(e.g. 0.999) and validate and save it instead of the raw weights "
+                        "(0: off)")
     p.add_argument("--degrade", default=None, help="degradation preset (default per modality)")
     p.add_argument("--holdout", type=float, default=d.holdout,
                    help="fraction of each set held out for validation")

@@ -18,6 +18,7 @@ for ``--resume``) and ``<out>.log.jsonl``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -38,6 +39,7 @@ from same_fast.errors import CheckpointError, InputError
 from same_fast.io import list_images, load, load_mask, to_tensor
 from same_fast.models import save_model
 from same_fast.nn import SAMENet, enhance
+from same_fast.ops.ema import ema_
 
 SKIMAGE_RETINA = "skimage-retina"  # data-spec name of scikit-image's CC0 retina photograph
 MODALITIES = {"fundus": (3, "fundus-shen2020"), "oct": (1, "gray"),
@@ -64,6 +66,8 @@ class SourceConfig:
     color_aug: float = 0.0         # per-channel gain exp(U(-a, a)) on the clean image (0: off)
     gamma_aug: float = 0.0         # per-image gamma exp(U(-a, a)) on the clean image (0: off)
     clean_prob: float = 0.0        # probability that a sample is left undegraded (identity pair)
+    ema: float = 0.0               # decay of an EMA of the weights that is validated and saved
+    #                                (0: off, the raw weights are)
     degrade: str | None = None     # preset name; default per modality
     holdout: float = 0.15          # fraction of each set held out for validation (>= 1 image)
     split_seed: int | None = None  # seed of the hold-out split (None: ``seed``); fine-tuning
@@ -356,8 +360,10 @@ def _last_path(out: Path) -> Path:
 
 
 def _save_last(path: Path, model: SAMENet, opt: torch.optim.Optimizer, step: int,
-               meta: dict[str, Any]) -> None:
+               meta: dict[str, Any], ema: SAMENet | None = None) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     params = [p for grp in opt.param_groups for p in grp["params"]]
     for i, p in enumerate(params):
         st = opt.state.get(p, {})
@@ -369,9 +375,14 @@ def _save_last(path: Path, model: SAMENet, opt: torch.optim.Optimizer, step: int
     checkpoint.save(path, tensors, {**meta, "step": step})
 
 
-def _load_last(path: Path, model: SAMENet, opt: torch.optim.Optimizer) -> tuple[int, dict]:
+def _load_last(path: Path, model: SAMENet, opt: torch.optim.Optimizer,
+               ema: SAMENet | None = None) -> tuple[int, dict]:
     tensors, meta = checkpoint.load(path)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        saved = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        # a run resumed with --ema that had none starts its average at the raw weights
+        ema.load_state_dict(saved or model.state_dict())
     params = [p for grp in opt.param_groups for p in grp["params"]]
     for i, p in enumerate(params):
         if f"optim.{i}.exp_avg" in tensors:
@@ -390,6 +401,8 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     for name, v in (("steps", cfg.steps), ("batch", cfg.batch), ("size", cfg.size)):
         if v < 1:
             raise InputError(f"--{name} must be >= 1")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise InputError(f"--ema must be in [0, 1), got {cfg.ema}")
     if cfg.load_size < cfg.size:
         raise InputError(f"--load-size ({cfg.load_size}) must be >= --size ({cfg.size})")
     get_preset(cfg.degrade or MODALITIES[cfg.modality][1])
@@ -411,14 +424,24 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), foreach=True)
     start = 0
     best = -1.0
+    ema: SAMENet | None = None
     if cfg.init and not cfg.resume:
         from same_fast.models import load_model
 
         init_model, init_meta = load_model(cfg.init)
-        if init_model.config != model.config:
+        # A network without whole-image context may seed one with it: the context block starts
+        # at zero, so the new network begins with the old one's output.
+        adds_context = model.config["context"] and not init_model.config["context"]
+        if {**init_model.config, "context": model.config["context"]} != model.config or (
+                init_model.config["context"] and not model.config["context"]):
             raise CheckpointError(f"--init: {cfg.init} has config {init_model.config}, not "
                                   f"{model.config}")
-        model.load_state_dict(init_model.state_dict())
+        missing, _ = model.load_state_dict(init_model.state_dict(), strict=not adds_context)
+        assert all(k.startswith("context.") for k in missing), missing
+    if cfg.ema:
+        # The averaged weights are what is validated and saved (BasicSR's net_g_ema); dropout
+        # is off in them, as in any evaluated model.
+        ema = copy.deepcopy(model).eval().requires_grad_(False)
     if cfg.resume:
         if not last.is_file():
             raise CheckpointError(f"--resume: no {last} to resume from")
@@ -426,7 +449,9 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
         if prev_cfg != model.config:
             raise CheckpointError(f"--resume: {last} was trained with {prev_cfg}, not "
                                   f"{model.config} (same --preset and --net needed)")
-        start, prev = _load_last(last, model, opt)
+        if cfg.ema:
+            ema = copy.deepcopy(model).eval().requires_grad_(False)
+        start, prev = _load_last(last, model, opt, ema)
         best = float(prev.get("best_val_ssim", -1.0))
     provenance = {
         "data": cfg.data, "train_images": [s.name for s in train],
@@ -440,7 +465,8 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
             "training": {"size": cfg.size, "load_size": cfg.load_size, "batch": cfg.batch,
                          "lr": cfg.lr, "lambda_s": cfg.lambda_s, "lambda_ssim": cfg.lambda_ssim,
                          "init": cfg.init, "color_aug": cfg.color_aug,
-                         "gamma_aug": cfg.gamma_aug, "clean_prob": cfg.clean_prob}}
+                         "gamma_aug": cfg.gamma_aug, "clean_prob": cfg.clean_prob,
+                         "ema": cfg.ema}}
     vs = validation_set(val, cfg, device)
     g = torch.Generator().manual_seed(cfg.seed + start)  # resumed runs continue a fresh stream
     log = out.with_name(out.name.removesuffix(".safetensors") + ".log.jsonl")
@@ -462,6 +488,8 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema_(list(ema.parameters()), list(model.parameters()), cfg.ema)
             losses.append(parts["loss"])
             if len(first_losses) < 20:
                 first_losses.append(parts["loss"])
@@ -472,19 +500,20 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
             if step % cfg.val_every == 0 or step == cfg.steps or out_of_time:
                 rec: dict[str, Any] = {"step": step, "time_s": round(time.perf_counter() - t0, 1),
                                        "loss": float(np.mean(losses[-cfg.val_every:]))}
+                saved_model = ema if ema is not None else model
                 if vs is not None:
-                    rec.update(validate(model, vs))
+                    rec.update(validate(saved_model, vs))
                 score = rec.get("val_ssim", -rec["loss"])
                 meta_now = {**meta, "step": step, "validation": rec}
                 if score > best:
                     best = score
-                    save_model(out, model, **meta_now)
+                    save_model(out, saved_model, **meta_now)
                     rec["saved"] = True
                 _save_last(last, model, opt, step, {
                     **meta_now, "best_val_ssim": best, "config": model.config,
                     "architecture": "SAMENet", "preset": model.config["preset"],
                     "channels": model.in_channels, "value_range": [-1, 1],
-                    "multiple": model.multiple})
+                    "multiple": model.multiple}, ema)
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
                 if bar is not None:
