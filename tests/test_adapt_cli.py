@@ -48,6 +48,34 @@ def test_adapt_writes_loadable_checkpoint(tmp_path, tiny, mode, capsys):
     assert "acceptance" in capsys.readouterr().out
 
 
+def test_adapt_skips_unreadable_files_and_says_so(tmp_path, tiny, capsys):
+    d = _folder(tmp_path / "in")
+    (d / "zz_garbage.png").write_bytes(b"not an image at all")
+    good = (d / "f0.png").read_bytes()
+    (d / "zz_truncated.png").write_bytes(good[: len(good) // 2])
+    out = tmp_path / "a.safetensors"
+    code = main(["adapt", "-m", str(tiny), "-i", str(d), "-o", str(out), "--steps", "1",
+                 "--size", "16", "--picker", "none"])
+    assert code == 2  # partial: the adaptation ran on what loaded, the rest is reported
+    err = capsys.readouterr().err
+    assert err.count("same-fast: error:") == 2 and err.count("(skipped)") == 2
+    assert "zz_truncated.png" in err
+    prov = load_model(out)[1]["provenance"]
+    assert prov["frames"] == 3
+    assert sorted(s["input"].rsplit("/", 1)[-1] for s in prov["skipped"]) == \
+        ["zz_garbage.png", "zz_truncated.png"]
+    # a folder where nothing loads is an error, with no checkpoint written
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"junk")
+    with pytest.raises(SystemExit) as e:
+        main(["adapt", "-m", str(tiny), "-i", str(bad), "-o", str(tmp_path / "b.safetensors"),
+              "--steps", "1", "--size", "16", "--picker", "none"])
+    assert e.value.code == 2
+    assert "none of its 1 file(s) could be read" in capsys.readouterr().err
+    assert not (tmp_path / "b.safetensors").exists()
+
+
 def test_adapt_reads_dicom_cine(tmp_path, tiny, dicom_file):
     d = tmp_path / "cine"
     d.mkdir()

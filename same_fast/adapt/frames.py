@@ -24,12 +24,17 @@ def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def load_frames(folder: str | Path, channels: int, mask_dir: str | Path | None = None,
-                device: str | torch.device = "cpu"
+                device: str | torch.device = "cpu", skipped: list[dict[str, str]] | None = None
                 ) -> tuple[list[torch.Tensor], list[torch.Tensor | None] | None, list[str]]:
     """Every frame under ``folder`` (images and DICOM files; a cine gives all its frames).
 
     Returns (frames (C, H, W) float in [0, 1] on ``device``, FOV masks (1, H, W) float or None,
     names). ``mask_dir``: FOV masks paired by name (one per file, applied to all its frames).
+
+    ``skipped``: when given, a file that cannot be used (corrupt, truncated, a bad DICOM, a mask
+    of the wrong size, channels the model cannot take) is left out and recorded there as
+    ``{"input", "error"}``, so one bad file in a clinic's folder does not stop the others;
+    without it the first such file raises. At least one frame must load either way.
     """
     from same_fast.io import list_images, load, load_mask, pair_by_name, to_tensor
 
@@ -41,14 +46,23 @@ def load_frames(folder: str | Path, channels: int, mask_dir: str | Path | None =
     fovs: list[torch.Tensor | None] = []
     names: list[str] = []
     for k, path in enumerate(files):
-        loaded = load(path)
-        fov = None
-        if items is not None and items[k].partner is not None:
-            m = load_mask(items[k].partner, shape=loaded.frames.shape[1:3])
-            fov = torch.from_numpy(m)[None].float().to(device)
-        t = match_channels(to_tensor(loaded.frames), channels).to(device)
+        try:
+            loaded = load(path)
+            fov = None
+            if items is not None and items[k].partner is not None:
+                m = load_mask(items[k].partner, shape=loaded.frames.shape[1:3])
+                fov = torch.from_numpy(m)[None].float().to(device)
+            t = match_channels(to_tensor(loaded.frames), channels).to(device)
+        except InputError as e:
+            if skipped is None:
+                raise
+            skipped.append({"input": str(path), "error": str(e).splitlines()[0]})
+            continue
         for f in range(t.shape[0]):
             frames.append(t[f])
             fovs.append(fov)
             names.append(path.stem if t.shape[0] == 1 else f"{path.stem}_{f:04d}")
+    if not frames:
+        raise InputError(f"{folder}: none of its {len(files)} file(s) could be read "
+                         f"(first: {skipped[0]['error'] if skipped else 'unknown'})")
     return frames, (fovs if items is not None else None), names

@@ -101,7 +101,11 @@ def run(args: argparse.Namespace) -> int:
     cfg.check()
     picker = resolve_picker(args.picker, modality, args.device, args.p_good, args.soft_picker,
                             args.picker_calibrate)
-    frames, fovs, names = load_frames(args.input, model.in_channels, args.mask, args.device)
+    skipped: list[dict[str, str]] = []
+    frames, fovs, names = load_frames(args.input, model.in_channels, args.mask, args.device,
+                                      skipped)
+    for s in skipped:  # one line each, as enhance reports its failed files; the rest adapt
+        sys.stderr.write(f"same-fast: error: {s['error']} (skipped)\n")
     audit_path = args.audit or str(Path(args.output).with_suffix("")) + ".audit.jsonl"
     t0 = time.perf_counter()
     bar = _bar(cfg, len(frames))
@@ -140,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     save_model(args.output, adapted, modality=modality,
                provenance={"command": "same-fast adapt", "source_model": str(args.model),
                            "source_provenance": prov, "target": str(args.input),
-                           "frames": len(frames)},
+                           "frames": len(frames), "skipped": skipped},
                adaptation={"config": {k: (list(v) if isinstance(v, tuple) else v)
                                       for k, v in dataclasses.asdict(cfg).items()},
                            "picker": args.picker,
@@ -150,8 +154,9 @@ def run(args: argparse.Namespace) -> int:
     last = history[-1]["loss"] if history else float("nan")
     print(f"adapted {args.model} on {len(frames)} frame(s) ({cfg.mode}, {len(history)} steps, "
           f"acceptance {'n/a' if acc is None else f'{acc:.2f}'}, last loss {last:.4f}, "
-          f"{seconds:.1f} s) -> {args.output}; audit log {audit_path}")
-    return 0
+          f"{seconds:.1f} s) -> {args.output}; audit log {audit_path}"
+          + (f"; {len(skipped)} file(s) skipped" if skipped else ""))
+    return 2 if skipped else 0
 
 
 def _bar(cfg, n_frames: int):
