@@ -47,3 +47,22 @@ def test_suite_runs_quick_and_reports_ratios() -> None:
     assert set(s["step_multiple_of_plain_inference"]) == {
         "ours", "ours_picker_inputs_only", "ours_no_picker", "reference_style"}
     assert r["environment"]["torch"] == torch.__version__
+
+
+def test_models_suite_times_each_candidate_against_lite(tmp_path) -> None:
+    """``bench --suite models``: a row per candidate with its size and ratios to lite eager."""
+    import json
+
+    from same_fast.cli import main
+
+    out = tmp_path / "m.json"
+    assert main(["bench", "--suite", "models", "--set", "size=64", "--set",
+                 "candidates=lite,lite-context", "--set", "onnx=0", "--quick",
+                 "--json", str(out)]) == 0
+    rows = {r["network"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"lite", "lite-context"}
+    assert rows["lite"]["eager-image_vs_lite_eager"] == 1.0
+    # the context block: two Linear layers on the 128 innermost channels, (256 + 1) * 128 +
+    # (128 + 1) * 128 parameters
+    assert rows["lite-context"]["params"] - rows["lite"]["params"] == 257 * 128 + 129 * 128
+    assert rows["lite-context"]["eager-image_ms"] > 0

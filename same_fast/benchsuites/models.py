@@ -4,7 +4,8 @@ Cases per network: torch eager with the image decoder only (inference), torch ea
 decoders (what training and adaptation run), and ONNX Runtime CPU (image only, through
 ``same_fast.engine``). Reported: median ms per frame, parameters, and ratios to ``lite`` eager
 (image only) and to ``paper`` eager measured in the same rounds. Networks: the ``paper`` preset,
-the shipped ``lite`` preset and the other ``lite`` candidates that were tried when choosing it.
+the shipped ``lite`` preset, ``lite`` with whole-image context, and the other ``lite``
+candidates that were tried when choosing it.
 
 Options (``--set KEY=VALUE``): ``size=512``, ``batch=1``, ``threads=N`` (torch and ORT threads;
 default: torch's current setting), ``candidates=a,b`` (subset by name), ``onnx=0`` (skip ORT),
@@ -27,6 +28,7 @@ from same_fast.benchsuites.common import environment, interleaved
 CANDIDATES: dict[str, dict[str, Any]] = {
     "paper": {"preset": "paper"},
     "lite": {"preset": "lite"},
+    "lite-context": {"preset": "lite", "context": True},
     "pix2pix-16-instance": {"preset": "lite", "stem": 1, "base": 16, "levels": 5,
                             "norm": "instance"},
     "s2d-16-group": {"preset": "lite", "norm": "group"},
