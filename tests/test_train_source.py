@@ -241,6 +241,10 @@ def test_init_adds_context_and_ema_is_what_is_validated_and_saved(tmp_path):
     # resuming carries the average on rather than restarting it at the raw weights
     train_source(_cfg(data, out=str(tmp_path / "ema.safetensors"), steps=5, size=32,
                       load_size=48, val_every=1, lr=0.0, ema=0.5, resume=True))
-    tensors, _ = checkpoint.load(tmp_path / "ema.last.safetensors")
+    tensors, resumed_meta = checkpoint.load(tmp_path / "ema.last.safetensors")
+    # the continuation still says where the run began and which command ran before it
+    prov = resumed_meta["provenance"]
+    assert prov["init"]["path"] == base.out
+    assert prov["resumed"] == [{"step": 4, "command": last_meta["provenance"]["command"]}]
     # lr 0: raw weights fixed, the average moves half way towards them
     assert torch.allclose(tensors[f"ema.{k}"], 0.5 * avg[k] + 0.5 * raw[k], atol=1e-7)

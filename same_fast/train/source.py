@@ -449,8 +449,6 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
         if prev_cfg != model.config:
             raise CheckpointError(f"--resume: {last} was trained with {prev_cfg}, not "
                                   f"{model.config} (same --preset and --net needed)")
-        if cfg.ema:
-            ema = copy.deepcopy(model).eval().requires_grad_(False)
         start, prev = _load_last(last, model, opt, ema)
         best = float(prev.get("best_val_ssim", -1.0))
     provenance = {
@@ -461,6 +459,14 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     if cfg.init and not cfg.resume:
         provenance["init"] = {"path": str(cfg.init), "step": init_meta.get("step"),
                               "provenance": init_meta.get("provenance")}
+    if cfg.resume:
+        # A resumed run keeps where the run began and lists the commands before this one, so
+        # the weights' history survives any number of --resume continuations.
+        before = prev.get("provenance") if isinstance(prev.get("provenance"), dict) else {}
+        if "init" in before:
+            provenance["init"] = before["init"]
+        provenance["resumed"] = [*before.get("resumed", []),
+                                 {"step": start, "command": before.get("command")}]
     meta = {"modality": cfg.modality, "provenance": provenance,
             "training": {"size": cfg.size, "load_size": cfg.load_size, "batch": cfg.batch,
                          "lr": cfg.lr, "lambda_s": cfg.lambda_s, "lambda_ssim": cfg.lambda_ssim,
