@@ -33,3 +33,20 @@ def test_ceiling_replays_synth(tmp_path, preset, bench_script):
     if preset == "fundus-shen2020":
         assert any("blur" not in r["type"] and r["type"] != "cataract" for r in res["rows"])
     assert res["mean"]["ceiling_keep_colour"]["ssim"] > res["mean"]["degraded"]["ssim"]
+
+
+def test_heldout_set_links_what_the_shipped_model_held_out(tmp_path, bench_script, capsys):
+    from same_fast.data import data_root
+    from same_fast.models import load_model
+
+    if data_root() is None:
+        pytest.skip("no data folder (set SAME_FAST_DATA); CI always has it")
+    mod = bench_script("heldout_set")
+    assert mod.main(["-m", "ultrasound-lite", "--set", "BUSI", "-o", str(tmp_path / "h")]) == 0
+    held = load_model("ultrasound-lite")[1]["provenance"]["held_out"]
+    want = sorted(n.rsplit("/", 1)[-1] for n in held if n.startswith("BUSI/"))
+    links = sorted((tmp_path / "h" / "images").iterdir())
+    assert [p.name for p in links] == want and len(want) == 14
+    assert all(p.is_symlink() and p.resolve().is_file() for p in links)
+    assert mod.main(["-m", "ultrasound-lite", "--set", "DRIVE", "-o", str(tmp_path / "d")]) == 2
+    assert "no held-out images of DRIVE" in capsys.readouterr().err
