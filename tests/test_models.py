@@ -100,3 +100,47 @@ def test_context_round_trips_and_older_checkpoints_load_without_it(tmp_path):
     checkpoint.save(p, tensors, meta)
     old, _ = load_model(p)
     assert old.context is None and old.config["context"] is False
+
+
+def _cli_scores(tmp_path, name, *args):
+    import json
+
+    from same_fast.cli import main
+
+    out = tmp_path / f"{name}.json"
+    assert main(["eval", *args, "--protocol", "paper", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    return d["ssim"], d["psnr"]
+
+
+@pytest.mark.slow
+def test_shipped_source_models_keep_their_readme_numbers(tmp_path, data_dir, bench_script):
+    """The README's source-model table, through the user's commands: ultrasound-lite meets the
+    +0.05 SSIM / +2 dB target on its held-out BUSI images, fundus-lite keeps its DRIVE test
+    numbers (a regression guard: replacing the shipped weights must update the README)."""
+    from same_fast.cli import main
+
+    busi = tmp_path / "busi"
+    assert bench_script("heldout_set").main(["-m", "ultrasound-lite", "--set", "BUSI",
+                                             "-o", str(busi)]) == 0
+    syn = tmp_path / "busi_syn"
+    assert main(["synth", "--preset", "ultrasound-speckle", "-i", str(busi / "images"),
+                 "-o", str(syn), "--seed", "0"]) == 0
+    assert main(["enhance", "-m", "ultrasound-lite", "-i", str(syn / "degraded"),
+                 "-o", str(tmp_path / "busi_pred")]) == 0
+    s0, p0 = _cli_scores(tmp_path, "b0", "--pred", str(syn / "degraded"), "--gt", str(syn / "clean"))
+    s1, p1 = _cli_scores(tmp_path, "b1", "--pred", str(tmp_path / "busi_pred"),
+                         "--gt", str(syn / "clean"))
+    assert (round(s0, 4), round(p0, 2)) == (0.6937, 21.79)
+    assert (round(s1, 4), round(p1, 2)) == pytest.approx((0.7763, 24.72), abs=2e-3)
+    assert s1 - s0 >= 0.05 and p1 - p0 >= 2.0
+
+    d = data_dir / "fundus" / "DRIVE" / "test"
+    syn = tmp_path / "drive_syn"
+    assert main(["synth", "--preset", "fundus-shen2020", "-i", str(d / "images"), "--fov",
+                 str(d / "fov"), "-o", str(syn), "--seed", "0"]) == 0
+    assert main(["enhance", "-m", "fundus-lite", "-i", str(syn / "degraded"), "-o",
+                 str(tmp_path / "drive_pred"), "--mask", str(syn / "fov")]) == 0
+    s, p = _cli_scores(tmp_path, "d1", "--pred", str(tmp_path / "drive_pred"),
+                       "--gt", str(syn / "clean"), "--mask", str(syn / "fov"))
+    assert (s, p) == pytest.approx((0.8998, 23.42), abs=2e-3)
