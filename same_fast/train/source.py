@@ -109,7 +109,7 @@ def estimate_fov(img01: torch.Tensor) -> torch.Tensor:
     return m > thr
 
 
-def _folders(spec: str) -> list[tuple[str, Path, list[Path], Path | None, Path | None]]:
+def data_folders(spec: str) -> list[tuple[str, Path, list[Path], Path | None, Path | None]]:
     """Resolve a data spec into (set, root, image files, masks dir, fov dir) entries."""
     out = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
@@ -162,11 +162,18 @@ def _partner(folder: Path | None, stem: str) -> list[Path]:
     return hits
 
 
+def sample_name(set_name: str, path: Path) -> str:
+    """A training image's name in checkpoint provenance (``train_images``, ``held_out``):
+    ``SET/file``, and ``BUSI/class/file`` since BUSI's classes reuse file names."""
+    return (f"{set_name}/{path.parent.parent.name}/{path.name}" if set_name == "BUSI"
+            else f"{set_name}/{path.name}")
+
+
 def load_samples(spec: str, channels: int, load_size: int, modality: str, max_images: int = 0
                  ) -> list[tuple[str, list[Sample]]]:
     """Load every set of ``spec`` into memory at ``load_size``; returns [(set, samples)]."""
     sets: dict[str, list[Sample]] = {}
-    for set_name, _root, files, masks_dir, fov_dir in _folders(spec):
+    for set_name, _root, files, masks_dir, fov_dir in data_folders(spec):
         chosen = files[:max_images] if max_images else files
         for f in chosen:
             arr = load(f).frames[0]
@@ -194,9 +201,8 @@ def load_samples(spec: str, channels: int, load_size: int, modality: str, max_im
             elif modality == "fundus":
                 fov = estimate_fov(img)
             sets.setdefault(set_name, []).append(Sample(
-                f"{set_name}/{f.parent.parent.name}/{f.name}" if set_name == "BUSI"
-                else f"{set_name}/{f.name}",
-                (img.clamp(0, 1) * 255).round().to(torch.uint8), mask, fov))
+                sample_name(set_name, f), (img.clamp(0, 1) * 255).round().to(torch.uint8),
+                mask, fov))
     return list(sets.items())
 
 
