@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -123,20 +124,24 @@ def _measure(name: str, seconds: float, rate: float, size: int) -> dict[str, flo
                 piece()
             piece_s.append(time.perf_counter() - t)
 
+    own = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     confine_thread(plan.serving)
     th = threading.Thread(target=other, daemon=True)
     if piece is not None:
         th.start()
     steps: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        served.frame_step(frame)
-        steps.append((time.perf_counter() - t) * 1000)
-        time.sleep(0.004)
-    stop.set()
-    if piece is not None:
-        th.join()
+    try:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            served.frame_step(frame)
+            steps.append((time.perf_counter() - t) * 1000)
+            time.sleep(0.004)
+    finally:
+        stop.set()
+        if piece is not None:
+            th.join()
+        confine_thread(own)  # a caller in the same process (the tests) gets its CPUs back
     p50, p99, p999 = np.percentile(steps, [50, 99, 99.9])
     return {"steps": len(steps), "step_p50_ms": float(p50), "step_p99_ms": float(p99),
             "step_p999_ms": float(p999), "step_max_ms": float(max(steps)),
@@ -156,17 +161,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="passes over the pieces, interleaved (the median is reported)")
     p.add_argument("--json", metavar="FILE")
     a = p.parse_args(argv)
+    # as serve sets them (same_fast.serve.service.tune_process); restored for in-process callers
+    threads, switch = torch.get_num_threads(), sys.getswitchinterval()
     torch.set_num_threads(1)
-    sys.setswitchinterval(0.0005)  # as serve sets it (same_fast.serve.service.tune_process)
+    sys.setswitchinterval(0.0005)
     runs: dict[str, list[dict[str, float]]] = {n: [] for n in a.only or PIECES}
-    for _ in range(max(1, a.repeats)):  # interleaved: machine drift hits every piece alike
-        for name in runs:
-            r = measure(name, a.seconds, a.rate, a.size)
-            runs[name].append(r)
-            print(f"{name:20s} step p50 {r['step_p50_ms']:.2f} ms, p99 {r['step_p99_ms']:.2f}, "
-                  f"p99.9 {r['step_p999_ms']:.2f}, max {r['step_max_ms']:.2f}, p99/p50 "
-                  f"{r['p99_over_p50']:.2f}; piece {r['piece_ms']:.1f} ms x {r['pieces']}",
-                  flush=True)
+    try:
+        for _ in range(max(1, a.repeats)):  # interleaved: machine drift hits every piece alike
+            for name in runs:
+                r = measure(name, a.seconds, a.rate, a.size)
+                runs[name].append(r)
+                print(f"{name:20s} step p50 {r['step_p50_ms']:.2f} ms, p99 "
+                      f"{r['step_p99_ms']:.2f}, p99.9 {r['step_p999_ms']:.2f}, max "
+                      f"{r['step_max_ms']:.2f}, p99/p50 {r['p99_over_p50']:.2f}; piece "
+                      f"{r['piece_ms']:.1f} ms x {r['pieces']}", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+        sys.setswitchinterval(switch)
     results = {n: {**{k: float(np.median([r[k] for r in rs])) for k in rs[0]}, "runs": rs}
                for n, rs in runs.items()}
     if a.json:

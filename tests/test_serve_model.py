@@ -131,11 +131,17 @@ def test_adapter_weights_payload_that_is_corrupt_is_a_clear_error(cut):
 def test_publish_gil_benchmark_measures_every_piece(tmp_path, bench_script):
     """benchmarks/publish_gil.py runs each piece beside the serving thread and reports it."""
     import json
+    import os
+    import sys
 
     mod = bench_script("publish_gil")
     out = tmp_path / "gil.json"
+    before = (os.sched_getaffinity(0), torch.get_num_threads(), sys.getswitchinterval())
     assert mod.main(["--seconds", "0.4", "--rate", "20", "--size", "16", "--only", "idle",
                      "ort-publish", "views-load", "--json", str(out)]) == 0
+    # run in this process, it leaves the caller's CPUs and settings as they were (it once left
+    # the test process on the serving CPU alone, failing a later CPU-placement test)
+    assert (os.sched_getaffinity(0), torch.get_num_threads(), sys.getswitchinterval()) == before
     res = json.loads(out.read_text())["results"]
     assert set(res) == {"idle", "ort-publish", "views-load"}
     assert res["idle"]["pieces"] == 0 and res["views-load"]["pieces"] >= 2
