@@ -8,7 +8,8 @@ the model step runs Python.
 A *frame step* is the unit the loop calls: ``step(frames: list) -> list`` of the same length.
 :func:`tensor_step` builds one from a *model step*: a callable taking float32 ``(N, C, H, W)``
 in [0, 1] and returning the same shape and range (what ``same_fast.nn.enhance`` does); frames
-are ``(H, W, C)`` uint8/uint16 numpy arrays and outputs keep their shape and dtype.
+are ``(H, W, C)`` uint8/uint16 numpy arrays and outputs keep their shape and dtype (each output
+is a view into its group's output batch).
 
 Example::
 
@@ -220,45 +221,46 @@ class StreamLoop:
         self.close(drain=True)
 
 
-def _to_float01(arr: np.ndarray):
-    import torch
-
-    scale = 255.0 if arr.dtype == np.uint8 else 65535.0
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(scale)
-
-
-def _from_float01(t, dtype: np.dtype) -> np.ndarray:
-    scale = 255.0 if dtype == np.uint8 else 65535.0
-    a = t.clamp(0, 1).mul(scale).round_().permute(1, 2, 0).contiguous().numpy()
-    return a.astype(dtype)
-
-
 def run_grouped(frames: list, model_step: Callable[[Any], Any],
-                observe: Callable[[Any], None] | None = None) -> list[np.ndarray]:
-    """Run a float model step over ``(H, W, C)`` uint8/uint16 frames, grouped by shape and dtype.
+                observe: Callable[[np.ndarray], None] | None = None,
+                frames_step: Callable[[np.ndarray], np.ndarray] | None = None
+                ) -> list[np.ndarray]:
+    """Run a model over ``(H, W, C)`` uint8/uint16 frames, grouped by shape and dtype.
 
-    Frames of equal shape and dtype go through ``model_step`` (float ``(N, C, H, W)`` in [0, 1]
-    -> same shape) together, so a batch may mix sizes; outputs keep each frame's shape and
-    dtype. ``observe`` (online adaptation) receives each group's input after it is served.
+    Frames of equal shape and dtype go through the model together as one ``(N, H, W, C)``
+    batch, so a batch may mix sizes; outputs keep each frame's shape and dtype. With
+    ``frames_step`` (``Backend.enhance_frames``: integer batch -> integer batch) the batch goes
+    to it as it is; else through ``model_step`` (float ``(N, C, H, W)`` in [0, 1] -> same),
+    with the conversions of ``same_fast.engine.base.frames_to_float01``/``float01_to_frames``.
+    ``observe`` (online adaptation) receives each group's integer batch after it is served.
     """
-    import torch
+    from same_fast.engine.base import float01_to_frames, frames_to_float01
 
     out: list[Any] = [None] * len(frames)
     groups: dict[tuple, list[int]] = {}
     for i, f in enumerate(frames):
         groups.setdefault((f.shape, f.dtype.str), []).append(i)
-    with torch.inference_mode():
-        for idx in groups.values():
-            x = torch.stack([_to_float01(frames[i]) for i in idx])
-            y = model_step(x)
-            if tuple(y.shape) != tuple(x.shape):
-                raise RuntimeError(f"model step changed the shape {tuple(x.shape)} -> "
-                                   f"{tuple(y.shape)}")
-            if observe is not None:
-                observe(x)
-            y = y.detach().to("cpu", torch.float32)
-            for j, i in enumerate(idx):
-                out[i] = _from_float01(y[j], frames[i].dtype)
+    for idx in groups.values():
+        batch = np.stack([frames[i] for i in idx])
+        if frames_step is not None:
+            y = frames_step(batch)
+            if y.shape != batch.shape or y.dtype != batch.dtype:
+                raise RuntimeError(f"frame step changed {batch.shape} {batch.dtype} -> "
+                                   f"{y.shape} {y.dtype}")
+        else:
+            import torch
+
+            with torch.inference_mode():
+                x = frames_to_float01(batch)
+                yt = model_step(x)
+                if tuple(yt.shape) != tuple(x.shape):
+                    raise RuntimeError(f"model step changed the shape {tuple(x.shape)} -> "
+                                       f"{tuple(yt.shape)}")
+                y = float01_to_frames(yt, batch.dtype)
+        if observe is not None:
+            observe(batch)
+        for j, i in enumerate(idx):
+            out[i] = y[j]
     return out
 
 

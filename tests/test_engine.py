@@ -333,3 +333,78 @@ def test_stand_in_works_too(cache: str) -> None:
     b = create_backend("onnxruntime", model, cache_dir=cache).enhance(x)
     assert (a - b).abs().max().item() < TOL
     assert issubclass(DependencyError, SameFastError)
+
+
+def _ints(shape: tuple[int, ...], dtype, seed: int) -> np.ndarray:
+    hi = np.iinfo(dtype).max
+    return np.random.default_rng(seed).integers(0, hi + 1, shape).astype(dtype)
+
+
+@pytest.mark.parametrize("make", [_lite, _lite_context, _paper, lambda: TinyEnhancer(width=4)],
+                         ids=["lite", "lite-context", "paper", "stand-in"])
+def test_enhance_frames_equals_the_float_path_in_every_backend(make, cache: str) -> None:
+    """Integer frames in, integer frames out: ONNX Runtime converts, pads, rounds and crops
+    inside its graph; the result is the float path's, rounded the same way."""
+    from same_fast.engine.base import float01_to_frames, frames_to_float01
+
+    model = make().eval()
+    c = model_c = getattr(model, "config", {}).get("in_channels", 3)
+    eager = create_backend("torch", model, cache_dir=cache)
+    rt = create_backend("onnxruntime", model, cache_dir=cache)
+    # a multiple, two that are not (reflect pad in the graph), uint16, and one too small to
+    # reflect-pad (ONNX Runtime takes the float path there, which replicates)
+    cases = [((2, 16, 24, c), np.uint8), ((2, 45, 61, c), np.uint8),
+             ((1, 17, 30, c), np.uint16), ((1, 3, 2, c), np.uint8)]
+    for i, (shape, dtype) in enumerate(cases):
+        f = _ints(shape, dtype, i)
+        ref = float01_to_frames(enhance(model, frames_to_float01(f)), dtype)
+        got_eager = eager.enhance_frames(f)
+        assert got_eager.dtype == dtype and np.array_equal(got_eager, ref)
+        got = rt.enhance_frames(f).astype(np.int64)
+        assert got.shape == f.shape and rt.enhance_frames(f).dtype == dtype
+        # against ONNX Runtime's own float path: the same graph inside, so the same values but
+        # where a fused conversion moves a rounding by one step
+        own = float01_to_frames(rt.enhance(frames_to_float01(f)), dtype).astype(np.int64)
+        diff = np.abs(got - own)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-2, (shape, dtype, diff.max())
+        # against eager: fp32 kernels differ by up to TOL, i.e. TOL * full scale steps
+        steps = int(np.ceil(TOL * np.iinfo(dtype).max)) + 1
+        assert np.abs(got - ref.astype(np.int64)).max() <= steps, (shape, dtype)
+    assert sorted(rt._sessions) == ["float", "uint16", "uint8"] and model_c == c
+
+
+def test_a_weight_update_rebuilds_only_the_sessions_in_use(cache: str) -> None:
+    """A serving standby that only ever ran integer frames builds one session per publish."""
+    from same_fast.engine.base import float01_to_frames, frames_to_float01
+
+    model = _lite()
+    rt = create_backend("onnxruntime", model, cache_dir=cache)
+    assert sorted(rt._sessions) == ["float"]  # built at creation, so a bad graph fails there
+    f = _ints((1, 24, 32, 3), np.uint8, 5)
+    rt.enhance_frames(f)
+    adapted = perturbed_state(model, 0.3, seed=6)
+    rt.update_weights(adapted)
+    assert sorted(rt._sessions) == ["uint8"]  # float was never asked for: dropped, not rebuilt
+    model.load_state_dict(adapted)
+    ref = float01_to_frames(enhance(model, frames_to_float01(f)), np.uint8)
+    before = float01_to_frames(enhance(_lite(), frames_to_float01(f)), np.uint8)
+    assert np.abs(ref.astype(int) - before.astype(int)).max() > 2  # the update matters
+    assert np.abs(rt.enhance_frames(f).astype(int) - ref.astype(int)).max() <= 1
+    # a kind dropped at the update is rebuilt on demand with the new weights
+    x = frames_to_float01(f)
+    assert (rt.enhance(x) - enhance(model, x)).abs().max().item() < TOL
+    assert sorted(rt._sessions) == ["float", "uint8"]
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (np.zeros((16, 16, 3), np.uint8), "(N, H, W, C)"),
+    (np.zeros((1, 16, 16, 3), np.float32), "uint8 or uint16"),
+    (np.zeros((1, 16, 16, 1), np.uint8), "3 channel"),
+    (np.zeros((0, 16, 16, 3), np.uint8), "empty"),
+    ("frames", "numpy array"),
+])
+def test_bad_frames_are_typed_errors(bad, msg: str, cache: str) -> None:
+    for name in ("torch", "onnxruntime"):
+        b = create_backend(name, _lite(), cache_dir=cache)
+        with pytest.raises(InputError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+            b.enhance_frames(bad)

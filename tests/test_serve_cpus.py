@@ -294,6 +294,73 @@ def test_thread_adaptation_takes_frames_in_chunks():
         ad.close()
 
 
+def test_served_integer_frames_reach_the_adapter_as_they_are():
+    """``frame_step`` observes the integer frames it served. The process adapter sends them
+    unconverted (uint8 is half the bytes of float16, and exact); the child and the adapter
+    thread turn them into float [0, 1] on their own side, off the serving thread."""
+    from same_fast.serve import adapter_proc
+
+    served = _served()
+    ad = ProcessAdaptation(served, AdaptConfig(batch=2, every=4, crop=16, buffer=16,
+                                               cpus="off", safety="off"))
+    sent: list[tuple[dict, int]] = []
+
+    class Spy:
+        read_msg = staticmethod(adapter_proc.read_msg)
+        load_weights = staticmethod(adapter_proc.load_weights)
+
+        @staticmethod
+        def write_msg(f, header, payload=b""):
+            if header.get("type") == "frames":
+                sent.append((dict(header), len(payload)))
+            adapter_proc.write_msg(f, header, payload)
+
+    ad._ipc = Spy
+    rng = np.random.default_rng(0)
+    try:
+        assert ad.ready.wait(120), ad.last_error
+        for _ in range(4):  # what the stream's frame step does after each batch of two
+            out = served.frame_step(list(rng.integers(0, 256, (2, 16, 16, 1), dtype=np.uint8)),
+                                    ad.observe)
+            assert out[0][0].dtype == np.uint8
+        _wait(lambda: sum(h["shape"][0] for h, _ in sent) == 8, timeout=10)
+        for header, n in sent:
+            assert header["dtype"] == "uint8" and header["layout"] == "NHWC"
+            assert header["shape"][1:] == [16, 16, 1] and n == 256 * header["shape"][0]
+        _wait(lambda: ad.steps >= 2)  # the child trains on them
+        assert ad.errors == 0, ad.last_error
+    finally:
+        ad.close()
+
+    thread = OnlineAdaptation(_served(), AdaptConfig(batch=2, every=4, crop=16, buffer=16,
+                                                     cpus="off", safety="off"))
+    try:
+        for _ in range(4):
+            thread.observe(rng.integers(0, 65536, (2, 16, 16, 1), dtype=np.uint16))
+        _wait(lambda: thread.adapter.steps >= 2)
+        assert thread.errors == 0, thread.last_error
+    finally:
+        thread.close()
+
+
+def test_frame_messages_decode_to_float01_and_bad_ones_are_errors():
+    from same_fast.engine.base import frames_to_float01
+    from same_fast.serve.adapter_proc import _frames01
+
+    f = np.random.default_rng(1).integers(0, 65536, (3, 5, 7, 2), dtype=np.uint16)
+    x = _frames01({"shape": [3, 5, 7, 2], "dtype": "uint16", "layout": "NHWC"},
+                  bytearray(f.tobytes()))
+    assert x.shape == (3, 2, 5, 7) and torch.equal(x, frames_to_float01(f))
+    h = torch.rand(2, 1, 4, 4).half()
+    y = _frames01({"shape": [2, 1, 4, 4]}, bytearray(h.view(torch.uint8).numpy().tobytes()))
+    assert torch.equal(y, h.float())
+    for bad in ({"shape": [1, 4, 4, 1], "dtype": "int64", "layout": "NHWC"},
+                {"shape": [1, 4, 4, 1], "dtype": "uint8", "layout": "NCHW"},
+                {"shape": [16], "dtype": "uint8", "layout": "NHWC"}):
+        with pytest.raises(ValueError, match="expected uint8/uint16 NHWC"):
+            _frames01(bad, bytearray(16))
+
+
 @needs_two
 def test_onnxruntime_intra_op_threads_are_not_pinned_to_one_cpu():
     """ORT left at its default thread count pins each intra-op thread to one CPU: on 2 CPUs, the

@@ -76,6 +76,34 @@ def test_a_failed_warm_up_still_publishes_and_a_failed_batch_sets_no_warm_shape(
     assert cur.calls[-1] == (1, 3, 20, 16)
 
 
+class FramesBackend(FakeBackend):
+    """An engine-style backend: integer frames in and out (``Backend.enhance_frames``)."""
+
+    def enhance(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("frames must not take the float path")
+
+    def enhance_frames(self, frames: np.ndarray) -> np.ndarray:
+        self.calls.append((*frames.shape, frames.dtype.name))
+        return 255 - frames
+
+
+def test_frames_are_served_and_warmed_through_enhance_frames():
+    served, cur, built = _served(FramesBackend)
+    served._current = cur = FramesBackend()
+    frames = [_frame(), _frame(), _frame(8, 8, 1)]
+    out = served.frame_step(frames)
+    # grouped by shape: one call per group, each frame back in its place, inverted
+    assert cur.calls == [(2, 24, 20, 3, "uint8"), (1, 8, 8, 1, "uint8")]
+    assert all(np.array_equal(o[0], 255 - f) and o[0].dtype == np.uint8
+               for o, f in zip(out, frames, strict=True))
+    served.publish({"w": torch.ones(1)}, "h1")  # warmed on the first frame's shape and dtype
+    assert built[0].calls == [(1, 24, 20, 3, "uint8")]
+    seen: list[np.ndarray] = []
+    served.frame_step([_frame(16, 16, 1).astype(np.uint16)], seen.append)
+    assert built[0].calls[-1] == (1, 16, 16, 1, "uint16")
+    assert seen[0].shape == (1, 16, 16, 1) and seen[0].dtype == np.uint16  # what adaptation gets
+
+
 def test_adapter_weights_messages_round_trip_as_views_of_the_payload():
     """The parent reads the child's safetensors weights without a copy under the GIL."""
     import io

@@ -16,10 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from same_fast.errors import InputError
+
+#: Full-scale value of each integer frame dtype a backend takes (``enhance_frames``).
+FRAME_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
 @dataclass
@@ -80,6 +84,37 @@ def check_batch(batch: torch.Tensor, channels: int | None) -> None:
         raise InputError(f"this model takes {channels} channel(s), got {batch.shape[1]}")
     if batch.shape[0] == 0 or batch.shape[2] == 0 or batch.shape[3] == 0:
         raise InputError(f"empty batch {tuple(batch.shape)}")
+
+
+def check_frames(frames: np.ndarray, channels: int | None) -> None:
+    """Raise InputError unless ``frames`` is a ``(N, H, W, C)`` uint8/uint16 array with ``channels``."""
+    if not isinstance(frames, np.ndarray):
+        raise InputError(f"enhance_frames expects a numpy array, got {type(frames).__name__}")
+    if frames.ndim != 4:
+        raise InputError(f"enhance_frames expects (N, H, W, C), got shape {frames.shape}")
+    if frames.dtype not in FRAME_SCALES:
+        raise InputError(f"enhance_frames expects uint8 or uint16 frames, got {frames.dtype}")
+    if channels is not None and frames.shape[3] != channels:
+        raise InputError(f"this model takes {channels} channel(s), got {frames.shape[3]}")
+    if 0 in frames.shape:
+        raise InputError(f"empty batch {frames.shape}")
+
+
+def frames_to_float01(frames: np.ndarray) -> torch.Tensor:
+    """``(N, H, W, C)`` uint8/uint16 -> float32 ``(N, C, H, W)`` in [0, 1] (value / full scale)."""
+    scale = FRAME_SCALES[frames.dtype]
+    # contiguous NCHW: a permuted (channels-last) input takes slower convolutions in eager torch
+    # (measured: 1-channel lite at 64 px, 3.4 ms against 2.2 ms)
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    return x.to(torch.float32, memory_format=torch.contiguous_format).div_(scale)
+
+
+def float01_to_frames(y: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """``(N, C, H, W)`` float in [0, 1] -> ``(N, H, W, C)`` of ``dtype``: clamped, scaled and
+    rounded half to even (what the ONNX ``Round`` of ``enhance_frames`` graphs does too)."""
+    scale = FRAME_SCALES[np.dtype(dtype)]
+    a = y.detach().to("cpu", torch.float32).clamp(0, 1).mul(scale).round_()
+    return a.permute(0, 2, 3, 1).contiguous().numpy().astype(dtype)
 
 
 def model_channels(model: nn.Module, metadata: Mapping[str, Any] | None = None) -> int | None:
@@ -183,6 +218,18 @@ class Backend(ABC):
             # Same rule as same_fast.nn.enhance: inside where the mask is > 0.5, black outside.
             y = y * (m.float() > 0.5).to(y.dtype)
         return y
+
+    def enhance_frames(self, frames: np.ndarray) -> np.ndarray:
+        """``(N, H, W, C)`` uint8/uint16 frames -> enhanced frames, same shape and dtype (CPU).
+
+        What a stream serves: decoded frames in, frames to encode out. The result equals
+        ``float01_to_frames(enhance(frames_to_float01(frames)), dtype)``; backends may do the
+        conversions inside their own graph (ONNX Runtime does, so that a frame costs one call
+        that runs without the GIL).
+        """
+        check_frames(frames, self.channels)
+        with torch.inference_mode():
+            return float01_to_frames(self.enhance(frames_to_float01(frames)), frames.dtype)
 
     def update_weights(self, state: Mapping[str, torch.Tensor]) -> None:
         """Replace the served weights with ``state`` (names of the model's ``state_dict``)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from same_fast.engine.base import Backend, BackendConfig, model_channels
+from same_fast.engine.base import Backend, BackendConfig, check_frames, model_channels
 from same_fast.engine.onnx_export import (
+    FRAMES_IN,
+    FRAMES_OUT,
     INPUT,
     OUTPUT,
     ExportConfig,
     cpu_eval_copy,
     export_onnx,
+    frames_graph,
     initializer_map,
     replace_initializers,
     weightless_graph,
@@ -125,7 +129,16 @@ class OnnxRuntimeBackend(Backend):
         else:
             self._providers = ["CPUExecutionProvider"]
         self._calibration = calibration
-        self._session = self._build(self._model.state_dict())
+        # Sessions by kind: "float" (``enhance``) and "uint8"/"uint16" (``enhance_frames``: the
+        # graph of ``frames_graph``). Float is built now, so a bad graph fails here; the frame
+        # kinds when first used. A weight update rebuilds only the kinds used so far (a serving
+        # standby then builds one session per publish, not two) and drops the others.
+        self._weightless_by_kind: dict[str, bytes] = {"float": self._weightless}
+        self._used: set[str] = set()
+        self._frames_graph_ok = (not self.config.int8 and self.device.type == "cpu"
+                                 and hasattr(ort.SessionOptions, "add_external_initializers"))
+        self._build_lock = threading.Lock()
+        self._sessions: dict[str, Any] = {"float": self._build(self._model.state_dict())}
 
     def _reference_module(self) -> nn.Module:
         return self._model
@@ -144,8 +157,8 @@ class OnnxRuntimeBackend(Backend):
         so.log_severity_level = 3
         return so
 
-    def _build(self, state: Mapping[str, torch.Tensor]) -> Any:
-        """A session running ``state``.
+    def _build(self, state: Mapping[str, torch.Tensor], kind: str = "float") -> Any:
+        """A session of ``kind`` (see ``__init__``) running ``state``.
 
         fp32: the weightless graph (``weightless_graph``, serialised once) with the weights
         handed over as ``OrtValue`` external initializers, which ORT loads before it optimises
@@ -173,9 +186,50 @@ class OnnxRuntimeBackend(Backend):
             arrays.append(arr)
             values.append(ort.OrtValue.ortvalue_from_numpy(arr))
         so.add_external_initializers(names, values)
-        sess = ort.InferenceSession(self._weightless, sess_options=so, providers=self._providers)
+        sess = ort.InferenceSession(self._weightless_of(kind), sess_options=so,
+                                    providers=self._providers)
         sess._same_fast_initializers = (arrays, values)  # alive as long as the session
         return sess
+
+    def _weightless_of(self, kind: str) -> bytes:
+        data = self._weightless_by_kind.get(kind)
+        if data is None:
+            wrapped = frames_graph(self._graph, np.dtype(kind), self.multiple)
+            data = weightless_graph(wrapped, set(self._map.values()))
+            self._weightless_by_kind[kind] = data
+        return data
+
+    def _session(self, kind: str) -> Any:
+        """The current session of ``kind``, built with the current weights when missing."""
+        self._used.add(kind)
+        sess = self._sessions.get(kind)
+        if sess is None:
+            with self._build_lock:
+                sess = self._sessions.get(kind)
+                if sess is None:
+                    sess = self._build(self._model.state_dict(), kind)
+                    with self._lock:
+                        self._sessions = {**self._sessions, kind: sess}
+        return sess
+
+    def _frames_in_graph(self, frames: np.ndarray) -> bool:
+        """Whether ``frames`` can take the integer-frame graph: fp32 on the CPU, and pads that
+        reflect (each at most the side minus one, as the reference padding requires)."""
+        if not self._frames_graph_ok:
+            return False
+        h, w = frames.shape[1:3]
+        m = self.multiple
+        return (-h) % m < h and (-w) % m < w
+
+    def enhance_frames(self, frames: np.ndarray) -> np.ndarray:
+        """As ``Backend.enhance_frames``; on the CPU the conversions, padding and rounding run
+        inside the ONNX graph (``frames_graph``), so the whole call is one ``run`` that releases
+        the GIL. Elsewhere (int8, CUDA, frames too small to reflect-pad) the float path."""
+        check_frames(frames, self.channels)
+        if not self._frames_in_graph(frames):
+            return super().enhance_frames(frames)
+        sess = self._session(frames.dtype.name)
+        return sess.run([FRAMES_OUT], {FRAMES_IN: np.ascontiguousarray(frames)})[0]
 
     def _calibration_frames(self) -> torch.Tensor:
         if self._calibration is not None:
@@ -185,7 +239,7 @@ class OnnxRuntimeBackend(Backend):
         return default_calibration(model_channels(self._model) or 3, self.multiple)
 
     def _forward(self, x01: torch.Tensor) -> torch.Tensor:
-        sess = self._session
+        sess = self._session("float")
         if self.device.type == "cuda":
             return self._forward_cuda(sess, x01)
         out = sess.run([OUTPUT], {INPUT: x01.contiguous().numpy()})[0]
@@ -205,17 +259,19 @@ class OnnxRuntimeBackend(Backend):
 
     def _apply_weights(self, state: dict[str, torch.Tensor]) -> None:
         own = self._model.state_dict()
-        with torch.no_grad():
-            for k, v in state.items():
-                own[k].copy_(v.to("cpu", own[k].dtype))
-        new = self._build(own)  # built while the old session keeps serving
-        with self._lock:
-            self._session = new
+        with self._build_lock:  # a lazy build never reads half-copied weights
+            with torch.no_grad():
+                for k, v in state.items():
+                    own[k].copy_(v.to("cpu", own[k].dtype))
+            # built while the old sessions keep serving; kinds not used so far are dropped
+            new = {kind: self._build(own, kind) for kind in sorted(self._used or {"float"})}
+            with self._lock:
+                self._sessions = new
 
     def describe(self) -> dict[str, Any]:
         ort = _ort()
         d = {**super().describe(), "onnxruntime": ort.__version__,
-             "providers": self._session.get_providers(),
+             "providers": next(iter(self._sessions.values())).get_providers(),
              "ort_opt": self.config.options.get("ort_opt", "all"),
              "threads": self._threads, "int8": self.config.int8,
              "initializers_mapped": len(self._map)}

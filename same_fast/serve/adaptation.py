@@ -1,11 +1,12 @@
 """Online adaptation beside serving: served frames feed ``same_fast.adapt.online.OnlineAdapter``
 in a background thread, and its new weights are published to the served model between batches.
 
-Serving never waits for training: ``observe`` (called by the model worker after each batch)
-only copies the frames into a bounded hand-off buffer (when the adapter falls behind, the oldest
-unseen frames are skipped and counted); the adapter thread runs at a lower OS priority with one
-intra-op thread, on CPUs of its own (``AdaptConfig.cpus``, ``same_fast.serve.cpus``); the served
-model installs published weights at its next batch, at most every ``publish_every_s``.
+Serving never waits for training: ``observe`` (called by the model worker after each batch,
+with the served integer frames) only copies the frames into a bounded hand-off buffer (when the
+adapter falls behind, the oldest unseen frames are skipped and counted); the adapter thread runs
+at a lower OS priority with one intra-op thread, on CPUs of its own (``AdaptConfig.cpus``,
+``same_fast.serve.cpus``); the served model installs published weights at its next batch, at
+most every ``publish_every_s``.
 
 The adapter is the adaptation engineer's ``OnlineAdapter`` (SPEC section 5: teacher pseudo-
 labels, picker weights, student distillation, EMA; one step every ``every`` frames from a buffer
@@ -28,6 +29,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from same_fast.adapt.audit import AuditLog
@@ -42,6 +44,24 @@ _HISTORY = 1024
 # in thread mode) in chunks: ``every`` frames, or whatever waited this long. So it wakes a few
 # times a second beside the serving thread instead of after every batch.
 _HANDOFF_S = 0.05
+
+
+def _served_frames(batch: np.ndarray | torch.Tensor) -> list[np.ndarray] | list[torch.Tensor]:
+    """A served batch as its frames, copied: ``(N, H, W, C)`` uint8/uint16 frames (what
+    ``ServedModel.frame_step`` observes) stay integer; ``(N, C, H, W)`` float [0, 1] tensors
+    (library callers) stay float. Conversion to the adapter's float happens on its side."""
+    if isinstance(batch, np.ndarray):
+        return list(np.array(batch, copy=True))
+    return [f.detach().clone() for f in batch]
+
+
+def _float01(frame: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """One handed-off frame as the adapter takes it: ``(1, C, H, W)`` float32 in [0, 1]."""
+    if isinstance(frame, np.ndarray):
+        from same_fast.engine.base import frames_to_float01
+
+        return frames_to_float01(frame[None])
+    return frame[None].float()
 
 
 def safety_config(safety: str, min_acceptance: float | None = None,
@@ -190,7 +210,7 @@ class OnlineAdaptation:
         self._published = self.adapter.version
         self._published_at = float("-inf")
         self._pub_lock = threading.Lock()  # the adapter thread and a reset both publish
-        self._inbox: deque[torch.Tensor] = deque(maxlen=cfg.buffer)
+        self._inbox: deque[np.ndarray | torch.Tensor] = deque(maxlen=cfg.buffer)
         self._send_at = max(1, min(int(cfg.every), int(cfg.buffer)))  # frames per hand-off
         self._cv = threading.Condition()
         self._stop = False
@@ -205,16 +225,18 @@ class OnlineAdaptation:
             self._thread.start()
 
     # -- called from the serving worker: cheap, never waits for training ---------------------
-    def observe(self, x01: torch.Tensor) -> None:
-        """Offer a served batch ``(N, C, H, W)`` float [0, 1] (CPU); copied, never waited on."""
+    def observe(self, batch: np.ndarray | torch.Tensor) -> None:
+        """Offer a served batch: ``(N, H, W, C)`` uint8/uint16 frames, or ``(N, C, H, W)``
+        float [0, 1] (CPU). Copied, never waited on; converted in the adapter thread."""
         if self.adapter.frozen or self._stop:
             return
+        frames = _served_frames(batch)
         with self._cv:
             first = not self._inbox
-            for f in x01:
+            for f in frames:
                 if len(self._inbox) == self._inbox.maxlen:
                     self.skipped += 1  # the adapter is behind: the oldest unseen frame goes
-                self._inbox.append(f.detach().clone())
+                self._inbox.append(f)
                 self.observed += 1
             # Wake the adapter for a chunk's first frame (it arms the hand-off timer) and when a
             # chunk is complete; frames in between only queue.
@@ -245,15 +267,16 @@ class OnlineAdaptation:
                 self._inbox.clear()
             self.feed(frames)  # with none (1 s without frames) it publishes what was held back
 
-    def feed(self, frames: list[torch.Tensor]) -> None:
-        """Give frames ``(C, H, W)`` [0, 1] to the adapter (runs the steps that fall due, in this
-        thread) and publish the served weights if they changed."""
+    def feed(self, frames: list[np.ndarray] | list[torch.Tensor]) -> None:
+        """Give frames (``(H, W, C)`` integer or ``(C, H, W)`` float [0, 1]) to the adapter
+        (runs the steps that fall due, in this thread) and publish the served weights if they
+        changed."""
         try:
             safety = (self.adapter.frozen, self.adapter.resets)
             for f in frames:
                 if self._stop or self.adapter.frozen:
                     break
-                self.adapter.observe(f[None])
+                self.adapter.observe(_float01(f))
             if len(self.adapter.history) > 2 * _HISTORY:
                 del self.adapter.history[:-_HISTORY]
             # A safety freeze or reset is served at once; other weights wait for the interval.
@@ -378,7 +401,7 @@ class ProcessAdaptation:
                 os.sched_setaffinity(self.proc.pid, set(self.cpus.adapter))
         adapter_proc.write_msg(self.proc.stdin, {"type": "init", "config": child_cfg,
                                                  "metadata": meta}, st_save(state))
-        self._inbox: deque[torch.Tensor] = deque(maxlen=cfg.buffer)
+        self._inbox: deque[np.ndarray | torch.Tensor] = deque(maxlen=cfg.buffer)
         self._send_at = max(1, min(int(cfg.every), int(cfg.buffer)))  # frames per hand-off
         self._controls: deque[dict[str, Any]] = deque()
         self._cv = threading.Condition()
@@ -400,16 +423,22 @@ class ProcessAdaptation:
         self._writer.start()
         self._reader.start()
 
-    def observe(self, x01: torch.Tensor) -> None:
-        """Offer a served batch ``(N, C, H, W)`` float [0, 1]; never waits on the child."""
+    def observe(self, batch: np.ndarray | torch.Tensor) -> None:
+        """Offer a served batch: ``(N, H, W, C)`` uint8/uint16 frames (sent as they are; the
+        child converts them), or ``(N, C, H, W)`` float [0, 1] (sent as float16). Never waits
+        on the child."""
         if self.frozen or self._stop or self._stats.get("frozen"):
             return
+        if isinstance(batch, np.ndarray):
+            frames: list = _served_frames(batch)
+        else:
+            frames = [f.detach().to(torch.float16) for f in batch]
         with self._cv:
             first = not self._inbox
-            for f in x01:
+            for f in frames:
                 if len(self._inbox) == self._inbox.maxlen:
                     self.skipped += 1
-                self._inbox.append(f.detach().to(torch.float16))
+                self._inbox.append(f)
                 self.observed += 1
             # Wake the writer for a chunk's first frame (it arms the hand-off timer) and when a
             # chunk is complete; frames in between only queue.
@@ -449,15 +478,19 @@ class ProcessAdaptation:
                     if control["type"] == "stop":
                         return
                     continue
-                # Frames of one size travel together; sizes rarely change mid-stream.
-                groups: dict[tuple, list[torch.Tensor]] = {}
+                # Frames of one size and type travel together; sizes rarely change mid-stream.
+                groups: dict[tuple, list] = {}
                 for f in frames:
-                    groups.setdefault(tuple(f.shape), []).append(f)
-                for shape, fs in groups.items():
-                    x = torch.stack(fs).contiguous()
-                    self._ipc.write_msg(self.proc.stdin, {"type": "frames",
-                                                          "shape": [len(fs), *shape]},
-                                        x.view(torch.uint8).numpy().tobytes())
+                    groups.setdefault((tuple(f.shape), str(f.dtype)), []).append(f)
+                for (shape, _), fs in groups.items():
+                    if isinstance(fs[0], np.ndarray):  # integer (H, W, C) frames
+                        head = {"type": "frames", "shape": [len(fs), *shape],
+                                "dtype": fs[0].dtype.name, "layout": "NHWC"}
+                        data = np.stack(fs).tobytes()
+                    else:  # float16 (C, H, W)
+                        head = {"type": "frames", "shape": [len(fs), *shape]}
+                        data = torch.stack(fs).contiguous().view(torch.uint8).numpy().tobytes()
+                    self._ipc.write_msg(self.proc.stdin, head, data)
                 flush_due = every > 0
         except (BrokenPipeError, OSError, ValueError) as e:
             self._fail(f"adapter process pipe closed ({e})")

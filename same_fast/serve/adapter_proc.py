@@ -4,13 +4,14 @@ In one process, the adapter's Python work (module calls, autograd, augmentation)
 many times per step and the serving worker waits for it; measured on the stream benchmark that
 raised serving p99 about threefold. Here the adapter runs in ``python -m
 same_fast.serve.adapter_proc``; the server talks to it over its stdin/stdout with length-framed
-messages (a JSON header and raw bytes: float16 frames in, safetensors weights out). No pickle.
+messages (a JSON header and raw bytes: frames in, safetensors weights out). No pickle.
 
 Message framing (both directions): 4-byte big-endian header length, the UTF-8 JSON header,
 8-byte big-endian payload length, the payload.
 Parent -> child: ``init`` (header: config, with ``cpus``: the CPU list to confine the child to
 or null, architecture metadata; payload: safetensors source weights), ``frames`` (header:
-shape; payload: float16 (N, C, H, W) in [0, 1]), ``publish`` (send weights held back by
+shape, and ``dtype`` uint8 or uint16 with ``layout`` NHWC for the served frames as they are;
+without them, payload float16 (N, C, H, W) in [0, 1]), ``publish`` (send weights held back by
 ``publish_every_s`` now; no ack), ``freeze``, ``resume``, ``reset``, ``stop`` (each control
 header carries an ``id`` echoed in an ``ack``).
 Child -> parent: ``ready`` (after init), ``weights`` (header: version, hash, stats; payload:
@@ -115,6 +116,23 @@ def read_msg(f: BinaryIO) -> tuple[dict[str, Any], bytearray] | None:
     return json.loads(h), payload
 
 
+def _frames01(header: dict[str, Any], payload: bytearray) -> Any:
+    """A ``frames`` message's payload as float32 ``(N, C, H, W)`` in [0, 1]."""
+    import numpy as np
+    import torch
+
+    from same_fast.engine.base import frames_to_float01
+
+    shape = [int(d) for d in header["shape"]]
+    dtype = header.get("dtype", "float16")
+    if dtype == "float16":
+        return torch.frombuffer(payload, dtype=torch.float16).reshape(shape).float()
+    if dtype not in ("uint8", "uint16") or header.get("layout") != "NHWC" or len(shape) != 4:
+        raise ValueError(f"frames of dtype {dtype}, layout {header.get('layout')}, "
+                         f"shape {shape}: expected uint8/uint16 NHWC")
+    return frames_to_float01(np.frombuffer(payload, dtype=dtype).reshape(shape))
+
+
 def _stats(adapter: Any) -> dict[str, Any]:
     s = adapter.stats()
     s["last_drift"] = adapter.safety.last_drift
@@ -188,8 +206,6 @@ def _serve(adapter: Any, inp: BinaryIO, out: BinaryIO, weights_hash: Any, st_sav
     """
     import time
 
-    import torch
-
     published = adapter.version
     last = float("-inf")
     history_cap = 1024
@@ -217,8 +233,7 @@ def _serve(adapter: Any, inp: BinaryIO, out: BinaryIO, weights_hash: Any, st_sav
         try:
             if kind == "frames":
                 safety = (adapter.frozen, adapter.resets)
-                x = torch.frombuffer(payload, dtype=torch.float16)
-                x = x.reshape(header["shape"]).float()
+                x = _frames01(header, payload)
                 for f in x:
                     if adapter.frozen:
                         break
