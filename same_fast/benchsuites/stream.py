@@ -24,7 +24,9 @@ channels (default 1), fps (per stream, default 30), frames (default 1000; quick 
 (default 3; quick 1), max_batch (4), max_delay_ms (0: like Triton's default, a batch forms
 from what queued while the model was busy), capacity (16), adapt_every (8), adapt_batch (2),
 threads (torch intra-op threads, default 1), switch_ms (Python's GIL switch interval, default
-0.5 ms instead of 5: see ``same_fast.serve.service.tune_process``), backend (the serving
+0.5 ms instead of 5: see ``same_fast.serve.service.tune_process``), gc_freeze (1: freeze the
+heap once the model is warm, as ``serve`` does, see ``same_fast.serve.service.freeze_heap``;
+0: leave the collector alone), backend (the serving
 backend: torch, onnxruntime, compile; default torch), adapt_in (process or thread: where the
 loop's adapter runs; the serial baseline always adapts inline), adapt_cpus (where the loop's
 adapter may run, as ``same-fast serve --adapt-cpus``: auto, off or a CPU list; default auto),
@@ -58,7 +60,8 @@ def _opts(args: Any) -> dict[str, Any]:
     d = {"model": "lite", "size": 64, "channels": 1, "fps": 30.0,
          "frames": 200 if quick else 1000,
          "runs": 1 if quick else 3, "max_batch": 4, "max_delay_ms": 0.0, "capacity": 16,
-         "adapt_every": 8, "adapt_batch": 2, "threads": 1, "switch_ms": 0.5, "backend": "torch",
+         "adapt_every": 8, "adapt_batch": 2, "threads": 1, "switch_ms": 0.5, "gc_freeze": 1,
+         "backend": "torch",
          "adapt_in": "process", "adapt_cpus": "auto", "publish_every_s": 1.0,
          "streams": "1" if quick else "1,4", "modes": "fixed,asap", "adapt": "off,on"}
     if getattr(args, "repeats", None):
@@ -201,6 +204,14 @@ def run_loop(o: dict[str, Any], served, adapt: bool, mode: str, streams: int) ->
         else:
             adaptation = OnlineAdaptation(served, acfg)
     observe = adaptation.observe if adaptation else None
+    frozen = 0
+    if o["gc_freeze"]:
+        # As `serve` does once it is loaded. Each loop run stands for a freshly started server:
+        # without this, the objects the serial baseline's inline adapter left (~130,000) were
+        # walked by every full collection in the next loop run, ~30 ms with every thread waiting.
+        from same_fast.serve.service import freeze_heap
+
+        frozen = freeze_heap()
     fixed = mode == "fixed"
     step_t: list[tuple[float, float]] = []
     submitted_at: dict[int, float] = {}
@@ -256,7 +267,7 @@ def run_loop(o: dict[str, Any], served, adapt: bool, mode: str, streams: int) ->
         "p50_ms": stats["p50_s"] * 1000, "p99_ms": stats["p99_s"] * 1000,
         "p999_ms": stats["p999_s"] * 1000, "max_ms": stats["max_latency_s"] * 1000,
         "throughput_fps": ok / max(t_end - t0, 1e-9), "mean_batch": stats["mean_batch"],
-        "adapt_steps": steps, "weights_updates": updates,
+        "adapt_steps": steps, "weights_updates": updates, "gc_frozen_objects": frozen,
         **{f"step_{k}": v for k, v in _pct([e - b for b, e in step_t]).items()},
         **tail_breakdown(submitted_at, latency, step_t),
     }
@@ -329,8 +340,18 @@ def run(args: Any) -> dict[str, Any]:
 
 
 def _run(o: dict[str, Any]) -> dict[str, Any]:
+    import gc
+
     served = _make_served(o)
     served.frame_step(_frames(o, 2))  # warm-up (allocators, oneDNN primitive caches)
+    try:
+        return _cases(o, served)
+    finally:
+        if o["gc_freeze"]:
+            gc.unfreeze()  # an in-process caller (the tests) gets its collector back
+
+
+def _cases(o: dict[str, Any], served) -> dict[str, Any]:
     cases = []
     for mode in o["modes"].split(","):
         for streams in (int(s) for s in o["streams"].split(",")):

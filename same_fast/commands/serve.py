@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.pipe:
         from same_fast.serve.pipe import run_pipe
 
-        return run_pipe(cfg)
+        return run_pipe(cfg, freeze=True)
     import importlib.util
 
     from same_fast.errors import missing_dependency

@@ -42,20 +42,27 @@ def _read_exact(f: BinaryIO, buf: bytearray) -> int:
 
 
 def run_pipe(config: ServeConfig, stdin: BinaryIO | None = None,
-             stdout: BinaryIO | None = None, service: Service | None = None) -> int:
-    """Stream raw frames from ``stdin`` to ``stdout``; returns 0, raises InputError on a bad end."""
+             stdout: BinaryIO | None = None, service: Service | None = None,
+             freeze: bool = False) -> int:
+    """Stream raw frames from ``stdin`` to ``stdout``; returns 0, raises InputError on a bad end.
+
+    freeze: exempt the loaded heap from garbage collection (``serve.service.freeze_heap``), as
+    ``same-fast serve --pipe`` does for its own process.
+    """
     config.pipe = True
     config.validate()
     h, w, c = parse_shape(config.shape)
     dtype = np.dtype("<u2" if config.dtype == "uint16" else "u1")
     if h * w > config.max_pixels:
         raise InputError(f"--shape {h}x{w} is over the limit of {config.max_pixels} pixels")
-    from same_fast.serve.service import tune_process
+    from same_fast.serve.service import freeze_heap, tune_process
 
     tune_process()
     stdin = stdin or sys.stdin.buffer
     stdout = stdout or sys.stdout.buffer
     svc = service or Service(config)
+    if freeze:
+        freeze_heap()
     frame_bytes = h * w * c * dtype.itemsize
     # Bounded: the reader waits when the writer falls behind (memory stays flat).
     pending: queue.Queue = queue.Queue(maxsize=max(2 * config.max_batch, 8))

@@ -18,7 +18,7 @@ import uvicorn
 
 from same_fast.serve.app import ABORT_KEY, create_app
 from same_fast.serve.config import ServeConfig
-from same_fast.serve.service import Service, tune_process
+from same_fast.serve.service import Service, freeze_heap, tune_process
 
 log = logging.getLogger("same_fast.serve")
 
@@ -120,6 +120,7 @@ def run_server(config: ServeConfig, log_level: str = "info") -> int:
     service = Service(config)
     sock = _bind(config.host, config.port)
     server = build_server(service, log_level)
+    freeze_heap()  # loaded and bound: what is alive now lives as long as the server
     host, port = sock.getsockname()[:2]
     log.info("same-fast serving %s on http://%s:%s (backend %s, adapt %s)", config.model, host,
              port, service.model.backend, config.adapt)
