@@ -3,8 +3,8 @@
 - ``create_backend(name, model, device, dtype, cache_dir)`` -> ``Backend`` with
   ``enhance(batch (N, C, H, W) in [0, 1]) -> (N, C, H, W) in [0, 1]``,
   ``enhance_frames(uint8/uint16 (N, H, W, C)) -> same`` (what a stream serves; ONNX Runtime
-  runs it as one graph call), ``update_weights(state_dict)`` and ``describe()``; names: auto, torch, compile, onnxruntime,
-  tensorrt (``engine.select``).
+  runs it as one graph call), ``update_weights(state_dict)`` and ``describe()``; names: auto,
+  torch, compile, onnxruntime, tensorrt (``engine.select``).
 - ``export_onnx`` (``engine.onnx_export``), ``write_triton_repository`` (``engine.triton``),
   TensorRT plans (``engine.tensorrt``).
 - ``decode(data, path=...)`` (``engine.decode``): PIL/pydicom reference, NVIDIA DALI, nvJPEG.
