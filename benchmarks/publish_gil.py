@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
@@ -102,7 +101,7 @@ def measure(name: str, seconds: float, rate: float, size: int) -> dict[str, floa
 
 def _measure(name: str, seconds: float, rate: float, size: int) -> dict[str, float]:
     from same_fast.nn import SAMENet
-    from same_fast.serve.cpus import adapter_work, confine_thread, plan_adapter_cpus
+    from same_fast.serve.cpus import adapter_work, confine_thread, plan_adapter_cpus, usable_cpus
     from same_fast.serve.model import served_from_module
 
     backend, make = _pieces(size)[name]
@@ -124,7 +123,7 @@ def _measure(name: str, seconds: float, rate: float, size: int) -> dict[str, flo
                 piece()
             piece_s.append(time.perf_counter() - t)
 
-    own = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    own = usable_cpus()
     confine_thread(plan.serving)
     th = threading.Thread(target=other, daemon=True)
     if piece is not None:

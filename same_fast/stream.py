@@ -231,10 +231,10 @@ def run_grouped(frames: list, model_step: Callable[[Any], Any],
     batch, so a batch may mix sizes; outputs keep each frame's shape and dtype. With
     ``frames_step`` (``Backend.enhance_frames``: integer batch -> integer batch) the batch goes
     to it as it is; else through ``model_step`` (float ``(N, C, H, W)`` in [0, 1] -> same),
-    with the conversions of ``same_fast.engine.base.frames_to_float01``/``float01_to_frames``.
+    with the conversions of ``same_fast.io.to_tensor``/``to_array``.
     ``observe`` (online adaptation) receives each group's integer batch after it is served.
     """
-    from same_fast.engine.base import float01_to_frames, frames_to_float01
+    from same_fast.io.convert import to_array, to_tensor
 
     out: list[Any] = [None] * len(frames)
     groups: dict[tuple, list[int]] = {}
@@ -251,12 +251,12 @@ def run_grouped(frames: list, model_step: Callable[[Any], Any],
             import torch
 
             with torch.inference_mode():
-                x = frames_to_float01(batch)
+                x = to_tensor(batch)
                 yt = model_step(x)
                 if tuple(yt.shape) != tuple(x.shape):
                     raise RuntimeError(f"model step changed the shape {tuple(x.shape)} -> "
                                        f"{tuple(yt.shape)}")
-                y = float01_to_frames(yt, batch.dtype)
+                y = to_array(yt, batch.dtype)
         if observe is not None:
             observe(batch)
         for j, i in enumerate(idx):

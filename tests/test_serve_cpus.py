@@ -344,13 +344,13 @@ def test_served_integer_frames_reach_the_adapter_as_they_are():
 
 
 def test_frame_messages_decode_to_float01_and_bad_ones_are_errors():
-    from same_fast.engine.base import frames_to_float01
+    from same_fast.io import to_tensor
     from same_fast.serve.adapter_proc import _frames01
 
     f = np.random.default_rng(1).integers(0, 65536, (3, 5, 7, 2), dtype=np.uint16)
     x = _frames01({"shape": [3, 5, 7, 2], "dtype": "uint16", "layout": "NHWC"},
                   bytearray(f.tobytes()))
-    assert x.shape == (3, 2, 5, 7) and torch.equal(x, frames_to_float01(f))
+    assert x.shape == (3, 2, 5, 7) and torch.equal(x, to_tensor(f))
     h = torch.rand(2, 1, 4, 4).half()
     y = _frames01({"shape": [2, 1, 4, 4]}, bytearray(h.view(torch.uint8).numpy().tobytes()))
     assert torch.equal(y, h.float())

@@ -207,8 +207,9 @@ def run_loop(o: dict[str, Any], served, adapt: bool, mode: str, streams: int) ->
     frozen = 0
     if o["gc_freeze"]:
         # As `serve` does once it is loaded. Each loop run stands for a freshly started server:
-        # without this, the objects the serial baseline's inline adapter left (~130,000) were
-        # walked by every full collection in the next loop run, ~30 ms with every thread waiting.
+        # without this, the objects the serial baseline's inline adapter left (~130,000 in a
+        # one-off probe) were walked by every full collection in the next loop run, ~30 ms with
+        # every thread waiting.
         from same_fast.serve.service import freeze_heap
 
         frozen = freeze_heap()
@@ -302,7 +303,7 @@ def run_serial(o: dict[str, Any], served, adapt: bool, mode: str, streams: int
         step_s.append(time.perf_counter() - ts)
         lat.append(time.perf_counter() - arrival)
         if adaptation is not None:
-            adaptation.feed([torch.from_numpy(f).permute(2, 0, 1).float() / 255])
+            adaptation.feed([f])  # served integer frame; the adapter converts it
             served._install_pending()
     steps = adaptation.steps if adaptation is not None else 0
     t_end = time.perf_counter()

@@ -22,9 +22,6 @@ from torch import nn
 
 from same_fast.errors import InputError
 
-#: Full-scale value of each integer frame dtype a backend takes (``enhance_frames``).
-FRAME_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
-
 
 @dataclass
 class BackendConfig:
@@ -92,29 +89,14 @@ def check_frames(frames: np.ndarray, channels: int | None) -> None:
         raise InputError(f"enhance_frames expects a numpy array, got {type(frames).__name__}")
     if frames.ndim != 4:
         raise InputError(f"enhance_frames expects (N, H, W, C), got shape {frames.shape}")
-    if frames.dtype not in FRAME_SCALES:
+    from same_fast.io.convert import SCALES
+
+    if frames.dtype not in SCALES:
         raise InputError(f"enhance_frames expects uint8 or uint16 frames, got {frames.dtype}")
     if channels is not None and frames.shape[3] != channels:
         raise InputError(f"this model takes {channels} channel(s), got {frames.shape[3]}")
     if 0 in frames.shape:
         raise InputError(f"empty batch {frames.shape}")
-
-
-def frames_to_float01(frames: np.ndarray) -> torch.Tensor:
-    """``(N, H, W, C)`` uint8/uint16 -> float32 ``(N, C, H, W)`` in [0, 1] (value / full scale)."""
-    scale = FRAME_SCALES[frames.dtype]
-    # contiguous NCHW: a permuted (channels-last) input takes slower convolutions in eager torch
-    # (measured: 1-channel lite at 64 px, 3.4 ms against 2.2 ms)
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-    return x.to(torch.float32, memory_format=torch.contiguous_format).div_(scale)
-
-
-def float01_to_frames(y: torch.Tensor, dtype: np.dtype) -> np.ndarray:
-    """``(N, C, H, W)`` float in [0, 1] -> ``(N, H, W, C)`` of ``dtype``: clamped, scaled and
-    rounded half to even (what the ONNX ``Round`` of ``enhance_frames`` graphs does too)."""
-    scale = FRAME_SCALES[np.dtype(dtype)]
-    a = y.detach().to("cpu", torch.float32).clamp(0, 1).mul(scale).round_()
-    return a.permute(0, 2, 3, 1).contiguous().numpy().astype(dtype)
 
 
 def model_channels(model: nn.Module, metadata: Mapping[str, Any] | None = None) -> int | None:
@@ -223,13 +205,15 @@ class Backend(ABC):
         """``(N, H, W, C)`` uint8/uint16 frames -> enhanced frames, same shape and dtype (CPU).
 
         What a stream serves: decoded frames in, frames to encode out. The result equals
-        ``float01_to_frames(enhance(frames_to_float01(frames)), dtype)``; backends may do the
+        ``same_fast.io.to_array(enhance(to_tensor(frames)), dtype)``; backends may do the
         conversions inside their own graph (ONNX Runtime does, so that a frame costs one call
         that runs without the GIL).
         """
+        from same_fast.io.convert import to_array, to_tensor
+
         check_frames(frames, self.channels)
         with torch.inference_mode():
-            return float01_to_frames(self.enhance(frames_to_float01(frames)), frames.dtype)
+            return to_array(self.enhance(to_tensor(frames)), frames.dtype)
 
     def update_weights(self, state: Mapping[str, torch.Tensor]) -> None:
         """Replace the served weights with ``state`` (names of the model's ``state_dict``)."""

@@ -180,16 +180,18 @@ def frames_graph(onnx_model: Any, dtype: Any, multiple: int) -> Any:
     same shape and dtype. Around the float graph: NHWC -> NCHW, cast, divide by full scale,
     reflect-pad H and W at the bottom/right up to ``multiple``; after it: crop back, multiply by
     full scale, round half to even, cast, NCHW -> NHWC. These are the steps of
-    ``same_fast.engine.base.frames_to_float01`` / ``float01_to_frames`` and of the reference
+    ``same_fast.io.to_tensor`` / ``to_array`` (round half to even, as ``np.rint``) and of the reference
     padding (which replicates instead of reflecting when a pad is not smaller than the side:
     callers send such tiny frames the float way). Initializer names are kept, so the weight
     mapping and ``weightless_graph`` apply unchanged.
     """
     from onnx import TensorProto, helper, numpy_helper
 
+    from same_fast.io.convert import SCALES
+
     dt = np.dtype(dtype)
     elem = {np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.uint16): TensorProto.UINT16}[dt]
-    scale = 255.0 if dt == np.uint8 else 65535.0
+    scale = SCALES[dt]
     new = type(onnx_model)()
     new.CopyFrom(onnx_model)
     g = new.graph
@@ -208,7 +210,8 @@ def frames_graph(onnx_model: Any, dtype: Any, multiple: int) -> Any:
     if c == 1:
         # One channel: move the axis by Squeeze/Unsqueeze. ONNX Runtime's transpose optimiser
         # pushes a Transpose down past the element-wise ops, which then run on (N, H, W, 1),
-        # where its broadcasting is slow (measured: ~44 us for each op at 64x64, against ~4).
+        # where its broadcasting is slow (a one-off ORT profile at 64x64: ~44 us for each such
+        # op, against ~4).
         consts["sf_ax1"] = np.array([1], np.int64)
         consts["sf_ax3"] = np.array([3], np.int64)
         to_nchw = [helper.make_node("Squeeze", [FRAMES_IN, "sf_ax3"], ["sf_nhw"]),
@@ -245,7 +248,7 @@ def frames_graph(onnx_model: Any, dtype: Any, multiple: int) -> Any:
     # The unpadded sizes get names of their own. The padded tensor keeps the float input's type
     # (rank, channels, symbolic sizes): ONNX Runtime cannot infer it through a Pad with
     # computed pads, and without it the graph's element-wise ops lose their fused, blocked-
-    # layout kernels (measured: 1-channel lite at 64 px, 0.72 -> 1.05 ms a frame).
+    # layout kernels (a one-off ORT profile, 1-channel lite at 64 px: 0.72 -> 1.05 ms a frame).
     dims = ["frames_batch", "frames_height", "frames_width", c if c is not None else "channels"]
     g.value_info.append(src_in)
     g.input.remove(src_in)

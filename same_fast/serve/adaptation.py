@@ -58,9 +58,9 @@ def _served_frames(batch: np.ndarray | torch.Tensor) -> list[np.ndarray] | list[
 def _float01(frame: np.ndarray | torch.Tensor) -> torch.Tensor:
     """One handed-off frame as the adapter takes it: ``(1, C, H, W)`` float32 in [0, 1]."""
     if isinstance(frame, np.ndarray):
-        from same_fast.engine.base import frames_to_float01
+        from same_fast.io.convert import to_tensor
 
-        return frames_to_float01(frame[None])
+        return to_tensor(frame)[None]
     return frame[None].float()
 
 

@@ -121,7 +121,7 @@ def _frames01(header: dict[str, Any], payload: bytearray) -> Any:
     import numpy as np
     import torch
 
-    from same_fast.engine.base import frames_to_float01
+    from same_fast.io.convert import to_tensor
 
     shape = [int(d) for d in header["shape"]]
     dtype = header.get("dtype", "float16")
@@ -130,7 +130,7 @@ def _frames01(header: dict[str, Any], payload: bytearray) -> Any:
     if dtype not in ("uint8", "uint16") or header.get("layout") != "NHWC" or len(shape) != 4:
         raise ValueError(f"frames of dtype {dtype}, layout {header.get('layout')}, "
                          f"shape {shape}: expected uint8/uint16 NHWC")
-    return frames_to_float01(np.frombuffer(payload, dtype=dtype).reshape(shape))
+    return to_tensor(np.frombuffer(payload, dtype=dtype).reshape(shape))
 
 
 def _stats(adapter: Any) -> dict[str, Any]:

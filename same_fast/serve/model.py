@@ -98,12 +98,13 @@ class ServedModel:
                 warm = self._warm
                 if warm is not None:
                     # only a speed-up: a standby that cannot run it still serves the next batch
+                    shape, dtype = warm
                     with contextlib.suppress(Exception), torch.inference_mode():
-                        frames = np.zeros(*warm)
                         if hasattr(target, "enhance_frames"):  # the call serving will make
-                            target.enhance_frames(frames)
+                            target.enhance_frames(np.zeros(shape, dtype))
                         else:
-                            target.enhance(torch.zeros(warm[0][0], warm[0][3], *warm[0][1:3]))
+                            n, h, w, c = shape
+                            target.enhance(torch.zeros(n, c, h, w))
                 with self._lock:
                     self._ready = (target, digest)
             return

@@ -147,14 +147,15 @@ def freeze_heap() -> int:
     how many were frozen. Call once the model is loaded and warm.
 
     After start-up a server's heap is mostly modules, the model and torch's own objects (about
-    300,000 of them with the torch backend). A full collection walks all of them while every
-    Python thread waits, the serving worker included: 80-150 ms on the 2-core CI machine. It
+    300,000 of them with the torch backend; the stream bench reports how many it froze). A full
+    collection walks all of them while every Python thread waits, the serving worker included:
+    80-150 ms on the 2-core CI machine. It
     came in the third run of every torch 4-stream ``bench --suite stream`` case (p99/p50 about
     8, max 122-130 ms; frozen: 1.4-1.5, max 9-24 ms). Frozen objects are never walked again;
     objects made later are collected as before, and a frozen object that becomes unreachable
     without a reference cycle is still freed. An adapter thread (``--adapt-in thread``) makes
-    ~130,000 lasting objects at its first steps, after the freeze; the default child process
-    keeps them out of the server.
+    ~130,000 lasting objects at its first steps (counted in a one-off probe), after the freeze;
+    the default child process keeps them out of the server.
     """
     import gc
 
