@@ -86,10 +86,14 @@ def test_to_batch_converts_once() -> None:
     b = to_batch(frames)
     assert b.shape == (2, 3) + r.shape[:2] and b.dtype == torch.float32
     assert torch.allclose(b[0], torch.from_numpy(r).permute(2, 0, 1).float() / 255)
-    b16 = to_batch(decode([CASES["png16_gray"]], path="dali"))
-    assert 0.0 <= float(b16.min()) and float(b16.max()) <= 1.0
+    f16 = decode([CASES["png16_gray"]], path="dali")
+    b16 = to_batch(f16)
+    assert f16[0].dtype == torch.uint16
+    assert torch.equal(b16[0], f16[0].permute(2, 0, 1).float() / 65535)
     with pytest.raises(InputError, match="differ"):
         to_batch([frames[0], frames[0][:5]])
+    with pytest.raises(InputError, match="unsupported image dtype torch.float32"):
+        to_batch([frames[0].float()])  # was silently divided by 255
 
 
 @pytest.mark.parametrize("path", ["reference", "dali"])

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from same_fast.errors import CorruptFileError, DependencyError, InputError, missing_dependency
+from same_fast.io.convert import full_scale
 from same_fast.io.images import decode_image, sniff
 from same_fast.io.limits import check_pixels
 
@@ -86,7 +87,7 @@ def to_batch(frames: Sequence[torch.Tensor]) -> torch.Tensor:
     shapes = {tuple(f.shape) for f in frames}
     if len(shapes) != 1:
         raise InputError(f"to_batch: frames differ in shape {sorted(shapes)[:2]}")
-    scale = 65535.0 if frames[0].dtype == torch.uint16 else 255.0
+    scale = full_scale(frames[0].dtype)
     out = torch.empty((len(frames),) + tuple(frames[0].permute(2, 0, 1).shape),
                       dtype=torch.float32, device=frames[0].device)
     for i, f in enumerate(frames):

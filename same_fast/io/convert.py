@@ -11,6 +11,15 @@ from same_fast.errors import InputError
 SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
+def full_scale(dtype: np.dtype | torch.dtype | type) -> float:
+    """``SCALES`` for a numpy or torch dtype (``torch.uint16`` -> 65535); InputError otherwise."""
+    name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
+    try:
+        return SCALES[np.dtype(name)]
+    except (KeyError, TypeError):
+        raise InputError(f"unsupported image dtype {dtype} (expected uint8 or uint16)") from None
+
+
 def to_tensor(arr: np.ndarray) -> torch.Tensor:
     """``(H, W, C)`` or ``(F, H, W, C)`` uint8/uint16 -> float32 ``(C, H, W)``/``(F, C, H, W)`` in [0, 1]."""
     scale = 1.0 if arr.dtype == np.bool_ else SCALES.get(arr.dtype)
