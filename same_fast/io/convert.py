@@ -7,7 +7,8 @@ import torch
 from same_fast.errors import InputError
 
 #: Full scale of each integer image dtype: ``value / scale`` is in [0, 1]. The one table for every
-#: conversion (``to_tensor``, ``to_array``, the engine's ``enhance_frames`` and its ONNX graph).
+#: conversion (``to_tensor``, ``to_array``, the engine's ``enhance_frames`` and its ONNX graph,
+#: ``engine.decode.to_batch`` through ``full_scale``).
 SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
