@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import time
 from types import SimpleNamespace
 
 from same_fast.benchsuites import stream
@@ -13,7 +14,11 @@ def test_stream_suite_smoke():
         "modes": "fixed,asap", "adapt": "off,on", "adapt_every": "4",
         "adapt_in": "thread"})  # the process adapter is covered by test_serve_adapt
     r = stream.run(args)
-    assert len(r["cases"]) == 8 and len(r["summary"]) == 8
+    assert len(r["cases"]) == 8 and len(r["summary"]) == 1 + 8
+    floor = r["machine_floor"]  # the step alone, at the densest rate: 200 fps x 4 streams
+    assert floor["frames"] == 24 and abs(floor["period_ms"] - 1.25) < 1e-9
+    assert 0 < floor["p50_ms"] <= floor["p99_ms"] and floor["p99_over_p50"] >= 1
+    assert r["summary"][0]["machine floor p99/p50"] == round(floor["p99_over_p50"], 2)
     # each loop run froze the warm heap as serve does; this process has its collector back
     assert all(c["loop"]["gc_frozen_objects"] > 1000 for c in r["cases"])
     assert gc.get_freeze_count() == 0
@@ -33,6 +38,26 @@ def test_stream_suite_smoke():
         parts = m["tail_from_wait"] + m["tail_from_step"] + m["tail_from_release"]
         assert abs(parts - 1) < 1e-9 or parts == 0  # shares of the slow frames' excess
     assert r["environment"]["python"]
+
+
+def test_machine_floor_paces_the_step_alone_and_can_be_skipped():
+    calls = []
+
+    class Served:
+        def frame_step(self, frames, observe=None):
+            assert observe is None and len(frames) == 1
+            calls.append((time.perf_counter(), frames[0].shape))
+            return frames
+
+    o = stream._opts(SimpleNamespace(quick=True, repeats=None, options={
+        "frames": "20", "fps": "100", "streams": "1,4", "size": "8", "gc_freeze": "0"}))
+    f = stream.machine_floor(o, Served())
+    assert f["frames"] == len(calls) == 20 and abs(f["period_ms"] - 2.5) < 1e-9
+    assert {shape for _, shape in calls} == {(8, 8, 1)}
+    assert calls[-1][0] - calls[0][0] >= 19 * 0.0025 * 0.9  # paced at the rate, not back to back
+    assert 0 < f["p50_ms"] <= f["p99_ms"] <= f["max_ms"]
+    o["floor_frames"] = 0
+    assert stream.machine_floor(o, Served()) == {}
 
 
 def _timeline(slow_steps: set[int], busy_before: set[int]):

@@ -32,7 +32,8 @@ loop's adapter runs; the serial baseline always adapts inline), adapt_cpus (wher
 adapter may run, as ``same-fast serve --adapt-cpus``: auto, off or a CPU list; default auto),
 publish_every_s (``--adapt-publish-every-s``: at most one weights swap per this many seconds;
 default serve's, 1.0),
-streams ("1,4"), modes ("fixed,asap"), adapt ("off,on").
+streams ("1,4"), modes ("fixed,asap"), adapt ("off,on"), floor_frames (frames for the machine's
+floor, see ``machine_floor``; default frames, 0 skips it).
 Done-when (issue 7): adaptation on at a fixed rate: loop p99 <= 1.5 x p50 and 0 frames lost;
 each fixed-rate case reports ``p99_over_p50`` and ``lost``. Each side also times its model step
 alone (``step_p50_ms``, ``step_p99_ms``): on a shared or virtual machine the step's own p99/p50
@@ -40,6 +41,9 @@ alone (``step_p50_ms``, ``step_p99_ms``): on a shared or virtual machine the ste
 what queueing, batching and in-order release add on top. ``tail_from_wait``, ``tail_from_step``
 and ``tail_from_release`` say where the slowest 1 % of the loop's frames lost their time (see
 ``tail_breakdown``).
+Before the cases, ``machine_floor`` times the model step alone at the densest fixed rate of the
+run, on the serving CPUs, with nothing else of ours running: the spread the machine itself puts
+under every case (``machine_floor.p99_over_p50``).
 """
 from __future__ import annotations
 
@@ -63,7 +67,8 @@ def _opts(args: Any) -> dict[str, Any]:
          "adapt_every": 8, "adapt_batch": 2, "threads": 1, "switch_ms": 0.5, "gc_freeze": 1,
          "backend": "torch",
          "adapt_in": "process", "adapt_cpus": "auto", "publish_every_s": 1.0,
-         "streams": "1" if quick else "1,4", "modes": "fixed,asap", "adapt": "off,on"}
+         "streams": "1" if quick else "1,4", "modes": "fixed,asap", "adapt": "off,on",
+         "floor_frames": -1}
     if getattr(args, "repeats", None):
         d["runs"] = int(args.repeats)
     for k, v in o.items():
@@ -72,6 +77,8 @@ def _opts(args: Any) -> dict[str, Any]:
 
             raise InputError(f"unknown stream bench option '{k}' (known: {', '.join(d)})")
         d[k] = type(d[k])(v)
+    if d["floor_frames"] < 0:
+        d["floor_frames"] = d["frames"]
     return d
 
 
@@ -176,6 +183,46 @@ def tail_breakdown(submits: dict[int, float], latencies: dict[int, float],
                    tail_from_step=float(excess[2]) / total,
                    tail_from_release=float(excess[3]) / total)
     return out
+
+
+def machine_floor(o: dict[str, Any], served) -> dict[str, Any]:
+    """The model step alone, as the machine runs it: the floor under every case's p99/p50.
+
+    One thread, confined to the serving CPUs as the loop's worker is when it adapts, calls the
+    model step on one frame at a time at the densest fixed rate of the run (fps x the most
+    streams), sleeping in between as an idle worker does. No loop, producers or adapter run
+    meanwhile. On a shared or virtual machine this spread alone can exceed 1.5x; then a
+    fixed-rate case near it says more about the machine than about the loop or the adapter.
+    """
+    from same_fast.serve.cpus import plan_adapter_cpus, serving_step
+
+    n = o["floor_frames"]
+    if n <= 0:
+        return {}
+    if o["gc_freeze"]:  # as each loop run does
+        from same_fast.serve.service import freeze_heap
+
+        freeze_heap()
+    frames = _frames(o, min(n, o["frames"]))
+    period = 1.0 / (o["fps"] * max(int(s) for s in o["streams"].split(",")))
+    step = serving_step(served.frame_step, plan_adapter_cpus(o["adapt_cpus"]))
+    times: list[float] = []
+
+    def worker() -> None:
+        due = time.perf_counter()
+        for i in range(n):
+            t = time.perf_counter()
+            step([frames[i % len(frames)]])
+            times.append(time.perf_counter() - t)
+            due += period
+            _sleep_until(due, spin=False)
+
+    th = threading.Thread(target=worker, name="same-fast-floor")
+    th.start()
+    th.join()
+    m = _pct(times)
+    return {"frames": n, "period_ms": period * 1000, **m,
+            "p99_over_p50": m["p99_ms"] / max(m["p50_ms"], 1e-9)}
 
 
 def _restore_source(served, frame: np.ndarray) -> None:
@@ -353,6 +400,7 @@ def _run(o: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cases(o: dict[str, Any], served) -> dict[str, Any]:
+    floor = machine_floor(o, served)
     cases = []
     for mode in o["modes"].split(","):
         for streams in (int(s) for s in o["streams"].split(",")):
@@ -405,4 +453,9 @@ def _cases(o: dict[str, Any], served) -> dict[str, Any]:
 
     return {"suite": "stream", "environment": environment(), "options": o,
             "adapt_cpus": plan_adapter_cpus(o["adapt_cpus"]).describe(),
-            "model": served.describe(), "cases": results, "summary": summary}
+            "model": served.describe(), "machine_floor": floor,
+            "cases": results, "summary": ([{
+                "machine floor: model step alone p50/p99 ms": [round(floor["p50_ms"], 2),
+                                                               round(floor["p99_ms"], 2)],
+                "machine floor p99/p50": round(floor["p99_over_p50"], 2)}] if floor else [])
+            + summary}
