@@ -81,6 +81,38 @@ def test_onnxruntime_matches_eager_before_and_after_update(make, cache: str) -> 
     assert rt.describe()["weights_version"] == 1
 
 
+@pytest.mark.parametrize("make", [_lite, _lite_context, _paper, lambda: TinyEnhancer(width=4)],
+                         ids=["lite", "lite-context", "paper", "stand-in"])
+def test_torchscript_matches_eager_across_shapes_and_updates(make, cache: str) -> None:
+    model = make().eval()
+    c = getattr(model, "config", {}).get("in_channels", 3)
+    eager = create_backend("torch", model, cache_dir=cache)
+    ts = create_backend("torchscript", model, cache_dir=cache)
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.rand(s, generator=g) for s in ((2, c, 45, 61), (1, c, 16, 24), (2, c, 45, 61))]
+    before = [eager.enhance(x) for x in xs]
+    for x, ref in zip(xs, before, strict=True):
+        assert (ts.enhance(x) - ref).abs().max().item() < TOL
+    assert ts.describe()["traced_shapes"] == 2  # one trace per padded shape, reused
+
+    adapted = perturbed_state(model, 0.3, seed=3)
+    eager.update_weights(adapted)
+    ts.update_weights(adapted)
+    for x, old in zip(xs, before, strict=True):
+        ref = eager.enhance(x)
+        assert (ref - old).abs().max().item() > 1e-2  # the update really changes the output
+        # the traced graphs share the parameters: they follow the in-place update untraced
+        assert (ts.enhance(x) - ref).abs().max().item() < TOL
+    assert ts.describe()["traced_shapes"] == 2 and ts.describe()["weights_version"] == 1
+
+    f = _ints((2, 20, 28, c), np.uint8, 9)
+    got, ref = ts.enhance_frames(f), eager.enhance_frames(f)
+    assert got.dtype == np.uint8 and np.abs(got.astype(int) - ref.astype(int)).max() <= 1
+    ts.max_shapes = 2  # the oldest trace goes
+    ts.enhance(torch.rand(1, c, 8, 8, generator=g))
+    assert ts.describe()["traced_shapes"] == 2
+
+
 def test_partial_update_and_private_copy(cache: str) -> None:
     model = _lite()
     b = create_backend("onnxruntime", model, cache_dir=cache)

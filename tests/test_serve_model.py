@@ -177,6 +177,28 @@ def test_publish_gil_benchmark_measures_every_piece(tmp_path, bench_script):
                for r in res.values())
 
 
+def test_gil_contention_benchmark_runs_each_backend_alone_and_contended(tmp_path, bench_script):
+    """benchmarks/gil_contention.py: each backend's serving step alone and beside a thread that
+    keeps taking the GIL; the caller's CPUs and settings are left as they were."""
+    import json
+    import os
+    import sys
+
+    mod = bench_script("gil_contention")
+    out = tmp_path / "c.json"
+    before = (os.sched_getaffinity(0), torch.get_num_threads(), sys.getswitchinterval())
+    assert mod.main(["--seconds", "0.3", "--size", "16", "--backends", "torch", "torchscript",
+                     "--json", str(out)]) == 0
+    assert (os.sched_getaffinity(0), torch.get_num_threads(), sys.getswitchinterval()) == before
+    res = json.loads(out.read_text())["results"]
+    assert set(res) == {"torch", "torchscript"}
+    for r in res.values():
+        assert r["alone"]["hungry_iterations"] == 0 < r["contended"]["hungry_iterations"]
+        for cond in ("alone", "contended"):
+            assert r[cond]["steps"] > 10 and r[cond]["step_p99_ms"] >= r[cond]["step_p50_ms"] > 0
+        assert r["p50_contended_over_alone"] > 0
+
+
 def test_vm_hiccups_benchmark_reports_lateness(tmp_path, bench_script):
     """benchmarks/vm_hiccups.py: a periodic waiter's lateness and stalls per minute."""
     import json

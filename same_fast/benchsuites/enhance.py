@@ -34,8 +34,9 @@ import torch
 from same_fast.benchsuites.common import environment, interleaved, write_json
 from same_fast.engine.base import Backend, DeployModule
 
-CPU_BACKENDS = ("torch", "torch-cl", "onnxruntime", "onnxruntime-int8", "compile")
-GPU_BACKENDS = ("torch", "torch-cl", "compile", "onnxruntime", "tensorrt", "tensorrt-fp16")
+CPU_BACKENDS = ("torch", "torch-cl", "torchscript", "onnxruntime", "onnxruntime-int8", "compile")
+GPU_BACKENDS = ("torch", "torch-cl", "torchscript", "compile", "onnxruntime", "tensorrt",
+                "tensorrt-fp16")
 
 
 def _dynamo() -> Any:

@@ -27,7 +27,7 @@ threads (torch intra-op threads, default 1), switch_ms (Python's GIL switch inte
 0.5 ms instead of 5: see ``same_fast.serve.service.tune_process``), gc_freeze (1: freeze the
 heap once the model is warm, as ``serve`` does, see ``same_fast.serve.service.freeze_heap``;
 0: leave the collector alone), backend (the serving
-backend: torch, onnxruntime, compile; default torch), adapt_in (process or thread: where the
+backend: torch, torchscript, onnxruntime, compile; default torch), adapt_in (process or thread: where the
 loop's adapter runs; the serial baseline always adapts inline), adapt_cpus (where the loop's
 adapter may run, as ``same-fast serve --adapt-cpus``: auto, off or a CPU list; default auto),
 publish_every_s (``--adapt-publish-every-s``: at most one weights swap per this many seconds;

@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=4, help="frames per forward pass")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--backend", default="torch",
-                   choices=["auto", "torch", "compile", "onnxruntime", "tensorrt"],
+                   choices=["auto", "torch", "torchscript", "compile", "onnxruntime", "tensorrt"],
                    help="inference backend (auto: the fastest measured on this machine, cached)")
     p.add_argument("--channels-last", action="store_true",
                    help="torch/compile backends: NHWC weights and frames (often faster on CPU)")

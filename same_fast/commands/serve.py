@@ -72,7 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=d.host, help="listen address (non-loopback needs --token)")
     p.add_argument("--port", type=int, default=d.port, help="listen port (0 = any free port)")
     p.add_argument("--backend", default=d.backend,
-                   help="inference backend: auto, torch, compile, onnxruntime, tensorrt")
+                   help="inference backend: auto, torch, torchscript, compile, onnxruntime, "
+                        "tensorrt")
     p.add_argument("--device", default=d.device, help="cpu, cuda or auto")
     p.add_argument("--channels-last", action="store_true", default=d.channels_last,
                    help="torch/compile backends: NHWC weights and frames (often faster on CPU)")

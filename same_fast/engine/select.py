@@ -23,7 +23,7 @@ from torch import nn
 from same_fast.engine.base import Backend, BackendConfig
 from same_fast.errors import InputError, SameFastError
 
-BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "torchscript", "compile", "onnxruntime", "tensorrt")
 
 
 def default_cache_dir() -> Path:
@@ -35,6 +35,9 @@ def _cls(name: str) -> type[Backend]:
     if name == "torch":
         from same_fast.engine.torch_backends import TorchBackend
         return TorchBackend
+    if name == "torchscript":
+        from same_fast.engine.torch_backends import ScriptBackend
+        return ScriptBackend
     if name == "compile":
         from same_fast.engine.torch_backends import CompileBackend
         return CompileBackend
@@ -87,7 +90,8 @@ def create_backend(name: str, model: nn.Module | str | os.PathLike,
                    metadata: Mapping[str, Any] | None = None, threads: int = 0,
                    int8: bool = False, channels_last: bool = False,
                    options: Mapping[str, Any] | None = None) -> Backend:
-    """Create backend ``name`` ("auto" | "torch" | "compile" | "onnxruntime" | "tensorrt").
+    """Create backend ``name`` ("auto" | "torch" | "torchscript" | "compile" | "onnxruntime" |
+    "tensorrt").
 
     ``model``: an ``nn.Module`` with SAMENet's forward, a shipped model name or a checkpoint
     path. ``device``: "cpu" or "cuda[:i]". ``dtype``: "fp32" on CPU; "fp16"/"bf16" on GPU.
@@ -165,7 +169,7 @@ def _candidates(cfg: BackendConfig) -> list[tuple[str, bool]]:
     if cfg.device.startswith("cuda"):
         names = list(BACKENDS)
     else:
-        names = ["torch", "onnxruntime"]
+        names = ["torch", "torchscript", "onnxruntime"]
         # torch.compile on CPU takes tens of seconds to compile per shape; measured on request.
         if cfg.options.get("auto_compile") in ("1", "true", True):
             names.append("compile")

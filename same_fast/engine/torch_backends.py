@@ -1,7 +1,10 @@
-"""Torch backends: ``torch`` (eager) and ``compile`` (torch.compile; CUDA graphs on GPU)."""
+"""Torch backends: ``torch`` (eager), ``torchscript`` (traced; runs without the GIL) and
+``compile`` (torch.compile; CUDA graphs on GPU)."""
 from __future__ import annotations
 
 import copy
+import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,8 +49,12 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             if self._dtype != torch.float32:
                 with torch.autocast(self.device.type, dtype=self._dtype):
-                    return self.module(x01).float()
-            return self.module(x01)
+                    return self._run(x01).float()
+            return self._run(x01)
+
+    def _run(self, x01: torch.Tensor) -> torch.Tensor:
+        """The network on a prepared batch (inside inference mode and any autocast)."""
+        return self.module(x01)
 
     def _apply_weights(self, state: dict[str, torch.Tensor]) -> None:
         # In-place copy under the lock: parameter storage stays put, which torch.compile
@@ -56,6 +63,56 @@ class TorchBackend(Backend):
         with self._lock, torch.no_grad():
             for k, v in state.items():
                 own[k].copy_(v.to(own[k].device, own[k].dtype))
+
+
+class ScriptBackend(TorchBackend):
+    """TorchScript: the eager module traced once per input shape, run by TorchScript's C++
+    interpreter.
+
+    The interpreter releases the GIL for the whole call. Eager torch releases it inside each
+    operator but must take it back between them, so in a process whose other Python threads
+    take the GIL often (a server's event loop, stream producers and dispatcher, an adapter
+    thread) the eager step waits at every operator boundary: ``benchmarks/gil_contention.py``
+    measures both. The traced graphs share the eager module's parameters, so a weight update
+    (an in-place copy) reaches them without tracing again; they are not frozen, which would
+    inline the weights as constants. A new input shape is traced on first use (about 0.1 s for
+    ``lite``); the last ``max_shapes`` shapes are kept.
+
+    torch 2.13 marks ``torch.jit.trace`` deprecated. It is used here for the one thing the
+    other torch paths do not give: a whole network call without the GIL. If a later torch
+    drops it, this backend goes with it; ``torch`` and ``onnxruntime`` stay.
+    """
+
+    name = "torchscript"
+    max_shapes = 8
+
+    def __init__(self, model: nn.Module, metadata: Mapping[str, Any] | None = None,
+                 config: BackendConfig | None = None) -> None:
+        super().__init__(model, metadata, config)
+        self._traced: OrderedDict[tuple, torch.jit.ScriptModule] = OrderedDict()
+
+    def _run(self, x01: torch.Tensor) -> torch.Tensor:
+        # Called under the backend's lock (Backend.enhance), so the cache needs no lock of its own.
+        key = (tuple(x01.shape), x01.dtype, x01.is_contiguous(), torch.is_autocast_enabled())
+        fn = self._traced.get(key)
+        if fn is None:
+            with warnings.catch_warnings():
+                # SAMENet's input checks read shapes; the trace keeps this shape's outcome,
+                # which is why each shape gets its own trace.
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                # torch 2.13 marks tracing deprecated in favour of torch.compile/torch.export;
+                # neither gives a call that runs without the GIL here (see the class docstring).
+                warnings.simplefilter("ignore", DeprecationWarning)
+                fn = torch.jit.trace(self.module, x01, check_trace=False)
+            self._traced[key] = fn
+            while len(self._traced) > self.max_shapes:
+                self._traced.popitem(last=False)
+        else:
+            self._traced.move_to_end(key)
+        return fn(x01)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "traced_shapes": len(self._traced)}
 
 
 class CompileBackend(TorchBackend):

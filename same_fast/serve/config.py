@@ -122,9 +122,9 @@ class ServeConfig:
     model: a shipped name, a checkpoint path, or a synthetic model (``identity``,
     ``identity:delay_ms=N``) for tests and benchmarks.
     stream: also serve the WebSocket stream ``/v1/stream`` (HTTP endpoints are always on).
-    backend: inference backend (``same_fast.engine``: auto, torch, compile, onnxruntime,
-    tensorrt). device: cpu, cuda or auto. channels_last: NHWC weights and frames for the
-    torch/compile backends.
+    backend: inference backend (``same_fast.engine``: auto, torch, torchscript, compile,
+    onnxruntime, tensorrt). device: cpu, cuda or auto. channels_last: NHWC weights and frames
+    for the torch/torchscript/compile backends.
     adapt: ``off`` or ``online`` (adapt the served weights to the incoming frames);
     adapt_in: where the adapter runs, ``process`` (a child process, no GIL shared with serving)
     or ``thread``; adaptation: its settings (``AdaptConfig``, from the ``--adapt-*``,
