@@ -93,7 +93,8 @@ class ScriptBackend(TorchBackend):
 
     def _run(self, x01: torch.Tensor) -> torch.Tensor:
         # Called under the backend's lock (Backend.enhance), so the cache needs no lock of its own.
-        key = (tuple(x01.shape), x01.dtype, x01.is_contiguous(), torch.is_autocast_enabled())
+        key = (tuple(x01.shape), x01.dtype, x01.is_contiguous(),
+               torch.is_autocast_enabled(self.device.type))
         fn = self._traced.get(key)
         if fn is None:
             with warnings.catch_warnings():
