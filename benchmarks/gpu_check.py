@@ -6,7 +6,8 @@
 Writes ``benchmarks/results/<date>-<device>.json`` with, per section, ``status`` ("ok",
 "skipped: <why>" or "error: <message>") and the measured numbers:
 
-- ``backends``: torch eager, torch.compile (CUDA graphs, mode reduce-overhead), ONNX Runtime
+- ``backends``: torch eager, torchscript (fp32/fp16), torch.compile (CUDA graphs, mode
+  reduce-overhead), ONNX Runtime
   (CUDA EP when the GPU build is installed), TensorRT fp32/fp16 (built with REFIT): max |diff|
   against torch fp32 before and after ``update_weights`` with changed weights, and for TensorRT
   the refit time against a full rebuild.
@@ -175,7 +176,8 @@ def backends(quick: bool) -> dict[str, Any]:
     ref_model.load_state_dict(new_state)
     ref_new = enhance(ref_model, x)
     results: dict[str, Any] = {"input": list(x.shape)}
-    variants = [("torch", {}), ("torch", {"dtype": "fp16"}), ("compile", {}),
+    variants = [("torch", {}), ("torch", {"dtype": "fp16"}), ("torchscript", {}),
+                ("torchscript", {"dtype": "fp16"}), ("compile", {}),
                 ("onnxruntime", {}), ("tensorrt", {}), ("tensorrt", {"dtype": "fp16"}),
                 ("tensorrt", {"dtype": "bf16"})]
     for name, kw in variants:
