@@ -26,12 +26,12 @@ from what queued while the model was busy), capacity (16), adapt_every (8), adap
 threads (torch intra-op threads, default 1), switch_ms (Python's GIL switch interval, default
 0.5 ms instead of 5: see ``same_fast.serve.service.tune_process``), gc_freeze (1: freeze the
 heap once the model is warm, as ``serve`` does, see ``same_fast.serve.service.freeze_heap``;
-0: leave the collector alone), backend (the serving
-backend: torch, torchscript, onnxruntime, compile; default torch), adapt_in (process or thread: where the
-loop's adapter runs; the serial baseline always adapts inline), adapt_cpus (where the loop's
-adapter may run, as ``same-fast serve --adapt-cpus``: auto, off or a CPU list; default auto),
-publish_every_s (``--adapt-publish-every-s``: at most one weights swap per this many seconds;
-default serve's, 1.0),
+0: leave the collector alone), backend (the serving backend: torch, torchscript, onnxruntime,
+compile; default torch), adapt_in (process or thread: where the loop's adapter runs; the serial
+baseline always adapts inline), adapt_cpus (where the loop's adapter may run, as ``same-fast
+serve --adapt-cpus``: auto, off or a CPU list; default auto), publish_every_s
+(``--adapt-publish-every-s``: at most one weights swap per this many seconds; default serve's,
+1.0),
 streams ("1,4"), modes ("fixed,asap"), adapt ("off,on"), floor_frames (frames for the machine's
 floor, see ``machine_floor``; default frames, 0 skips it).
 Done-when (issue 7): adaptation on at a fixed rate: loop p99 <= 1.5 x p50 and 0 frames lost;

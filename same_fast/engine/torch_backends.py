@@ -78,9 +78,10 @@ class ScriptBackend(TorchBackend):
     inline the weights as constants. A new input shape is traced on first use (about 0.1 s for
     ``lite``); the last ``max_shapes`` shapes are kept.
 
-    torch 2.13 marks ``torch.jit.trace`` deprecated. It is used here for the one thing the
-    other torch paths do not give: a whole network call without the GIL. If a later torch
-    drops it, this backend goes with it; ``torch`` and ``onnxruntime`` stay.
+    torch 2.13 marks ``torch.jit.trace`` deprecated. It is used here for a whole network call
+    without the GIL, which eager torch does not give, nor ``torch.compile`` on the CPU (its
+    Inductor wrapper is Python between kernels); AOTInductor was not tried. If a later torch
+    drops tracing, this backend goes with it; ``torch`` and ``onnxruntime`` stay.
     """
 
     name = "torchscript"
@@ -101,8 +102,8 @@ class ScriptBackend(TorchBackend):
                 # SAMENet's input checks read shapes; the trace keeps this shape's outcome,
                 # which is why each shape gets its own trace.
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                # torch 2.13 marks tracing deprecated in favour of torch.compile/torch.export;
-                # neither gives a call that runs without the GIL here (see the class docstring).
+                # torch 2.13 marks tracing deprecated (see the class docstring for why it
+                # is used all the same).
                 warnings.simplefilter("ignore", DeprecationWarning)
                 fn = torch.jit.trace(self.module, x01, check_trace=False)
             self._traced[key] = fn
