@@ -25,7 +25,6 @@ Prints one line per piece and writes the numbers as JSON with ``--json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
@@ -100,8 +99,9 @@ def measure(name: str, seconds: float, rate: float, size: int) -> dict[str, floa
 
 
 def _measure(name: str, seconds: float, rate: float, size: int) -> dict[str, float]:
+    from same_fast.benchsuites.common import time_serving_step
     from same_fast.nn import SAMENet
-    from same_fast.serve.cpus import adapter_work, confine_thread, plan_adapter_cpus, usable_cpus
+    from same_fast.serve.cpus import adapter_work, plan_adapter_cpus
     from same_fast.serve.model import served_from_module
 
     backend, make = _pieces(size)[name]
@@ -116,40 +116,20 @@ def _measure(name: str, seconds: float, rate: float, size: int) -> dict[str, flo
     piece_s: list[float] = []
 
     def other() -> None:
-        confine_thread(plan.adapter)
         while not stop.wait(1.0 / rate):
             t = time.perf_counter()
             with adapter_work(plan):
                 piece()
             piece_s.append(time.perf_counter() - t)
 
-    own = usable_cpus()
-    confine_thread(plan.serving)
-    th = threading.Thread(target=other, daemon=True)
-    if piece is not None:
-        th.start()
-    steps: list[float] = []
-    try:
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            t = time.perf_counter()
-            served.frame_step(frame)
-            steps.append((time.perf_counter() - t) * 1000)
-            time.sleep(0.004)
-    finally:
-        stop.set()
-        if piece is not None:
-            th.join()
-        confine_thread(own)  # a caller in the same process (the tests) gets its CPUs back
-    p50, p99, p999 = np.percentile(steps, [50, 99, 99.9])
-    return {"steps": len(steps), "step_p50_ms": float(p50), "step_p99_ms": float(p99),
-            "step_p999_ms": float(p999), "step_max_ms": float(max(steps)),
-            "p99_over_p50": float(p99 / p50), "pieces": len(piece_s),
+    r = time_serving_step(served, frame[0], seconds, other if piece is not None else None, stop,
+                          plan)
+    return {**r, "pieces": len(piece_s),
             "piece_ms": float(np.mean(piece_s) * 1000) if piece_s else 0.0}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from same_fast.benchsuites.common import environment
+    from same_fast.benchsuites.common import environment, serving_settings, write_json
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=8.0)
@@ -160,12 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="passes over the pieces, interleaved (the median is reported)")
     p.add_argument("--json", metavar="FILE")
     a = p.parse_args(argv)
-    # as serve sets them (same_fast.serve.service.tune_process); restored for in-process callers
-    threads, switch = torch.get_num_threads(), sys.getswitchinterval()
-    torch.set_num_threads(1)
-    sys.setswitchinterval(0.0005)
     runs: dict[str, list[dict[str, float]]] = {n: [] for n in a.only or PIECES}
-    try:
+    with serving_settings():  # as serve sets the process; restored for in-process callers
         for _ in range(max(1, a.repeats)):  # interleaved: machine drift hits every piece alike
             for name in runs:
                 r = measure(name, a.seconds, a.rate, a.size)
@@ -174,16 +150,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['step_p99_ms']:.2f}, p99.9 {r['step_p999_ms']:.2f}, max "
                       f"{r['step_max_ms']:.2f}, p99/p50 {r['p99_over_p50']:.2f}; piece "
                       f"{r['piece_ms']:.1f} ms x {r['pieces']}", flush=True)
-    finally:
-        torch.set_num_threads(threads)
-        sys.setswitchinterval(switch)
     results = {n: {**{k: float(np.median([r[k] for r in rs])) for k in rs[0]}, "runs": rs}
                for n, rs in runs.items()}
-    if a.json:
-        out = {"what": __doc__.splitlines()[0], "environment": environment(),
-               "options": vars(a), "results": results}
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_json(a.json, {"what": __doc__.splitlines()[0], "environment": environment(),
+                        "options": vars(a), "results": results})
     return 0
 
 
