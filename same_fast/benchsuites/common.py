@@ -1,13 +1,14 @@
 """Shared benchmark helpers: environment description, interleaved timing, JSON output."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,24 +130,19 @@ def time_serving_step(served: Any, frame: Any, seconds: float, beside: Callable[
             "p99_over_p50": float(p99 / p50)}
 
 
-class serving_settings:
+@contextlib.contextmanager
+def serving_settings() -> Iterator[None]:
     """As ``serve`` sets the process (``same_fast.serve.service.tune_process``): 1 torch thread
     and a 0.5 ms GIL switch interval; restored on exit for in-process callers."""
+    import sys
 
-    def __enter__(self) -> serving_settings:
-        import sys
+    import torch
 
-        import torch
-
-        self._saved = (torch.get_num_threads(), sys.getswitchinterval())
-        torch.set_num_threads(1)
-        sys.setswitchinterval(0.0005)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        import sys
-
-        import torch
-
-        torch.set_num_threads(self._saved[0])
-        sys.setswitchinterval(self._saved[1])
+    saved = (torch.get_num_threads(), sys.getswitchinterval())
+    torch.set_num_threads(1)
+    sys.setswitchinterval(0.0005)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        sys.setswitchinterval(saved[1])
