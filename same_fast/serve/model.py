@@ -143,10 +143,7 @@ class ServedModel:
         out = run_grouped(frames, self.step, observe,
                           getattr(self._current, "enhance_frames", None))
         if frames and self._factory is not None:  # a shape the model has served: warm-up input
-            f = frames[0]
-            warm = ((1, *f.shape), f.dtype)
-            if warm != self._warm:
-                self._warm = warm
+            self._warm = ((1, *frames[0].shape), frames[0].dtype)
         return [(y, version, digest) for y in out]
 
     def describe(self) -> dict[str, Any]:
