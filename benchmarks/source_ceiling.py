@@ -20,6 +20,13 @@ blur and the global tone (gain x U(0.7, 1.2), contrast x U(0.6, 1.1)) and remove
 made (the speckle strength is set to 0 and the blur probability to 0), so each image's tone is
 the one its degraded version has.
 
+A third column (``color_map_fit``) asks what the degraded image itself still holds: the best
+smooth per-pixel affine colour map of the 8-bit degraded image, ``out = a(p) x + b(p)`` per
+channel, fitted to the clean image by least squares in windows of 1/16 of the frame (a guided
+filter with the clean image as its target). It knows the clean image, so it is no enhancer; it
+says how much a colour-map head (a network that predicts ``a`` and ``b``) could reach at most,
+quantisation and the blur it cannot undo included.
+
 Scores use the paper protocol (256x256, FOV mask where given, 7x7 uniform SSIM, data_range
 255). Per image it prints the degradation type, the degraded score, the ceilings and, for each
 ``--pred`` folder (enhanced outputs named like synth's), its score. Default images: DRIVE test
@@ -84,6 +91,28 @@ def _blur_only(keep_colour: bool = False) -> Any:
         presets.Cataract.apply = saved_cat
 
 
+def _color_map_fit(deg: torch.Tensor, clean: torch.Tensor, fov: torch.Tensor | None
+                   ) -> torch.Tensor:
+    """``a(p) deg + b(p)`` per channel, ``a``, ``b`` fitted to ``clean`` in box windows of side
+    ~1/16 of the frame inside ``fov`` and then averaged over the same windows (so the map is
+    smooth); (1, C, H, W) in [0, 1]."""
+    import torch.nn.functional as F
+
+    r = max(1, round(min(deg.shape[-2:]) / 32))
+    f = torch.ones_like(deg[:, :1]) if fov is None else fov.to(deg.dtype)
+
+    def box(t: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.pad(t, (r, r, r, r), mode="replicate"), 2 * r + 1, 1)
+
+    w = box(f).clamp_min(1e-6)
+    mx, my = box(deg * f) / w, box(clean * f) / w
+    var = box(deg * deg * f) / w - mx * mx
+    cov = box(deg * clean * f) / w - mx * my
+    a = cov / (var + 1e-4)  # ridge: flat windows keep their mean, not an infinite gain
+    b = my - a * mx
+    return ((box(a) * deg + box(b)).clamp(0, 1) * f)
+
+
 def _kind(preset: Any, g: torch.Generator) -> str:
     """The type the preset will draw next from ``g`` (its first draw), without consuming it."""
     from same_fast.degrade import presets
@@ -141,7 +170,11 @@ def run(images: Path, fov_dir: Path | None, seed: int, preds: list[Path],
         fov = None if fov_arr is None else torch.from_numpy(fov_arr)[None, None]
         kind = _kind(preset, g) if preset_name == "fundus-shen2020" else ""
         row: dict[str, Any] = {"name": f.stem, "type": kind}
-        for key, t in _variants(preset_name, x, g, fov).items():
+        variants = _variants(preset_name, x, g, fov)
+        # the fit sees what an enhancer sees: the degraded image as saved (8-bit)
+        deg = to_tensor(to_array(variants["degraded"][0], arr.dtype.type))[None]
+        variants["color_map_fit"] = _color_map_fit(deg, x, fov)
+        for key, t in variants.items():
             s = score_pair(to_array(t[0], arr.dtype.type), arr, fov_arr, "paper")
             row[key] = {"ssim": s.ssim, "psnr": s.psnr}
         for p in preds:
@@ -149,7 +182,7 @@ def run(images: Path, fov_dir: Path | None, seed: int, preds: list[Path],
             s = score_pair(out, arr, fov_arr, "paper")
             row[p.name] = {"ssim": s.ssim, "psnr": s.psnr}
         rows.append(row)
-    cols = ["degraded", "ceiling", "ceiling_keep_colour"] + [p.name for p in preds]
+    cols = ["degraded", "ceiling", "ceiling_keep_colour", "color_map_fit"] + [p.name for p in preds]
     mean = {c: {m: float(np.mean([r[c][m] for r in rows])) for m in ("ssim", "psnr")}
             for c in cols}
     return {"images": str(images), "seed": seed, "preset": preset_name, "rows": rows,

@@ -33,6 +33,12 @@ def test_ceiling_replays_synth(tmp_path, preset, bench_script):
     if preset == "fundus-shen2020":
         assert any("blur" not in r["type"] and r["type"] != "cataract" for r in res["rows"])
     assert res["mean"]["ceiling_keep_colour"]["ssim"] > res["mean"]["degraded"]["ssim"]
+    # the colour-map fit: a smooth affine map of the saved degraded image, fitted to the clean
+    for r in res["rows"]:
+        assert r["color_map_fit"]["psnr"] > r["degraded"]["psnr"] + 2
+        if r["type"] in ("illum", "illum+spot"):  # a smooth colour map is what illum is
+            assert r["color_map_fit"]["psnr"] > 30
+    assert res["mean"]["color_map_fit"]["ssim"] > res["mean"]["degraded"]["ssim"]
 
 
 def test_heldout_set_links_what_the_shipped_model_held_out(tmp_path, bench_script, capsys):
