@@ -144,3 +144,43 @@ def test_context_starts_as_the_plain_network_and_sees_the_whole_image():
     assert d_plain == 0 and d_ctx > 1e-5
     y = enhance(ctx, torch.rand(2, 3, 37, 53))
     assert y.shape == (2, 3, 37, 53) and 0 <= y.min() and y.max() <= 1
+
+
+def test_color_map_starts_as_the_plain_network_and_applies_its_matrix_per_pixel():
+    torch.manual_seed(0)
+    plain = SAMENet(3, "lite").eval()
+    cm = SAMENet(3, "lite", color_map=True).eval()
+    assert cm.color_level == 2  # stem 2: level 2 has stride 8
+    assert SAMENet(1, "paper", base=4, max_channels=16, levels=4, residual=True,
+                   color_map=True).color_level == 2  # stem 1: level 2 is stride 8 too
+    assert SAMENet(3, "lite", base=8, levels=3, color_map=True).color_level == 1  # innermost
+    missing, unexpected = cm.load_state_dict(plain.state_dict(), strict=False)
+    assert unexpected == [] and sorted(missing) == ["color_map.coef.bias", "color_map.coef.weight"]
+    x = torch.rand(1, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(cm(x)[0], plain(x)[0])  # the map starts at zero
+        # a constant map (bias only): out = plain + (M - I) x + b, the same at every pixel
+        mat = torch.tensor([[0.5, 0.1, 0.0], [0.0, -0.2, 0.0], [0.3, 0.0, 0.1]])
+        b = torch.tensor([0.05, -0.1, 0.2])
+        cm.color_map.coef.bias.copy_(torch.cat([mat.flatten(), b]))
+        p = plain(x)[0]
+        want = (p + torch.einsum("ij,njhw->nihw", mat, x) + b.view(1, 3, 1, 1)).clamp(-1, 1)
+        inside = p.abs() < 1  # where the plain output was not clamped
+        assert inside.float().mean() > 0.5
+        assert torch.allclose(cm(x)[0][inside], want[inside], atol=1e-5)
+        # a map that varies over the frame: the decoder features steer it per region
+        cm.color_map.coef.weight.normal_(0, 0.05)
+        y = cm(x)[0] - plain(x)[0]
+        assert y[..., :64, :64].std() > 1e-3 and not torch.allclose(y[..., :64, :64],
+                                                                    y[..., -64:, -64:])
+    half = SAMENet(3, "lite", color_map=0.5).eval()
+    half.load_state_dict(cm.state_dict())
+    with torch.no_grad():  # a gain scales the map's change (where nothing was clamped)
+        full = cm(x)[0]
+        free = (p.abs() < 1) & (full.abs() < 1)
+        assert free.float().mean() > 0.5
+        assert torch.allclose((half(x)[0] - p)[free], (full - p)[free] / 2, atol=1e-5)
+    with pytest.raises(InputError, match="color_map needs residual"):
+        SAMENet(3, "paper", color_map=True)
+    out = enhance(cm, torch.rand(2, 3, 37, 53))
+    assert out.shape == (2, 3, 37, 53) and 0 <= out.min() and out.max() <= 1
