@@ -37,12 +37,10 @@ def _lite() -> SAMENet:
 
 
 def _lite_context() -> SAMENet:
-    """Lite with both zero-start blocks: whole-image context and the colour map."""
     torch.manual_seed(2)
-    m = SAMENet(3, "lite", base=8, levels=3, context=True, color_map=True).eval()
-    with torch.no_grad():  # the blocks start at zero; make them matter
+    m = SAMENet(3, "lite", base=8, levels=3, context=True).eval()
+    with torch.no_grad():  # the block starts at zero; make it matter
         m.context.fc2.weight.normal_(0, 0.3)
-        m.color_map.coef.weight.normal_(0, 0.05)
     return m
 
 
@@ -58,7 +56,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.mark.parametrize("make", [_lite, _lite_context, _paper],
-                         ids=["lite", "lite-context-colormap", "paper"])
+                         ids=["lite", "lite-context", "paper"])
 def test_onnxruntime_matches_eager_before_and_after_update(make, cache: str) -> None:
     model = make()
     c = model.config["in_channels"]
@@ -84,7 +82,7 @@ def test_onnxruntime_matches_eager_before_and_after_update(make, cache: str) -> 
 
 
 @pytest.mark.parametrize("make", [_lite, _lite_context, _paper, lambda: TinyEnhancer(width=4)],
-                         ids=["lite", "lite-context-colormap", "paper", "stand-in"])
+                         ids=["lite", "lite-context", "paper", "stand-in"])
 def test_torchscript_matches_eager_across_shapes_and_updates(make, cache: str) -> None:
     model = make().eval()
     c = getattr(model, "config", {}).get("in_channels", 3)
@@ -275,7 +273,7 @@ def test_channels_last_matches_eager_before_and_after_update(cache: str) -> None
     assert (cl.enhance(x) - after).abs().max().item() < TOL
 
 
-@pytest.mark.parametrize("make", [_paper, _lite_context], ids=["paper", "lite-context-colormap"])
+@pytest.mark.parametrize("make", [_paper, _lite_context], ids=["paper", "lite-context"])
 def test_refit_mapping_covers_every_parameter_once(make) -> None:
     """The ONNX graph TensorRT parses holds every trainable weight as its own initializer."""
     model = make()
@@ -375,7 +373,7 @@ def _ints(shape: tuple[int, ...], dtype, seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("make", [_lite, _lite_context, _paper, lambda: TinyEnhancer(width=4)],
-                         ids=["lite", "lite-context-colormap", "paper", "stand-in"])
+                         ids=["lite", "lite-context", "paper", "stand-in"])
 def test_enhance_frames_equals_the_float_path_in_every_backend(make, cache: str) -> None:
     """Integer frames in, integer frames out: ONNX Runtime converts, pads, rounds and crops
     inside its graph; the result is the float path's, rounded the same way."""

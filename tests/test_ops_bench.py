@@ -57,14 +57,12 @@ def test_models_suite_times_each_candidate_against_lite(tmp_path) -> None:
 
     out = tmp_path / "m.json"
     assert main(["bench", "--suite", "models", "--set", "size=64", "--set",
-                 "candidates=lite,lite-context,lite-colormap", "--set", "onnx=0", "--quick",
+                 "candidates=lite,lite-context", "--set", "onnx=0", "--quick",
                  "--json", str(out)]) == 0
     rows = {r["network"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"lite", "lite-context", "lite-colormap"}
+    assert set(rows) == {"lite", "lite-context"}
     assert rows["lite"]["eager-image_vs_lite_eager"] == 1.0
     # the context block: two Linear layers on the 128 innermost channels, (256 + 1) * 128 +
     # (128 + 1) * 128 parameters
     assert rows["lite-context"]["params"] - rows["lite"]["params"] == 257 * 128 + 129 * 128
     assert rows["lite-context"]["eager-image_ms"] > 0
-    # the colour map: a 3x3 conv from the 2 x 64 decoder channels at stride 8 to 3 x 3 + 3
-    assert rows["lite-colormap"]["params"] - rows["lite"]["params"] == 128 * 12 * 9 + 12

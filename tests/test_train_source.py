@@ -208,11 +208,10 @@ def test_init_adds_context_and_ema_is_what_is_validated_and_saved(tmp_path):
     parent, _ = load_model(base.out)
     # a network without context seeds one with it, starting from the parent's output
     ctx = _cfg(data, out=str(tmp_path / "ctx.safetensors"), steps=2, size=32, load_size=48,
-               val_every=2, init=base.out, lr=0.0,
-               net={"base": 8, "levels": 3, "context": True, "color_map": True})
+               val_every=2, init=base.out, lr=0.0, net={"base": 8, "levels": 3, "context": True})
     train_source(ctx)
     child, meta = load_model(ctx.out)
-    assert meta["config"]["context"] is True and meta["config"]["color_map"] is True
+    assert meta["config"]["context"] is True
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert torch.equal(child(x)[0], parent(x)[0])

@@ -29,7 +29,6 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "paper": {"preset": "paper"},
     "lite": {"preset": "lite"},
     "lite-context": {"preset": "lite", "context": True},
-    "lite-colormap": {"preset": "lite", "color_map": True},
     "pix2pix-16-instance": {"preset": "lite", "stem": 1, "base": 16, "levels": 5,
                             "norm": "instance"},
     "s2d-16-group": {"preset": "lite", "norm": "group"},

@@ -32,9 +32,9 @@ from same_fast.nn.dropout import Dropout
 # Named configurations; every key is a SAMENet constructor argument.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(base=64, max_channels=512, levels=8, stem=1, norm="instance",
-                  dropout=0.5, dropout_levels=3, residual=False, context=False, color_map=False),
+                  dropout=0.5, dropout_levels=3, residual=False, context=False),
     "lite": dict(base=16, max_channels=128, levels=5, stem=2, norm="none",
-                 dropout=0.1, dropout_levels=2, residual=True, context=False, color_map=False),
+                 dropout=0.1, dropout_levels=2, residual=True, context=False),
 }
 
 _NORMS = ("instance", "group", "none")
@@ -85,37 +85,6 @@ class _Context(nn.Module):
         return f + self.fc2(F.relu(self.fc1(pooled)))[:, :, None, None]
 
 
-class _ColorMap(nn.Module):
-    """A smooth per-pixel colour transform of the input, predicted at 1/8 resolution.
-
-    ``coef`` turns decoder features into a C x C matrix and a C-vector per low-resolution pixel;
-    both are upsampled bilinearly to the full frame and applied to the input:
-    ``out_i = sum_j M_ij x_j + b_i``. The fundus and ultrasound degradations other than blur and
-    spots are exactly such maps (brightness, contrast and saturation jitter, halo, hole, cataract
-    haze: ``y = (0.8 - r h) x + r h max(x)`` with a smooth haze ``h``), and a map applied to the
-    input does not have to synthesise the camera's palette, which convolutions learn only for the
-    cameras they were trained on. The convolution starts at zero, so the map starts as nothing
-    added and a network seeded from one without it begins with that network's output.
-    """
-
-    def __init__(self, feat_channels: int, channels: int, gain: float = 1.0) -> None:
-        super().__init__()
-        self.channels = channels
-        self.gain = gain  # scales the coefficients: a smaller gain trains the map more gently
-        self.coef = nn.Conv2d(feat_channels, channels * (channels + 1), 3, 1, 1)
-        nn.init.zeros_(self.coef.weight)
-        nn.init.zeros_(self.coef.bias)
-
-    def forward(self, feats: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The map's change to ``x``: ``(M - I) x + b`` at full resolution."""
-        c = self.channels
-        n, _, h, w = x.shape
-        coef = F.interpolate(self.coef(feats) * self.gain, size=(h, w), mode="bilinear",
-                             align_corners=False)
-        mat = coef[:, :c * c].reshape(n, c, c, h, w)
-        return (mat * x.unsqueeze(1)).sum(2) + coef[:, c * c:]
-
-
 class _Decoder(nn.Module):
     """An up-path. ``ups[k]`` makes the features at the resolution of encoder level ``k``."""
 
@@ -154,9 +123,6 @@ class SAMENet(nn.Module):
         residual: image output = clamp(input + head, -1, 1) instead of tanh(head).
         context: add a whole-image summary (mean and max pooled, through a small MLP that
             starts at zero) to the innermost features, which both decoders read.
-        color_map: also apply a smooth per-pixel colour transform to the input, predicted by the
-            image decoder at 1/8 resolution (``_ColorMap``; starts at zero). Needs ``residual``.
-            False/0: off; True: on; a float s > 0: on, its coefficients scaled by s.
 
     ``forward(x)`` takes ``(N, C, H, W)`` in [-1, 1] and returns ``(image (N, C, H, W) in
     [-1, 1], structure_logits (N, 1, H, W))``; apply a sigmoid for a structure probability.
@@ -174,8 +140,6 @@ class SAMENet(nn.Module):
             raise InputError(f"SAMENet norm must be one of {_NORMS}, got '{cfg['norm']}'")
         if int(cfg["levels"]) < 2 or int(cfg["stem"]) < 1 or int(in_channels) < 1:
             raise InputError("SAMENet needs levels >= 2, stem >= 1 and in_channels >= 1")
-        if cfg["color_map"] and not cfg["residual"]:
-            raise InputError("SAMENet color_map needs residual=True (it adds to the input)")
         self.config: dict[str, Any] = {"in_channels": int(in_channels), "preset": preset, **cfg}
         levels, stem, norm = int(cfg["levels"]), int(cfg["stem"]), cfg["norm"]
         widths = [min(int(cfg["base"]) * 2 ** k, int(cfg["max_channels"])) for k in range(levels)]
@@ -204,12 +168,6 @@ class SAMENet(nn.Module):
                    dropout_levels=int(cfg["dropout_levels"]))
         self.image_decoder = _Decoder(widths, in_channels, **dec)
         self.structure_decoder = _Decoder(widths, 1, **dec)
-        # The colour map reads the image decoder's features at the level of stride 8 (or the
-        # nearest the network has): the frame's layout, at a cost of a few channels.
-        stride = [stem * 2 ** k if stem > 1 else 2 ** (k + 1) for k in range(levels - 1)]
-        self.color_level = max([k for k, st in enumerate(stride) if st <= 8] or [0])
-        self.color_map = (_ColorMap(2 * widths[self.color_level], self.in_channels,
-                                    float(cfg["color_map"])) if cfg["color_map"] else None)
 
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         h = F.pixel_unshuffle(x, self.stem) if self.stem > 1 else x
@@ -246,11 +204,7 @@ class SAMENet(nn.Module):
             u = self.image_decoder.ups[k - 1](h)
             img_feats.append(u)
             h = torch.cat([feats[k - 1], u], 1)
-            if self.color_map is not None and k - 1 == self.color_level:
-                color = self.color_map(h, x)
         head = self._head(self.image_decoder, h)
-        if self.color_map is not None:
-            head = head + color
         image = torch.clamp(x + head, -1.0, 1.0) if self.residual else torch.tanh(head)
         if not structure:
             return image, None
