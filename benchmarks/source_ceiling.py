@@ -24,8 +24,8 @@ A third column (``color_map_fit``) asks what the degraded image itself still hol
 smooth per-pixel affine colour map of the 8-bit degraded image, ``out = a(p) x + b(p)`` per
 channel, fitted to the clean image by least squares in windows of 1/16 of the frame (a guided
 filter with the clean image as its target). It knows the clean image, so it is no enhancer; it
-says how much a colour-map head (a network that predicts ``a`` and ``b``) could reach at most,
-quantisation and the blur it cannot undo included.
+is a guide to what a colour-map head (a network that predicts ``a`` and ``b``) could reach,
+quantisation and the blur it cannot undo included. Not a bound: a finer map would do better.
 
 Scores use the paper protocol (256x256, FOV mask where given, 7x7 uniform SSIM, data_range
 255). Per image it prints the degradation type, the degraded score, the ceilings and, for each
