@@ -170,12 +170,13 @@ def run(images: Path, fov_dir: Path | None, seed: int, preds: list[Path],
         fov = None if fov_arr is None else torch.from_numpy(fov_arr)[None, None]
         kind = _kind(preset, g) if preset_name == "fundus-shen2020" else ""
         row: dict[str, Any] = {"name": f.stem, "type": kind}
-        variants = _variants(preset_name, x, g, fov)
+        saved = {k: to_array(t[0], arr.dtype.type)
+                 for k, t in _variants(preset_name, x, g, fov).items()}
         # the fit sees what an enhancer sees: the degraded image as saved (8-bit)
-        deg = to_tensor(to_array(variants["degraded"][0], arr.dtype.type))[None]
-        variants["color_map_fit"] = _color_map_fit(deg, x, fov)
-        for key, t in variants.items():
-            s = score_pair(to_array(t[0], arr.dtype.type), arr, fov_arr, "paper")
+        fit = _color_map_fit(to_tensor(saved["degraded"])[None], x, fov)
+        saved["color_map_fit"] = to_array(fit[0], arr.dtype.type)
+        for key, img in saved.items():
+            s = score_pair(img, arr, fov_arr, "paper")
             row[key] = {"ssim": s.ssim, "psnr": s.psnr}
         for p in preds:
             out = load(p / f"{f.stem}.png").frames[0][..., :arr.shape[-1]]
