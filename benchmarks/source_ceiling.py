@@ -27,6 +27,12 @@ filter with the clean image as its target). It knows the clean image, so it is n
 is a guide to what a colour-map head (a network that predicts ``a`` and ``b``) could reach,
 quantisation and the blur it cannot undo included. Not a bound: a finer map would do better.
 
+Each ``--pred`` folder gets a second column, ``<name>+tone``: the enhanced image with its global
+tone set to the clean image's (per channel, the mean and standard deviation inside the FOV
+matched by one affine map). It splits the enhancer's loss in two: what is left after it is what
+the enhancer got wrong locally (haze, halo, hole, spots left or added); the difference to the
+plain column is what it got wrong in the global tone, which one image alone does not tell.
+
 Scores use the paper protocol (256x256, FOV mask where given, 7x7 uniform SSIM, data_range
 255). Per image it prints the degradation type, the degraded score, the ceilings and, for each
 ``--pred`` folder (enhanced outputs named like synth's), its score. Default images: DRIVE test
@@ -113,6 +119,20 @@ def _color_map_fit(deg: torch.Tensor, clean: torch.Tensor, fov: torch.Tensor | N
     return ((box(a) * deg + box(b)).clamp(0, 1) * f)
 
 
+def _tone_match(img: np.ndarray, clean: np.ndarray, fov: np.ndarray | None) -> np.ndarray:
+    """``img`` with each channel's mean and standard deviation inside ``fov`` set to
+    ``clean``'s by one affine map per channel (an oracle for the global tone); same dtype."""
+    full = float(np.iinfo(img.dtype).max)
+    x, c = img.astype(np.float64) / full, clean.astype(np.float64) / full
+    m = np.ones(img.shape[:2], bool) if fov is None else fov.astype(bool)
+    out = np.zeros_like(x)
+    for k in range(x.shape[-1]):
+        xs, cs = x[..., k][m], c[..., k][m]
+        gain = cs.std() / max(float(xs.std()), 1e-6)
+        out[..., k] = np.where(m, (x[..., k] - xs.mean()) * gain + cs.mean(), 0.0)
+    return np.rint(np.clip(out, 0, 1) * full).astype(img.dtype)
+
+
 def _kind(preset: Any, g: torch.Generator) -> str:
     """The type the preset will draw next from ``g`` (its first draw), without consuming it."""
     from same_fast.degrade import presets
@@ -182,8 +202,11 @@ def run(images: Path, fov_dir: Path | None, seed: int, preds: list[Path],
             out = load(p / f"{f.stem}.png").frames[0][..., :arr.shape[-1]]
             s = score_pair(out, arr, fov_arr, "paper")
             row[p.name] = {"ssim": s.ssim, "psnr": s.psnr}
+            s = score_pair(_tone_match(out, arr, fov_arr), arr, fov_arr, "paper")
+            row[f"{p.name}+tone"] = {"ssim": s.ssim, "psnr": s.psnr}
         rows.append(row)
-    cols = ["degraded", "ceiling", "ceiling_keep_colour", "color_map_fit"] + [p.name for p in preds]
+    cols = (["degraded", "ceiling", "ceiling_keep_colour", "color_map_fit"]
+            + [c for p in preds for c in (p.name, f"{p.name}+tone")])
     mean = {c: {m: float(np.mean([r[c][m] for r in rows])) for m in ("ssim", "psnr")}
             for c in cols}
     return {"images": str(images), "seed": seed, "preset": preset_name, "rows": rows,

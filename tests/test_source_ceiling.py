@@ -39,6 +39,28 @@ def test_ceiling_replays_synth(tmp_path, preset, bench_script):
         if r["type"] in ("illum", "illum+spot"):  # a smooth colour map is what illum is
             assert r["color_map_fit"]["psnr"] > 30
     assert res["mean"]["color_map_fit"]["ssim"] > res["mean"]["degraded"]["ssim"]
+    # each --pred folder also comes with its global tone set to the clean image's
+    assert "degraded+tone" in res["mean"]
+    assert all(0 < r["degraded+tone"]["ssim"] <= 1 for r in res["rows"])
+
+
+def test_tone_match_undoes_a_global_tone_and_nothing_local(bench_script):
+    from skimage import data
+
+    tone = bench_script("source_ceiling")._tone_match
+    clean = data.retina()[::6, ::6]
+    fov = clean.max(-1) > 20
+    toned = clean * np.array([0.55, 0.8, 1.3]) + np.array([12.0, -5.0, 3.0])
+    toned = np.where(fov[..., None], np.clip(toned, 0, 255), 0).astype(np.uint8)
+    back = tone(toned, clean, fov)
+    assert back.dtype == np.uint8 and back.shape == clean.shape
+    assert not back[~fov].any()  # outside the field of view stays black
+    assert score_pair(back, clean, fov, "paper").psnr > 40  # a global affine tone: undone
+    assert score_pair(toned, clean, fov, "paper").psnr < 25
+    # a local change (a bright spot) is not a tone: it stays
+    spot = clean.copy()
+    spot[100:140, 100:140] = 255
+    assert score_pair(tone(spot, clean, fov), clean, fov, "paper").psnr < 30
 
 
 def test_heldout_set_links_what_the_shipped_model_held_out(tmp_path, bench_script, capsys):
