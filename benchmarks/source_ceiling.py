@@ -27,9 +27,10 @@ filter with the clean image as its target). It knows the clean image, so it is n
 is a guide to what a colour-map head (a network that predicts ``a`` and ``b``) could reach,
 quantisation and the blur it cannot undo included. Not a bound: a finer map would do better.
 
-Each ``--pred`` folder gets a second column, ``<name>+tone``: the enhanced image with its global
-tone set to the clean image's (per channel, the mean and standard deviation inside the FOV
-matched by one affine map). It splits the enhancer's loss in two: what is left after it is what
+Each ``--pred`` folder gets a second column, ``<name>+tone``: the enhanced image through the
+one global affine colour map (a C x C matrix and a bias, least squares inside the FOV) that
+brings it closest to the clean image. Brightness, contrast and saturation jitter are all such a
+map. It splits the enhancer's loss in two: what is left after it is what
 the enhancer got wrong locally (haze, halo, hole, spots left or added); the difference to the
 plain column is what it got wrong in the global tone, which one image alone does not tell.
 
@@ -120,16 +121,16 @@ def _color_map_fit(deg: torch.Tensor, clean: torch.Tensor, fov: torch.Tensor | N
 
 
 def _tone_match(img: np.ndarray, clean: np.ndarray, fov: np.ndarray | None) -> np.ndarray:
-    """``img`` with each channel's mean and standard deviation inside ``fov`` set to
-    ``clean``'s by one affine map per channel (an oracle for the global tone); same dtype."""
+    """``img`` through the global affine colour map that brings it closest to ``clean`` inside
+    ``fov`` (least squares: a C x C matrix and a bias, so brightness, contrast and saturation
+    alike); an oracle for the global tone. Same dtype; outside ``fov`` black."""
     full = float(np.iinfo(img.dtype).max)
     x, c = img.astype(np.float64) / full, clean.astype(np.float64) / full
     m = np.ones(img.shape[:2], bool) if fov is None else fov.astype(bool)
+    a = np.concatenate([x[m], np.ones((int(m.sum()), 1))], axis=1)  # (P, C + 1)
+    coef = np.linalg.lstsq(a, c[m], rcond=None)[0]  # (C + 1, C)
     out = np.zeros_like(x)
-    for k in range(x.shape[-1]):
-        xs, cs = x[..., k][m], c[..., k][m]
-        gain = cs.std() / max(float(xs.std()), 1e-6)
-        out[..., k] = np.where(m, (x[..., k] - xs.mean()) * gain + cs.mean(), 0.0)
+    out[m] = a @ coef
     return np.rint(np.clip(out, 0, 1) * full).astype(img.dtype)
 
 
@@ -179,6 +180,9 @@ def run(images: Path, fov_dir: Path | None, seed: int, preds: list[Path],
     grey = preset_name == "ultrasound-speckle"
     files = list_images(images, dicom=False)
     fovs = {it.path: it.partner for it in pair_by_name(files, fov_dir)} if fov_dir else {}
+    own = ["degraded", "ceiling", "ceiling_keep_colour", "color_map_fit"]
+    # a --pred folder is named by its last part, or by its last two where that is taken
+    names = [p.name if p.name not in own else f"{p.parent.name}/{p.name}" for p in preds]
     g = torch.Generator().manual_seed(seed)
     rows = []
     for f in files:
@@ -198,15 +202,14 @@ def run(images: Path, fov_dir: Path | None, seed: int, preds: list[Path],
         for key, img in saved.items():
             s = score_pair(img, arr, fov_arr, "paper")
             row[key] = {"ssim": s.ssim, "psnr": s.psnr}
-        for p in preds:
+        for p, name in zip(preds, names, strict=True):
             out = load(p / f"{f.stem}.png").frames[0][..., :arr.shape[-1]]
             s = score_pair(out, arr, fov_arr, "paper")
-            row[p.name] = {"ssim": s.ssim, "psnr": s.psnr}
+            row[name] = {"ssim": s.ssim, "psnr": s.psnr}
             s = score_pair(_tone_match(out, arr, fov_arr), arr, fov_arr, "paper")
-            row[f"{p.name}+tone"] = {"ssim": s.ssim, "psnr": s.psnr}
+            row[f"{name}+tone"] = {"ssim": s.ssim, "psnr": s.psnr}
         rows.append(row)
-    cols = (["degraded", "ceiling", "ceiling_keep_colour", "color_map_fit"]
-            + [c for p in preds for c in (p.name, f"{p.name}+tone")])
+    cols = own + [c for n in names for c in (n, f"{n}+tone")]
     mean = {c: {m: float(np.mean([r[c][m] for r in rows])) for m in ("ssim", "psnr")}
             for c in cols}
     return {"images": str(images), "seed": seed, "preset": preset_name, "rows": rows,
