@@ -30,9 +30,11 @@ quantisation and the blur it cannot undo included. Not a bound: a finer map woul
 Each ``--pred`` folder gets a second column, ``<name>+tone``: the enhanced image through the
 one global affine colour map (a C x C matrix and a bias, least squares inside the FOV) that
 brings it closest to the clean image. Brightness, contrast and saturation jitter are all such a
-map. It splits the enhancer's loss in two: what is left after it is what
-the enhancer got wrong locally (haze, halo, hole, spots left or added); the difference to the
-plain column is what it got wrong in the global tone, which one image alone does not tell.
+map. It splits the enhancer's loss in two: what is left after it is what the enhancer got wrong
+locally (haze, halo, hole, spots left or added); the difference to the plain column is what it
+got wrong in the global tone, which one image alone does not tell. A ``--pred`` folder is named
+by its last part, or by its last two where a built-in column has that name
+(``--pred drive_syn/degraded`` gives ``drive_syn/degraded`` and ``drive_syn/degraded+tone``).
 
 Scores use the paper protocol (256x256, FOV mask where given, 7x7 uniform SSIM, data_range
 255). Per image it prints the degradation type, the degraded score, the ceilings and, for each
