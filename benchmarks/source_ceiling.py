@@ -33,7 +33,7 @@ brings it closest to the clean image. Brightness, contrast and saturation jitter
 map. It splits the enhancer's loss in two: what is left after it is what the enhancer got wrong
 locally (haze, halo, hole, spots left or added); the difference to the plain column is what it
 got wrong in the global tone, which one image alone does not tell. A ``--pred`` folder is named
-by its last part, or by its last two where a built-in column has that name
+by its last part, or by its last two where a built-in column or another folder has that name
 (``--pred drive_syn/degraded`` gives ``drive_syn/degraded`` and ``drive_syn/degraded+tone``).
 
 Scores use the paper protocol (256x256, FOV mask where given, 7x7 uniform SSIM, data_range
@@ -184,7 +184,9 @@ def run(images: Path, fov_dir: Path | None, seed: int, preds: list[Path],
     fovs = {it.path: it.partner for it in pair_by_name(files, fov_dir)} if fov_dir else {}
     own = ["degraded", "ceiling", "ceiling_keep_colour", "color_map_fit"]
     # a --pred folder is named by its last part, or by its last two where that is taken
-    names = [p.name if p.name not in own else f"{p.parent.name}/{p.name}" for p in preds]
+    last = [p.name for p in preds]
+    names = [n if n not in own and last.count(n) == 1 else f"{p.parent.name}/{n}"
+             for p, n in zip(preds, last, strict=True)]
     g = torch.Generator().manual_seed(seed)
     rows = []
     for f in files:

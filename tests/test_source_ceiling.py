@@ -19,8 +19,11 @@ def test_ceiling_replays_synth(tmp_path, preset, bench_script):
         write_image(tmp_path / "in" / f"r{k}.png", np.ascontiguousarray(np.rot90(img, k % 4)))
     synth(SynthConfig(preset=preset, input=str(tmp_path / "in"), output=str(tmp_path / "syn"),
                       seed=3, progress=False))
-    res = bench_script("source_ceiling").run(tmp_path / "in", None, 3,
-                                             [tmp_path / "syn" / "degraded"], preset)
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "degraded").symlink_to(tmp_path / "syn" / "degraded")
+    res = bench_script("source_ceiling").run(
+        tmp_path / "in", None, 3, [tmp_path / "syn" / "degraded", tmp_path / "two" / "degraded"],
+        preset)
     for r in res["rows"]:
         # the script's own degraded image is synth's (the same scores)
         clean = load(tmp_path / "syn" / "clean" / f"{r['name']}.png").frames[0]
@@ -41,8 +44,10 @@ def test_ceiling_replays_synth(tmp_path, preset, bench_script):
         if r["type"] in ("illum", "illum+spot"):  # a smooth colour map is what illum is
             assert r["color_map_fit"]["psnr"] > 30
     assert res["mean"]["color_map_fit"]["ssim"] > res["mean"]["degraded"]["ssim"]
-    # each --pred folder also comes with its global tone set to the clean image's
-    assert list(res["mean"])[-2:] == ["syn/degraded", "syn/degraded+tone"]
+    # each --pred folder also comes with its global tone fitted to the clean image
+    assert list(res["mean"])[-4:] == ["syn/degraded", "syn/degraded+tone",
+                                      "two/degraded", "two/degraded+tone"]
+    assert res["mean"]["two/degraded+tone"] == res["mean"]["syn/degraded+tone"]
     assert all(0 < r["syn/degraded+tone"]["ssim"] <= 1 for r in res["rows"])
 
 
