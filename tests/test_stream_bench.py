@@ -105,7 +105,10 @@ def test_freeze_heap_exempts_what_is_alive_and_still_collects_later_garbage():
     old = Node()
     try:
         frozen = freeze_heap()
-        assert frozen == gc.get_freeze_count() > 1000
+        # a frozen object without a cycle is still freed when its last reference goes, so
+        # other threads left by earlier tests may lower the count a little (CI saw 2)
+        assert gc.get_freeze_count() > 1000
+        assert 0 <= frozen - gc.get_freeze_count() < 1000
         assert not any(o is old for o in gc.get_objects())  # frozen: no collection walks it
         a, b = Node(), Node()
         a.other, b.other = b, a  # a reference cycle made after the freeze
