@@ -48,7 +48,10 @@ def test_ceiling_replays_synth(tmp_path, preset, bench_script):
     assert list(res["mean"])[-4:] == ["syn/degraded", "syn/degraded+tone",
                                       "two/degraded", "two/degraded+tone"]
     assert res["mean"]["two/degraded+tone"] == res["mean"]["syn/degraded+tone"]
-    assert all(0 < r["syn/degraded+tone"]["ssim"] <= 1 for r in res["rows"])
+    # the least-squares fit brings the degraded image closer in MSE at its own size; the
+    # 256 px resize, clipping and 8-bit rounding may cost a little (0.19 dB seen)
+    assert all(r["syn/degraded+tone"]["psnr"] > r["degraded"]["psnr"] - 0.5 for r in res["rows"])
+    assert res["mean"]["syn/degraded+tone"]["psnr"] > res["mean"]["degraded"]["psnr"] + 0.5
 
 
 def test_tone_match_undoes_a_global_tone_and_nothing_local(bench_script):
