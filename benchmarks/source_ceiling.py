@@ -63,7 +63,7 @@ def _blur_only(keep_colour: bool = False) -> Any:
     saved = {k: getattr(ops, k) for k in ("adjust_brightness", "adjust_contrast",
                                            "adjust_saturation", "gaussian_blobs")}
     saved_p = {k: getattr(presets, k) for k in ("_halo", "_hole")}
-    saved_cat = presets.Cataract.apply
+    saved_cat = presets.Cataract.apply_with_tone
 
     def cataract_blur(self: Any, x: torch.Tensor, g: Any, fov: Any = None) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -90,14 +90,15 @@ def _blur_only(keep_colour: bool = False) -> Any:
                                                                    device=cy.device)
         presets._halo = lambda x, g, *a: x
         presets._hole = lambda x, g, *a: x
-        presets.Cataract.apply = cataract_blur
+        presets.Cataract.apply_with_tone = lambda self, x, g, fov=None: (
+            cataract_blur(self, x, g, fov), x)
         yield
     finally:
         for k, v in saved.items():
             setattr(ops, k, v)
         for k, v in saved_p.items():
             setattr(presets, k, v)
-        presets.Cataract.apply = saved_cat
+        presets.Cataract.apply_with_tone = saved_cat
 
 
 def _color_map_fit(deg: torch.Tensor, clean: torch.Tensor, fov: torch.Tensor | None

@@ -21,6 +21,12 @@ DATASETS: dict[str, dict[str, str | None]] = {
             "fov": None},
     "FIVES": {"modality": "fundus", "root": "fundus/FIVES", "images": "images", "masks": "masks",
               "fov": None},
+    # IDRiD's grading set (Kowa camera, CC BY 4.0): its train and test splits share one folder,
+    # told apart by the file name (``pattern``); no FOV masks (estimated by thresholding).
+    "IDRiD": {"modality": "fundus", "root": "fundus/IDRiD", "images": "images", "masks": None,
+              "fov": None, "pattern": "IDRiD_train_*"},
+    "IDRiD-test": {"modality": "fundus", "root": "fundus/IDRiD", "images": "images",
+                   "masks": None, "fov": None, "pattern": "IDRiD_test_*"},
     "BUSI": {"modality": "ultrasound", "root": "ultrasound/BUSI", "images": "*/images",
              "masks": "*/masks", "fov": None},
     "CCAUS": {"modality": "ultrasound", "root": "ultrasound/CCAUS", "images": "images",

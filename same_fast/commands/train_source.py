@@ -38,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clean-prob", type=float, default=d.clean_prob,
                    help="probability that a sample is left undegraded (identity pairs: inputs "
                         "that need no enhancement come back unchanged)")
+    p.add_argument("--target", default=d.target, choices=["clean", "tone"],
+                   help="clean: undo every degradation; tone: keep the input's global colour "
+                        "(the degradation's brightness/contrast/saturation stay in the target)")
+    p.add_argument("--val-data", default=None, metavar="SPEC",
+                   help="validate and choose the saved checkpoint on these images (another "
+                        "camera, e.g. DRIVE) instead of the held-out split")
     p.add_argument("--ema", type=float, default=d.ema,
                    help="keep an exponential moving average of the weights with this decay "
                         "(e.g. 0.999) and validate and save it instead of the raw weights "

@@ -5,7 +5,10 @@ degraded batch of the same shape, device and range; every parameter is drawn per
 ``generator`` (pass one on the tensors' device for speed; a CPU generator also works with CUDA
 tensors) and outside ``fov`` stays black. Presets: ``fundus-shen2020``, ``fundus-cataract``,
 ``gray`` (OCT and ultrasound illumination, blur, noise), ``ultrasound-speckle`` and
-``sensor-noise`` (Poisson-Gaussian camera noise, outside the SPEC's families). Their ranges
+``sensor-noise`` (Poisson-Gaussian camera noise, outside the SPEC's families) and
+``fundus-local`` (Shen et al.'s families without the global colour factors).
+``degrade_with_tone`` also returns the tone-kept target: the clean image through the same
+global colour factors only (the training target of an enhancer that keeps the input's tone). Their ranges
 are dataclass fields: ``dataclasses.replace(PRESETS["gray"], p_blur=0.0)`` holds a family out.
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ from same_fast.degrade.presets import (
 from same_fast.errors import InputError
 
 __all__ = ["PRESETS", "Cataract", "Gray", "Preset", "SensorNoise", "Shen2020", "UltrasoundSpeckle",
-           "degrade", "get_preset"]
+           "degrade", "degrade_with_tone", "get_preset"]
 
 
 def get_preset(preset: str | Preset) -> Preset:
@@ -39,6 +42,15 @@ def get_preset(preset: str | Preset) -> Preset:
     return preset
 
 
+def _check(x01: torch.Tensor, fov: torch.Tensor | None) -> None:
+    if x01.dim() != 4 or not x01.is_floating_point():
+        raise InputError(f"degrade expects float (N, C, H, W), got {x01.dtype} {tuple(x01.shape)}")
+    if fov is not None:
+        m = fov if fov.dim() == 4 else fov.unsqueeze(1)
+        if m.shape[0] != x01.shape[0] or m.shape[-2:] != x01.shape[-2:]:
+            raise InputError(f"FOV mask shape {tuple(fov.shape)} does not fit {tuple(x01.shape)}")
+
+
 def degrade(x01: torch.Tensor, preset: str | Preset, generator: torch.Generator | None = None,
             fov: torch.Tensor | None = None) -> torch.Tensor:
     """Degrade ``(N, C, H, W)`` float in [0, 1] with ``preset``; same shape, range and device.
@@ -47,11 +59,25 @@ def degrade(x01: torch.Tensor, preset: str | Preset, generator: torch.Generator 
     Deterministic for a given generator state (same seed, same device -> same output).
     """
     p = get_preset(preset)
-    if x01.dim() != 4 or not x01.is_floating_point():
-        raise InputError(f"degrade expects float (N, C, H, W), got {x01.dtype} {tuple(x01.shape)}")
-    if fov is not None:
-        m = fov if fov.dim() == 4 else fov.unsqueeze(1)
-        if m.shape[0] != x01.shape[0] or m.shape[-2:] != x01.shape[-2:]:
-            raise InputError(f"FOV mask shape {tuple(fov.shape)} does not fit {tuple(x01.shape)}")
+    _check(x01, fov)
     with torch.no_grad():
         return p.apply(x01.clamp(0, 1), generator, fov)
+
+
+def degrade_with_tone(x01: torch.Tensor, preset: str | Preset,
+                      generator: torch.Generator | None = None,
+                      fov: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(degraded, tone)``: ``degrade``'s output (the same draws) and the clean image through
+    the degradation's global colour factors alone. Presets without global colour factors that
+    an enhancer should keep (every preset but the fundus ones) return the clean image as tone.
+    """
+    p = get_preset(preset)
+    if not hasattr(p, "apply_with_tone"):
+        y = degrade(x01, p, generator, fov)
+        x = x01.clamp(0, 1)
+        if fov is not None:
+            x = x * (fov if fov.dim() == 4 else fov.unsqueeze(1)).to(x.dtype)
+        return y, x
+    _check(x01, fov)
+    with torch.no_grad():
+        return p.apply_with_tone(x01.clamp(0, 1), generator, fov)

@@ -52,6 +52,12 @@ class Cataract:
 
     def apply(self, x: torch.Tensor, g: torch.Generator | None,
               fov: torch.Tensor | None = None) -> torch.Tensor:
+        return self.apply_with_tone(x, g, fov)[0]
+
+    def apply_with_tone(self, x: torch.Tensor, g: torch.Generator | None,
+                        fov: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(degraded, tone)``: ``tone`` is the clean image through the same global colour
+        factors (contrast, brightness, colour) and nothing else (no haze, no blur)."""
         n, c, h, w = x.shape
         d = x.device
         s = _scale(x, self.reference_px)
@@ -68,10 +74,17 @@ class Cataract:
         cmax = x.amax((2, 3), keepdim=True)
         r = _u(g, n, self.r, d).view(-1, 1, 1, 1)
         y = self.base * blurred + r * haze * (cmax - blurred)
-        y = ops.adjust_contrast(y, _u(g, n, self.contrast, d))
-        y = ops.adjust_brightness(y, _u(g, n, self.brightness, d))
-        y = ops.adjust_saturation(y, _u(g, n, self.color, d))
-        return ops.keep_fov(y.clamp(0, 1), fov)
+        factors = (_u(g, n, self.contrast, d), _u(g, n, self.brightness, d),
+                   _u(g, n, self.color, d))
+        return (ops.keep_fov(_colour(y, *factors).clamp(0, 1), fov),
+                ops.keep_fov(_colour(x, *factors).clamp(0, 1), fov))
+
+
+def _colour(x: torch.Tensor, contrast: torch.Tensor, brightness: torch.Tensor,
+            colour: torch.Tensor) -> torch.Tensor:
+    """The cataract's global colour factors, in its order: contrast, brightness, colour."""
+    return ops.adjust_saturation(ops.adjust_brightness(ops.adjust_contrast(x, contrast),
+                                                       brightness), colour)
 
 
 def _fork(g: torch.Generator | None) -> torch.Generator | None:
@@ -149,6 +162,14 @@ class Shen2020:
 
     def apply(self, x: torch.Tensor, g: torch.Generator | None,
               fov: torch.Tensor | None = None) -> torch.Tensor:
+        return self.apply_with_tone(x, g, fov)[0]
+
+    def apply_with_tone(self, x: torch.Tensor, g: torch.Generator | None,
+                        fov: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(degraded, tone)`` with the same draws as ``apply``. ``tone`` is the clean image
+        through the sample's global colour factors alone (brightness, contrast, saturation for
+        ``illum``; the cataract's contrast, brightness and colour): what an enhancer that keeps
+        the input's global tone and undoes every local family would return, blur removed."""
         n, c, h, w = x.shape
         d = x.device
         idx = torch.floor(_u(g, n, (0, len(self.types)), d)).long().clamp_max(len(self.types) - 1)
@@ -172,6 +193,7 @@ class Shen2020:
         hole_g = _fork(g)
         cat_g = _fork(g)
         y = x
+        tone = x
         sel = has["illum"].nonzero().view(-1)
         if sel.numel():
             z = y.index_select(0, sel)
@@ -179,6 +201,7 @@ class Shen2020:
             z = ops.adjust_brightness(z, bright[sel])
             z = ops.adjust_contrast(z, contrast[sel])
             z = ops.keep_fov(ops.adjust_saturation(z, sat[sel]).clamp(0, 1), f)
+            tone = tone.index_copy(0, sel, z)
             z = _halo(z, halo_g, self.halo_diameter, self.halo_center, self.halo_softness,
                       self.halo_strength, self.halo_tint)
             z = _hole(z, hole_g, self.hole_diameter, self.hole_band, self.hole_depth_base,
@@ -196,8 +219,10 @@ class Shen2020:
         sel = has["cataract"].nonzero().view(-1)
         if sel.numel():
             f = None if fov is None else _fov4(fov).index_select(0, sel)
-            y = y.index_copy(0, sel, self.cataract.apply(x.index_select(0, sel), cat_g, f))
-        return ops.keep_fov(y.clamp(0, 1), fov)
+            cy, ct = self.cataract.apply_with_tone(x.index_select(0, sel), cat_g, f)
+            y = y.index_copy(0, sel, cy)
+            tone = tone.index_copy(0, sel, ct)
+        return ops.keep_fov(y.clamp(0, 1), fov), ops.keep_fov(tone.clamp(0, 1), fov)
 
 
 @dataclass(frozen=True)
@@ -334,6 +359,15 @@ class SensorNoise:
 
 Preset = Shen2020 | Cataract | Gray | UltrasoundSpeckle | SensorNoise
 
+# Shen et al.'s families without any global colour factor: blur, uneven light (halo, hole),
+# spots and the cataract haze. One photograph does not tell its camera's true tone, so this is
+# the test of what an enhancer that keeps the input's tone should fully undo (issue #20).
+FUNDUS_LOCAL = Shen2020(name="fundus-local", brightness=(1.0, 1.0), contrast=(1.0, 1.0),
+                        saturation=(1.0, 1.0),
+                        cataract=Cataract(contrast=(1.0, 1.0), brightness=(1.0, 1.0),
+                                          color=(1.0, 1.0)))
+
 PRESETS: dict[str, Preset] = {
-    p.name: p for p in (Shen2020(), Cataract(), Gray(), UltrasoundSpeckle(), SensorNoise())
+    p.name: p for p in (Shen2020(), Cataract(), Gray(), UltrasoundSpeckle(), SensorNoise(),
+                        FUNDUS_LOCAL)
 }

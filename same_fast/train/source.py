@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fnmatch
 import json
 import math
 import sys
@@ -34,7 +35,7 @@ from torch.nn import functional as F
 
 from same_fast import checkpoint
 from same_fast.data import DATASETS, data_root
-from same_fast.degrade import degrade, get_preset
+from same_fast.degrade import degrade, degrade_with_tone, get_preset
 from same_fast.errors import CheckpointError, InputError
 from same_fast.io import list_images, load, load_mask, to_tensor
 from same_fast.models import save_model
@@ -42,6 +43,7 @@ from same_fast.nn import SAMENet, enhance
 from same_fast.ops.ema import ema_
 
 SKIMAGE_RETINA = "skimage-retina"  # data-spec name of scikit-image's CC0 retina photograph
+TARGETS = ("clean", "tone")
 MODALITIES = {"fundus": (3, "fundus-shen2020"), "oct": (1, "gray"),
               "ultrasound": (1, "ultrasound-speckle")}
 
@@ -66,6 +68,11 @@ class SourceConfig:
     color_aug: float = 0.0         # per-channel gain exp(U(-a, a)) on the clean image (0: off)
     gamma_aug: float = 0.0         # per-image gamma exp(U(-a, a)) on the clean image (0: off)
     clean_prob: float = 0.0        # probability that a sample is left undegraded (identity pair)
+    target: str = "clean"          # clean: undo everything; tone: keep the input's global colour
+    #                                (the clean image through the degradation's global colour
+    #                                factors is the target), so no camera palette is learnt
+    val_data: str | None = None    # validate (and choose the saved checkpoint) on this data spec
+    #                                instead of the held-out split: another camera (DRIVE)
     ema: float = 0.0               # decay of an EMA of the weights that is validated and saved
     #                                (0: off, the raw weights are)
     degrade: str | None = None     # preset name; default per modality
@@ -131,7 +138,10 @@ def data_folders(spec: str) -> list[tuple[str, Path, list[Path], Path | None, Pa
                 sub = img_dir.parent
                 masks = sub / "masks" if (sub / "masks").is_dir() else None
                 fov = sub / str(d["fov"]) if d.get("fov") and (sub / str(d["fov"])).is_dir() else None
-                out.append((part, sub, list_images(img_dir, dicom=False), masks, fov))
+                files = list_images(img_dir, dicom=False)
+                if d.get("pattern"):
+                    files = [f for f in files if fnmatch.fnmatch(f.name, str(d["pattern"]))]
+                out.append((part, sub, files, masks, fov))
         else:
             base = Path(part).expanduser()
             if not (base / "images").is_dir():
@@ -259,7 +269,11 @@ def make_batch(train: list[Sample], cfg: SourceConfig, g: torch.Generator, devic
         gamma = torch.exp((torch.rand(cfg.batch, 1, 1, 1, generator=g) * 2 - 1) * a)
         x = x.clamp_min(0).pow(gamma.to(device))
     x = x * fov
-    y = degrade(x, cfg.degrade or MODALITIES[cfg.modality][1], g, fov)
+    y, tone = degrade_with_tone(x, cfg.degrade or MODALITIES[cfg.modality][1], g, fov)
+    if cfg.target == "tone":
+        # The input's global colour is kept: the network learns to undo the local families
+        # (uneven light, spots, haze, blur) and never a camera's palette (issue #20).
+        x = tone
     if cfg.clean_prob > 0:
         # identity pairs: an input that needs no enhancement should come back unchanged
         keep = (torch.rand(cfg.batch, generator=g) < cfg.clean_prob).view(-1, 1, 1, 1)
@@ -409,6 +423,8 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
             raise InputError(f"--{name} must be >= 1")
     if not 0.0 <= cfg.ema < 1.0:
         raise InputError(f"--ema must be in [0, 1), got {cfg.ema}")
+    if cfg.target not in TARGETS:
+        raise InputError(f"--target must be one of {', '.join(TARGETS)}, got '{cfg.target}'")
     if cfg.load_size < cfg.size:
         raise InputError(f"--load-size ({cfg.load_size}) must be >= --size ({cfg.size})")
     get_preset(cfg.degrade or MODALITIES[cfg.modality][1])
@@ -419,6 +435,11 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     channels = MODALITIES[cfg.modality][0]
     sets = load_samples(cfg.data, channels, cfg.load_size, cfg.modality, cfg.max_images)
     train, val = split(sets, cfg.holdout, _split_seed(cfg))
+    if cfg.val_data:
+        # Selection on a camera the model does not train on: the held-out split (if any) stays
+        # out of training, and the validation frames come from ``val_data``.
+        val = [s for _name, group in load_samples(cfg.val_data, channels, cfg.load_size,
+                                                  cfg.modality) for s in group]
     out = Path(cfg.out)
     last = _last_path(out)
     model = SAMENet(channels, cfg.preset, **cfg.net).to(device)
@@ -459,7 +480,8 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
         best = float(prev.get("best_val_ssim", -1.0))
     provenance = {
         "data": cfg.data, "train_images": [s.name for s in train],
-        "held_out": [s.name for s in val], "degrade": cfg.degrade or MODALITIES[cfg.modality][1],
+        "held_out": [s.name for s in val], "val_data": cfg.val_data, "target": cfg.target,
+        "degrade": cfg.degrade or MODALITIES[cfg.modality][1],
         "command": cfg.command, "config": dataclasses.asdict(cfg),
     }
     if cfg.init and not cfg.resume:
@@ -478,7 +500,7 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
                          "lr": cfg.lr, "lambda_s": cfg.lambda_s, "lambda_ssim": cfg.lambda_ssim,
                          "init": cfg.init, "color_aug": cfg.color_aug,
                          "gamma_aug": cfg.gamma_aug, "clean_prob": cfg.clean_prob,
-                         "ema": cfg.ema}}
+                         "ema": cfg.ema, "target": cfg.target, "val_data": cfg.val_data}}
     vs = validation_set(val, cfg, device)
     g = torch.Generator().manual_seed(cfg.seed + start)  # resumed runs continue a fresh stream
     log = out.with_name(out.name.removesuffix(".safetensors") + ".log.jsonl")
