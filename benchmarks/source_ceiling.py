@@ -156,7 +156,7 @@ def _variants(preset_name: str, x: torch.Tensor, g: torch.Generator, fov: Any) -
     preset = get_preset(preset_name)
     state = g.get_state()
     out = {}
-    if preset_name == "fundus-shen2020":
+    if preset_name in ("fundus-shen2020", "fundus-local"):
         with _blur_only():
             out["ceiling"] = degrade(x, preset, g, fov)
         g.set_state(state)

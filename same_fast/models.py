@@ -30,6 +30,31 @@ def available() -> list[str]:
     return sorted(n for n in SHIPPED if (WEIGHTS_DIR / f"{n}.safetensors").is_file())
 
 
+def card(name_or_path: str | Path) -> str:
+    """The model card of a shipped weight (``weights/<name>.card.md``: training data with
+    licences and attribution, cameras, degradations, intended use, validation per camera), or
+    for any other checkpoint a short card made from its metadata."""
+    s = str(name_or_path)
+    shipped = WEIGHTS_DIR / f"{s}.safetensors"
+    if "/" not in s and shipped.is_file():
+        text = WEIGHTS_DIR / f"{s}.card.md"
+        if text.is_file():
+            return text.read_text()
+        path = shipped
+    else:
+        path = resolve(s)
+    meta = checkpoint.read_metadata(path)
+    prov = meta.get("provenance") if isinstance(meta.get("provenance"), dict) else {}
+    lines = [f"# {path.name}", "", "No model card ships with this checkpoint; from its metadata:", ""]
+    for key, value in (("architecture", meta.get("architecture")), ("modality", meta.get("modality")),
+                       ("config", meta.get("config")), ("data", prov.get("data")),
+                       ("degradation", prov.get("degrade")), ("command", prov.get("command")),
+                       ("training", meta.get("training")), ("validation", meta.get("validation"))):
+        if value is not None:
+            lines.append(f"- {key}: {value}")
+    return "\n".join(lines) + "\n"
+
+
 def resolve(name_or_path: str | Path) -> Path:
     """Shipped name or path -> checkpoint path; a clear CheckpointError otherwise."""
     s = str(name_or_path)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from same_fast.degrade import PRESETS, degrade, get_preset, ops
+from same_fast.degrade import PRESETS, degrade, degrade_with_tone, get_preset, ops
 from same_fast.errors import InputError
 
 
@@ -177,3 +177,83 @@ def test_sensor_noise_is_zero_mean_and_grows_with_the_signal():
     expect = 0.006 * torch.tensor([0.2, 0.7]) + 0.02 ** 2
     assert torch.allclose(var, expect, rtol=0.05), (var, expect)
     assert var[1] > 2 * var[0]  # shot noise: the brighter image is noisier
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_degrade_with_tone_makes_the_same_draws(name):
+    c = 1 if name in ("gray", "ultrasound-speckle") else 3
+    x = torch.rand(3, c, 48, 48)
+    y = degrade(x, name, torch.Generator().manual_seed(5))
+    y2, tone = degrade_with_tone(x, name, torch.Generator().manual_seed(5))
+    assert torch.equal(y, y2)
+    assert tone.shape == x.shape
+
+
+def test_tone_target_is_the_clean_image_through_the_global_colour_factors_only():
+    import dataclasses
+
+    x = torch.rand(4, 3, 64, 64) * 0.8 + 0.1
+    illum = dataclasses.replace(PRESETS["fundus-shen2020"], types=("illum",))
+    g = torch.Generator().manual_seed(1)
+    y, tone = degrade_with_tone(x, illum, g)
+    # the draws that follow the type: brightness, contrast, saturation
+    g = torch.Generator().manual_seed(1)
+    torch.rand(4, generator=g)
+    b, c, s = (0.5 + 0.9 * torch.rand(4, generator=g), 0.5 + torch.rand(4, generator=g),
+               0.5 + torch.rand(4, generator=g))
+    expect = ops.adjust_saturation(ops.adjust_contrast(ops.adjust_brightness(x, b), c),
+                                      s).clamp(0, 1)
+    assert torch.allclose(tone, expect, atol=1e-6)
+    assert (y - tone).abs().mean() > 0.02  # halo and hole are not in the target
+    blur = dataclasses.replace(PRESETS["fundus-shen2020"], types=("blur",))
+    assert torch.equal(degrade_with_tone(x, blur, torch.Generator().manual_seed(1))[1], x)
+    # no global colour factor in fundus-local: its target is the clean image, its input is not
+    y, tone = degrade_with_tone(x, "fundus-local", torch.Generator().manual_seed(2))
+    assert torch.allclose(tone, x, atol=1e-6) and (y - x).abs().mean() > 0.01
+
+
+def test_cataract_tone_keeps_the_colour_factors_and_drops_the_haze():
+    x = torch.rand(2, 3, 64, 64) * 0.6 + 0.2
+    y, tone = degrade_with_tone(x, "fundus-cataract", torch.Generator().manual_seed(0))
+    assert not torch.allclose(tone, x, atol=1e-3)  # contrast/brightness/colour factors
+    # the haze brightens and flattens the input; the tone target keeps the clean detail
+    assert tone.std((2, 3)).mean() > y.std((2, 3)).mean()
+
+
+def test_jpeg_matches_a_real_codec_and_loses_more_at_low_quality():
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    img = data.astronaut()[:120, :136]
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    errs = []
+    for q in (20, 80):
+        ours = ops.jpeg(x, torch.tensor([float(q)]))[0].permute(1, 2, 0).numpy() * 255
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=q)
+        ref = np.asarray(Image.open(buf)).astype(float)
+        assert np.abs(ours - ref).mean() < 1.5  # PIL's libjpeg, within rounding
+        errs.append(np.abs(ours - img).mean())
+    assert errs[0] > 1.5 * errs[1]
+    grey = ops.jpeg(x[:, :1], torch.tensor([30.0]))
+    assert grey.shape == (1, 1, 120, 136) and 0 < (grey - x[:, :1]).abs().mean() < 0.05
+
+
+def test_test_shifts_are_not_the_generic_redegradation():
+    from same_fast.degrade import SHIFTS
+
+    assert "generic-mix" in PRESETS and {s.name for s in SHIFTS} == {
+        "shift-noise-jpeg", "shift-haze-gamma", "shift-blur-light"}
+    x = _image(n=4)
+    for s in SHIFTS:
+        y = degrade(x, s.name, torch.Generator().manual_seed(0))
+        assert (y - x).abs().mean() > 0.01, s.name
+    # haze-gamma lowers local contrast; blur-light removes detail and darkens the corners
+    hz = degrade(x, "shift-haze-gamma", torch.Generator().manual_seed(0))
+    assert hz.std((2, 3)).mean() < x.std((2, 3)).mean()
+    big = _image(n=2, h=384, w=384)
+    bl = degrade(big, "shift-blur-light", torch.Generator().manual_seed(0))
+    assert _grad_energy(bl) < 0.7 * _grad_energy(big)

@@ -248,3 +248,77 @@ def test_init_adds_context_and_ema_is_what_is_validated_and_saved(tmp_path):
     assert prov["resumed"] == [{"step": 4, "command": last_meta["provenance"]["command"]}]
     # lr 0: raw weights fixed, the average moves half way towards them
     assert torch.allclose(tensors[f"ema.{k}"], 0.5 * avg[k] + 0.5 * raw[k], atol=1e-7)
+
+
+def test_tone_target_keeps_the_inputs_global_colour(tmp_path):
+    """--target tone: the batch's target is the clean image through the degradation's global
+    colour factors, so a darkened input has a darkened target; the default target is clean."""
+    import dataclasses
+
+    from same_fast.degrade import PRESETS
+
+    data = _folder(tmp_path, n=3, size=64)
+    (_, samples), = load_samples(str(data), 3, 64, "fundus")
+    dark = dataclasses.replace(PRESETS["fundus-shen2020"], name="dark", types=("illum",),
+                               brightness=(0.5, 0.5), contrast=(1.0, 1.0),
+                               saturation=(1.0, 1.0))
+    batches = {}
+    for target in ("clean", "tone"):
+        cfg = _cfg(data, degrade=dark, target=target, size=64, load_size=64, batch=3)
+        batches[target] = make_batch(samples, cfg, torch.Generator().manual_seed(0),
+                                     torch.device("cpu"))
+    clean, tone = batches["clean"], batches["tone"]
+    assert torch.equal(clean["degraded"], tone["degraded"])  # same input either way
+    ratio = (tone["clean"].sum() / clean["clean"].sum()).item()
+    assert 0.45 < ratio < 0.55  # the target keeps the brightness x 0.5
+    with pytest.raises(InputError, match="--target"):
+        train_source(_cfg(data, target="palette"))
+
+
+def test_val_data_chooses_on_another_set_and_recipe_round_trips(tmp_path):
+    """--val-data validates on another folder (all of it); the run writes its recipe and its
+    curves beside the checkpoint, and ``train-source --config`` reads the recipe back."""
+    from same_fast.cli import main
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    train_dir = _folder(tmp_path / "a", n=3, size=48)
+    val_dir = _folder(tmp_path / "b", n=2, size=48)
+    cfg = _cfg(train_dir, val_data=str(val_dir), holdout=0, steps=4, val_every=2, size=32,
+               load_size=48, degrade="fundus-local", target="tone")
+    summary = train_source(cfg)
+    _, meta = load_model(cfg.out)
+    assert meta["provenance"]["held_out"] == ["b/im0.png", "b/im1.png"]
+    assert meta["provenance"]["val_data"] == str(val_dir)
+    assert meta["training"]["target"] == "tone"
+    recipe = json.loads((tmp_path / "a" / "out" / "m.recipe.json").read_text())
+    assert recipe["target"] == "tone" and recipe["val_data"] == str(val_dir)
+    assert "out" not in recipe and "command" not in recipe
+    png = tmp_path / "a" / "out" / "m.curves.png"
+    assert summary["curves"] == str(png) and png.stat().st_size > 5000
+    # the recipe reproduces the run through the CLI; a flag after --config overrides it
+    out2 = tmp_path / "again.safetensors"
+    recipe_file = tmp_path / "a" / "out" / "m.recipe.json"
+    assert main(["train-source", "--config", str(recipe_file), "-o", str(out2), "--steps", "2",
+                 "--no-progress"]) == 0
+    _, meta2 = load_model(out2)
+    assert meta2["training"]["target"] == "tone" and meta2["step"] == 2
+    assert meta2["provenance"]["config"]["net"] == {"base": 8, "levels": 3}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"stepz": 3}))
+    for argv in (["--config", str(bad), "-o", str(out2)],
+                 ["-o", str(out2), "--modality", "fundus"]):  # no --data
+        with pytest.raises(SystemExit) as e:
+            main(["train-source", *argv])
+        assert e.value.code == 2
+
+
+@pytest.mark.skipif(data_root() is None, reason="needs the shared data folder")
+def test_idrid_splits_by_file_name():
+    from same_fast.train.source import data_folders
+
+    (train,) = data_folders("IDRiD")
+    (test,) = data_folders("IDRiD-test")
+    assert len(train[2]) == 413 and len(test[2]) == 103
+    assert all(f.name.startswith("IDRiD_train_") for f in train[2])
+    assert not {f.name for f in train[2]} & {f.name for f in test[2]}

@@ -1,4 +1,9 @@
-"""``same-fast info FILE...``: format, size, dtype, channels, frames, modality, key DICOM attributes."""
+"""``same-fast info FILE...``: format, size, dtype, channels, frames, modality, key DICOM attributes.
+
+``same-fast info MODEL`` (a shipped name such as ``fundus-lite``, or a ``.safetensors``
+checkpoint) prints the model card: training data and licences, cameras, degradations, intended
+use and validation per camera.
+"""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +21,8 @@ _DICOM_SHOWN = ("Manufacturer", "ManufacturerModelName", "PhotometricInterpretat
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE", help="image or DICOM files")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="image or DICOM files, or a model (shipped name or .safetensors) for its card")
     p.add_argument("--json", action="store_true", help="print one JSON object per file")
 
 
@@ -36,10 +42,28 @@ def describe(path: str) -> dict[str, Any]:
     return out
 
 
+def _is_model(path: str) -> bool:
+    from same_fast.models import WEIGHTS_DIR
+
+    return path.endswith(".safetensors") or (
+        "/" not in path and (WEIGHTS_DIR / f"{path}.safetensors").is_file())
+
+
 def run(args: argparse.Namespace) -> int:
     failures = 0
     first_error: SameFastError | None = None
     for path in args.files:
+        if _is_model(path):
+            from same_fast.models import card
+
+            try:
+                print(card(path))
+            except SameFastError as e:
+                failures += 1
+                first_error = first_error or e
+                if len(args.files) > 1:
+                    sys.stderr.write(f"same-fast: error: {str(e).splitlines()[0]}\n")
+            continue
         try:
             d = describe(path)
         except SameFastError as e:

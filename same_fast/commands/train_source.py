@@ -10,13 +10,38 @@ from same_fast.train.source import MODALITIES, SourceConfig
 HELP = "train the source enhancer on degraded/clean pairs made on the fly"
 
 
+class _Recipe(argparse.Action):
+    """``--config FILE``: a recipe (JSON of SourceConfig fields, as train-source writes beside
+    each checkpoint). Its values replace the defaults; flags after ``--config`` override it."""
+
+    def __call__(self, parser, namespace, path, option_string=None):  # type: ignore[override]
+        try:
+            with open(path) as f:
+                recipe = json.load(f)
+        except (OSError, ValueError) as e:
+            raise InputError(f"--config {path}: {e}") from None
+        if not isinstance(recipe, dict):
+            raise InputError(f"--config {path}: expected a JSON object of train-source settings")
+        known = set(SourceConfig.__dataclass_fields__) - {"command"}
+        unknown = sorted(set(recipe) - known)
+        if unknown:
+            raise InputError(f"--config {path}: unknown setting(s) {', '.join(unknown)}")
+        for k, v in recipe.items():
+            setattr(namespace, "net_recipe" if k == "net" else k, v)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = SourceConfig(data="", out="")
-    p.add_argument("-i", "--data", required=True,
+    p.add_argument("--config", action=_Recipe, metavar="FILE",
+                   help="a recipe file (JSON of these settings, e.g. "
+                        "same_fast/weights/fundus-lite.recipe.json); flags after it override it")
+    p.add_argument("-i", "--data",
                    help="folder with images/ [masks/] [fov/], or set names joined by commas "
-                        "(DRIVE, HRF, FIVES, BUSI, CCAUS; skimage-retina: scikit-image's CC0 retina)")
-    p.add_argument("-o", "--out", required=True, help="checkpoint to write (.safetensors)")
-    p.add_argument("--modality", required=True, choices=sorted(MODALITIES))
+                        "(DRIVE, HRF, FIVES, IDRiD, BUSI, CCAUS; skimage-retina: scikit-image's "
+                        "CC0 retina); required unless --config gives it")
+    p.add_argument("-o", "--out", help="checkpoint to write (.safetensors)")
+    p.add_argument("--modality", choices=sorted(MODALITIES),
+                   help="required unless --config gives it")
     p.add_argument("--preset", default=d.preset, choices=["lite", "paper"])
     p.add_argument("--net", action="append", default=[], metavar="KEY=VALUE",
                    help="SAMENet option overriding the preset (e.g. base=24; JSON values)")
@@ -82,9 +107,12 @@ def _net_options(pairs: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     from same_fast.train.source import train_source
 
+    for flag, key in (("-i/--data", "data"), ("-o/--out", "out"), ("--modality", "modality")):
+        if not getattr(args, key, None):
+            raise InputError(f"train-source needs {flag} (or a --config recipe that sets it)")
     fields = {f for f in SourceConfig.__dataclass_fields__ if f not in ("command", "net")}
-    cfg = SourceConfig(**{k: v for k, v in vars(args).items() if k in fields},
-                       net=_net_options(args.net))
+    net = {**(getattr(args, "net_recipe", None) or {}), **_net_options(args.net)}
+    cfg = SourceConfig(**{k: v for k, v in vars(args).items() if k in fields}, net=net)
     summary = train_source(cfg)
     print(json.dumps(summary, indent=2))
     return 0

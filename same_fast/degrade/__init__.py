@@ -7,6 +7,8 @@ tensors) and outside ``fov`` stays black. Presets: ``fundus-shen2020``, ``fundus
 ``gray`` (OCT and ultrasound illumination, blur, noise), ``ultrasound-speckle`` and
 ``sensor-noise`` (Poisson-Gaussian camera noise, outside the SPEC's families) and
 ``fundus-local`` (Shen et al.'s families without the global colour factors).
+``generic-mix`` (the default re-degradation of adaptation) and three test shifts fixed in advance
+(``shift-noise-jpeg``, ``shift-haze-gamma``, ``shift-blur-light``) live in ``shifts.py``.
 ``degrade_with_tone`` also returns the tone-kept target: the clean image through the same
 global colour factors only (the training target of an enhancer that keeps the input's tone). Their ranges
 are dataclass fields: ``dataclasses.replace(PRESETS["gray"], p_blur=0.0)`` holds a family out.
@@ -24,9 +26,13 @@ from same_fast.degrade.presets import (
     Shen2020,
     UltrasoundSpeckle,
 )
+from same_fast.degrade.shifts import SHIFT_PRESETS, SHIFTS
 from same_fast.errors import InputError
 
-__all__ = ["PRESETS", "Cataract", "Gray", "Preset", "SensorNoise", "Shen2020", "UltrasoundSpeckle",
+# the clinic shifts and the generic re-degradation (shifts.py) join the source presets' registry
+PRESETS.update(SHIFT_PRESETS)
+
+__all__ = ["PRESETS", "SHIFTS", "Cataract", "Gray", "Preset", "SensorNoise", "Shen2020", "UltrasoundSpeckle",
            "degrade", "degrade_with_tone", "get_preset"]
 
 

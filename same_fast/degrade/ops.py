@@ -149,3 +149,69 @@ def keep_fov(y: torch.Tensor, fov: torch.Tensor | None) -> torch.Tensor:
     if m.dim() == 3:
         m = m.unsqueeze(1)
     return y * (m > 0.5).to(y.dtype)
+
+
+# JPEG's example quantisation tables (ITU-T T.81 Annex K), luminance and chrominance.
+_JPEG_LUMA = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
+              14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
+              18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+              49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99)
+_JPEG_CHROMA = (17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99,
+                24, 26, 56, 99, 99, 99, 99, 99, 47, 66, 99, 99, 99, 99, 99, 99) + (99,) * 32
+
+
+def jpeg_tables(quality: torch.Tensor) -> torch.Tensor:
+    """``(N, 2, 8, 8)`` luminance and chrominance tables for qualities 1-100 (the IJG scaling)."""
+    q = quality.clamp(1, 100).view(-1, 1, 1, 1)
+    scale = torch.where(q < 50, 5000.0 / q, 200.0 - 2.0 * q)
+    base = torch.tensor((_JPEG_LUMA, _JPEG_CHROMA), dtype=torch.float32,
+                        device=quality.device).view(1, 2, 8, 8)
+    return torch.floor((base * scale + 50) / 100).clamp(1, 255)
+
+
+def _dct_matrix(device: torch.device) -> torch.Tensor:
+    k = torch.arange(8, dtype=torch.float32, device=device)
+    m = torch.cos((2 * k.view(1, 8) + 1) * k.view(8, 1) * math.pi / 16) * math.sqrt(2 / 8)
+    m[0] = m[0] / math.sqrt(2)
+    return m  # orthonormal DCT-II: coefficients = m @ block @ m.T
+
+
+def jpeg(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """Baseline JPEG compression and decompression per sample, on the device.
+
+    Colour goes through YCbCr with 4:2:0 chroma (2x2 average, nearest back); each 8x8 block of
+    the level-shifted planes is DCT'd, quantised with the sample's tables and reconstructed.
+    One channel is coded as luminance alone. Same shape and range; ``quality`` (N,) in 1-100.
+    """
+    n, c, h, w = x.shape
+    d = x.device
+    v = x.float() * 255.0
+    if c == 3:
+        r, g, b = v[:, 0], v[:, 1], v[:, 2]
+        planes = [0.299 * r + 0.587 * g + 0.114 * b,
+                  128 - 0.168736 * r - 0.331264 * g + 0.5 * b,
+                  128 + 0.5 * r - 0.418688 * g - 0.081312 * b]
+    else:
+        planes = [v[:, i] for i in range(c)]
+    tables = jpeg_tables(quality.to(d).float())
+    m = _dct_matrix(d)
+    out = []
+    for i, p in enumerate(planes):
+        chroma = c == 3 and i > 0
+        if chroma:
+            p = F.avg_pool2d(F.pad(p[:, None], (0, w % 2, 0, h % 2), mode="replicate"), 2)[:, 0]
+        ph, pw = p.shape[-2:]
+        p = F.pad(p[:, None], (0, (-pw) % 8, 0, (-ph) % 8), mode="replicate")[:, 0] - 128.0
+        bh, bw = p.shape[-2] // 8, p.shape[-1] // 8
+        blocks = p.view(n, bh, 8, bw, 8).permute(0, 1, 3, 2, 4)  # (N, bh, bw, 8, 8)
+        t = tables[:, 1 if chroma else 0].view(n, 1, 1, 8, 8)
+        coef = torch.round((m @ blocks @ m.T) / t) * t
+        rec = (m.T @ coef @ m).permute(0, 1, 3, 2, 4).reshape(n, bh * 8, bw * 8) + 128.0
+        rec = rec[:, :ph, :pw]
+        if chroma:
+            rec = rec.repeat_interleave(2, -2).repeat_interleave(2, -1)[:, :h, :w]
+        out.append(rec)
+    if c == 3:
+        y, cb, cr = out[0], out[1] - 128, out[2] - 128
+        out = [y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb]
+    return (torch.stack(out, 1) / 255.0).clamp(0, 1).to(x.dtype)

@@ -14,7 +14,14 @@ Loss: L1(image, clean) + ``lambda_s`` x (BCE + Dice)(structure logits, mask); Ad
 A held-out split (``holdout`` fraction per set, chosen by name with the seed) is degraded once
 with a fixed seed and scored every ``val_every`` steps under the paper protocol (SSIM/PSNR).
 Writes ``out`` (the best validation checkpoint), ``<out>.last.safetensors`` (weights + Adam state
-for ``--resume``) and ``<out>.log.jsonl``.
+for ``--resume``), ``<out>.log.jsonl``, ``<out>.recipe.json`` (the settings, which
+``train-source --config`` reads back) and ``<out>.curves.png`` (loss and validation curves, with
+matplotlib installed).
+
+``target="tone"`` keeps the input's global colour: the target is the clean image through the
+degradation's global colour factors (``degrade_with_tone``), so the network undoes uneven light,
+spots, haze and blur but never learns a camera's palette; ``val_data`` chooses the saved
+checkpoint on another camera's images (e.g. DRIVE) instead of a held-out split.
 """
 from __future__ import annotations
 
@@ -414,6 +421,53 @@ def _load_last(path: Path, model: SAMENet, opt: torch.optim.Optimizer,
     return int(meta.get("step", 0)), meta
 
 
+RECIPE_SKIP = ("out", "command", "resume", "progress")  # run-local, not part of a recipe
+
+
+def recipe(cfg: SourceConfig) -> dict[str, Any]:
+    """The settings that reproduce a run (``train-source --config`` reads them back)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RECIPE_SKIP}
+
+
+def _sibling(out: Path, suffix: str) -> Path:
+    return out.with_name(out.name.removesuffix(".safetensors") + suffix)
+
+
+def plot_curves(log: Path, png: Path) -> bool:
+    """Loss and validation SSIM/PSNR against step, from the run's JSONL log, as a PNG (needs
+    matplotlib, the ``plot`` extra; returns False without it)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    if not recs:
+        return False
+    steps = [r["step"] for r in recs]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), constrained_layout=True)
+    axes[0].plot(steps, [r["loss"] for r in recs], marker=".")
+    axes[0].set(title="training loss (mean since last point)", xlabel="step", ylabel="loss")
+    for ax, key, unit in ((axes[1], "ssim", "SSIM"), (axes[2], "psnr", "PSNR (dB)")):
+        if f"val_{key}" in recs[0]:
+            ax.plot(steps, [r[f"val_{key}"] for r in recs], marker=".", label="enhanced")
+            ax.plot(steps, [r[f"val_{key}_input"] for r in recs], ls="--", label="degraded input")
+            saved = [(r["step"], r[f"val_{key}"]) for r in recs if r.get("saved")]
+            if saved:
+                ax.scatter(*zip(*saved), marker="o", facecolors="none", edgecolors="k",
+                           label="saved (best so far)", zorder=3)
+            ax.legend(fontsize=8)
+        ax.set(title=f"validation {unit}", xlabel="step", ylabel=unit)
+        ax.grid(alpha=0.3)
+    axes[0].grid(alpha=0.3)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return True
+
+
 def train_source(cfg: SourceConfig) -> dict[str, Any]:
     """Run source training; returns a summary (steps, losses, best validation)."""
     if cfg.modality not in MODALITIES:
@@ -503,8 +557,10 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
                          "ema": cfg.ema, "target": cfg.target, "val_data": cfg.val_data}}
     vs = validation_set(val, cfg, device)
     g = torch.Generator().manual_seed(cfg.seed + start)  # resumed runs continue a fresh stream
-    log = out.with_name(out.name.removesuffix(".safetensors") + ".log.jsonl")
+    log = _sibling(out, ".log.jsonl")
     log.parent.mkdir(parents=True, exist_ok=True)
+    _sibling(out, ".recipe.json").write_text(json.dumps(recipe(cfg), indent=2) + "\n")
+    curves = _sibling(out, ".curves.png")
     bar = None
     if cfg.progress:
         from tqdm import tqdm
@@ -550,6 +606,7 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
                     "multiple": model.multiple}, ema)
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
+                plot_curves(log, curves)
                 if bar is not None:
                     bar.write(json.dumps(rec))
             if out_of_time:
@@ -560,5 +617,7 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     summary.update(steps=summary.get("stopped_at", cfg.steps),
                    first_loss=float(np.mean(first_losses)) if first_losses else None,
                    last_loss=float(np.mean(losses[-20:])) if losses else None,
-                   best=best, log=str(log), train_images=len(train), held_out=len(val))
+                   best=best, log=str(log), train_images=len(train), held_out=len(val),
+                   recipe=str(_sibling(out, ".recipe.json")),
+                   curves=str(curves) if curves.is_file() else None)
     return summary

@@ -1,0 +1,147 @@
+"""Clinic shifts beyond the source presets, and the generic re-degradation of adaptation.
+
+Two kinds of preset live here, kept apart on purpose (issue #21: no re-degradation may be the
+generator of the shift it is judged on):
+
+- ``generic-mix``: the student's re-degraded view in adaptation when nothing is known about the
+  target: mild noise, blur, JPEG and tone, each with its own probability. Fixed before any
+  target was looked at; it is no test shift's generator.
+- Test shifts, fixed in advance (2026-12-06, before any adaptation result on them was seen) and
+  never used as a re-degradation: ``shift-noise-jpeg`` (Poisson-Gaussian sensor noise, then JPEG
+  at low quality), ``shift-haze-gamma`` (a smooth, spatially varying veil toward a warm white,
+  then a darkening gamma), ``shift-blur-light`` (defocus blur, then a vignette of uneven light).
+
+All take ``(N, C, H, W)`` float in [0, 1] and a generator, draw their parameters per image, scale
+spatial ones from 512 px, and keep outside ``fov`` black, like the presets in ``presets.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from same_fast.degrade import ops
+from same_fast.degrade.presets import Range, _randn, _scale, _u
+
+
+def _gamma(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    return x.clamp_min(0).pow(gamma.view(-1, 1, 1, 1))
+
+
+@dataclass(frozen=True)
+class GenericMix:
+    """The default re-degradation of the student's view: each family with its probability.
+
+    Gaussian noise (std ``noise_std``), blur (``blur_sigma`` px at 512), JPEG (``jpeg_quality``)
+    and tone (gamma ``exp(U(-a, a))`` and contrast factor); mild on purpose, since the student
+    learns to map the re-degraded view to the teacher's output on the original.
+    """
+
+    name: str = "generic-mix"
+    p_noise: float = 0.6
+    noise_std: Range = (0.005, 0.03)
+    p_blur: float = 0.4
+    blur_sigma: Range = (0.5, 2.0)
+    p_jpeg: float = 0.4
+    jpeg_quality: Range = (30.0, 80.0)
+    p_tone: float = 0.5
+    gamma_log: float = 0.2
+    contrast: Range = (0.85, 1.15)
+    reference_px: int = 512
+
+    def apply(self, x: torch.Tensor, g: torch.Generator | None,
+              fov: torch.Tensor | None = None) -> torch.Tensor:
+        n, d = x.shape[0], x.device
+        use = {k: (_u(g, n, (0, 1), d) < p).view(-1, 1, 1, 1)
+               for k, p in (("tone", self.p_tone), ("blur", self.p_blur),
+                            ("noise", self.p_noise), ("jpeg", self.p_jpeg))}
+        gamma = torch.exp(_u(g, n, (-self.gamma_log, self.gamma_log), d))
+        contrast = _u(g, n, self.contrast, d)
+        sigma = _u(g, n, self.blur_sigma, d) * _scale(x, self.reference_px)
+        std = _u(g, n, self.noise_std, d).view(-1, 1, 1, 1)
+        quality = _u(g, n, self.jpeg_quality, d)
+        noise = _randn(g, x)
+        y = torch.where(use["tone"], ops.adjust_contrast(_gamma(x, gamma), contrast), x)
+        y = torch.where(use["blur"], ops.blur(y, sigma), y).clamp(0, 1)
+        y = torch.where(use["noise"], y + std * noise, y).clamp(0, 1)
+        y = torch.where(use["jpeg"], ops.jpeg(y, quality), y)
+        return ops.keep_fov(y.clamp(0, 1), fov)
+
+
+@dataclass(frozen=True)
+class NoiseJpeg:
+    """Test shift: a dim sensor (Poisson-Gaussian noise) whose frames are saved as low-quality
+    JPEG: ``y = jpeg(x + sqrt(shot x + read^2) n, quality)``."""
+
+    name: str = "shift-noise-jpeg"
+    shot: Range = (0.003, 0.006)
+    read: Range = (0.015, 0.03)
+    jpeg_quality: Range = (25.0, 45.0)
+
+    def apply(self, x: torch.Tensor, g: torch.Generator | None,
+              fov: torch.Tensor | None = None) -> torch.Tensor:
+        n, d = x.shape[0], x.device
+        shot = _u(g, n, self.shot, d).view(-1, 1, 1, 1)
+        read = _u(g, n, self.read, d).view(-1, 1, 1, 1)
+        quality = _u(g, n, self.jpeg_quality, d)
+        y = (x + torch.sqrt(shot * x + read ** 2) * _randn(g, x)).clamp(0, 1)
+        y = ops.keep_fov(y, fov)
+        return ops.keep_fov(ops.jpeg(y, quality), fov)
+
+
+@dataclass(frozen=True)
+class HazeGamma:
+    """Test shift: a veil that thickens away from a random centre (``y = x (1 - a v) + a v c``
+    with ``v`` a smooth ramp in [``floor``, 1] and ``c`` a warm white per channel), then a gamma
+    that darkens the mid-tones."""
+
+    name: str = "shift-haze-gamma"
+    strength: Range = (0.25, 0.4)
+    floor: float = 0.5
+    center_offset: float = 0.25
+    veil_colour: Range = (0.8, 1.0)
+    gamma: Range = (1.2, 1.5)
+
+    def apply(self, x: torch.Tensor, g: torch.Generator | None,
+              fov: torch.Tensor | None = None) -> torch.Tensor:
+        n, c, h, w = x.shape
+        d = x.device
+        cy = (0.5 + _u(g, n, (-self.center_offset, self.center_offset), d)) * h
+        cx = (0.5 + _u(g, n, (-self.center_offset, self.center_offset), d)) * w
+        a = _u(g, n, self.strength, d).view(-1, 1, 1, 1)
+        colour = torch.stack([_u(g, n, self.veil_colour, d) for _ in range(c)], 1).view(n, c, 1, 1)
+        gamma = _u(g, n, self.gamma, d)
+        dist = ops.distance(h, w, cy, cx)
+        v = dist / dist.amax((2, 3), keepdim=True).clamp_min(1e-6)
+        v = self.floor + (1 - self.floor) * v
+        y = x * (1 - a * v) + a * v * colour
+        return ops.keep_fov(_gamma(ops.keep_fov(y, fov), gamma).clamp(0, 1), fov)
+
+
+@dataclass(frozen=True)
+class BlurLight:
+    """Test shift: defocus (Gaussian blur of ``blur_sigma`` px at 512) and a vignette of uneven
+    light, ``x (1 - s r^2)`` with ``r`` the distance from a random centre over the half-diagonal.
+    """
+
+    name: str = "shift-blur-light"
+    blur_sigma: Range = (2.0, 4.0)
+    vignette: Range = (0.3, 0.5)
+    center_offset: float = 0.2
+    reference_px: int = 512
+
+    def apply(self, x: torch.Tensor, g: torch.Generator | None,
+              fov: torch.Tensor | None = None) -> torch.Tensor:
+        n, _, h, w = x.shape
+        d = x.device
+        sigma = _u(g, n, self.blur_sigma, d) * _scale(x, self.reference_px)
+        cy = (0.5 + _u(g, n, (-self.center_offset, self.center_offset), d)) * h
+        cx = (0.5 + _u(g, n, (-self.center_offset, self.center_offset), d)) * w
+        s = _u(g, n, self.vignette, d).view(-1, 1, 1, 1)
+        r = ops.distance(h, w, cy, cx) / (0.5 * (h * h + w * w) ** 0.5)
+        y = ops.blur(x, sigma) * (1 - s * r.clamp(0, 1) ** 2)
+        return ops.keep_fov(y.clamp(0, 1), fov)
+
+
+SHIFTS = (NoiseJpeg(), HazeGamma(), BlurLight())
+SHIFT_PRESETS = {p.name: p for p in (GenericMix(), *SHIFTS)}
