@@ -110,6 +110,14 @@ class Picker(nn.Module):
         self.register_buffer("_window", torch.full((n,), float("nan")), persistent=False)
         self._window_pos = self._seen = 0
 
+    def set_calibration(self, share: float) -> None:
+        """Switch calibration to ``share`` (0 = off) with an empty window."""
+        self.config = replace(self.config, calibrate=float(share))
+        self.config.check()
+        n = self.config.window if self.config.calibrate > 0 else 0
+        self._window = torch.full((n,), float("nan"), device=self._window.device)
+        self._window_pos = self._seen = 0
+
     def reset_calibration(self) -> None:
         """Forget the judged pseudo-labels (after a reset of the teacher to the source weights,
         whose outputs score differently from the adapted teacher's)."""
@@ -195,6 +203,56 @@ class Picker(nn.Module):
         if self.config.calibrate > 0 and self._seen:
             return self._calibrated(w, plausibility)
         return w
+
+
+def share_from_scores(plausibility: Any, min_separation: float = 0.6,
+                      unimodal_share: float = 0.9) -> float:
+    """The calibration share a target's own pseudo-label scores call for, knowing nothing of its
+    contamination: Otsu's split of the log-plausibilities. When the split separates two groups
+    well (Otsu's effectiveness, between-group over total variance, at least
+    ``min_separation``), the share is the upper group's; otherwise the scores show no
+    implausible group and the best ``unimodal_share`` is accepted. Clipped to [0.2, 0.95].
+    Both constants were fixed when this was written, before any target was scored with it."""
+    import numpy as np
+
+    v = np.log(np.clip(np.asarray(plausibility, dtype=np.float64).ravel(), 1e-6, None))
+    if v.size < 4 or float(v.var()) < 1e-12:
+        return unimodal_share
+    order = np.sort(v)
+    best, best_k = -1.0, 0
+    for k in range(1, v.size):  # split between order[k-1] and order[k]
+        lo, hi = order[:k], order[k:]
+        between = lo.size * hi.size / v.size ** 2 * (hi.mean() - lo.mean()) ** 2
+        if between > best:
+            best, best_k = between, k
+    effectiveness = best / float(v.var())
+    share = (v.size - best_k) / v.size if effectiveness >= min_separation else unimodal_share
+    return float(min(0.95, max(0.2, share)))
+
+
+@torch.no_grad()
+def auto_calibrate(picker: Picker, model: nn.Module, images01: torch.Tensor,
+                   fov: torch.Tensor | None = None, batch: int = 4) -> float:
+    """Set ``picker``'s calibration share from the source model's pseudo-labels of the target
+    images ``(N, C, H, W)`` in [0, 1] (``share_from_scores``); returns the share."""
+    from same_fast.nn import pad_to_multiple
+
+    was = model.training
+    model.eval()
+    scores = []
+    for i in range(0, images01.shape[0], batch):
+        x = images01[i:i + batch]
+        xp, (h, w) = pad_to_multiple(x * 2 - 1, int(getattr(model, "multiple", 1)))
+        y, s = model(xp)
+        y, s = y[..., :h, :w], s[..., :h, :w]
+        if fov is not None:
+            f = fov[i:i + batch].to(y)
+            y = (y + 1) * f - 1
+        scores.append(picker.scores(y, s)["plausibility"].cpu())
+    model.train(was)
+    share = share_from_scores(torch.cat(scores).numpy())
+    picker.set_calibration(share)
+    return share
 
 
 def state_and_metadata(iqa: IQANet, isd: StructureVAE, isd_threshold: float, modality: str,

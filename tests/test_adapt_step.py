@@ -75,7 +75,8 @@ def test_teacher_gets_no_gradients() -> None:
 
 
 def test_weights_apply_per_sample() -> None:
-    """Loss equals the hand-computed weighted mean; a rejected sample's image gets no gradient."""
+    """Loss equals the hand-computed weighted mean, the entropy term included (it is taken on
+    accepted samples only); a rejected sample's image and structure get no gradient."""
     torch.manual_seed(0)
     n = 3
     y_s = (torch.rand(n, 3, 8, 8) * 2 - 1).requires_grad_()
@@ -88,13 +89,32 @@ def test_weights_apply_per_sample() -> None:
     p_t = torch.sigmoid(s_t)
     bce = -(p_t * F.logsigmoid(s_s) + (1 - p_t) * F.logsigmoid(-s_s)).mean((1, 2, 3))
     p = torch.sigmoid(s_s)
-    ent = -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p)).mean()
-    expect = (w * (0.9 * l1 + 0.1 * bce)).sum() / 1.5 + ent
+    ent = -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p)).mean((1, 2, 3))
+    expect = (w * (0.9 * l1 + 0.1 * bce + ent)).sum() / 1.5
     torch.testing.assert_close(out["loss"], expect, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["entropy"], (w * ent).sum() / 1.5, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out["accepted"], torch.tensor(1.5))
     out["loss"].backward()
-    assert torch.count_nonzero(y_s.grad[1]) == 0
+    assert torch.count_nonzero(y_s.grad[1]) == 0 and torch.count_nonzero(s_s.grad[1]) == 0
     assert torch.count_nonzero(y_s.grad[0]) > 0 and torch.count_nonzero(y_s.grad[2]) > 0
+
+
+def test_l1_is_taken_inside_the_field_of_view() -> None:
+    """With a mask, what the models do outside the FOV costs nothing, and the L1 is the mean
+    inside it."""
+    torch.manual_seed(1)
+    y_s = (torch.rand(2, 3, 8, 8) * 2 - 1).requires_grad_()
+    y_t = torch.rand(2, 3, 8, 8) * 2 - 1
+    s = torch.randn(2, 1, 8, 8)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    cfg = StepConfig(w_struct=0.0, w_entropy=0.0, w_l1=1.0)
+    out = distillation_losses(y_s, s, y_t, s, torch.ones(2), cfg, mask)
+    inside = (y_s - y_t).abs()[..., 2:6, 2:6].mean()
+    torch.testing.assert_close(out["l1"], inside)
+    out["loss"].backward()
+    assert torch.count_nonzero(y_s.grad[..., :2, :]) == 0
+    assert torch.count_nonzero(y_s.grad[..., 2:6, 2:6]) > 0
 
 
 def test_all_rejected_gives_zero_distillation_not_nan() -> None:
@@ -104,12 +124,13 @@ def test_all_rejected_gives_zero_distillation_not_nan() -> None:
     out = step(batch())
     assert out["loss"].item() == 0.0 and out["accepted"].item() == 0.0
     assert all(torch.isfinite(p).all() for p in student.parameters())
-    # With the entropy term on, the loss is exactly the entropy.
+    # With the entropy term on, nothing is learnt either: the entropy is taken on accepted
+    # samples only, so a fully rejected batch has zero loss, not NaN.
     student, teacher = make_pair()
     step = AdaptStep(student, teacher, picker=lambda y, s: torch.zeros(y.shape[0]))
     out = step(batch())
     assert not math.isnan(out["loss"].item())
-    torch.testing.assert_close(out["loss"], out["entropy"])
+    assert out["loss"].item() == 0.0 and out["entropy"].item() == 0.0
 
 
 def test_picker_sees_teacher_outputs() -> None:

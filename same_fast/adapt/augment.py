@@ -15,47 +15,77 @@ import torch.nn.functional as F
 @dataclass
 class AugmentConfig:
     """size: side of the square views (pixels); scale: zoom range (crop side =
-    min(short side, size) / s, resized to size); hflip / vflip: independent flip probabilities."""
+    min(short side, size) / s, resized to size); hflip / vflip: independent flip probabilities.
+    frame_fraction > 0: the crop side is that fraction of the short side instead (the paper's
+    views cover about 80 % of the frame), resized to size. whole: the whole frame, padded to a
+    square and resized to size (for networks with whole-image context, whose summary of the
+    frame a crop would change); flips still apply."""
 
     size: int = 256
     scale: tuple[float, float] = (1.1, 1.35)
     hflip: float = 0.5
     vflip: float = 0.5
+    frame_fraction: float = 0.0
+    whole: bool = False
 
 
 def _u(g: torch.Generator) -> float:
     return float(torch.rand((), generator=g))
 
 
+def _square(t: torch.Tensor) -> torch.Tensor:
+    """``(1, C, H, W)`` zero-padded (centred) to a square."""
+    h, w = t.shape[-2:]
+    s = max(h, w)
+    top, left = (s - h) // 2, (s - w) // 2
+    return F.pad(t, (left, s - w - left, top, s - h - top))
+
+
 def random_views(images: list[torch.Tensor], config: AugmentConfig, g: torch.Generator,
-                 fovs: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+                 fovs: list[torch.Tensor | None] | None = None, with_masks: bool = False
+                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """One random view of each image, stacked: (N, C, size, size) float in [0, 1].
 
     images: (C, H, W) float tensors in [0, 1] (sizes may differ), on any one device.
     fovs: optional (1, H, W) masks; each view is multiplied by its cropped mask.
+    with_masks: also return the views' field of view (N, 1, size, size) in {0, 1} (ones where
+    an image has no mask; zero in the padding of whole-frame views).
     Parameters come from the CPU generator ``g`` (the same seed gives the same views anywhere).
     """
-    out = []
+    out, masks = [], []
     for i, x in enumerate(images):
         _, h, w = x.shape
         s = config.scale[0] + (config.scale[1] - config.scale[0]) * _u(g)
-        # a patch at native scale zoomed by s (the reference's resize-then-crop); images smaller
-        # than the view are zoomed whole
-        side = max(2, int(round(min(h, w, config.size) / s)))
-        y0 = int(torch.randint(0, h - side + 1, (), generator=g))
-        x0 = int(torch.randint(0, w - side + 1, (), generator=g))
-        v = x[None, :, y0:y0 + side, x0:x0 + side].float()
-        if fovs is not None and fovs[i] is not None:
-            v = v * fovs[i][None, :, y0:y0 + side, x0:x0 + side].to(v)
+        fov = fovs[i] if fovs is not None and fovs[i] is not None else None
+        m = (fov if fov is not None else torch.ones(1, h, w, device=x.device))[None].float()
+        if config.whole:
+            v, mv = _square(x[None].float()), _square(m)
+        else:
+            if config.frame_fraction > 0:
+                side = max(2, int(round(min(h, w) * config.frame_fraction)))
+            else:
+                # a patch at native scale zoomed by s (the reference's resize-then-crop);
+                # images smaller than the view are zoomed whole
+                side = max(2, int(round(min(h, w, config.size) / s)))
+            y0 = int(torch.randint(0, h - side + 1, (), generator=g))
+            x0 = int(torch.randint(0, w - side + 1, (), generator=g))
+            v = x[None, :, y0:y0 + side, x0:x0 + side].float()
+            mv = m[..., y0:y0 + side, x0:x0 + side]
+        v = v * mv.to(v)
         hf, vf = _u(g) < config.hflip, _u(g) < config.vflip
         if hf:
-            v = v.flip(-1)
+            v, mv = v.flip(-1), mv.flip(-1)
         if vf:
-            v = v.flip(-2)
+            v, mv = v.flip(-2), mv.flip(-2)
+        big = v.shape[-1] > config.size
         v = F.interpolate(v, size=(config.size, config.size), mode="bilinear",
-                          align_corners=False, antialias=side > config.size)
+                          align_corners=False, antialias=big)
         out.append(v.clamp(0, 1))
-    return torch.cat(out)
+        if with_masks:
+            masks.append((F.interpolate(mv, size=(config.size, config.size), mode="nearest")
+                          > 0.5).to(v.dtype))
+    views = torch.cat(out)
+    return (views, torch.cat(masks)) if with_masks else views
 
 
 def redegrade(x01: torch.Tensor, preset: str, strength: float, g: torch.Generator

@@ -22,8 +22,10 @@ from same_fast.adapt.augment import AugmentConfig, random_views, redegrade
 from same_fast.adapt.step import AdaptStep, StepConfig
 from same_fast.errors import InputError
 
-DEFAULT_REDEGRADE = {"fundus": "fundus-shen2020", "ultrasound": "ultrasound-speckle",
-                     "oct": "gray"}
+# The student's re-degraded view by default: a generic mix fixed before any target was seen
+# (degrade/shifts.py), the same for every modality. Never a test shift's own generator, and not
+# the source training preset either (which would only teach again what the source learnt).
+DEFAULT_REDEGRADE = {"fundus": "generic-mix", "ultrasound": "generic-mix", "oct": "generic-mix"}
 
 
 @dataclass
@@ -47,9 +49,9 @@ class AdaptConfig(StepConfig):
     batch: int = 4
     size: int = 256
     schedule: str = "constant"
-    redegrade: bool = False
+    redegrade: bool = True
     redegrade_preset: str = ""
-    redegrade_strength: float = 0.3
+    redegrade_strength: float = 1.0
     every: int = 4
     buffer: int = 16
     steps_per_update: int = 1
@@ -59,15 +61,21 @@ class AdaptConfig(StepConfig):
     modality: str = "fundus"
     scale: tuple[float, float] = field(default=(1.1, 1.35))
     gate_entropy: bool = True
+    views: str = "auto"            # crop | whole | auto (whole frames for context networks)
+    frame_fraction: float = 0.0    # > 0: crops of this fraction of the short side (paper: 0.8)
 
     def step_config(self) -> StepConfig:
         return StepConfig(**{f.name: getattr(self, f.name) for f in fields(StepConfig)})
 
-    def augment_config(self, multiple: int) -> AugmentConfig:
+    def augment_config(self, multiple: int, context: bool = False) -> AugmentConfig:
+        """The views: ``context`` says the network summarises the whole frame, so ``auto``
+        gives it whole frames (a crop would change the summary it learnt from)."""
         if self.size % multiple:
             raise InputError(f"adaptation view size {self.size} must be a multiple of the "
                              f"model's {multiple}")
-        return AugmentConfig(size=self.size, scale=self.scale)
+        whole = self.views == "whole" or (self.views == "auto" and context)
+        return AugmentConfig(size=self.size, scale=self.scale, whole=whole,
+                             frame_fraction=self.frame_fraction)
 
     def check(self) -> None:
         if self.mode not in ("offline", "online"):
@@ -80,6 +88,10 @@ class AdaptConfig(StepConfig):
             raise InputError("batch >= 1, size >= 8, steps >= 0 and epochs >= 0 are required")
         if not 0.0 <= self.ema <= 1.0:
             raise InputError(f"ema must be in [0, 1], got {self.ema}")
+        if self.views not in ("auto", "crop", "whole"):
+            raise InputError(f"views must be auto, crop or whole, got '{self.views}'")
+        if not 0.0 <= self.frame_fraction <= 1.0:
+            raise InputError(f"frame_fraction must be in [0, 1], got {self.frame_fraction}")
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
@@ -116,8 +128,9 @@ class GatedAdaptStep(AdaptStep):
         return w
 
     def _student_loss(self, x: torch.Tensor, y_t: torch.Tensor, s_t: torch.Tensor,
-                      w: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = super()._student_loss(x, y_t, s_t, w)
+                      w: torch.Tensor, mask: torch.Tensor | None = None
+                      ) -> dict[str, torch.Tensor]:
+        out = super()._student_loss(x, y_t, s_t, w, mask)
         closed = (w.sum() <= 0).to(out["loss"].dtype)
         out["loss"] = out["loss"] - closed * self.config.w_entropy * out["entropy"]
         return out
@@ -183,7 +196,7 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
     student, teacher = make_pair(model)
     step = make_step(student, teacher, cfg, picker)
     served = student if cfg.serve == "student" else teacher
-    aug = cfg.augment_config(int(getattr(model, "multiple", 1)))
+    aug = cfg.augment_config(int(getattr(model, "multiple", 1)), _has_context(model))
     preset = cfg.redegrade_preset or DEFAULT_REDEGRADE.get(cfg.modality, "gray")
     history: list[dict[str, float]] = []
     if audit is not None:
@@ -196,11 +209,12 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
             order += torch.randperm(len(images), generator=g).tolist()
         idx, order = order[:cfg.batch], order[cfg.batch:]
         f = None if fovs is None else [fovs[j] for j in idx]
-        views = random_views([images[j] for j in idx], aug, g, f)
+        views, masks = random_views([images[j] for j in idx], aug, g, f, with_masks=True)
         xs = redegrade(views, preset, cfg.redegrade_strength, g) if cfg.redegrade else None
         for group in step.optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg.schedule, i, total)
-        out = step(views * 2 - 1, None if xs is None else xs * 2 - 1)
+        out = step(views * 2 - 1, None if xs is None else xs * 2 - 1,
+                   None if fovs is None else masks)
         rec = {k: float(out[k]) for k in ("loss", "l1", "struct", "entropy", "accepted")}
         rec.update(batch=float(len(idx)), lr=step.optimizer.param_groups[0]["lr"])
         history.append(rec)
@@ -213,6 +227,10 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
     if audit is not None:
         audit.event("end", total, served=served)
     return AdaptResult(student, teacher, history)
+
+
+def _has_context(model: nn.Module) -> bool:
+    return bool(getattr(model, "config", {}).get("context", False))
 
 
 def config_json(cfg: Any) -> dict[str, Any]:

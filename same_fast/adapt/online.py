@@ -62,7 +62,8 @@ class OnlineAdapter:
         self.student, self.teacher = make_pair(model)
         self._step = make_step(self.student, self.teacher, cfg, picker)
         self._picker = picker
-        self._aug = cfg.augment_config(int(getattr(model, "multiple", 1)))
+        self._aug = cfg.augment_config(int(getattr(model, "multiple", 1)),
+                                       bool(getattr(model, "config", {}).get("context", False)))
         self._preset = cfg.redegrade_preset or DEFAULT_REDEGRADE.get(cfg.modality, "gray")
         self.safety = SafetyMonitor(safety)
         self.audit = audit
@@ -128,11 +129,13 @@ class OnlineAdapter:
         idx = torch.randint(0, n, (min(cfg.batch, n),), generator=self._g).tolist()
         items = [self._buffer[j] for j in idx]
         fovs = [f for _, f in items]
-        views = random_views([f for f, _ in items], self._aug, self._g,
-                             fovs if any(f is not None for f in fovs) else None)
+        has_fov = any(f is not None for f in fovs)
+        views, masks = random_views([f for f, _ in items], self._aug, self._g,
+                                    fovs if has_fov else None, with_masks=True)
         xs = redegrade(views, self._preset, cfg.redegrade_strength, self._g) if cfg.redegrade \
             else None
-        out = self._step(views * 2 - 1, None if xs is None else xs * 2 - 1)
+        out = self._step(views * 2 - 1, None if xs is None else xs * 2 - 1,
+                         masks if has_fov else None)
         self.steps += 1
         self.version += 1
         rec = {k: float(out[k]) for k in ("loss", "l1", "struct", "entropy", "accepted")}

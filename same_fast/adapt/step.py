@@ -6,8 +6,11 @@ Per batch (images in [-1, 1]):
    ``requires_grad=False``, so no teacher gradients are ever computed) -> ``y_T``, ``s_T``;
 2. student forward -> ``y_S``, ``s_S`` (logits);
 3. picker weights ``w`` (N,) in [0, 1] from ``(y_T, s_T)``; None accepts every sample;
-4. loss = sum_i w_i [w_l1 L1_i + w_struct BCE_i(s_S, sigmoid(s_T)) + w_ssim (1 - SSIM_i)]
-   / max(sum w, 1) + w_entropy * mean binary entropy (bits) of sigmoid(s_S);
+4. loss = sum_i w_i [w_l1 L1_i + w_struct BCE_i(s_S, sigmoid(s_T)) + w_ssim (1 - SSIM_i)
+   + w_entropy H_i] / max(sum w, 1), with H_i the mean binary entropy (bits) of sigmoid(s_S)
+   of sample i: the entropy is minimised on accepted samples only (a rejected pseudo-label's
+   structure is no more to be trusted than its image); with a field-of-view ``mask`` the L1 is
+   taken inside it (the black border is not a restoration target);
 5. Adam step on the student; 6. ``teacher <- ema * teacher + (1 - ema) * student`` (parameters).
 
 Nothing here calls ``.item()``, indexes with booleans or copies to the CPU, so on CUDA the step
@@ -48,20 +51,27 @@ class StepConfig:
 
 
 def distillation_losses(y_s: torch.Tensor, s_s: torch.Tensor, y_t: torch.Tensor,
-                        s_t: torch.Tensor, w: torch.Tensor, config: StepConfig
-                        ) -> dict[str, torch.Tensor]:
+                        s_t: torch.Tensor, w: torch.Tensor, config: StepConfig,
+                        mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The loss of step 4 from both models' outputs and the picker weights.
 
     Args:
         y_s, y_t: student / teacher images (N, C, H, W) in [-1, 1].
         s_s, s_t: student / teacher structure logits (N, 1, H, W).
         w: (N,) weights in [0, 1] (treated as constants).
-    Returns 0-d tensors ``loss, l1, struct, entropy, ssim`` (l1, struct and ssim are the
-    picker-weighted means that were trained) and ``accepted`` (sum of weights).
+        mask: optional (N, 1, H, W) field of view in {0, 1}: the L1 is its mean inside it.
+    Returns 0-d tensors ``loss, l1, struct, entropy, ssim`` (the picker-weighted means that
+    were trained) and ``accepted`` (sum of weights).
     """
     w = w.detach().to(torch.float32)
     denom = w.sum().clamp_min(1.0)
-    l1_i = (y_s - y_t).abs().flatten(1).mean(1).float()
+    diff = (y_s - y_t).abs()
+    if mask is None:
+        l1_i = diff.flatten(1).mean(1).float()
+    else:
+        m = mask.detach().to(diff.dtype)
+        inside = (m.flatten(1).sum(1) * diff.shape[1]).clamp_min(1.0)
+        l1_i = ((diff * m).flatten(1).sum(1) / inside).float()
     bce_i = F.binary_cross_entropy_with_logits(
         s_s, torch.sigmoid(s_t), reduction="none").flatten(1).mean(1).float()
     per_sample = config.w_l1 * l1_i + config.w_struct * bce_i
@@ -74,7 +84,8 @@ def distillation_losses(y_s: torch.Tensor, s_s: torch.Tensor, y_t: torch.Tensor,
     distill = (w * per_sample).sum() / denom
     # Binary entropy from logits without log(0): -log p = softplus(-z), -log(1-p) = softplus(z).
     p = torch.sigmoid(s_s)
-    entropy = (p * F.softplus(-s_s) + (1.0 - p) * F.softplus(s_s)).mean().float() / _LN2
+    ent_i = (p * F.softplus(-s_s) + (1.0 - p) * F.softplus(s_s)).flatten(1).mean(1).float() / _LN2
+    entropy = (w * ent_i).sum() / denom
     loss = distill + config.w_entropy * entropy
     return {"loss": loss, "l1": (w * l1_i).sum() / denom, "struct": (w * bce_i).sum() / denom,
             "entropy": entropy, "ssim": ssim_mean, "accepted": w.sum()}
@@ -127,18 +138,20 @@ class AdaptStep:
             return self.teacher(x)
 
     def _student_loss(self, x: torch.Tensor, y_t: torch.Tensor, s_t: torch.Tensor,
-                      w: torch.Tensor) -> dict[str, torch.Tensor]:
+                      w: torch.Tensor, mask: torch.Tensor | None = None
+                      ) -> dict[str, torch.Tensor]:
         y_s, s_s = self.student(x)
-        return distillation_losses(y_s, s_s, y_t, s_t, w, self.config)
+        return distillation_losses(y_s, s_s, y_t, s_t, w, self.config, mask)
 
-    def __call__(self, x_teacher: torch.Tensor,
-                 x_student: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def __call__(self, x_teacher: torch.Tensor, x_student: torch.Tensor | None = None,
+                 mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Adapt on one batch.
 
         Args:
             x_teacher: (N, C, H, W) float in [-1, 1], the view given to the teacher.
             x_student: the student's view (same shape); None gives it ``x_teacher`` (the
                 reference's habit); a re-degraded view implements the SRTTA-style option.
+            mask: optional (N, 1, H, W) field of view of the views; the L1 is taken inside it.
         Returns detached 0-d tensors ``loss, l1, struct, entropy, ssim, accepted`` and the
         ``weights`` (N,), all on the input's device.
         """
@@ -158,7 +171,7 @@ class AdaptStep:
         else:
             w = self.picker(y_t, s_t).detach().to(device=x_teacher.device,
                                                   dtype=torch.float32).reshape(-1)
-        out = self._student_fn(x_student, y_t, s_t, w)
+        out = self._student_fn(x_student, y_t, s_t, w, mask)
         self.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         self.optimizer.step()

@@ -45,13 +45,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--w-ssim", type=float, default=d.w_ssim)
     p.add_argument("--no-gate-entropy", dest="gate_entropy", action="store_false",
                    help="keep the entropy term on batches where the picker kept nothing")
-    p.add_argument("--redegrade", action="store_true",
-                   help="give the student a re-degraded view (SRTTA-style)")
+    p.add_argument("--redegrade", action="store_true", default=d.redegrade,
+                   help="give the student a re-degraded view (SRTTA-style; on by default)")
+    p.add_argument("--no-redegrade", dest="redegrade", action="store_false",
+                   help="the paper's recipe: the student sees the teacher's view")
     p.add_argument("--redegrade-preset", default=d.redegrade_preset, metavar="PRESET",
                    choices=sorted(PRESETS),
                    help="degradation preset of the re-degraded view, implies --redegrade "
-                        "(default: the modality's source training preset; sensor-noise for "
-                        "noisy target images)")
+                        "(default: generic-mix, mild noise, blur, JPEG and tone fixed before any "
+                        "target was seen)")
     p.add_argument("--redegrade-strength", type=float, default=d.redegrade_strength)
     p.add_argument("--every", type=int, default=d.every, help="online: adapt every k frames")
     p.add_argument("--buffer", type=int, default=d.buffer, help="online: frames kept")
