@@ -38,7 +38,7 @@ test: $(VENV)/.test
 	exit $$rc
 
 lint: $(VENV)/.test
-	$(VENV)/bin/ruff check same_fast kernels tests benchmarks
+	$(VENV)/bin/ruff check same_fast kernels lab tests benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info same_fast/*.so

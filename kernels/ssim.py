@@ -132,12 +132,6 @@ def ssim_bwd_kernel(x_ptr, y_ptr, g_ptr, d_ptr, scale_ptr, l1_scale_ptr, gx_ptr,
         tl.store(gy_ptr + off, gy.to(gy_ptr.dtype.element_ty), mask=inside)
 
 
-def _gauss(window: int, sigma: float, device: torch.device) -> torch.Tensor:
-    from same_fast.ops.ssim import gaussian_1d
-
-    return gaussian_1d(window, sigma, torch.float32, device)
-
-
 class SSIMTriton(torch.autograd.Function):
     """Per-image (SSIM, mean |x - y|), each (N,) float32, from one forward and one backward pass.
 
@@ -145,12 +139,13 @@ class SSIMTriton(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, data_range: float, window: int,
-                sigma: float, k1: float, k2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, data_range: float, taps: torch.Tensor,
+                k1: float, k2: float) -> tuple[torch.Tensor, torch.Tensor]:
         n, c, h, w = x.shape
+        window = taps.numel()
         hv, wv = h - window + 1, w - window + 1
         x, y = x.contiguous(), y.contiguous()
-        g = _gauss(window, sigma, x.device)
+        g = taps.to(device=x.device, dtype=torch.float32).contiguous()
         grid = (triton.cdiv(w, BW), triton.cdiv(h, BH), n * c)
         part = torch.empty(2, n * c, grid[0] * grid[1], dtype=torch.float32, device=x.device)
         need = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
@@ -182,19 +177,18 @@ class SSIMTriton(torch.autograd.Function):
         grid = (triton.cdiv(w, BW), triton.cdiv(h, BH), n * c)
         ssim_bwd_kernel[grid](x, y, g, d, scale, l1_scale, gx, gy, h, w, hv, wv, NEED_X=need_x,
                               NEED_Y=need_y, WIN=window, BH=BH, BW=BW)
-        return (gx if need_x else None), (gy if need_y else None), None, None, None, None, None
+        return (gx if need_x else None), (gy if need_y else None), None, None, None, None
 
 
-def ssim_l1_triton(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int = 11,
-                   sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def ssim_l1_triton(x: torch.Tensor, y: torch.Tensor, taps: torch.Tensor, data_range: float = 1.0,
+                   k1: float = 0.01, k2: float = 0.03) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image (SSIM, mean |x - y|) via the Triton kernels; inputs (N, C, H, W) on CUDA (or
-    CPU under ``TRITON_INTERPRET=1``)."""
-    return SSIMTriton.apply(x, y, float(data_range), int(window), float(sigma), float(k1),
-                            float(k2))
+    CPU under ``TRITON_INTERPRET=1``). ``taps``: the normalised 1-D Gaussian window (its length
+    is the window size), computed by the front (``same_fast.ops.ssim.gaussian_1d``)."""
+    return SSIMTriton.apply(x, y, float(data_range), taps, float(k1), float(k2))
 
 
-def ssim_triton(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int = 11,
-                sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+def ssim_triton(x: torch.Tensor, y: torch.Tensor, taps: torch.Tensor, data_range: float = 1.0,
+                k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
     """Per-image SSIM (N,) via the Triton kernels."""
-    return ssim_l1_triton(x, y, data_range, window, sigma, k1, k2)[0]
+    return ssim_l1_triton(x, y, taps, data_range, k1, k2)[0]

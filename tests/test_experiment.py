@@ -1,4 +1,5 @@
-"""The evaluation harness, reduced: stand-in models, a few real held-out images, two steps."""
+"""The lab's evaluation harness (``lab/``), reduced: stand-in models, a few real held-out images,
+two steps."""
 from __future__ import annotations
 
 import json
@@ -7,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from lab.config import make_config
+from lab.experiment import run_experiment
+from lab.images import experiment_images
+from lab.planted import auroc
 from same_fast.data import data_root
 from same_fast.errors import InputError
-from same_fast.experiment import auroc, make_config, run_experiment
 from same_fast.models import save_model
 from same_fast.nn import SAMENet
 from same_fast.nn.iqa import IQANet
@@ -68,9 +72,10 @@ def test_busi_experiment_quick(tmp_path):
 
 
 @pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (SAME_FAST_DATA)")
-def test_pseudo_clean_redegrade_script_runs_and_reports(tmp_path, bench_script):
-    """benchmarks/adapt_pseudo_clean.py (a variant tried and not kept) still runs end to end."""
-    mod = bench_script("adapt_pseudo_clean")
+def test_pseudo_clean_redegrade_script_runs_and_reports(tmp_path):
+    """lab/adapt_pseudo_clean.py (a variant tried and not kept) still runs end to end."""
+    import lab.adapt_pseudo_clean as mod
+
     out = tmp_path / "pc.json"
     assert mod.main(["--steps", "2", "--every", "1", "--n-images", "2", "--size", "128",
                      "--view", "64", "--json", str(out)]) == 0
@@ -82,8 +87,10 @@ def test_pseudo_clean_redegrade_script_runs_and_reports(tmp_path, bench_script):
 
 
 @pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (SAME_FAST_DATA)")
-def test_picker_auroc_script_compares_pickers_on_the_same_images(tmp_path, bench_script):
-    """benchmarks/picker_auroc.py: every picker sees the same images and teacher outputs."""
+def test_picker_auroc_script_compares_pickers_on_the_same_images(tmp_path):
+    """lab/picker_auroc.py: every picker sees the same images and teacher outputs."""
+    import lab.picker_auroc as mod
+
     torch.manual_seed(0)
     model = save_model(tmp_path / "us.safetensors", SAMENet(1, "lite", base=8, max_channels=16),
                        modality="ultrasound")
@@ -91,7 +98,6 @@ def test_picker_auroc_script_compares_pickers_on_the_same_images(tmp_path, bench
     keep = save_picker(tmp_path / "keep.safetensors", iqa, isd, 1e9, "ultrasound")
     same = save_picker(tmp_path / "same.safetensors", iqa, isd, 1e9, "ultrasound")
     never = save_picker(tmp_path / "never.safetensors", iqa, isd, -1e9, "ultrasound")
-    mod = bench_script("picker_auroc")
     out = tmp_path / "auroc.json"
     assert mod.main(["--experiment", "busi-speckle", "--model", str(model), "--n-images", "3",
                      "--size", "64", "--seeds", "0,1", "--json", str(out),
@@ -113,8 +119,6 @@ def test_picker_auroc_script_compares_pickers_on_the_same_images(tmp_path, bench
 @pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (SAME_FAST_DATA)")
 def test_drive_noise_shift_and_its_noisier_student_view():
     from same_fast.adapt.augment import redegrade
-    from same_fast.experiment import experiment_images
-
     cfg = make_config("drive-noise", quick=True, n_images=2)
     data, degraded = experiment_images(cfg)
     fov = data["fov"].expand_as(degraded) > 0.5
@@ -132,8 +136,6 @@ def test_drive_noise_shift_and_its_noisier_student_view():
 
 @pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (SAME_FAST_DATA)")
 def test_ungradable_share_corrupts_a_seeded_subset_and_scores_the_rest(tmp_path):
-    from same_fast.experiment import experiment_images
-
     plain_cfg = make_config("busi-speckle", quick=True, n_images=4)
     _, plain = experiment_images(plain_cfg)
     cfg = make_config("busi-speckle", quick=True, n_images=4, ungradable=0.5,

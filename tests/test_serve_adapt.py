@@ -189,7 +189,7 @@ def test_audit_needs_online_adaptation_and_a_writable_file(tmp_path):
         ServeConfig(adaptation=AdaptConfig(audit=str(tmp_path / "a.jsonl"))).validate()
     blocker = tmp_path / "file"
     blocker.write_text("")
-    from same_fast.serve.adaptation import check_audit_path
+    from same_fast.serve.adapter_setup import check_audit_path
 
     with pytest.raises(InputError, match="cannot write the audit log"):
         check_audit_path(str(blocker / "audit.jsonl"))

@@ -1,46 +1,19 @@
-"""Shared benchmark helpers: environment description, interleaved timing, JSON output."""
+"""Shared benchmark helpers: interleaved timing, JSON output (the machine description is
+``same_fast.engine.machine.environment``, re-exported here)."""
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from same_fast.engine.machine import environment
 
-def environment() -> dict[str, Any]:
-    import torch
-
-    env = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "processor": platform.processor() or _cpu_model(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-    }
-    if torch.cuda.is_available():
-        env["device"] = torch.cuda.get_device_name(0)
-    else:
-        env["device"] = f"cpu ({env['processor']})"
-    return env
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+__all__ = ["environment", "interleaved", "serving_settings", "time_serving_step", "write_json"]
 
 
 def interleaved(cases: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2,

@@ -105,8 +105,9 @@ def run_case(modality: str, clean, fov, preset, model_name: str, picker_name: st
     from same_fast.adapt.loop import AdaptConfig, adapt_offline
     from same_fast.degrade import degrade
     from same_fast.errors import CheckpointError
-    from same_fast.experiment import _enhance, image_scores
+    from same_fast.eval.protocol import image_scores
     from same_fast.models import load_model
+    from same_fast.nn import enhance
     from same_fast.picker import PickerConfig, load_picker, picker_config_dict
 
     model, meta = load_model(model_name)
@@ -120,7 +121,7 @@ def run_case(modality: str, clean, fov, preset, model_name: str, picker_name: st
     g = torch.Generator().manual_seed(seed)
     x = degrade(clean, preset, g, fov)
     t0 = time.perf_counter()
-    src = _enhance(model, x, fov)
+    src = enhance(model, x, fov, batch_size=4)
     t_src = time.perf_counter() - t0
     curve: list[dict[str, float]] = []
 
@@ -128,7 +129,7 @@ def run_case(modality: str, clean, fov, preset, model_name: str, picker_name: st
         entry = {"step": step, "accepted": rec["accepted"] / rec["batch"], "loss": rec["loss"]}
         if step % eval_every == 0 or step == total:
             was = served.training
-            y = _enhance(served, x, fov)
+            y = enhance(served, x, fov, batch_size=4)
             served.train(was)
             entry["ssim"] = float(np.mean([r["ssim"] for r in image_scores(y, clean, fov)]))
         curve.append(entry)
@@ -140,7 +141,7 @@ def run_case(modality: str, clean, fov, preset, model_name: str, picker_name: st
     res = adapt_offline(model, list(x), picker, cfg, None if fov is None else list(fov),
                         callback=cb)
     t_adapt = time.perf_counter() - t0
-    ada = _enhance(res.student if serve == "student" else res.teacher, x, fov)
+    ada = enhance(res.student if serve == "student" else res.teacher, x, fov, batch_size=4)
     scores = {k: image_scores(v, clean, fov) for k, v in (("input", x), ("source", src),
                                                           ("adapted", ada))}
     mean = {k: {m: float(np.mean([r[m] for r in v])) for m in ("ssim", "psnr")}
@@ -231,8 +232,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from same_fast.degrade import PRESETS
+    from same_fast.degrade.presets import SPECKLE_BEYOND_TRAINING
     from same_fast.errors import CheckpointError
-    from same_fast.experiment import EXPERIMENTS
     from same_fast.picker import PickerConfig
 
     fundus_view = _view(args.redegrade, FUNDUS_VIEWS[args.fundus_shift])
@@ -257,8 +258,7 @@ def run(args: argparse.Namespace) -> int:
     if args.modality in ("ultrasound", "both"):
         try:
             clean = echo_frames(args.frames)
-            preset = dataclasses.replace(PRESETS["ultrasound-speckle"],
-                                         **EXPERIMENTS["busi-speckle"]["preset_overrides"])
+            preset = dataclasses.replace(PRESETS["ultrasound-speckle"], **SPECKLE_BEYOND_TRAINING)
             cases["ultrasound"], rows = run_case(
                 "ultrasound", clean, None, preset, args.ultrasound_model, args.ultrasound_picker,
                 args.steps, args.view, args.eval_every, args.seed, echo_view[1], echo_view[0],

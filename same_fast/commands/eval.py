@@ -18,17 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=["paper", "native"], default="paper",
                    help="paper: 256x256, 8-bit, x FOV mask (default); native: own resolution")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    p.add_argument("--experiment", metavar="NAME",
-                   help="run a named evaluation experiment instead (see same_fast.experiment)")
-    p.add_argument("-o", "--out", metavar="DIR", help="output folder of --experiment")
-    p.add_argument("--quick", action="store_true", help="a reduced --experiment (smoke run)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.experiment:
-        return _run_experiment(args)
     if not args.pred or not args.gt:
-        raise InputError("eval needs --pred DIR and --gt DIR (or --experiment NAME)")
+        raise InputError("eval needs --pred DIR and --gt DIR (the adaptation experiments run from "
+                         "a checkout: python -m lab)")
     for flag, d in (("--pred", args.pred), ("--gt", args.gt), ("--mask", args.mask)):
         if d is not None and not Path(d).is_dir():
             raise InputError(f"{flag} {d}: no such folder")
@@ -56,15 +51,3 @@ def _print_table(result: dict) -> None:
     print(f"{'mean (n=' + str(result['n']) + ')':<{width}}  {_fmt(result['ssim'], 4):>8}  "
           f"{_fmt(result['psnr'], 2):>9}   protocol={result['protocol']}")
 
-
-def _run_experiment(args: argparse.Namespace) -> int:
-    import importlib.util
-
-    if importlib.util.find_spec("same_fast.experiment") is None:
-        raise InputError("evaluation experiments are not installed in this build")
-    from same_fast import experiment
-
-    result = experiment.run_experiment(args.experiment, out_dir=args.out, quick=args.quick)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return 0

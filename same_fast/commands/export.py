@@ -78,11 +78,11 @@ def export(a: ExportArgs) -> dict:
     summary: dict = {"model": a.model, "format": a.format, "channels": channels,
                      "multiple": multiple, "opset": a.opset, "dynamic": a.dynamic}
     if a.format == "tensorrt":
-        from same_fast.engine.tensorrt import _hw, _trt, build_engine, shape_profile
+        from same_fast.engine.tensorrt import build_engine, parse_hw, require_tensorrt, shape_profile
 
-        _trt("a TensorRT plan export")  # fail before the export work when TensorRT is absent
+        require_tensorrt("a TensorRT plan export")  # fail before the export work when TensorRT is absent
         data = export_onnx(model, None, cfg)
-        prof = shape_profile(channels, multiple, opt_hw=_hw(a.opt_hw), max_hw=_hw(a.max_hw),
+        prof = shape_profile(channels, multiple, opt_hw=parse_hw(a.opt_hw), max_hw=parse_hw(a.max_hw),
                              max_batch=a.max_batch)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(build_engine(data, prof, a.dtype))

@@ -367,6 +367,14 @@ FUNDUS_LOCAL = Shen2020(name="fundus-local", brightness=(1.0, 1.0), contrast=(1.
                         cataract=Cataract(contrast=(1.0, 1.0), brightness=(1.0, 1.0),
                                           color=(1.0, 1.0)))
 
+# Speckle outside ultrasound-lite's training range (40-60 dB, grain 0.7-2, strength 0.5-1,
+# contrast 0.6-1.1): a narrower dynamic range, coarser speckle, lower contrast, no blur. Overrides
+# of UltrasoundSpeckle (not a registered preset): the demo's echo case and the lab's
+# busi-speckle experiment.
+SPECKLE_BEYOND_TRAINING: dict[str, Range | float] = dict(
+    dynamic_range_db=(32.0, 38.0), grain_sigma=(2.2, 3.0), strength=(0.9, 1.0),
+    contrast=(0.5, 0.6), p_blur=0.0)
+
 PRESETS: dict[str, Preset] = {
     p.name: p for p in (Shen2020(), Cataract(), Gray(), UltrasoundSpeckle(), SensorNoise(),
                         FUNDUS_LOCAL)

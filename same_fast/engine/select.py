@@ -113,7 +113,7 @@ def create_backend(name: str, model: nn.Module | str | os.PathLike,
 
 def machine_key() -> dict[str, Any]:
     """What makes a timing comparable: CPU/GPU model, cores, library versions."""
-    from same_fast.benchsuites.common import environment
+    from same_fast.engine.machine import environment
 
     env = environment()
     key = {k: env.get(k) for k in ("processor", "machine", "cpus", "torch_threads", "device")}

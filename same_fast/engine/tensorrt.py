@@ -28,7 +28,9 @@ from same_fast.engine.ort_backend import cached_onnx
 from same_fast.errors import DependencyError, InputError, missing_dependency
 
 
-def _trt(feature: str = "the tensorrt backend") -> Any:
+def require_tensorrt(feature: str = "the tensorrt backend") -> Any:
+    """The ``tensorrt`` module, or a DependencyError naming ``feature`` when it is absent or
+    PyPI's placeholder."""
     try:
         import tensorrt as trt
     except ImportError:
@@ -80,7 +82,7 @@ def shape_profile(channels: int, multiple: int, opt_hw: tuple[int, int] = (512, 
 def build_engine(onnx_bytes: bytes, profile: ShapeProfile, dtype: str = "fp32",
                  workspace_gib: float = 2.0, refit: bool = True) -> bytes:
     """Serialized TensorRT plan from ONNX bytes, with REFIT and the optional fp16/bf16 flag."""
-    trt = _trt()
+    trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
@@ -135,7 +137,7 @@ class TensorRTBackend(Backend):
     def __init__(self, model: nn.Module, metadata: Mapping[str, Any] | None = None,
                  config: BackendConfig | None = None) -> None:
         super().__init__(model, metadata, config)
-        trt = _trt()
+        trt = require_tensorrt()
         if self.device.type != "cuda":
             raise InputError("the tensorrt backend runs on CUDA devices only (--device cuda)")
         self._model = cpu_eval_copy(model)
@@ -146,8 +148,8 @@ class TensorRTBackend(Backend):
         opts = self.config.options
         self.profile = shape_profile(
             model_channels(self._model) or 3, model_multiple(self._model),
-            opt_hw=_hw(opts.get("trt_opt_hw", "512x512")),
-            max_hw=_hw(opts.get("trt_max_hw", "1024x1024")),
+            opt_hw=parse_hw(opts.get("trt_opt_hw", "512x512")),
+            max_hw=parse_hw(opts.get("trt_max_hw", "1024x1024")),
             opt_batch=int(opts.get("trt_opt_batch", 4)),
             max_batch=int(opts.get("trt_max_batch", 16)))
         plan = self._cached_plan(data)
@@ -196,7 +198,7 @@ class TensorRTBackend(Backend):
         return y
 
     def _refit(self, state: Mapping[str, torch.Tensor]) -> None:
-        trt = _trt()
+        trt = require_tensorrt()
         refitter = trt.Refitter(self.engine, self._logger)
         arrays = refit_weights(self._map, state)
         for name, arr in arrays.items():
@@ -219,13 +221,14 @@ class TensorRTBackend(Backend):
             self._refit(own)
 
     def describe(self) -> dict[str, Any]:
-        trt = _trt()
+        trt = require_tensorrt()
         return {**super().describe(), "tensorrt": trt.__version__,
                 "profile": {"min": self.profile.min, "opt": self.profile.opt,
                             "max": self.profile.max}, "refittable": True}
 
 
-def _hw(v: Any) -> tuple[int, int]:
+def parse_hw(v: Any) -> tuple[int, int]:
+    """``"512x768"``, ``"512"`` or ``(512, 768)`` -> ``(512, 768)``; InputError otherwise."""
     if isinstance(v, (tuple, list)):
         return int(v[0]), int(v[1])
     s = str(v).lower()

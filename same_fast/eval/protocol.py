@@ -131,3 +131,22 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, mask_dir: str | P
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in d.items()}
+
+
+def image_scores(pred: Any, clean: Any, fov: Any = None) -> list[dict[str, float]]:
+    """Per image of a batch: the ``paper`` protocol's ``ssim``/``psnr`` and the ``native`` ones
+    inside the FOV (``ssim_fov``/``psnr_fov``; the paper ones again without a FOV).
+
+    ``pred``, ``clean``: ``(N, C, H, W)`` float tensors in [0, 1] (any device); ``fov``:
+    ``(N, 1, H, W)`` {0, 1} or None.
+    """
+    from same_fast.io import to_array
+
+    out = []
+    for i in range(pred.shape[0]):
+        m = None if fov is None else fov[i, 0].cpu().numpy() > 0.5
+        p, g = to_array(pred[i].cpu()), to_array(clean[i].cpu())
+        a = score_pair(p, g, m, "paper")
+        b = score_pair(p, g, m, "native") if m is not None else a
+        out.append({"ssim": a.ssim, "psnr": a.psnr, "ssim_fov": b.ssim, "psnr_fov": b.psnr})
+    return out

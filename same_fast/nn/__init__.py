@@ -30,8 +30,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect"
 
 
 @torch.no_grad()
-def enhance(model: torch.nn.Module, x01: torch.Tensor, fov: torch.Tensor | None = None
-            ) -> torch.Tensor:
+def enhance(model: torch.nn.Module, x01: torch.Tensor, fov: torch.Tensor | None = None,
+            batch_size: int = 0) -> torch.Tensor:
     """Enhance a batch with the image decoder only (no structure decoder, no gradients).
 
     Args:
@@ -40,11 +40,17 @@ def enhance(model: torch.nn.Module, x01: torch.Tensor, fov: torch.Tensor | None 
         x01: ``(N, C, H, W)`` float in [0, 1] on the model's device; any H, W.
         fov: optional field-of-view mask ``(N, 1, H, W)`` or ``(N, H, W)`` (bool or {0,1}); the
             output is black outside it ((y + 1) * m - 1 in [-1, 1] space).
+        batch_size: run the network on at most this many images at a time (0 = all at once),
+            to bound memory on large batches.
 
     Returns ``(N, C, H, W)`` float in [0, 1], same device and size as ``x01``.
     """
     if x01.dim() != 4:
         raise InputError(f"enhance expects (N, C, H, W), got shape {tuple(x01.shape)}")
+    if 0 < batch_size < x01.shape[0]:
+        return torch.cat([enhance(model, x01[i:i + batch_size],
+                                  None if fov is None else fov[i:i + batch_size])
+                          for i in range(0, x01.shape[0], batch_size)])
     model.eval()
     multiple = int(getattr(model, "multiple", 1))
     p = next(model.parameters(), None)

@@ -232,7 +232,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int 
     if resolve(backend, x, y) == "triton":
         from same_fast.kernels.ssim import ssim_triton  # late: triton is optional
 
-        return ssim_triton(x, y, data_range, window, sigma, k1, k2)
+        return ssim_triton(x, y, gaussian_1d(window, sigma, torch.float32, x.device),
+                           data_range, k1, k2)
     return _SSIMFunction.apply(x, y, float(data_range), int(window), float(sigma), float(k1),
                                float(k2))
 
@@ -257,7 +258,8 @@ def l1_ssim_loss(x: torch.Tensor, y: torch.Tensor, w_l1: float = 0.16, w_ssim: f
         # One fused forward and one backward pass for both terms.
         from same_fast.kernels.ssim import ssim_l1_triton
 
-        s, l1 = ssim_l1_triton(x, y, data_range, window, sigma)
+        s, l1 = ssim_l1_triton(x, y, gaussian_1d(window, sigma, torch.float32, x.device),
+                               data_range)
     else:
         l1 = (x - y).abs().flatten(1).mean(1).float()
         s = ssim(x, y, data_range, window, sigma, backend="torch")

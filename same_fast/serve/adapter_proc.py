@@ -19,7 +19,7 @@ safetensors state of the served model), ``ack`` (header: id, stats), ``error`` (
 message).
 
 With ``audit`` in the init config the child appends the audit log itself (it runs the adapter:
-``same_fast.serve.adaptation.ServeAudit``), flushing every record; it writes the ``end`` record
+``same_fast.serve.adapter_setup.ServeAudit``), flushing every record; it writes the ``end`` record
 when told to stop or when its stdin closes. SIGINT and SIGTERM are ignored: the parent drains
 on them and then stops the child, so no step record is cut short.
 """
@@ -167,7 +167,7 @@ def main() -> int:
 
     from same_fast.adapt.online import OnlineAdapter
     from same_fast.models import build_from_metadata
-    from same_fast.serve.adaptation import lib_config, load_serving_picker, open_audit, safety_config
+    from same_fast.serve.adapter_setup import lib_config, load_serving_picker, open_audit, safety_config
     from same_fast.serve.model import weights_hash
 
     torch.set_num_threads(max(1, int(cfg.get("threads", 1))))

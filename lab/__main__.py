@@ -1,10 +1,11 @@
 """Run the SAME adaptation experiments and write their JSON and Markdown tables.
 
-    python benchmarks/adaptation_experiment.py [-o experiments] [--only drive-cataract]
-        [--quick] [--threads 1] [--set steps=200 --set view=128 ...]
+    python -m lab [-o experiments] [--only drive-cataract] [--quick] [--threads 1]
+        [--set steps=200 --set view=128 ...]
 
-Equivalent to ``same-fast eval --experiment NAME -o DIR`` for each experiment; the combined
-Markdown table goes to ``<out>/README.md``. Needs the shared data folder ($SAME_FAST_DATA) and
+Each experiment writes ``<out>/<name>/results.json``, ``results.md`` and ``examples.png``
+(``lab.experiment.run_experiment``); the combined Markdown table goes to ``<out>/README.md``.
+Needs the shared data folder ($SAME_FAST_DATA) and
 the shipped models and pickers (or ``--set model=PATH --set picker=PATH``).
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, object]:
-    from same_fast.experiment import ExperimentConfig
+    from lab.config import ExperimentConfig
 
     types = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
     out: dict[str, object] = {}
@@ -32,7 +33,9 @@ def _parse_sets(pairs: list[str]) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from same_fast.experiment import EXPERIMENTS, markdown, run_experiment
+    from lab.config import EXPERIMENTS
+    from lab.experiment import run_experiment
+    from lab.report import markdown
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-o", "--out", default="experiments")

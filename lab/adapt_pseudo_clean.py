@@ -1,6 +1,6 @@
 """An adaptation variant tried and not kept: pseudo-clean re-degradation.
 
-    python benchmarks/adapt_pseudo_clean.py [--split DRIVE] [--redegrade fundus-cataract]
+    python -m lab.adapt_pseudo_clean [--split DRIVE] [--redegrade fundus-cataract]
         [--strength 1.0] [--steps 300] [--mix 0] [--n-images 0] [--json FILE]
 
 The target images (DRIVE, degraded with ``--target``, as the adaptation experiment does) are
@@ -33,10 +33,12 @@ import torch.nn.functional as F
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lab.images import load_drive_test
     from same_fast.adapt.augment import AugmentConfig, random_views, redegrade
     from same_fast.degrade import degrade
-    from same_fast.experiment import _enhance, image_scores, load_drive_test
+    from same_fast.eval.protocol import image_scores
     from same_fast.models import load_model
+    from same_fast.nn import enhance
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--split", default="DRIVE", choices=["DRIVE", "DRIVE-test"])
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     model, _ = load_model(a.model)
 
     def score(net: torch.nn.Module) -> tuple[float, float]:
-        s = image_scores(_enhance(net.eval(), x, fov), clean, fov)
+        s = image_scores(enhance(net, x, fov, batch_size=4), clean, fov)
         return (float(np.mean([r["ssim"] for r in s])), float(np.mean([r["psnr"] for r in s])))
 
     rows = [{"step": 0, "source": score(model)}]

@@ -1,6 +1,6 @@
 """How well pickers tell real pseudo-labels from planted implausible ones, side by side.
 
-    python benchmarks/picker_auroc.py --experiment busi-speckle \
+    python -m lab.picker_auroc --experiment busi-speckle \
         --picker ultrasound-picker --picker runs/us-picker-gan.safetensors \
         [--seeds 0,1,2] [--dataset DRIVE] [--n-images 0] [--json FILE]
 
@@ -24,7 +24,9 @@ import numpy as np
 
 
 def main(argv: list[str] | None = None) -> int:
-    from same_fast.experiment import EXPERIMENTS, experiment_images, make_config, picker_separation
+    from lab.config import EXPERIMENTS, make_config
+    from lab.images import experiment_images
+    from lab.planted import picker_separation
     from same_fast.models import load_model
     from same_fast.picker import load_picker
 
