@@ -68,17 +68,17 @@ def _blur_only(keep_colour: bool = False) -> Any:
     def cataract_blur(self: Any, x: torch.Tensor, g: Any, fov: Any = None) -> torch.Tensor:
         n, _, h, w = x.shape
         d = x.device
-        s = presets._scale(x, self.reference_px)
-        presets._u(g, n, (-self.center_offset, self.center_offset), d)  # haze centre y, x
-        presets._u(g, n, (-self.center_offset, self.center_offset), d)
+        s = presets.scale_factor(x, self.reference_px)
+        presets.uniform(g, n, (-self.center_offset, self.center_offset), d)  # haze centre y, x
+        presets.uniform(g, n, (-self.center_offset, self.center_offset), d)
         k0, k1 = self.kernel
-        kk = torch.floor(presets._u(g, n, (k0 / 2, k1 / 2 + 1), d)).clamp_max(k1 // 2) * 2 + 1
+        kk = torch.floor(presets.uniform(g, n, (k0 / 2, k1 / 2 + 1), d)).clamp_max(k1 // 2) * 2 + 1
         kk = (torch.round((kk - 1) / 2 * s) * 2 + 1).clamp_min(1)
-        y = ops.box_gaussian_blur(x, kk, presets._u(g, n, self.sigma, d) * s)
-        presets._u(g, n, self.r, d)  # haze strength
-        y = ops.adjust_contrast(y, presets._u(g, n, self.contrast, d))
-        y = ops.adjust_brightness(y, presets._u(g, n, self.brightness, d))
-        y = ops.adjust_saturation(y, presets._u(g, n, self.color, d))
+        y = ops.box_gaussian_blur(x, kk, presets.uniform(g, n, self.sigma, d) * s)
+        presets.uniform(g, n, self.r, d)  # haze strength
+        y = ops.adjust_contrast(y, presets.uniform(g, n, self.contrast, d))
+        y = ops.adjust_brightness(y, presets.uniform(g, n, self.brightness, d))
+        y = ops.adjust_saturation(y, presets.uniform(g, n, self.color, d))
         return ops.keep_fov(y.clamp(0, 1), fov)
 
     try:
@@ -142,7 +142,7 @@ def _kind(preset: Any, g: torch.Generator) -> str:
     from same_fast.degrade import presets
 
     st = g.get_state()
-    i = int(torch.floor(presets._u(g, 1, (0, len(preset.types)), torch.device("cpu"))))
+    i = int(torch.floor(presets.uniform(g, 1, (0, len(preset.types)), torch.device("cpu"))))
     g.set_state(st)
     return preset.types[min(i, len(preset.types) - 1)]
 

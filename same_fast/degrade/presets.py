@@ -17,14 +17,14 @@ from same_fast.degrade import ops
 Range = tuple[float, float]
 
 
-def _u(g: torch.Generator | None, n: int, r: Range, device: torch.device) -> torch.Tensor:
+def uniform(g: torch.Generator | None, n: int, r: Range, device: torch.device) -> torch.Tensor:
     """``n`` uniform draws in ``r`` from ``g`` (drawn on the generator's device, moved to ours)."""
     gd = g.device if g is not None else torch.device("cpu")
     v = torch.rand(n, generator=g, device=gd)
     return (r[0] + (r[1] - r[0]) * v).to(device)
 
 
-def _scale(x: torch.Tensor, reference_px: int) -> float:
+def scale_factor(x: torch.Tensor, reference_px: int) -> float:
     return min(x.shape[-2:]) / float(reference_px)
 
 
@@ -60,22 +60,22 @@ class Cataract:
         factors (contrast, brightness, colour) and nothing else (no haze, no blur)."""
         n, c, h, w = x.shape
         d = x.device
-        s = _scale(x, self.reference_px)
-        cy = (0.5 + _u(g, n, (-self.center_offset, self.center_offset), d)) * h
-        cx = (0.5 + _u(g, n, (-self.center_offset, self.center_offset), d)) * w
+        s = scale_factor(x, self.reference_px)
+        cy = (0.5 + uniform(g, n, (-self.center_offset, self.center_offset), d)) * h
+        cx = (0.5 + uniform(g, n, (-self.center_offset, self.center_offset), d)) * w
         dist = ops.distance(h, w, cy, cx)
         haze = dist / dist.amax((2, 3), keepdim=True).clamp_min(1e-6)
         haze = ops.blur(haze, torch.full((n,), self.haze_smooth * min(h, w), device=d))
         # odd kernel sizes in [kernel], scaled with the image
         k0, k1 = self.kernel
-        kk = torch.floor(_u(g, n, (k0 / 2, k1 / 2 + 1), d)).clamp_max(k1 // 2) * 2 + 1
+        kk = torch.floor(uniform(g, n, (k0 / 2, k1 / 2 + 1), d)).clamp_max(k1 // 2) * 2 + 1
         kk = (torch.round((kk - 1) / 2 * s) * 2 + 1).clamp_min(1)
-        blurred = ops.box_gaussian_blur(x, kk, _u(g, n, self.sigma, d) * s)
+        blurred = ops.box_gaussian_blur(x, kk, uniform(g, n, self.sigma, d) * s)
         cmax = x.amax((2, 3), keepdim=True)
-        r = _u(g, n, self.r, d).view(-1, 1, 1, 1)
+        r = uniform(g, n, self.r, d).view(-1, 1, 1, 1)
         y = self.base * blurred + r * haze * (cmax - blurred)
-        factors = (_u(g, n, self.contrast, d), _u(g, n, self.brightness, d),
-                   _u(g, n, self.color, d))
+        factors = (uniform(g, n, self.contrast, d), uniform(g, n, self.brightness, d),
+                   uniform(g, n, self.color, d))
         return (ops.keep_fov(_colour(y, *factors).clamp(0, 1), fov),
                 ops.keep_fov(_colour(x, *factors).clamp(0, 1), fov))
 
@@ -105,13 +105,13 @@ def _halo(x: torch.Tensor, g: torch.Generator | None, diameter: Range, center: f
     n, c, h, w = x.shape
     d = x.device
     size = min(h, w)
-    cy = (0.5 + _u(g, n, (-center, center), d)) * h
-    cx = (0.5 + _u(g, n, (-center, center), d)) * w
-    r_in = _u(g, n, diameter, d) * size / 2
+    cy = (0.5 + uniform(g, n, (-center, center), d)) * h
+    cx = (0.5 + uniform(g, n, (-center, center), d)) * w
+    r_in = uniform(g, n, diameter, d) * size / 2
     ring = torch.sigmoid((ops.distance(h, w, cy, cx) - r_in.view(-1, 1, 1, 1))
                          / (softness * size))
-    t = torch.stack([_u(g, n, tint, d) for _ in range(c)], 1).view(n, c, 1, 1)
-    a = _u(g, n, strength, d).view(-1, 1, 1, 1)
+    t = torch.stack([uniform(g, n, tint, d) for _ in range(c)], 1).view(n, c, 1, 1)
+    a = uniform(g, n, strength, d).view(-1, 1, 1, 1)
     return x + a * ring * t * (1 - x)
 
 
@@ -120,10 +120,10 @@ def _hole(x: torch.Tensor, g: torch.Generator | None, diameter: Range, band: Ran
     """A smooth dark blob of ``diameter`` x width, centre in the middle ``band`` of the image."""
     n, c, h, w = x.shape
     d = x.device
-    cy = _u(g, n, band, d).view(n, 1) * h
-    cx = _u(g, n, band, d).view(n, 1) * w
+    cy = uniform(g, n, band, d).view(n, 1) * h
+    cx = uniform(g, n, band, d).view(n, 1) * w
     # the blob's 1/e^2 radius is the hole's radius: sigma = radius / 2
-    rad = (_u(g, n, diameter, d) * w / 4).view(n, 1)
+    rad = (uniform(g, n, diameter, d) * w / 4).view(n, 1)
     blob = ops.gaussian_blobs(h, w, cy, cx, rad, torch.ones(n, 1, device=d))
     depth = depth_base + depth_slope * x.mean((1, 2, 3))
     return x * (1 - depth.view(-1, 1, 1, 1) * blob.clamp(0, 1))
@@ -172,23 +172,23 @@ class Shen2020:
         the input's global tone and undoes every local family would return, blur removed."""
         n, c, h, w = x.shape
         d = x.device
-        idx = torch.floor(_u(g, n, (0, len(self.types)), d)).long().clamp_max(len(self.types) - 1)
+        idx = torch.floor(uniform(g, n, (0, len(self.types)), d)).long().clamp_max(len(self.types) - 1)
         kinds = [self.types[i] for i in idx.tolist()]
         has = {k: torch.tensor([k in t.split("+") for t in kinds], device=d)
                for k in ("illum", "spot", "blur", "cataract")}
         # Parameters are drawn for every sample (so a sample's draw does not depend on the
         # others' types), but each family runs only on the samples whose type includes it.
-        bright = _u(g, n, self.brightness, d)
-        contrast = _u(g, n, self.contrast, d)
-        sat = _u(g, n, self.saturation, d)
+        bright = uniform(g, n, self.brightness, d)
+        contrast = uniform(g, n, self.contrast, d)
+        sat = uniform(g, n, self.saturation, d)
         k = self.spots[1]
-        count = torch.floor(_u(g, n, (self.spots[0], self.spots[1] + 1), d)).clamp_max(k)
+        count = torch.floor(uniform(g, n, (self.spots[0], self.spots[1] + 1), d)).clamp_max(k)
         present = (torch.arange(k, device=d).view(1, k) < count.view(n, 1)).float()
-        spot_cy = _u(g, n * k, (0.1, 0.9), d).view(n, k) * h
-        spot_cx = _u(g, n * k, (0.1, 0.9), d).view(n, k) * w
-        spot_r = _u(g, n * k, self.spot_radius, d).view(n, k) * h
-        spot_a = _u(g, n * k, self.spot_strength, d).view(n, k) * present
-        sig = _u(g, n, self.blur_sigma, d) * _scale(x, self.reference_px)
+        spot_cy = uniform(g, n * k, (0.1, 0.9), d).view(n, k) * h
+        spot_cx = uniform(g, n * k, (0.1, 0.9), d).view(n, k) * w
+        spot_r = uniform(g, n * k, self.spot_radius, d).view(n, k) * h
+        spot_a = uniform(g, n * k, self.spot_strength, d).view(n, k) * present
+        sig = uniform(g, n, self.blur_sigma, d) * scale_factor(x, self.reference_px)
         halo_g = _fork(g)
         hole_g = _fork(g)
         cat_g = _fork(g)
@@ -259,11 +259,11 @@ class Gray:
               fov: torch.Tensor | None = None) -> torch.Tensor:
         n = x.shape[0]
         d = x.device
-        dark = _u(g, n, (0, 1), d) < 0.5
-        f = torch.where(dark, _u(g, n, self.dark, d), _u(g, n, self.bright, d))
-        y = ops.adjust_contrast(ops.adjust_brightness(x, f), _u(g, n, self.contrast, d))
+        dark = uniform(g, n, (0, 1), d) < 0.5
+        f = torch.where(dark, uniform(g, n, self.dark, d), uniform(g, n, self.bright, d))
+        y = ops.adjust_contrast(ops.adjust_brightness(x, f), uniform(g, n, self.contrast, d))
         y = y.clamp(0, 1)
-        use = {k: (_u(g, n, (0, 1), d) < p).view(-1, 1, 1, 1)
+        use = {k: (uniform(g, n, (0, 1), d) < p).view(-1, 1, 1, 1)
                for k, p in (("halo", self.p_halo), ("hole", self.p_hole), ("blur", self.p_blur))}
         z = _halo(y, g, self.halo_diameter, self.halo_center, self.halo_softness,
                   self.halo_strength, (1.0, 1.0))
@@ -271,18 +271,18 @@ class Gray:
         z = _hole(y, g, self.hole_diameter, self.hole_band, self.hole_depth_base,
                   self.hole_depth_slope)
         y = torch.where(use["hole"], z, y)
-        sig = _u(g, n, self.blur_sigma, d) * _scale(x, self.reference_px)
+        sig = uniform(g, n, self.blur_sigma, d) * scale_factor(x, self.reference_px)
         sel = use["blur"].view(-1).nonzero().view(-1)
         y = y.index_copy(0, sel, ops.blur(y.index_select(0, sel), sig.index_select(0, sel)))
-        gaussian = (_u(g, n, (0, 1), d) < 0.5).view(-1, 1, 1, 1)
-        std_n = _u(g, n, self.noise_var, d).sqrt().view(-1, 1, 1, 1)
-        std_s = _u(g, n, self.speckle_var, d).sqrt().view(-1, 1, 1, 1)
-        noise = _randn(g, y)
+        gaussian = (uniform(g, n, (0, 1), d) < 0.5).view(-1, 1, 1, 1)
+        std_n = uniform(g, n, self.noise_var, d).sqrt().view(-1, 1, 1, 1)
+        std_s = uniform(g, n, self.speckle_var, d).sqrt().view(-1, 1, 1, 1)
+        noise = randn_from(g, y)
         y = torch.where(gaussian, y + std_n * noise, y + y * std_s * noise)
         return ops.keep_fov(y.clamp(0, 1), fov)
 
 
-def _randn(g: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+def randn_from(g: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
     gd = g.device if g is not None else torch.device("cpu")
     return torch.randn(like.shape, generator=g, device=gd).to(like.device, like.dtype)
 
@@ -313,23 +313,23 @@ class UltrasoundSpeckle:
               fov: torch.Tensor | None = None) -> torch.Tensor:
         n = x.shape[0]
         d = x.device
-        s = _scale(x, self.reference_px)
-        dr = _u(g, n, self.dynamic_range_db, d).view(-1, 1, 1, 1) * (math.log(10) / 20)
+        s = scale_factor(x, self.reference_px)
+        dr = uniform(g, n, self.dynamic_range_db, d).view(-1, 1, 1, 1) * (math.log(10) / 20)
         env = torch.exp((x - 1.0) * dr)  # linear envelope amplitude in (0, 1]
         # complex Gaussian field, smoothed to the speckle grain, renormalised to unit power
-        grain = _u(g, n, self.grain_sigma, d) * s
-        re = ops.blur(_randn(g, x), grain)
-        im = ops.blur(_randn(g, x), grain)
+        grain = uniform(g, n, self.grain_sigma, d) * s
+        re = ops.blur(randn_from(g, x), grain)
+        im = ops.blur(randn_from(g, x), grain)
         power = (re ** 2 + im ** 2)
         amp = torch.sqrt(power / power.mean((1, 2, 3), keepdim=True).clamp_min(1e-12))
         amp = amp / math.sqrt(math.pi / 4)  # Rayleigh mean sqrt(pi)/2 -> unit mean amplitude
-        k = _u(g, n, self.strength, d).view(-1, 1, 1, 1)
+        k = uniform(g, n, self.strength, d).view(-1, 1, 1, 1)
         speckled = env * ((1 - k) + k * amp)
         y = 1.0 + torch.log(speckled.clamp_min(1e-6)) / dr
-        y = ops.adjust_brightness(y.clamp(0, 1), _u(g, n, self.gain, d))
-        y = ops.adjust_contrast(y, _u(g, n, self.contrast, d)).clamp(0, 1)
-        use = _u(g, n, (0, 1), d) < self.p_blur
-        y = ops.blur(y, _u(g, n, self.blur_sigma, d) * s * use)
+        y = ops.adjust_brightness(y.clamp(0, 1), uniform(g, n, self.gain, d))
+        y = ops.adjust_contrast(y, uniform(g, n, self.contrast, d)).clamp(0, 1)
+        use = uniform(g, n, (0, 1), d) < self.p_blur
+        y = ops.blur(y, uniform(g, n, self.blur_sigma, d) * s * use)
         return ops.keep_fov(y.clamp(0, 1), fov)
 
 
@@ -351,9 +351,9 @@ class SensorNoise:
               fov: torch.Tensor | None = None) -> torch.Tensor:
         n = x.shape[0]
         d = x.device
-        shot = _u(g, n, self.shot, d).view(-1, 1, 1, 1)
-        read = _u(g, n, self.read, d).view(-1, 1, 1, 1)
-        y = x + torch.sqrt(shot * x + read ** 2) * _randn(g, x)
+        shot = uniform(g, n, self.shot, d).view(-1, 1, 1, 1)
+        read = uniform(g, n, self.read, d).view(-1, 1, 1, 1)
+        y = x + torch.sqrt(shot * x + read ** 2) * randn_from(g, x)
         return ops.keep_fov(y.clamp(0, 1), fov)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from same_fast.degrade import ops
-from same_fast.degrade.presets import Range, _randn, _scale, _u
+from same_fast.degrade.presets import Range, randn_from, scale_factor, uniform
 
 
 def _gamma(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -52,15 +52,15 @@ class GenericMix:
     def apply(self, x: torch.Tensor, g: torch.Generator | None,
               fov: torch.Tensor | None = None) -> torch.Tensor:
         n, d = x.shape[0], x.device
-        use = {k: (_u(g, n, (0, 1), d) < p).view(-1, 1, 1, 1)
+        use = {k: (uniform(g, n, (0, 1), d) < p).view(-1, 1, 1, 1)
                for k, p in (("tone", self.p_tone), ("blur", self.p_blur),
                             ("noise", self.p_noise), ("jpeg", self.p_jpeg))}
-        gamma = torch.exp(_u(g, n, (-self.gamma_log, self.gamma_log), d))
-        contrast = _u(g, n, self.contrast, d)
-        sigma = _u(g, n, self.blur_sigma, d) * _scale(x, self.reference_px)
-        std = _u(g, n, self.noise_std, d).view(-1, 1, 1, 1)
-        quality = _u(g, n, self.jpeg_quality, d)
-        noise = _randn(g, x)
+        gamma = torch.exp(uniform(g, n, (-self.gamma_log, self.gamma_log), d))
+        contrast = uniform(g, n, self.contrast, d)
+        sigma = uniform(g, n, self.blur_sigma, d) * scale_factor(x, self.reference_px)
+        std = uniform(g, n, self.noise_std, d).view(-1, 1, 1, 1)
+        quality = uniform(g, n, self.jpeg_quality, d)
+        noise = randn_from(g, x)
         y = torch.where(use["tone"], ops.adjust_contrast(_gamma(x, gamma), contrast), x)
         y = torch.where(use["blur"], ops.blur(y, sigma), y).clamp(0, 1)
         y = torch.where(use["noise"], y + std * noise, y).clamp(0, 1)
@@ -81,10 +81,10 @@ class NoiseJpeg:
     def apply(self, x: torch.Tensor, g: torch.Generator | None,
               fov: torch.Tensor | None = None) -> torch.Tensor:
         n, d = x.shape[0], x.device
-        shot = _u(g, n, self.shot, d).view(-1, 1, 1, 1)
-        read = _u(g, n, self.read, d).view(-1, 1, 1, 1)
-        quality = _u(g, n, self.jpeg_quality, d)
-        y = (x + torch.sqrt(shot * x + read ** 2) * _randn(g, x)).clamp(0, 1)
+        shot = uniform(g, n, self.shot, d).view(-1, 1, 1, 1)
+        read = uniform(g, n, self.read, d).view(-1, 1, 1, 1)
+        quality = uniform(g, n, self.jpeg_quality, d)
+        y = (x + torch.sqrt(shot * x + read ** 2) * randn_from(g, x)).clamp(0, 1)
         y = ops.keep_fov(y, fov)
         return ops.keep_fov(ops.jpeg(y, quality), fov)
 
@@ -106,11 +106,11 @@ class HazeGamma:
               fov: torch.Tensor | None = None) -> torch.Tensor:
         n, c, h, w = x.shape
         d = x.device
-        cy = (0.5 + _u(g, n, (-self.center_offset, self.center_offset), d)) * h
-        cx = (0.5 + _u(g, n, (-self.center_offset, self.center_offset), d)) * w
-        a = _u(g, n, self.strength, d).view(-1, 1, 1, 1)
-        colour = torch.stack([_u(g, n, self.veil_colour, d) for _ in range(c)], 1).view(n, c, 1, 1)
-        gamma = _u(g, n, self.gamma, d)
+        cy = (0.5 + uniform(g, n, (-self.center_offset, self.center_offset), d)) * h
+        cx = (0.5 + uniform(g, n, (-self.center_offset, self.center_offset), d)) * w
+        a = uniform(g, n, self.strength, d).view(-1, 1, 1, 1)
+        colour = torch.stack([uniform(g, n, self.veil_colour, d) for _ in range(c)], 1).view(n, c, 1, 1)
+        gamma = uniform(g, n, self.gamma, d)
         dist = ops.distance(h, w, cy, cx)
         v = dist / dist.amax((2, 3), keepdim=True).clamp_min(1e-6)
         v = self.floor + (1 - self.floor) * v
@@ -134,10 +134,10 @@ class BlurLight:
               fov: torch.Tensor | None = None) -> torch.Tensor:
         n, _, h, w = x.shape
         d = x.device
-        sigma = _u(g, n, self.blur_sigma, d) * _scale(x, self.reference_px)
-        cy = (0.5 + _u(g, n, (-self.center_offset, self.center_offset), d)) * h
-        cx = (0.5 + _u(g, n, (-self.center_offset, self.center_offset), d)) * w
-        s = _u(g, n, self.vignette, d).view(-1, 1, 1, 1)
+        sigma = uniform(g, n, self.blur_sigma, d) * scale_factor(x, self.reference_px)
+        cy = (0.5 + uniform(g, n, (-self.center_offset, self.center_offset), d)) * h
+        cx = (0.5 + uniform(g, n, (-self.center_offset, self.center_offset), d)) * w
+        s = uniform(g, n, self.vignette, d).view(-1, 1, 1, 1)
         r = ops.distance(h, w, cy, cx) / (0.5 * (h * h + w * w) ** 0.5)
         y = ops.blur(x, sigma) * (1 - s * r.clamp(0, 1) ** 2)
         return ops.keep_fov(y.clamp(0, 1), fov)

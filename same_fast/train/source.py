@@ -456,7 +456,7 @@ def plot_curves(log: Path, png: Path) -> bool:
             ax.plot(steps, [r[f"val_{key}_input"] for r in recs], ls="--", label="degraded input")
             saved = [(r["step"], r[f"val_{key}"]) for r in recs if r.get("saved")]
             if saved:
-                ax.scatter(*zip(*saved), marker="o", facecolors="none", edgecolors="k",
+                ax.scatter(*zip(*saved, strict=True), marker="o", facecolors="none", edgecolors="k",
                            label="saved (best so far)", zorder=3)
             ax.legend(fontsize=8)
         ax.set(title=f"validation {unit}", xlabel="step", ylabel=unit)
