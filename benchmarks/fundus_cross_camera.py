@@ -50,30 +50,65 @@ def _ceiling_module() -> Any:
     return mod
 
 
+# The vessel segmenter for a camera is trained on clean images of other cameras only.
+SEGMENTER_SETS = {"DRIVE-test": ("HRF", "FIVES"), "FIVES": ("HRF",), "HRF": ("FIVES",)}
+
+
 def load_camera(name: str, max_side: int) -> list[dict[str, Any]]:
-    """The camera's clean images as (1, 3, H, W) in [0, 1] with a (1, 1, H, W) FOV."""
+    """The camera's clean images as (1, 3, H, W) in [0, 1] with a (1, 1, H, W) FOV and, where
+    the set has them, a (1, 1, H, W) vessel mask."""
     from same_fast.io import load, load_mask, to_tensor
     from same_fast.train.source import _partner, data_folders, estimate_fov
 
     out = []
-    for _set, _root, files, _masks, fov_dir in data_folders(name):
+    for _set, _root, files, masks_dir, fov_dir in data_folders(name):
         for f in files:
             arr = load(f).frames[0][..., :3]
             x = to_tensor(arr if arr.dtype == np.uint8 else (arr // 257).astype(np.uint8))[None]
             fm = _partner(fov_dir, f.stem)
             fov = (torch.from_numpy(load_mask(fm[0], arr.shape[:2]))[None, None].float()
                    if fm else None)
+            vm = [m for m in _partner(masks_dir, f.stem)]
+            ves = None
+            if vm:
+                v = np.zeros(arr.shape[:2], bool)
+                for m in vm:
+                    mm = load_mask(m)
+                    if mm.shape == v.shape:
+                        v |= mm
+                ves = torch.from_numpy(v)[None, None].float()
             h, w = x.shape[-2:]
             s = min(1.0, max_side / max(h, w))
             if s < 1.0:
                 size = (round(h * s), round(w * s))
                 x = F.interpolate(x, size=size, mode="area")
                 fov = None if fov is None else F.interpolate(fov, size=size, mode="nearest")
+                ves = None if ves is None else F.interpolate(ves, size=size, mode="nearest")
             x = (x * 255).round() / 255  # an 8-bit photograph, as a user's file would be
             if fov is None:
                 fov = estimate_fov(x[0])[None].float()
-            out.append({"name": f.stem, "clean": x * fov, "fov": fov})
+            out.append({"name": f.stem, "clean": x * fov, "fov": fov, "vessels": ves})
     return out
+
+
+def _letterbox(t: torch.Tensor, size: int) -> torch.Tensor:
+    """(1, C, H, W) padded to a square and resized to ``size`` (as the segmenter trained)."""
+    h, w = t.shape[-2:]
+    s = max(h, w)
+    t = F.pad(t, ((s - w) // 2, s - w - (s - w) // 2, (s - h) // 2, s - h - (s - h) // 2))
+    return F.interpolate(t, size=(size, size), mode="area")
+
+
+def vessel_dice(net: Any, img: torch.Tensor, vessels: torch.Tensor, fov: torch.Tensor,
+                size: int = 256) -> float:
+    """Dice of the segmenter's vessel map of ``img`` against the reference, inside the FOV."""
+    from same_fast.eval import dice
+
+    with torch.no_grad():
+        p = torch.sigmoid(net(_letterbox(img, size)))[0, 0].numpy() > 0.5
+    ref = _letterbox(vessels, size)[0, 0].numpy() > 0.5
+    m = _letterbox(fov, size)[0, 0].numpy() > 0.5
+    return float(dice(p & m, ref & m))
 
 
 def _input_tone(y: torch.Tensor, x: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
@@ -106,8 +141,10 @@ def _u8(t: torch.Tensor) -> np.ndarray:
 
 
 def score_camera(images: list[dict[str, Any]], arms: list[tuple[str, Any, bool]], seed: int,
-                 conditions: tuple[str, ...] = CONDITIONS) -> dict[str, list[dict[str, Any]]]:
-    """Per condition, one row per image: the input's, the ceilings' and each arm's scores."""
+                 conditions: tuple[str, ...] = CONDITIONS, segmenter: Any = None
+                 ) -> dict[str, list[dict[str, Any]]]:
+    """Per condition, one row per image: the input's, the ceilings' and each arm's scores (and
+    with a ``segmenter``, the vessel Dice of the input, the clean image and each output)."""
     from same_fast.degrade import get_preset
     from same_fast.eval import score_pair
     from same_fast.nn import enhance
@@ -127,9 +164,14 @@ def score_camera(images: list[dict[str, Any]], arms: list[tuple[str, Any, bool]]
                 kind = ceil._kind(get_preset(cond), g)
                 variants = ceil._variants(cond, x, g, fov)
             row: dict[str, Any] = {"name": im["name"], "type": kind}
+            seg = segmenter is not None and im["vessels"] is not None and cond != "identity"
             for key, v in variants.items():
                 s = score_pair(_u8(v), gt, m, "paper")
                 row[key] = {"ssim": s.ssim, "psnr": min(s.psnr, 100.0)}
+            if seg:
+                row["vessel_dice"] = {"clean": vessel_dice(segmenter, x, im["vessels"], fov),
+                                      "degraded": vessel_dice(segmenter, variants["degraded"],
+                                                              im["vessels"], fov)}
             # what an enhancer sees: the degraded image as an 8-bit file
             inp = torch.from_numpy(_u8(variants["degraded"])).movedim(-1, 0)[None].float() / 255
             for label, net, tone in arms:
@@ -139,6 +181,8 @@ def score_camera(images: list[dict[str, Any]], arms: list[tuple[str, Any, bool]]
                     y = _input_tone(y, inp, fov)
                 s = score_pair(_u8(y), gt, m, "paper")
                 row[label] = {"ssim": s.ssim, "psnr": min(s.psnr, 100.0)}
+                if seg:
+                    row["vessel_dice"][label] = vessel_dice(segmenter, y, im["vessels"], fov)
             rows[cond].append(row)
     return rows
 
@@ -182,6 +226,9 @@ def summarise(rows: list[dict[str, Any]], cond: str, labels: list[str], seed: in
                                      and d_psnr.mean() >= halfway["psnr"]
                                      and np.mean(d_ssim < 0) <= 0.10)
         out["arms"][label] = arm
+    if "vessel_dice" in rows[0]:
+        out["vessel_dice"] = {k: bootstrap_ci([r["vessel_dice"][k] for r in rows], seed=seed)
+                              for k in rows[0]["vessel_dice"]}
     return out
 
 
@@ -197,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-side", type=int, default=1024)
     p.add_argument("--max-images", type=int, default=0, help="per camera (0: all)")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--vessels", action="store_true",
+                   help="also score vessel segmentation (a segmenter trained on other cameras)")
+    p.add_argument("--segmenter-steps", type=int, default=300)
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     if a.threads:
@@ -210,7 +260,15 @@ def main(argv: list[str] | None = None) -> int:
         images = load_camera(cam, a.max_side)
         if a.max_images:
             images = images[:a.max_images]
-        rows = score_camera(images, arms, a.seed, conditions)
+        segmenter = None
+        if a.vessels and cam in SEGMENTER_SETS:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+            from lab.segmenter import train_segmenter
+
+            segmenter, seg_info = train_segmenter(a.segmenter_steps, 256, a.seed,
+                                                  sets=SEGMENTER_SETS[cam])
+            res.setdefault("segmenters", {})[cam] = seg_info
+        rows = score_camera(images, arms, a.seed, conditions, segmenter)
         res["cameras"][cam] = {c: {"summary": summarise(r, c, labels, a.seed), "rows": r}
                                for c, r in rows.items()}
         for c in conditions:
@@ -218,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             parts = [f"{k} {v['ssim']['mean']:.4f}/{v['psnr']['mean']:.2f}"
                      for k, v in s["mean"].items()]
             print(f"{cam:15s} {c:16s} n={s['n']:3d}  " + "  ".join(parts), flush=True)
+            if "vessel_dice" in s:
+                print(f"{'':32s} vessel Dice: " + "  ".join(
+                    f"{k} {v['mean']:.3f}" for k, v in s["vessel_dice"].items()), flush=True)
             for lab, arm in s["arms"].items():
                 extra = (f" way {arm['fraction_of_way_to_ceiling']['ssim']:.2f}/"
                          f"{arm['fraction_of_way_to_ceiling']['psnr']:.2f}"

@@ -43,15 +43,16 @@ class VesselUNet(nn.Module):
         return self.head(h)
 
 
-def train_segmenter(steps: int, size: int, seed: int, batch: int = 8, crop: int = 128
-                    ) -> tuple[VesselUNet, dict[str, Any]]:
-    """Train the vessel U-Net on clean HRF + FIVES (CC BY), letterboxed to ``size`` so vessels
-    have the width they have in DRIVE at that size; random ``crop`` patches, flips; BCE + Dice."""
+def train_segmenter(steps: int, size: int, seed: int, batch: int = 8, crop: int = 128,
+                    sets: tuple[str, ...] = ("HRF", "FIVES")) -> tuple[VesselUNet, dict[str, Any]]:
+    """Train the vessel U-Net on the clean images of ``sets`` (default HRF + FIVES, CC BY),
+    letterboxed to ``size`` so vessels have the width they have in DRIVE at that size; random
+    ``crop`` patches, flips; BCE + Dice."""
     from same_fast.data import DATASETS, require_data_root
     from same_fast.train.picker import load_structure_set, random_view
 
     root = require_data_root()
-    data = load_structure_set([root / str(DATASETS[s]["root"]) for s in ("HRF", "FIVES")], 3, size)
+    data = load_structure_set([root / str(DATASETS[s]["root"]) for s in sets], 3, size)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     net = VesselUNet()
@@ -73,7 +74,7 @@ def train_segmenter(steps: int, size: int, seed: int, batch: int = 8, crop: int 
         opt.step()
         losses.append(float(loss.detach()))
     net.eval()
-    return net, {"steps": steps, "images": len(data.names), "train_sets": ["HRF", "FIVES"],
+    return net, {"steps": steps, "images": len(data.names), "train_sets": list(sets),
                  "loss_first": float(np.mean(losses[:10])) if losses else None,
                  "loss_last": float(np.mean(losses[-10:])) if losses else None}
 
