@@ -7,6 +7,7 @@ Teacher and student see the same geometric view (SPEC section 5, step 1).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +89,7 @@ def random_views(images: list[torch.Tensor], config: AugmentConfig, g: torch.Gen
     return (views, torch.cat(masks)) if with_masks else views
 
 
-def redegrade(x01: torch.Tensor, preset: str, strength: float, g: torch.Generator
+def redegrade(x01: torch.Tensor, preset: Any, strength: float, g: torch.Generator
               ) -> torch.Tensor:
     """A mild re-degradation of a view for the student (the SRTTA-style option of SPEC section 5).
 

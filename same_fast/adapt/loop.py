@@ -22,10 +22,25 @@ from same_fast.adapt.augment import AugmentConfig, random_views, redegrade
 from same_fast.adapt.step import AdaptStep, StepConfig
 from same_fast.errors import InputError
 
-# The student's re-degraded view by default: a generic mix fixed before any target was seen
-# (degrade/shifts.py), the same for every modality. Never a test shift's own generator, and not
-# the source training preset either (which would only teach again what the source learnt).
-DEFAULT_REDEGRADE = {"fundus": "generic-mix", "ultrasound": "generic-mix", "oct": "generic-mix"}
+# The student's re-degraded view by default: "auto", noise at the level estimated from the
+# target images themselves plus a mild JPEG pass (degrade/estimate.py), the same for every
+# modality. Never a test shift's own generator, and not the source training preset either
+# (which would only teach again what the source learnt). A named preset (generic-mix, ...)
+# replaces it.
+AUTO_REDEGRADE = "auto"
+DEFAULT_REDEGRADE = {"fundus": AUTO_REDEGRADE, "ultrasound": AUTO_REDEGRADE, "oct": AUTO_REDEGRADE}
+
+
+def redegradation(cfg: AdaptConfig, images: Sequence[torch.Tensor],
+                  fovs: Sequence[torch.Tensor | None] | None = None) -> Any:
+    """The student's re-degradation preset for ``cfg``: a named preset, or for ``auto`` the one
+    estimated from ``images`` (``degrade.estimate.target_redegradation``)."""
+    name = cfg.redegrade_preset or DEFAULT_REDEGRADE.get(cfg.modality, AUTO_REDEGRADE)
+    if name != AUTO_REDEGRADE:
+        return name
+    from same_fast.degrade.estimate import target_redegradation
+
+    return target_redegradation(images, fovs)
 
 
 @dataclass
@@ -197,7 +212,7 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
     step = make_step(student, teacher, cfg, picker)
     served = student if cfg.serve == "student" else teacher
     aug = cfg.augment_config(int(getattr(model, "multiple", 1)), _has_context(model))
-    preset = cfg.redegrade_preset or DEFAULT_REDEGRADE.get(cfg.modality, "gray")
+    preset = redegradation(cfg, images, fovs) if cfg.redegrade else None
     history: list[dict[str, float]] = []
     if audit is not None:
         audit.event("start", 0, served=served, mode="offline", total_steps=total,

@@ -24,12 +24,12 @@ from torch import nn
 from same_fast.adapt.audit import AuditLog
 from same_fast.adapt.augment import random_views, redegrade
 from same_fast.adapt.loop import (
-    DEFAULT_REDEGRADE,
     AdaptConfig,
     config_json,
     make_pair,
     make_step,
     picker_json,
+    redegradation,
 )
 from same_fast.adapt.safety import SafetyConfig, SafetyMonitor, clone_state, restore_
 from same_fast.errors import InputError
@@ -64,7 +64,7 @@ class OnlineAdapter:
         self._picker = picker
         self._aug = cfg.augment_config(int(getattr(model, "multiple", 1)),
                                        bool(getattr(model, "config", {}).get("context", False)))
-        self._preset = cfg.redegrade_preset or DEFAULT_REDEGRADE.get(cfg.modality, "gray")
+        self._preset: Any = None  # the re-degradation, estimated from the first buffer
         self.safety = SafetyMonitor(safety)
         self.audit = audit
         self._buffer: deque[tuple[torch.Tensor, torch.Tensor | None]] = deque(maxlen=cfg.buffer)
@@ -132,6 +132,9 @@ class OnlineAdapter:
         has_fov = any(f is not None for f in fovs)
         views, masks = random_views([f for f, _ in items], self._aug, self._g,
                                     fovs if has_fov else None, with_masks=True)
+        if cfg.redegrade and self._preset is None:
+            self._preset = redegradation(cfg, [f for f, _ in self._buffer],
+                                         [m for _, m in self._buffer])
         xs = redegrade(views, self._preset, cfg.redegrade_strength, self._g) if cfg.redegrade \
             else None
         out = self._step(views * 2 - 1, None if xs is None else xs * 2 - 1,

@@ -1,0 +1,88 @@
+"""What adaptation reads off the target itself (issue #21): the noise level behind the default
+re-degraded view, the picker's calibration share from its own score distribution, and the
+views (whole frames for context networks, paper-style frame crops, field-of-view masks)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from same_fast.adapt.augment import AugmentConfig, random_views
+from same_fast.adapt.loop import AdaptConfig, adapt_offline, redegradation
+from same_fast.degrade import degrade
+from same_fast.degrade.estimate import TargetNoise, noise_sigma, target_redegradation
+from same_fast.errors import InputError
+from same_fast.nn import SAMENet
+from same_fast.picker import share_from_scores
+
+
+def _smooth(n=3, c=3, size=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, c, size // 8, size // 8, generator=g)
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic",
+                                           align_corners=False).clamp(0.1, 0.9)
+
+
+@pytest.mark.parametrize("std", [0.0, 0.01, 0.03])
+def test_noise_estimate_reads_the_added_noise(std):
+    x = _smooth()
+    y = (x + std * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    est = noise_sigma(y)
+    assert torch.all((est - std).abs() < 0.2 * std + 0.003), (est, std)
+
+
+def test_noise_estimate_ignores_what_is_outside_the_fov():
+    x = _smooth(n=1)
+    fov = torch.zeros(1, 1, 96, 96)
+    fov[..., 20:76, 20:76] = 1
+    noisy_outside = x + (1 - fov) * 0.2 * torch.randn_like(x)
+    assert noise_sigma(noisy_outside, fov)[0] < 0.005 < noise_sigma(noisy_outside)[0]
+
+
+def test_target_redegradation_follows_the_target():
+    x = _smooth(n=4)
+    clean = target_redegradation(list(x))
+    noisy = target_redegradation(list((x + 0.04 * torch.randn_like(x)).clamp(0, 1)))
+    assert clean.sigma == pytest.approx(0.005)  # the floor
+    assert noisy.sigma == pytest.approx(0.04, rel=0.2)
+    y = degrade(x, noisy, torch.Generator().manual_seed(0))
+    assert 0.02 < float(noise_sigma(y).mean()) - 0.0 < 0.07
+    assert isinstance(redegradation(AdaptConfig(), list(x)), TargetNoise)
+    assert redegradation(AdaptConfig(redegrade_preset="generic-mix"), list(x)) == "generic-mix"
+
+
+def test_share_from_scores_finds_an_implausible_group_and_leaves_one_group_alone():
+    rng = np.random.default_rng(0)
+    good = rng.normal(1.2, 0.05, 70)
+    bad = rng.normal(0.3, 0.05, 30)
+    assert share_from_scores(np.concatenate([good, bad])) == pytest.approx(0.7, abs=0.02)
+    assert share_from_scores(rng.normal(1.0, 0.1, 100)) == 0.9  # no second group: the default
+    assert share_from_scores([1.0, 1.0, 1.0, 1.0]) == 0.9
+
+
+def test_views_whole_frames_fraction_and_masks():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 40, 60)
+    fov = torch.zeros(1, 40, 60)
+    fov[:, 5:35, 5:55] = 1
+    v, m = random_views([x], AugmentConfig(size=32, whole=True, hflip=0, vflip=0), g, [fov],
+                        with_masks=True)
+    assert v.shape == (1, 3, 32, 32) and m.shape == (1, 1, 32, 32)
+    assert m[0, 0, 0].sum() == 0 and m[0, 0, 16].sum() > 20  # padding rows outside, middle in
+    assert float(v[0, :, :4].abs().max()) == 0.0  # the padding is black
+    assert float(v[0][:, m[0, 0] == 0].abs().mean()) < 0.1 * float(v[0][:, m[0, 0] == 1].mean())
+    v, m = random_views([x], AugmentConfig(size=16, frame_fraction=0.8), g, with_masks=True)
+    assert v.shape == (1, 3, 16, 16) and bool(m.all())
+
+
+def test_context_networks_adapt_on_whole_frames():
+    cfg = AdaptConfig()
+    assert cfg.augment_config(32, context=True).whole
+    assert not cfg.augment_config(32, context=False).whole
+    with pytest.raises(InputError, match="views"):
+        AdaptConfig(views="tiles").check()
+    net = SAMENet(3, "lite", base=4, levels=3, context=True)
+    imgs = list(_smooth(n=2, size=64))
+    res = adapt_offline(net, imgs, None, AdaptConfig(steps=2, size=32, batch=2),
+                        [torch.ones(1, 64, 64)] * 2)
+    assert len(res.history) == 2 and np.isfinite(res.history[-1]["loss"])
