@@ -8,7 +8,6 @@ safetensors stores metadata as str -> str, so non-string values are JSON-encoded
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 
 from same_fast.errors import CheckpointError
+from same_fast.io.atomic import atomic_path
 
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own header limit; larger is not a checkpoint
 
@@ -25,28 +25,13 @@ def save(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mappin
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(flat, str(tmp), metadata=meta)
-    # safetensors creates the file owner-only (0600); a checkpoint is an ordinary file: keep the
-    # mode of the one it replaces, else the umask's default, as open() would
-    mode = path.stat().st_mode & 0o777 if path.is_file() else 0o666 & ~_umask()
-    os.chmod(tmp, mode)
-    tmp.replace(path)
+    # safetensors creates files owner-only (0600); atomic_path gives a checkpoint the mode of the
+    # one it replaces, else the umask's default, as open() would
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata=meta)
     return path
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (Linux /proc); 0o022 where unreadable."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
