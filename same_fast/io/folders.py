@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from same_fast.errors import InputError
-from same_fast.io.images import IMAGE_SUFFIXES
+from same_fast.io.images import IMAGE_SUFFIXES, sniff
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -26,15 +26,29 @@ def _natural_key(p: Path) -> list:
 
 
 def list_images(folder: str | os.PathLike, recursive: bool = False, dicom: bool = True) -> list[Path]:
-    """Image (and DICOM) files in ``folder``, naturally sorted; hidden files skipped."""
+    """Image (and DICOM: by extension or by preamble) files in ``folder``, naturally sorted;
+    hidden files skipped."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder")
     suffixes = IMAGE_SUFFIXES + (DICOM_SUFFIXES if dicom else ())
     it = folder.rglob("*") if recursive else folder.iterdir()
     files = [p for p in it if p.is_file() and not p.name.startswith(".")
-             and p.suffix.lower() in suffixes]
+             and (p.suffix.lower() in suffixes or (dicom and is_dicom_file(p)))]
     return sorted(files, key=_natural_key)
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True when ``path`` starts with the DICOM preamble (``DICM`` at byte 128), whatever its name.
+
+    Scanners and PACS exports often write DICOM without an extension (``IM0001``) or with a UID as
+    the name (``1.2.840.113619.2.55.3.604688119``).
+    """
+    try:
+        with open(path, "rb") as f:
+            return sniff(f.read(132)) == "dicom"
+    except OSError:
+        return False
 
 
 def _keys(stem: str) -> list[str]:
