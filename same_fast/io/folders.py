@@ -92,3 +92,44 @@ def pair_by_name(images: list[Path], partners_dir: str | os.PathLike, required: 
             raise InputError(f"{img.name}: no file of the same name in {partners_dir}")
         out.append(Item(img.stem, img, match))
     return out
+
+
+#: Image suffixes an enhanced output keeps (lossless, same format written back); other images
+#: (JPEG, GIF, BMP) are written as PNG under their whole name plus ``.png``.
+KEPT_IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def output_name(path: Path, dicom: bool) -> str:
+    """The file name an enhanced ``path`` is written under.
+
+    Kept when the format is kept (``a.png``, ``a.tif``, ``a.dcm``); otherwise the whole source
+    name plus the new suffix (``scan.jpg`` -> ``scan.jpg.png``, DICOM ``IM0001`` ->
+    ``IM0001.dcm``), so that ``scan.gif``, ``scan.bmp`` and ``scan.jpg`` in one folder give three
+    outputs and the source of each output is its name.
+    """
+    suffix = path.suffix.lower()
+    if dicom:
+        return path.name if suffix in DICOM_SUFFIXES else path.name + ".dcm"
+    return path.name if suffix in KEPT_IMAGE_SUFFIXES else path.name + ".png"
+
+
+def plan_outputs(inputs: list[Path], out_dir: str | os.PathLike) -> list[Path]:
+    """Output paths for ``inputs`` in ``out_dir``, one per input, in order.
+
+    Refused before anything is written (``InputError``): two inputs that would write one name
+    (compared without case, as macOS and Windows file systems do), and an output that would
+    overwrite its own input.
+    """
+    out_dir = Path(out_dir)
+    seen: dict[str, Path] = {}
+    outputs = []
+    for src in inputs:
+        dst = out_dir / output_name(src, is_dicom_file(src))
+        other = seen.setdefault(dst.name.lower(), src)
+        if other != src:
+            raise InputError(f"{other.name} and {src.name} would both be written as {dst}; "
+                             "rename one or enhance them into separate folders")
+        if dst.resolve() == src.resolve():
+            raise InputError(f"{src}: the output would overwrite the input; choose another -o")
+        outputs.append(dst)
+    return outputs
