@@ -14,11 +14,11 @@ from PIL import Image
 
 from same_fast.cli import main
 from same_fast.commands.enhance import EnhanceConfig, enhance_files
-from same_fast.engine.tiles import budgeted
+from same_fast.engine.tiles import batch_within, enhance_in_tiles
 from same_fast.errors import InputError
 from same_fast.io import load, write_image
 from same_fast.models import save_model
-from same_fast.nn import SAMENet, enhance
+from same_fast.nn import SAMENet
 
 PIL_DEFAULT_MAX_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)
 
@@ -172,23 +172,30 @@ def test_pillow_global_untouched_by_import():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def test_budget_splits_batches_and_tiles_large_frames():
+def test_large_frames_are_tiled_within_the_budget():
+    from same_fast.commands.enhance import enhance_array
+
     torch.manual_seed(0)
     net = SAMENet(1, "lite", base=4, levels=3).eval()
     seen = []
 
-    def step(t, m):
-        seen.append(t.shape[0] * t.shape[-2] * t.shape[-1])
-        return enhance(net, t, m)
+    def fn(tile, fov):
+        seen.append(tile.shape[0] * tile.shape[1] * tile.shape[2])
+        return enhance_array(net, tile, fov)
 
-    x = torch.rand(3, 1, 200, 260)
+    x = (np.random.default_rng(0).uniform(size=(2, 200, 260, 1)) * 65535).astype(np.uint16)
+    fov = np.ones((200, 260), bool)
+    fov[:20] = False
     with torch.inference_mode():
-        whole = enhance(net, x, None)
-        tiled = budgeted(step, max_pixels=180 * 180, multiple=net.multiple, margin=32)(x, None)
-    assert max(seen) <= 180 * 180 and len(seen) > 3
-    assert tiled.shape == whole.shape
+        whole = enhance_array(net, x, fov)
+        tiled = enhance_in_tiles(x, fov, fn, max_pixels=180 * 180, multiple=net.multiple,
+                                 margin=32)
+    assert max(seen) <= 2 * 180 * 180 and len(seen) > 3
+    assert tiled.dtype == np.uint16 and tiled.shape == whole.shape
+    assert tiled[:, :20].max() == 0  # the mask is tiled with the frame
     # a margin of 32 px hides the tile borders: the tiled result is the whole-frame one, nearly
-    assert (tiled - whole).abs().mean() < 2e-3
+    assert np.abs(tiled.astype(float) - whole).mean() / 65535 < 2e-3
+    assert batch_within(8, 200, 260, 180 * 180) == 1 and batch_within(8, 10, 10, 250) == 2
 
 
 def test_large_frame_through_enhance_is_tiled(tmp_path, model):

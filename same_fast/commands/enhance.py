@@ -7,8 +7,9 @@ left, or ``-o`` equal to or inside ``-i``, is refused before anything is written
 (by extension or by preamble) become a derived DICOM (new series, source metadata and pixel
 units kept); a DICOM whose Modality the model was not trained for is refused unless
 ``--force-modality``. 16-bit inputs stay 16-bit. Frames larger than ``--tile-pixels`` are
-enhanced in overlapping tiles (``engine.tiles``). ``summary.json`` in ``OUT`` lists exactly the
-files written and the files that failed, each with its error.
+enhanced in overlapping tiles (``engine.tiles``), and batches are sized to the same budget.
+``summary.json`` in ``OUT`` lists exactly the files written and the files that failed, each
+with its error.
 
 ``--backend`` runs inference through ``same_fast.engine`` (torch, compile, onnxruntime,
 tensorrt, or auto: the fastest measured here). ``--adapt`` adapts online while enhancing (SAME
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from same_fast.engine.tiles import DEFAULT_MAX_PIXELS as DEFAULT_TILE_PIXELS
-from same_fast.engine.tiles import budgeted
+from same_fast.engine.tiles import batch_within, enhance_in_tiles
 from same_fast.errors import InputError, SameFastError
 
 HELP = "enhance images, folders or DICOM series with a trained model"
@@ -202,7 +203,6 @@ def enhance_files(cfg: EnhanceConfig) -> dict[str, Any]:
     _check_output_dir(Path(cfg.input), out)
     targets = plan_outputs([p for p, _ in pairs], out)
     step, adapter, engine_info = _make_step(cfg, model, meta)
-    step = budgeted(step, cfg.tile_pixels, getattr(model, "multiple", 1))
     it: Any = zip(pairs, targets, strict=True)
     if cfg.progress:
         from tqdm import tqdm
@@ -268,7 +268,12 @@ def _enhance_one(cfg: EnhanceConfig, model: torch.nn.Module, meta: dict[str, Any
     t0 = time.perf_counter()
     # With --adapt, frames go one at a time so that each is enhanced with weights adapted
     # on every frame before it (a cine adapts within itself).
-    y = enhance_array(model, frames, fov, 1 if adapter else cfg.batch, cfg.device, step)
+    batch = 1 if adapter else batch_within(cfg.batch, *frames.shape[1:3], cfg.tile_pixels)
+
+    def run(tile: np.ndarray, tile_fov: np.ndarray | None) -> np.ndarray:
+        return enhance_array(model, tile, tile_fov, batch, cfg.device, step)
+
+    y = enhance_in_tiles(frames, fov, run, cfg.tile_pixels, getattr(model, "multiple", 1))
     dt = time.perf_counter() - t0
     if loaded.is_dicom:
         src_series = str(loaded.dataset.get("SeriesInstanceUID", ""))

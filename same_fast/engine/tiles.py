@@ -1,24 +1,23 @@
-"""A pixel budget for one forward pass: large batches split, large frames enhanced in tiles.
+"""A pixel budget for enhancement: frames larger than the budget are enhanced in tiles.
 
 The enhancer's activations grow with the pixels it sees at once (``fundus-lite``: about 200
-bytes per pixel on the CPU, so an 81 Mpx photo would need ~16 GB). ``budgeted`` wraps any step
-(a backend's ``enhance``, the torch model, an online adapter) so that no call sees more than
-``max_pixels`` pixels: a batch is split into smaller batches, and a single frame over the
-budget is cut into overlapping tiles whose centres are stitched back. Tiles start on multiples
-of the network's ``multiple`` so their down-sampling grid is the whole frame's; the overlap
-(``margin``) hides the tile borders. A network with whole-image context (``context=True``)
-sees each tile's own context, so a tiled frame can differ slightly from an untiled one.
+bytes per pixel on the CPU, so an 81 Mpx photo whole would need ~16 GB), and so do the float
+copies of a frame. ``enhance_in_tiles`` cuts integer frames ``(F, H, W, C)`` over the budget
+into overlapping tiles, hands each tile (still integer) to the enhancing function and stitches
+the tile centres back, so that neither the network nor a float copy ever holds more than the
+budget. Tiles start on multiples of the network's ``multiple`` so their down-sampling grid is
+the whole frame's; the overlap (``margin``) hides the tile borders. A network with whole-image
+context (``context=True``) sees each tile's own context, so a tiled frame can differ slightly
+from an untiled one. ``batch_within`` sizes batches of whole frames to the same budget.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 
-import torch
+import numpy as np
 
 from same_fast.errors import InputError
-
-Step = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 #: Default pixels one forward pass may see (2**23 = 8.4 Mpx: an HRF photo whole, ~1.7 GB of
 #: fundus-lite activations on the CPU).
@@ -26,44 +25,37 @@ DEFAULT_MAX_PIXELS = 2**23
 #: Overlap around each tile, in pixels, rounded up to the network's multiple.
 DEFAULT_MARGIN = 64
 
+EnhanceFn = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 
-def budgeted(step: Step, max_pixels: int = DEFAULT_MAX_PIXELS, multiple: int = 1,
-             margin: int = DEFAULT_MARGIN) -> Step:
-    """``step`` that never sees more than ``max_pixels`` pixels (N x H x W) in one call."""
+
+def batch_within(batch: int, height: int, width: int, max_pixels: int) -> int:
+    """The largest batch <= ``batch`` whose frames together stay within ``max_pixels`` (>= 1)."""
+    return max(1, min(batch, max_pixels // max(1, height * width)))
+
+
+def enhance_in_tiles(frames: np.ndarray, fov: np.ndarray | None, fn: EnhanceFn,
+                     max_pixels: int = DEFAULT_MAX_PIXELS, multiple: int = 1,
+                     margin: int = DEFAULT_MARGIN) -> np.ndarray:
+    """``fn(frames, fov)`` for ``(F, H, W, C)`` frames, in tiles when ``H * W > max_pixels``.
+
+    ``fn`` maps integer frames (and an optional ``(H, W)`` bool mask) to frames of the same
+    shape and dtype. A budget that leaves no room for a tile and its margin is an ``InputError``.
+    """
+    h, w = frames.shape[1:3]
+    if h * w <= max_pixels:
+        return fn(frames, fov)
     multiple = max(1, int(multiple))
     margin = multiple * math.ceil(max(0, margin) / multiple)
     side = (math.isqrt(max_pixels) - 2 * margin) // multiple * multiple
     if side < multiple:
         raise InputError(f"a pixel budget of {max_pixels} leaves no room for tiles of this "
-                         f"network (margin {margin} px, multiple {multiple}); raise it")
-
-    def run(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        n, _, h, w = t.shape
-        if n * h * w <= max_pixels:
-            return step(t, mask)
-        per = max(1, max_pixels // (h * w))
-        if n > 1:
-            return torch.cat([run(t[i:i + per], None if mask is None else mask[i:i + per])
-                              for i in range(0, n, per)])
-        return _tiled(step, t, mask, side, margin)
-
-    return run
-
-
-def _tiled(step: Step, t: torch.Tensor, mask: torch.Tensor | None, side: int, margin: int
-           ) -> torch.Tensor:
-    """One frame ``(1, C, H, W)`` in tiles of ``side`` with ``margin`` of context around each."""
-    h, w = t.shape[-2:]
-    out: torch.Tensor | None = None
+                         f"network (margin {margin} px, multiple {multiple}); raise --tile-pixels")
+    out = np.empty_like(frames)
     for y0 in range(0, h, side):
         for x0 in range(0, w, side):
             y1, x1 = min(y0 + side, h), min(x0 + side, w)
             ya, xa = max(0, y0 - margin), max(0, x0 - margin)
             yb, xb = min(h, y1 + margin), min(w, x1 + margin)
-            m = None if mask is None else mask[..., ya:yb, xa:xb]
-            r = step(t[..., ya:yb, xa:xb], m)
-            if out is None:
-                out = r.new_empty((*r.shape[:2], h, w))
-            out[..., y0:y1, x0:x1] = r[..., y0 - ya:y1 - ya, x0 - xa:x1 - xa]
-    assert out is not None
+            r = fn(frames[:, ya:yb, xa:xb], None if fov is None else fov[ya:yb, xa:xb])
+            out[:, y0:y1, x0:x1] = r[:, y0 - ya:y1 - ya, x0 - xa:x1 - xa]
     return out
