@@ -131,7 +131,7 @@ def _decode_tiff(data: bytes, name: str, max_pixels: int | None) -> np.ndarray:
     return arr
 
 
-def _open_pil(data: bytes, fmt: str):
+def open_pil(data: bytes, fmt: str):
     """A Pillow image for ``fmt`` opened through its plugin class.
 
     ``Image.open`` applies Pillow's process-wide ``MAX_IMAGE_PIXELS`` guard; we apply our own
@@ -150,7 +150,7 @@ def _decode_pil(data: bytes, fmt: str, name: str, max_pixels: int | None) -> np.
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # we enforce our own pixel limit
-        im = _open_pil(data, fmt)
+        im = open_pil(data, fmt)
         check_pixels(im.width, im.height, what=name, max_pixels=max_pixels)
         try:
             im.load()
