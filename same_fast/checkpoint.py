@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from same_fast.errors import CheckpointError
-from same_fast.io.atomic import atomic_path
+from same_fast.files import atomic_path
 
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own header limit; larger is not a checkpoint
 #: Nesting of the decoded metadata we accept (our own is at most 4 deep).

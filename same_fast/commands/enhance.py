@@ -187,8 +187,8 @@ def enhance_files(cfg: EnhanceConfig) -> dict[str, Any]:
     ``-i``) is refused before anything is written; after that each file is loaded, enhanced and
     written on its own, and a failure costs that file only (the single-file input re-raises).
     """
+    from same_fast.files import atomic_path
     from same_fast.io import plan_outputs
-    from same_fast.io.atomic import atomic_path
     from same_fast.io.dicom_derived import uid_root
     from same_fast.models import load_model
 

@@ -179,7 +179,7 @@ def write_dicom_derived(source: Any, frames: np.ndarray, path: str | os.PathLike
     from pydicom import dcmwrite
     from pydicom.uid import ExplicitVRLittleEndian
 
-    from same_fast.io.atomic import atomic_path
+    from same_fast.files import atomic_path
     from same_fast.io.dicom_derived import check_derivable, mark_derived, new_uid, stored_pixels
 
     arr = np.asarray(frames)

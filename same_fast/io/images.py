@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from same_fast.errors import CorruptFileError, ImageTooLargeError, InputError, UnsupportedFormatError
-from same_fast.io.atomic import atomic_path
+from same_fast.files import atomic_path
 from same_fast.io.limits import check_pixels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")

@@ -1,4 +1,5 @@
-"""Atomic file writes: a file appears whole under its name, or not at all, and no temporary is left."""
+"""Atomic file writes: a file appears whole under its name, or not at all, and no temporary is
+left. A layer of its own just above ``errors``, so that ``io`` and ``checkpoint`` share it."""
 from __future__ import annotations
 
 import contextlib
