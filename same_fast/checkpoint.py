@@ -8,7 +8,6 @@ safetensors stores metadata as str -> str, so non-string values are JSON-encoded
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,17 @@ from typing import Any
 import torch
 
 from same_fast.errors import CheckpointError
+from same_fast.files import atomic_path
 
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own header limit; larger is not a checkpoint
+#: Nesting of the decoded metadata we accept (our own is at most 4 deep).
+MAX_JSON_DEPTH = 32
+#: Per-tensor sanity: dimensions and the size of each.
+MAX_DIMS, MAX_DIM = 8, 2**31 - 1
+#: safetensors dtypes, and the floating ones a network's weights may have.
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+DTYPES = FLOAT_DTYPES + ("F8_E4M3", "F8_E5M2", "BOOL", "U8", "I8", "U16", "I16", "U32", "I32",
+                         "U64", "I64")
 
 
 def save(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Path:
@@ -25,32 +33,22 @@ def save(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mappin
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(flat, str(tmp), metadata=meta)
-    # safetensors creates the file owner-only (0600); a checkpoint is an ordinary file: keep the
-    # mode of the one it replaces, else the umask's default, as open() would
-    mode = path.stat().st_mode & 0o777 if path.is_file() else 0o666 & ~_umask()
-    os.chmod(tmp, mode)
-    tmp.replace(path)
+    # safetensors creates files owner-only (0600); atomic_path gives a checkpoint the mode of the
+    # one it replaces, else the umask's default, as open() would
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata=meta)
     return path
 
 
-def _umask() -> int:
-    """The process umask, read without changing it (Linux /proc); 0o022 where unreadable."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
+def read_header(path: str | Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, Any]]:
+    """``({tensor name: (dtype, shape)}, metadata)`` of a checkpoint, validated, without its tensors.
 
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Metadata of a checkpoint without loading its tensors (JSON values decoded)."""
+    Refused (``CheckpointError``): not safetensors, JSON nested deeper than ``MAX_JSON_DEPTH``,
+    entries that are not tensors, unknown dtypes, more than ``MAX_DIMS`` dimensions or a
+    dimension over ``MAX_DIM``.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
@@ -63,16 +61,30 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             if n <= 0 or n > _MAX_HEADER:
                 raise CheckpointError(f"{path}: not a safetensors checkpoint (bad header length)")
             header = json.loads(f.read(n))
+    except RecursionError:
+        raise CheckpointError(f"{path}: checkpoint header nested too deeply") from None
     except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not a safetensors checkpoint ({e})") from None
+        raise CheckpointError(f"{path}: not a safetensors checkpoint ({_short(e)})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: not a safetensors checkpoint (header is not an object)")
-    return _decode(header.get("__metadata__") or {})
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: checkpoint metadata is not an object")
+    tensors = {name: _tensor_entry(path, name, entry) for name, entry in header.items()}
+    decoded = _decode(meta, path)
+    if _depth(decoded) > MAX_JSON_DEPTH:
+        raise CheckpointError(f"{path}: checkpoint metadata nested deeper than {MAX_JSON_DEPTH}")
+    return tensors, decoded
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Metadata of a checkpoint without loading its tensors (JSON values decoded, validated)."""
+    return read_header(path)[1]
 
 
 def load(path: str | Path, device: str | torch.device = "cpu"
          ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load ``(tensors, metadata)`` from a safetensors checkpoint."""
+    """Load ``(tensors, metadata)`` from a safetensors checkpoint; NaN or inf weights are refused."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -80,15 +92,50 @@ def load(path: str | Path, device: str | torch.device = "cpu"
     try:
         tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint tensors ({e})") from None
+        raise CheckpointError(f"{path}: cannot read checkpoint tensors ({_short(e)})") from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: tensor '{name[:80]}' holds NaN or infinite values")
     return tensors, meta
 
 
-def _decode(meta: Mapping[str, str]) -> dict[str, Any]:
+def _tensor_entry(path: Path, name: str, entry: Any) -> tuple[str, tuple[int, ...]]:
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{path}: header entry '{name[:80]}' is not a tensor")
+    dtype, shape = entry.get("dtype"), entry.get("shape")
+    if dtype not in DTYPES:
+        raise CheckpointError(f"{path}: tensor '{name[:80]}' has unknown dtype {str(dtype)[:20]!r}")
+    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
+            or not all(type(d) is int and 0 <= d <= MAX_DIM for d in shape)):
+        raise CheckpointError(f"{path}: tensor '{name[:80]}' has an invalid shape {str(shape)[:60]}")
+    return dtype, tuple(shape)
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of decoded JSON, counted without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, d)
+            if d > MAX_JSON_DEPTH:
+                break
+            stack.extend((v, d + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
+def _decode(meta: Mapping[str, Any], path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in meta.items():
         try:
             out[k] = json.loads(v)
         except (TypeError, ValueError):
             out[k] = v
+        except RecursionError:
+            raise CheckpointError(f"{path}: checkpoint metadata '{k[:40]}' nested too deeply") from None
     return out

@@ -5,15 +5,21 @@ Modules are imported only when their command runs (``--help`` lists them without
 so a missing optional dependency never breaks the whole CLI.
 
 Errors: one line on stderr starting ``same-fast: error:``, exit status 2 for bad input or usage,
-no traceback unless ``--debug``.
+no traceback unless ``--debug``. Warnings and log records that libraries (pydicom, tifffile) emit
+while a command runs are held: shown as ``same-fast: warning:`` lines after a command that
+succeeds, dropped when it fails (shown with ``--debug``), so an error stays one line. ``serve``
+runs for hours and is left alone.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
+import logging
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 
 from same_fast import __version__
 from same_fast.errors import SameFastError
@@ -47,6 +53,48 @@ def _fail(message: str, code: int) -> None:
     raise SystemExit(code)
 
 
+_MAX_HELD = 50
+
+
+class _Held(logging.Handler):
+    """Keeps warning log records (tifffile logs its complaints) instead of printing them."""
+
+    def __init__(self, held: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.held = held
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _hold(self.held, f"{record.name}: {record.getMessage()}")
+
+
+def _hold(held: list[str], text: str) -> None:
+    first = (text.strip().splitlines() or [""])[0][:300]
+    if first and first not in held and len(held) < _MAX_HELD:
+        held.append(first)
+
+
+@contextlib.contextmanager
+def _holding(held: list[str], active: bool) -> Iterator[None]:
+    """While a command runs, route warnings and log records into ``held``."""
+    if not active:
+        yield
+        return
+    handler = _Held(held)
+    root = logging.getLogger()
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda msg, cat, *a, **k: _hold(held, f"{cat.__name__}: {msg}")
+        root.addHandler(handler)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+
+
+def _show(held: list[str], label: str = "warning") -> None:
+    for line in held:
+        sys.stderr.write(f"same-fast: {label}: {line}\n")
+
+
 def _available() -> dict[str, tuple[str, str]]:
     return {name: v for name, v in COMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
 
@@ -70,15 +118,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     debug = "--debug" in argv
+    held: list[str] = []
     try:
         parser = build_parser(load=command if command in COMMANDS else None)
         args = parser.parse_args(argv)
         if not getattr(args, "_run", None):
             parser.print_help()
             return 0 if command is None else 2
-        return int(args._run(args) or 0)
+        with _holding(held, active=command != "serve"):
+            code = int(args._run(args) or 0)
+        if code == 0 or debug:
+            _show(held)
+        return code
     except SameFastError as e:
         if debug:
+            _show(held, "held warning")
             raise
         _fail(str(e), e.exit_code)
     except KeyboardInterrupt:

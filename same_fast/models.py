@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from same_fast import checkpoint
-from same_fast.errors import CheckpointError
+from same_fast.errors import CheckpointError, InputError
 from same_fast.nn.samenet import PRESETS, SAMENet
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -94,8 +94,22 @@ def save_model(path: str | Path, model: SAMENet, **metadata: Any) -> Path:
     return checkpoint.save(path, model.state_dict(), meta)
 
 
-def build_from_metadata(meta: dict[str, Any], source: str = "<checkpoint>") -> SAMENet:
-    """An untrained SAMENet with the configuration recorded in checkpoint metadata."""
+#: Bounds on a checkpoint's SAMENet config, checked before anything is built (the paper preset
+#: is base 64, max_channels 512, levels 8; a config far beyond them is a hostile file).
+CONFIG_LIMITS = {"in_channels": (1, 4), "base": (1, 256), "max_channels": (1, 2048),
+                 "levels": (2, 10), "stem": (1, 8), "dropout_levels": (0, 10)}
+#: DICOM Modality codes each model modality was trained for; codes that say nothing about the
+#: image (OT other, SC secondary capture) pass for every model.
+MODALITY_CODES = {"fundus": {"OP", "XC"}, "ultrasound": {"US", "IVUS"}, "oct": {"OPT"}}
+_ANY_MODALITY = {"", "OT", "SC"}
+
+
+def build_from_metadata(meta: dict[str, Any], source: str = "<checkpoint>",
+                        device: str | torch.device | None = None) -> SAMENet:
+    """An untrained SAMENet with the configuration recorded in checkpoint metadata.
+
+    The config is bounded by ``CONFIG_LIMITS`` first; ``device="meta"`` builds the shapes only.
+    """
     if meta.get("architecture") != "SAMENet":
         raise CheckpointError(f"{source}: architecture '{meta.get('architecture')}' is not SAMENet")
     cfg = meta.get("config")
@@ -103,14 +117,52 @@ def build_from_metadata(meta: dict[str, Any], source: str = "<checkpoint>") -> S
         raise CheckpointError(f"{source}: metadata lacks the SAMENet config")
     cfg = dict(cfg)
     preset = cfg.pop("preset", "lite")
-    channels = cfg.pop("in_channels")
     if preset not in PRESETS:
-        raise CheckpointError(f"{source}: unknown SAMENet preset '{preset}'")
-    known = {k: v for k, v in cfg.items() if k in PRESETS[preset]}
+        raise CheckpointError(f"{source}: unknown SAMENet preset '{str(preset)[:40]}'")
+    known = {k: v for k, v in cfg.items() if k in PRESETS[preset] or k == "in_channels"}
+    for key, (lo, hi) in CONFIG_LIMITS.items():
+        value = known.get(key, PRESETS[preset].get(key, lo))
+        if type(value) is not int or not lo <= value <= hi:
+            raise CheckpointError(f"{source}: config {key}={str(value)[:40]} is outside "
+                                  f"{lo}..{hi}; refusing to build it")
+    channels = known.pop("in_channels")
     try:
-        return SAMENet(int(channels), preset, **known)
+        with torch.device(device or "cpu"):
+            return SAMENet(channels, preset, **known)
     except Exception as e:  # a config that cannot build a network is a bad checkpoint
         raise CheckpointError(f"{source}: cannot build SAMENet from its config ({e})") from None
+
+
+def check_weights_fit(model: torch.nn.Module, header: dict[str, tuple[str, tuple[int, ...]]],
+                      source: str) -> None:
+    """Names, float dtypes and shapes of the checkpoint's tensors against ``model``'s state."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(header))
+    extra = sorted(set(header) - set(expected))
+    if missing or extra:
+        what = f"missing '{missing[0]}'" if missing else f"unexpected '{extra[0][:80]}'"
+        raise CheckpointError(f"{source}: weights do not match the recorded config ({what})")
+    for name, (dtype, shape) in header.items():
+        if dtype not in checkpoint.FLOAT_DTYPES:
+            raise CheckpointError(f"{source}: tensor '{name}' is {dtype}; weights must be float")
+        if shape != expected[name]:
+            raise CheckpointError(f"{source}: weights do not match the recorded config (tensor "
+                                  f"'{name}' is {list(shape)}, the config needs "
+                                  f"{list(expected[name])})")
+
+
+def check_modality(model_modality: Any, dicom_modality: Any, name: str, force: bool = False) -> None:
+    """Refuse a DICOM of a modality the model was not trained for, unless ``force``.
+
+    Only a model that names a known modality and an image whose DICOM Modality names another
+    one are refused; PNG/TIFF inputs and generic codes (OT, SC) pass.
+    """
+    accepted = MODALITY_CODES.get(str(model_modality).lower())
+    code = str(dicom_modality or "").strip().upper()
+    if force or accepted is None or code in _ANY_MODALITY or code in accepted:
+        return
+    raise InputError(f"{name}: DICOM Modality {code} is not what this {model_modality} model was "
+                     f"trained for ({', '.join(sorted(accepted))}); pass --force-modality to run it")
 
 
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu"
@@ -120,18 +172,18 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu"
     A training state (``train-source``'s ``<out>.last.safetensors``: ``model.*`` weights beside
     ``optim.*`` Adam moments, and ``ema.*`` when trained with ``--ema``) loads as the model the
     run validates: the EMA weights when there are any, else ``model.*``; the optimiser state is
-    left out.
+    left out. The header (config bounds, tensor names, dtypes, shapes) is checked against a
+    shapes-only build before any weight is allocated; NaN or infinite weights are refused.
     """
     path = resolve(name_or_path)
+    header, meta = checkpoint.read_header(path)
+    prefix = ""
+    if any(k.startswith("optim.") for k in header):
+        prefix = "ema." if any(k.startswith("ema.") for k in header) else "model."
+    header = {k[len(prefix):]: v for k, v in header.items() if k.startswith(prefix)}
+    check_weights_fit(build_from_metadata(meta, str(path), device="meta"), header, str(path))
     tensors, meta = checkpoint.load(path)
-    if any(k.startswith("optim.") for k in tensors):
-        prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
-        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     model = build_from_metadata(meta, str(path))
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(
-            f"{path}: weights do not match the recorded config ({first})") from None
+    model.load_state_dict(tensors, strict=True)
     return model.to(device).eval(), meta

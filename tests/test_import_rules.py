@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # paper protocol.
 LAYERS: list[set[str]] = [
     {"errors", "_stream"},
+    {"files"},
     {"data", "checkpoint", "io", "degrade", "ops", "kernels"},
     {"nn"},
     {"models", "picker", "adapt", "train", "engine", "eval"},

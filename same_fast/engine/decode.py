@@ -20,7 +20,6 @@ conversion is the only copy.
 """
 from __future__ import annotations
 
-import io as _io
 import os
 import struct
 import threading
@@ -32,7 +31,7 @@ import torch
 
 from same_fast.errors import CorruptFileError, DependencyError, InputError, missing_dependency
 from same_fast.io.convert import full_scale
-from same_fast.io.images import decode_image, sniff
+from same_fast.io.images import decode_image, open_pil, sniff
 from same_fast.io.limits import check_pixels
 
 PATHS = ("auto", "reference", "dali", "nvjpeg")
@@ -111,10 +110,8 @@ def _inspect(b: bytes, name: str, max_pixels: int | None) -> tuple[str, int, int
             return None
         return "png", channels, depth
     if fmt == "jpeg":
-        from PIL import Image
-
         try:
-            with Image.open(_io.BytesIO(b)) as im:  # header only: no pixels decoded
+            with open_pil(b, "jpeg") as im:  # header only: no pixels decoded, no global limit
                 check_pixels(im.width, im.height, what=name, max_pixels=max_pixels)
                 mode = im.mode
                 progressive = bool(im.info.get("progressive") or im.info.get("progression"))

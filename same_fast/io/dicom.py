@@ -7,7 +7,6 @@ decode where pydicom has a handler installed (the ``dicom`` extra: pylibjpeg + o
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import os
 import warnings
 from pathlib import Path
@@ -167,65 +166,63 @@ def dicom_metadata(ds: Any, frames: np.ndarray | None = None) -> dict[str, Any]:
 
 def write_dicom_derived(source: Any, frames: np.ndarray, path: str | os.PathLike,
                         description: str = "Enhanced by same-fast (SAME)",
-                        series_uid: str | None = None, instance_number: int | None = None) -> Path:
-    """Write ``frames`` ((F,)H,W,C uint8/uint16) as a derived instance of ``source``.
+                        series_uid: str | None = None, instance_number: int | None = None,
+                        uid_root: str | None = None) -> Path:
+    """Write ``frames`` ((F,)H,W,C uint8/uint16, as ``read_dicom`` gave them) as a derived
+    instance of ``source`` (see ``same_fast.io.dicom_derived``).
 
-    New SeriesInstanceUID (shared by calls that pass the same ``series_uid``) and a new
-    SOPInstanceUID; patient, study and equipment attributes are kept; ImageType becomes
-    DERIVED/SECONDARY and DerivationDescription says what was done. Pixels are stored
-    uncompressed (explicit VR little endian) as RGB or MONOCHROME2.
+    New SeriesInstanceUID (shared by calls that pass the same ``series_uid``), SOPInstanceUID and
+    SeriesNumber; patient, study, equipment and modality attributes are kept, and so are the
+    pixel values' units (signed data, rescale, MONOCHROME1). Pixels are stored uncompressed as
+    explicit VR little endian, whatever the source's transfer syntax (big endian included).
     """
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom import dcmwrite
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from same_fast.files import atomic_path
+    from same_fast.io.dicom_derived import check_derivable, mark_derived, new_uid, stored_pixels
 
     arr = np.asarray(frames)
     if arr.ndim == 3:
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3) or arr.dtype not in (np.uint8, np.uint16):
         raise InputError(f"cannot write DICOM frames of shape {arr.shape} and dtype {arr.dtype}")
+    check_derivable(source, str(path))
     f, h, w, c = arr.shape
+    values, attrs = stored_pixels(arr, source)
     ds = copy.deepcopy(source)
-    for tag in ("RedPaletteColorLookupTableDescriptor", "GreenPaletteColorLookupTableDescriptor",
-                "BluePaletteColorLookupTableDescriptor", "RedPaletteColorLookupTableData",
-                "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData",
-                "SegmentedRedPaletteColorLookupTableData", "SegmentedGreenPaletteColorLookupTableData",
-                "SegmentedBluePaletteColorLookupTableData", "PaletteColorLookupTableUID",
-                "LossyImageCompression", "LossyImageCompressionRatio",
-                "LossyImageCompressionMethod", "ICCProfile"):
-        if tag in ds:
-            delattr(ds, tag)
-    now = _dt.datetime.now()
-    sop = generate_uid()
-    ds.SeriesInstanceUID = series_uid or generate_uid()
-    ds.SOPInstanceUID = sop
-    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    if not (getattr(source, "original_encoding", None) or (None, True))[1]:
+        _drop_swapped_bulk(ds)
+    mark_derived(ds, source, description, series_uid or new_uid(uid_root), uid_root)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.DerivationDescription = description[:1024]
-    old = str(ds.get("SeriesDescription", "")).strip()
-    ds.SeriesDescription = (f"{old} (same-fast)" if old else "same-fast enhanced")[:64]
-    ds.SeriesDate = now.strftime("%Y%m%d")
-    ds.SeriesTime = now.strftime("%H%M%S")
     if instance_number is not None:
         ds.InstanceNumber = instance_number
     ds.Rows, ds.Columns, ds.SamplesPerPixel = h, w, c
-    ds.PhotometricInterpretation = "RGB" if c == 3 else "MONOCHROME2"
+    for key, value in attrs.items():
+        setattr(ds, key, value)
     if c == 3:
         ds.PlanarConfiguration = 0
     elif "PlanarConfiguration" in ds:
         del ds.PlanarConfiguration
-    bits = 8 if arr.dtype == np.uint8 else 16
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
     if f > 1 or "NumberOfFrames" in ds:
         ds.NumberOfFrames = f
-    ds.PixelData = np.ascontiguousarray(arr if f > 1 else arr[0]).astype(
-        arr.dtype.newbyteorder("<")).tobytes()
-    ds["PixelData"].VR = "OB" if bits == 8 else "OW"
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    ds.save_as(str(tmp), enforce_file_format=True)
-    os.replace(tmp, path)
-    return path
+    ds.PixelData = np.ascontiguousarray(values if f > 1 else values[0]).astype(
+        values.dtype.newbyteorder("<")).tobytes()
+    ds["PixelData"].VR = "OB" if attrs["BitsAllocated"] == 8 else "OW"
+    with atomic_path(path) as tmp:
+        dcmwrite(str(tmp), ds, enforce_file_format=True, little_endian=True, implicit_vr=False)
+    return Path(path)
+
+
+def _drop_swapped_bulk(ds: Any, top: bool = True) -> None:
+    """Remove binary elements (overlays, LUT data, icon pixels; the top-level pixels excepted)
+    that a big-endian source holds byte-swapped: we do not swap them, and never write them wrong."""
+    for elem in list(ds):
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _drop_swapped_bulk(item, top=False)
+        elif elem.VR in ("OW", "OF", "OD", "OL", "OV") and not (top and elem.tag == 0x7FE00010):
+            del ds[elem.tag]
 
 
 def _check_depth(ds: Any, path: Path) -> None:

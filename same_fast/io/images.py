@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from same_fast.errors import CorruptFileError, InputError, UnsupportedFormatError
+from same_fast.errors import CorruptFileError, ImageTooLargeError, InputError, UnsupportedFormatError
+from same_fast.files import atomic_path
 from same_fast.io.limits import check_pixels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
@@ -65,7 +66,7 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int | None = No
         elif fmt == "png" and _png_is_16bit_colour(data, name, max_pixels):
             arr = _decode_png16(data, name)
         else:
-            arr = _decode_pil(data, name, max_pixels)
+            arr = _decode_pil(data, fmt, name, max_pixels)
     except (CorruptFileError, UnsupportedFormatError, InputError):
         raise
     except MemoryError:
@@ -130,16 +131,31 @@ def _decode_tiff(data: bytes, name: str, max_pixels: int | None) -> np.ndarray:
     return arr
 
 
-def _decode_pil(data: bytes, name: str, max_pixels: int | None) -> np.ndarray:
-    from PIL import Image, ImageFile
+def open_pil(data: bytes, fmt: str):
+    """A Pillow image for ``fmt`` opened through its plugin class.
 
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    ``Image.open`` applies Pillow's process-wide ``MAX_IMAGE_PIXELS`` guard; we apply our own
+    limit instead and must not change that global for the host process, so the plugin class
+    (which has no such check) opens the header and ``check_pixels`` runs before any decoding.
+    """
+    from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin
+
+    plugin = {"png": PngImagePlugin.PngImageFile, "jpeg": JpegImagePlugin.JpegImageFile,
+              "gif": GifImagePlugin.GifImageFile, "bmp": BmpImagePlugin.BmpImageFile}[fmt]
+    return plugin(_io.BytesIO(data))
+
+
+def _decode_pil(data: bytes, fmt: str, name: str, max_pixels: int | None) -> np.ndarray:
+    from PIL import Image
+
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # we enforce our own pixel limit below
-        Image.MAX_IMAGE_PIXELS = None
-        im = Image.open(_io.BytesIO(data))
+        warnings.simplefilter("ignore")  # we enforce our own pixel limit
+        im = open_pil(data, fmt)
         check_pixels(im.width, im.height, what=name, max_pixels=max_pixels)
-        im.load()
+        try:
+            im.load()
+        except Image.DecompressionBombError as e:  # a GIF frame larger than its screen
+            raise ImageTooLargeError(f"{name}: {_short(e)}") from None
     mode = im.mode
     if mode == "1":
         return (np.asarray(im.convert("L")))
@@ -183,31 +199,28 @@ def write_image(path: str | os.PathLike, arr: np.ndarray) -> Path:
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4) or arr.dtype not in (np.uint8, np.uint16):
         raise InputError(f"{path}: cannot write array of shape {arr.shape} and dtype {arr.dtype}")
     suffix = path.suffix.lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if suffix in (".tif", ".tiff"):
-        import tifffile
+    if suffix not in (".tif", ".tiff", ".png", ".jpg", ".jpeg"):
+        raise InputError(f"{path}: unknown output format '{suffix}' (use .png, .jpg or .tif)")
+    if suffix in (".jpg", ".jpeg") and (arr.dtype != np.uint8 or arr.shape[-1] == 4):
+        raise InputError(f"{path}: JPEG holds 8-bit gray or RGB only; write PNG or TIFF")
+    with atomic_path(path) as tmp:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
 
-        tifffile.imwrite(tmp, arr[..., 0] if arr.shape[-1] == 1 else arr,
-                         photometric="minisblack" if arr.shape[-1] == 1 else "rgb",
-                         compression="zlib")
-    elif suffix == ".png":
-        if arr.dtype == np.uint16 and arr.shape[-1] != 1:
+            tifffile.imwrite(tmp, arr[..., 0] if arr.shape[-1] == 1 else arr,
+                             photometric="minisblack" if arr.shape[-1] == 1 else "rgb",
+                             compression="zlib")
+        elif suffix == ".png" and arr.dtype == np.uint16 and arr.shape[-1] != 1:
             import png
 
             h, w, c = arr.shape
             writer = png.Writer(w, h, greyscale=False, alpha=c == 4, bitdepth=16)
             with open(tmp, "wb") as f:
                 writer.write(f, arr.reshape(h, w * c))
-        else:
+        elif suffix == ".png":
             _pil_from(arr).save(tmp, format="PNG")
-    elif suffix in (".jpg", ".jpeg"):
-        if arr.dtype != np.uint8 or arr.shape[-1] == 4:
-            raise InputError(f"{path}: JPEG holds 8-bit gray or RGB only; write PNG or TIFF")
-        _pil_from(arr).save(tmp, format="JPEG", quality=95)
-    else:
-        raise InputError(f"{path}: unknown output format '{suffix}' (use .png, .jpg or .tif)")
-    os.replace(tmp, path)
+        else:
+            _pil_from(arr).save(tmp, format="JPEG", quality=95)
     return path
 
 
