@@ -218,3 +218,78 @@ def test_queued_pixel_budget_refuses_as_busy_not_out_of_memory():
         svc.accept(frame).result(timeout=10)  # room again once answered
     finally:
         svc.close()
+
+
+def test_pixel_budget_bounds_each_model_call_and_tiles_exactly():
+    from same_fast.serve.model import ServedModel
+
+    calls = []
+
+    def step(x):
+        calls.append(x.shape[0] * x.shape[2] * x.shape[3])
+        return x
+
+    model = ServedModel(step, "probe")
+    model.batch_pixels = 100_000
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, s, dtype=np.uint8)
+              for s in [(600, 700, 3), (100, 100, 3), (100, 100, 3), (37, 5000, 3)]]
+    out = model.frame_step(frames)
+    assert max(calls) <= 100_000 and len(calls) > 6
+    for f, (y, _, _) in zip(frames, out, strict=True):
+        np.testing.assert_array_equal(y, f)  # the cores of an identity's tiles rebuild it
+
+
+def _peak_growth_gb(tmp_path, *server_args: str) -> float:
+    """Four 2000x2000 frames at once through a small SAMENet in a server process: how much its
+    peak RSS grows over the idle server's (GB)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import torch
+
+    from same_fast.models import save_model
+    from same_fast.nn import SAMENet
+
+    torch.manual_seed(0)
+    net = SAMENet(in_channels=3, preset="lite", base=4, max_channels=8, levels=2)
+    path = save_model(tmp_path / "tiny.safetensors", net, modality="fundus")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "same_fast.cli", "serve", "-m", str(path), "--stream",
+         "--port", "0", "--max-batch", "4", "--max-delay-ms", "50", *server_args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        m = re.search(r"http://127\.0\.0\.1:(\d+)", proc.stdout.readline())
+        assert m, proc.stderr.read() if proc.poll() is not None else ""
+
+        def hwm() -> float:
+            with open(f"/proc/{proc.pid}/status") as f:
+                return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1e6
+
+        idle = hwm()
+        img = np.random.default_rng(0).integers(0, 256, (2000, 2000, 3), dtype=np.uint8)
+        data = png(img)
+        with contextlib.ExitStack() as stack:
+            socks = [stack.enter_context(connect(f"ws://127.0.0.1:{m.group(1)}/v1/stream",
+                                                 max_size=None)) for _ in range(4)]
+            for ws in socks:
+                ws.send(data)
+            for ws in socks:
+                while isinstance(reply := ws.recv(timeout=300), str):
+                    pass
+                assert np.asarray(Image.open(io.BytesIO(reply))).shape == img.shape
+        return hwm() - idle
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+@pytest.mark.slow
+def test_four_large_frames_in_flight_stay_within_the_batch_budget(tmp_path):
+    # Without a budget the four frames went to the model as one 16 Mpx batch.
+    grew = _peak_growth_gb(tmp_path, "--max-batch-pixels", str(1 << 20))
+    print(f"peak grew {grew:.2f} GB")
+    assert grew < 0.6, grew
