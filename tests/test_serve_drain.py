@@ -23,6 +23,17 @@ def _png(a: np.ndarray) -> bytes:
     return b.getvalue()
 
 
+def _assert_every_frame_answered(sent: list, replies: list, close_code: int | None) -> None:
+    """Every frame sent came back as its image, in order, no error, then a 1001 close."""
+    frames = [r for r in replies if isinstance(r, bytes)]
+    texts = [json.loads(r) for r in replies if isinstance(r, str)]
+    assert all("error" not in t for t in texts), texts
+    assert len(frames) == len(sent)
+    for a, f in zip(sent, frames, strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(f))), a)
+    assert close_code == 1001
+
+
 def test_sigterm_drains_in_flight_frames():
     # A model that takes 40 ms per frame, one frame per batch: 15 frames take ~0.6 s, so the
     # signal arrives while most of them are still queued.
@@ -54,13 +65,8 @@ def test_sigterm_drains_in_flight_frames():
                     replies.append(ws.recv(timeout=30))
             except ConnectionClosed as e:
                 code = e.rcvd.code if e.rcvd else None
-        frames = [r for r in replies if isinstance(r, bytes)]
-        texts = [json.loads(r) for r in replies if isinstance(r, str)]
-        assert all("error" not in t for t in texts), texts
-        assert len(frames) == 15
-        for a, f in zip(sent, frames, strict=True):
-            np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(f))), a)
-        assert code == 1001
+        assert len(sent) == 15
+        _assert_every_frame_answered(sent, replies, code)
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
@@ -160,13 +166,8 @@ def test_sigterm_answers_frames_that_arrive_during_the_drain():
             os.kill(proc.pid, signal.SIGTERM)
             send_for(0.3)  # these arrive during the drain
             reader.join(60)
-        frames = [r for r in replies if isinstance(r, bytes)]
-        texts = [json.loads(r) for r in replies if isinstance(r, str)]
-        assert all("error" not in t for t in texts), texts
-        assert len(frames) == len(sent) > 30
-        for a, f in zip(sent, frames, strict=True):
-            np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(f))), a)
-        assert code == 1001
+        assert len(sent) > 30
+        _assert_every_frame_answered(sent, replies, code)
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
