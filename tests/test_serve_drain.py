@@ -23,6 +23,17 @@ def _png(a: np.ndarray) -> bytes:
     return b.getvalue()
 
 
+def _assert_every_frame_answered(sent: list, replies: list, close_code: int | None) -> None:
+    """Every frame sent came back as its image, in order, no error, then a 1001 close."""
+    frames = [r for r in replies if isinstance(r, bytes)]
+    texts = [json.loads(r) for r in replies if isinstance(r, str)]
+    assert all("error" not in t for t in texts), texts
+    assert len(frames) == len(sent)
+    for a, f in zip(sent, frames, strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(f))), a)
+    assert close_code == 1001
+
+
 def test_sigterm_drains_in_flight_frames():
     # A model that takes 40 ms per frame, one frame per batch: 15 frames take ~0.6 s, so the
     # signal arrives while most of them are still queued.
@@ -54,13 +65,8 @@ def test_sigterm_drains_in_flight_frames():
                     replies.append(ws.recv(timeout=30))
             except ConnectionClosed as e:
                 code = e.rcvd.code if e.rcvd else None
-        frames = [r for r in replies if isinstance(r, bytes)]
-        texts = [json.loads(r) for r in replies if isinstance(r, str)]
-        assert all("error" not in t for t in texts), texts
-        assert len(frames) == 15
-        for a, f in zip(sent, frames, strict=True):
-            np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(f))), a)
-        assert code == 1001
+        assert len(sent) == 15
+        _assert_every_frame_answered(sent, replies, code)
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
@@ -117,3 +123,53 @@ def test_sigterm_to_the_process_group_keeps_the_audit_log_complete(tmp_path):
     assert recs[0]["event"] == "serve" and recs[-1]["event"] == "end", recs[-1]
     assert recs[-1]["reason"] == "server stopped" and steps == list(range(1, len(steps) + 1))
     assert recs[-1]["step"] == steps[-1] >= 2
+
+
+def test_sigterm_answers_frames_that_arrive_during_the_drain():
+    # A scanner keeps sending for a while after the signal (it cannot know yet). Before: the
+    # stream stopped reading at once (frames left unread got no reply) and frames read during
+    # the drain were refused. Now every frame it sent comes back as an image.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "same_fast.cli", "serve", "-m", "identity:delay_ms=20",
+         "--stream", "--port", "0", "--max-batch", "1", "--max-delay-ms", "0",
+         "--drain-quiet-s", "0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        m = re.search(r"http://127\.0\.0\.1:(\d+)", proc.stdout.readline())
+        assert m, proc.stderr.read() if proc.poll() is not None else ""
+        rng = np.random.default_rng(1)
+        sent: list[np.ndarray] = []
+        replies: list = []
+        code = None
+        with connect(f"ws://127.0.0.1:{m.group(1)}/v1/stream") as ws:
+            def send_for(seconds: float) -> None:
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    a = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                    sent.append(a)
+                    ws.send(_png(a))
+                    time.sleep(0.01)
+
+            import threading
+
+            def read() -> None:
+                nonlocal code
+                try:
+                    while True:
+                        replies.append(ws.recv(timeout=30))
+                except ConnectionClosed as e:
+                    code = e.rcvd.code if e.rcvd else None
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            send_for(0.3)
+            os.kill(proc.pid, signal.SIGTERM)
+            send_for(0.3)  # these arrive during the drain
+            reader.join(60)
+        assert len(sent) > 30
+        _assert_every_frame_answered(sent, replies, code)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

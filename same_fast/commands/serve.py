@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from typing import Any
 
+from same_fast.errors import InputError
 from same_fast.serve.config import ADAPT_FLAGS, ADAPT_IN, ADAPT_SAFETY, ADAPT_SERVES, AdaptConfig, ServeConfig
 
 HELP = "serve enhancement over HTTP/WebSocket or a pipe"
+
+TOKEN_ENV = "SAME_FAST_TOKEN"
 
 # argparse options of the online-adaptation flags by AdaptConfig field, in --help order: the flag
 # is ADAPT_FLAGS's, the default AdaptConfig's, and config_from_args nests the values.
@@ -79,8 +83,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch/compile backends: NHWC weights and frames (often faster on CPU)")
     p.add_argument("--adapt", default=d.adapt, choices=["off", "online"],
                    help="adapt the served model to incoming frames in the background")
+    p.add_argument("--config", metavar="FILE",
+                   help="read settings from a TOML, YAML or JSON file whose keys are these "
+                        "flags' long names (e.g. max-batch = 8); flags given here win")
     p.add_argument("--token", default=d.token,
-                   help="bearer token required on every endpoint but /healthz")
+                   help="bearer token required on every endpoint but /healthz (visible in the "
+                        "process list: prefer --token-file or SAME_FAST_TOKEN)")
+    p.add_argument("--token-file", default=d.token_file, metavar="FILE",
+                   help="read the bearer token from the first line of FILE")
     g = p.add_argument_group("batching")
     g.add_argument("--max-batch", type=int, default=d.max_batch, help="frames per model call")
     g.add_argument("--max-delay-ms", type=float, default=d.max_delay_ms,
@@ -97,7 +107,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-connections", type=int, default=d.max_connections)
     g.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s)
     g.add_argument("--send-timeout-s", type=float, default=d.send_timeout_s)
-    g.add_argument("--drain-timeout-s", type=float, default=d.drain_timeout_s)
+    g.add_argument("--drain-timeout-s", type=float, default=d.drain_timeout_s,
+                   help="longest SIGTERM waits for received frames to be answered")
+    g.add_argument("--drain-quiet-s", type=float, default=d.drain_quiet_s,
+                   help="on SIGTERM a stream closes once silent this long")
+    g.add_argument("--first-byte-timeout-s", type=float, default=d.first_byte_timeout_s,
+                   help="a new connection must send its first byte within this")
+    g.add_argument("--header-timeout-s", type=float, default=d.header_timeout_s,
+                   help="a request head must be complete within this")
+    g.add_argument("--body-timeout-s", type=float, default=d.body_timeout_s,
+                   help="longest gap between pieces of a request body (408 past it)")
+    g.add_argument("--request-timeout-s", type=float, default=d.request_timeout_s,
+                   help="a whole request body must arrive within this (408 past it)")
+    g.add_argument("--max-client-connections", type=int, default=d.max_client_connections,
+                   help="open connections per client address (idle ones are closed first)")
+    g.add_argument("--max-open-connections", type=int, default=d.max_open_connections,
+                   help="open connections in all (idle ones are closed first)")
+    g.add_argument("--max-batch-pixels", type=int, default=d.max_batch_pixels,
+                   help="pixels per model call; larger frames are enhanced in tiles")
+    g.add_argument("--max-queued-pixels", type=int, default=d.max_queued_pixels,
+                   help="decoded pixels waiting or in the model, all clients (busy beyond)")
+    g.add_argument("--codec-threads", type=int, default=d.codec_threads,
+                   help="threads decoding and encoding frames off the event loop")
     g = p.add_argument_group("online adaptation")
     g.add_argument("--adapt-in", default=d.adapt_in, choices=list(ADAPT_IN),
                    help="run the adapter in a child process (no GIL shared with serving) "
@@ -114,12 +145,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     """The ServeConfig of parsed ``serve`` arguments (the ``ADAPT_FLAGS`` ones nested in
-    ``adaptation``)."""
+    ``adaptation``), after ``--config`` and the ``SAME_FAST_TOKEN`` environment variable."""
+    if getattr(args, "config", None):
+        apply_config_file(args, args.config)
+    if args.token is None and args.token_file is None and os.environ.get(TOKEN_ENV):
+        args.token = os.environ[TOKEN_ENV]
     names = {f.name for f in dataclasses.fields(ServeConfig)} - {"adaptation"}
     adaptation = AdaptConfig(**{name: getattr(args, _dest(flag))
                                 for name, flag in ADAPT_FLAGS.items()})
     return ServeConfig(**{k: v for k, v in vars(args).items() if k in names},
                        adaptation=adaptation)
+
+
+def apply_config_file(args: argparse.Namespace, path: str) -> None:
+    """Set ``args`` from a settings file whose keys are flag names (``max-batch`` or
+    ``max_batch``, with or without ``--``); a flag given on the command line (a value other
+    than its default) wins. InputError for an unknown key or an unreadable file."""
+    from same_fast.serve.settings_file import read_settings
+
+    defaults = _parser_defaults()
+    for key, value in read_settings(path).items():
+        dest = _dest(key)
+        if dest not in defaults or dest == "config":
+            raise InputError(f"--config {path}: unknown setting '{key}' (keys are the flags of "
+                             "same-fast serve, e.g. max-batch)")
+        if getattr(args, dest) == defaults[dest]:
+            setattr(args, dest, value)
+
+
+def _parser_defaults() -> dict[str, Any]:
+    p = argparse.ArgumentParser(add_help=False)
+    add_arguments(p)
+    return vars(p.parse_args([]))
 
 
 def _dest(flag: str) -> str:
@@ -137,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
 
     from same_fast.errors import missing_dependency
 
-    for package in ("starlette", "uvicorn", "websockets"):
+    for package in ("starlette", "uvicorn", "websockets", "prometheus_client"):
         if importlib.util.find_spec(package) is None:
             raise missing_dependency(package, "same-fast serve (HTTP/WebSocket)", "serve")
     from same_fast.serve.server import run_server

@@ -129,11 +129,21 @@ class ServeConfig:
     adapt_in: where the adapter runs, ``process`` (a child process, no GIL shared with serving)
     or ``thread``; adaptation: its settings (``AdaptConfig``, from the ``--adapt-*``,
     ``--audit*``, ``--picker`` and ``--seed`` flags; an audit log needs ``adapt='online'``).
-    Limits: max_message_bytes per WebSocket message or HTTP body; max_pixels per frame;
-    max_inflight frames per connection (the client is back-pressured beyond it);
+    token: the bearer token (``same-fast serve`` also takes it from ``--token-file`` or the
+    ``SAME_FAST_TOKEN`` environment variable, which keep it out of the process list);
+    token_file: a file whose first line is the token (read by ``validate`` when token is None).
+    Limits (docs/SERVING.md): max_message_bytes per WebSocket message or HTTP body; max_pixels
+    per frame; max_inflight frames per connection (the client is back-pressured beyond it);
     max_connections concurrent WebSocket streams; idle_timeout_s without a message and
     send_timeout_s for one reply before a slow client is disconnected; drain_timeout_s is how
-    long SIGTERM waits for in-flight frames.
+    long SIGTERM waits for in-flight frames, drain_quiet_s how long a stream must stay silent
+    before the drain closes it. Connections (``serve.limits``): first_byte_timeout_s and
+    header_timeout_s for a request head, body_timeout_s between pieces of a body and
+    request_timeout_s for a whole body (408 past either), max_client_connections per client
+    address and max_open_connections in all (idle ones are closed first to make room).
+    Memory: max_batch_pixels per model call (larger frames are tiled, ``serve.tiling``),
+    max_queued_pixels of decoded frames waiting or in the model (busy beyond it),
+    codec_threads decode and encode frames off the event loop.
     Loop: queue capacity, max_batch, max_delay_ms, policy (block | drop_oldest), workers.
     Pipe mode: pipe, shape (``HxWxC``), dtype (uint8 | uint16).
     """
@@ -159,6 +169,17 @@ class ServeConfig:
     idle_timeout_s: float = 300.0
     send_timeout_s: float = 30.0
     drain_timeout_s: float = 30.0
+    drain_quiet_s: float = 0.5
+    token_file: str | None = None
+    first_byte_timeout_s: float = 5.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 5.0
+    request_timeout_s: float = 60.0
+    max_client_connections: int = 128
+    max_open_connections: int = 1024
+    max_batch_pixels: int = 4 * 1024 * 1024
+    max_queued_pixels: int = 64 * 1024 * 1024
+    codec_threads: int = 2
     # online adaptation
     adapt_in: str = "process"
     adaptation: AdaptConfig = field(default_factory=AdaptConfig)
@@ -179,9 +200,20 @@ class ServeConfig:
         if self.policy not in ("block", "drop_oldest"):
             raise InputError("--policy must be block or drop_oldest")
         for name in ("max_batch", "capacity", "workers", "max_inflight", "max_connections",
-                     "max_message_bytes", "max_pixels"):
+                     "max_message_bytes", "max_pixels", "max_client_connections",
+                     "max_open_connections", "max_batch_pixels", "max_queued_pixels",
+                     "codec_threads"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1")
+        for name in ("idle_timeout_s", "send_timeout_s", "drain_timeout_s", "drain_quiet_s",
+                     "first_byte_timeout_s", "header_timeout_s", "body_timeout_s",
+                     "request_timeout_s"):
+            if not float(getattr(self, name)) > 0:
+                raise InputError(f"--{name.replace('_', '-')} must be > 0")
+        if self.max_batch_pixels < 64 * 64:
+            raise InputError("--max-batch-pixels must be >= 4096 (a 64x64 tile)")
+        if self.token is None and self.token_file:
+            self.token = read_token_file(self.token_file)
         if self.max_delay_ms < 0:
             raise InputError("--max-delay-ms must be >= 0")
         if not self.pipe and not is_loopback(self.host) and not self.token:
@@ -192,6 +224,19 @@ class ServeConfig:
             if self.dtype not in ("uint8", "uint16"):
                 raise InputError("--dtype must be uint8 or uint16")
         return self
+
+
+def read_token_file(path: str) -> str:
+    """The first line of ``path``, stripped; InputError when unreadable or empty."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"--token-file: cannot read '{path}' ({getattr(e, 'strerror', None) or e})"
+                         ) from None
+    if not token:
+        raise InputError(f"--token-file: '{path}' holds no token on its first line")
+    return token
 
 
 def is_loopback(host: str) -> bool:

@@ -77,6 +77,9 @@ class ServedModel:
         self._pending: tuple[dict[str, torch.Tensor], str] | None = None
         self._warm: tuple[tuple[int, ...], np.dtype] | None = None  # last served frame, batch 1
         self.weights_version = 0
+        # Pixels per model call (``serve.tiling``; None: no budget). The Service sets it.
+        self.batch_pixels: int | None = None
+        self.tile_margin = 64
         self.weights_hash = weights_hash(module.state_dict()) if module is not None else "none"
         self.source_hash = self.weights_hash
 
@@ -134,14 +137,21 @@ class ServedModel:
         """Enhance ``(H, W, C)`` uint8/uint16 frames -> [(same shape and dtype, version, hash)].
 
         ``observe`` (online adaptation) receives each group's ``(N, H, W, C)`` input batch
-        after it is served.
+        after it is served. With ``batch_pixels`` set, no model call gets more pixels than that
+        (large frames go alone, or in tiles: ``same_fast.serve.tiling``).
         """
+        from same_fast.serve.tiling import run_budgeted
         from same_fast.stream import run_grouped
 
         self._install_pending()
         version, digest = self.weights_version, self.weights_hash
-        out = run_grouped(frames, self.step, observe,
-                          getattr(self._current, "enhance_frames", None))
+        frames_step = getattr(self._current, "enhance_frames", None)
+
+        def run(group: list[np.ndarray]) -> list[np.ndarray]:
+            return run_grouped(group, self.step, observe, frames_step)
+
+        out = (run(frames) if self.batch_pixels is None
+               else run_budgeted(frames, run, self.batch_pixels, self.tile_margin))
         if frames and self._factory is not None:  # a shape the model has served: warm-up input
             self._warm = ((1, *frames[0].shape), frames[0].dtype)
         return [(y, version, digest) for y in out]

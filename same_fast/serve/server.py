@@ -1,9 +1,14 @@
 """Running the ASGI app under uvicorn, with a SIGTERM that drains instead of dropping frames.
 
 uvicorn's own shutdown closes open WebSockets at once (in-flight frames would be lost). Here the
-first SIGTERM/SIGINT starts a drain: readiness turns 503, streams stop reading, every frame
-already received is answered, sockets close with 1001, and only then uvicorn exits (exit status
+first SIGTERM/SIGINT starts a drain: the listening sockets close (no new connections),
+readiness turns 503, open connections keep being served (HTTP replies then say
+``Connection: close``; a stream reads until its client is quiet for ``drain_quiet_s``), every
+frame received is answered, sockets close with 1001, and only then uvicorn exits (exit status
 0). A second signal, or ``drain_timeout_s``, cuts the drain short.
+
+HTTP connections go through ``serve.limits`` (header timeouts, per-client caps that close idle
+connections first), not uvicorn's ``limit_concurrency``, which counted idle sockets.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import uvicorn
 
 from same_fast.serve.app import ABORT_KEY, create_app
 from same_fast.serve.config import ServeConfig
+from same_fast.serve.limits import ConnectionGuard, http_protocol, redact_logs
 from same_fast.serve.service import Service, freeze_heap, tune_process
 
 log = logging.getLogger("same_fast.serve")
@@ -55,6 +61,8 @@ class DrainingServer(uvicorn.Server):
         loop.call_soon_threadsafe(lambda: loop.create_task(self._drain()))
 
     async def _drain(self) -> None:
+        for server in getattr(self, "servers", []):
+            server.close()  # stop accepting; open connections go on
         self.starlette.state.drain_event.set()
         deadline = time.monotonic() + self.service.config.drain_timeout_s
         while not self.service.idle() and time.monotonic() < deadline:
@@ -102,16 +110,34 @@ def _ws_protocol() -> Any:
 def build_server(service: Service, log_level: str = "warning") -> DrainingServer:
     cfg = service.config
     asgi = create_app(service)
+    guard = ConnectionGuard(cfg.max_client_connections, _open_files_cap(cfg.max_open_connections))
     uv = uvicorn.Config(
         asgi, log_level=log_level, lifespan="off", ws=_ws_protocol(),
+        http=http_protocol(guard, cfg.first_byte_timeout_s, cfg.header_timeout_s),
         # Protocol-level ceiling well above our own per-message limit, so an oversized frame
         # gets a JSON error from us instead of a 1009 close from the protocol.
         ws_max_size=max(cfg.max_message_bytes * 4, 1 << 20),
         ws_ping_interval=20.0, ws_ping_timeout=20.0,
-        timeout_keep_alive=5, limit_concurrency=cfg.max_connections * 2 + 32,
-        timeout_graceful_shutdown=5,
+        timeout_keep_alive=5, limit_concurrency=None, timeout_graceful_shutdown=5,
     )
-    return DrainingServer(uv, service, asgi.app)
+    redact_logs()
+    server = DrainingServer(uv, service, asgi.app)
+    server.guard = guard
+    return server
+
+
+def _open_files_cap(wanted: int) -> int:
+    """``wanted`` connections, at most the process's open-file limit less a reserve (model
+    files, pipes, the adapter)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return wanted
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(16, min(wanted, soft - 64))
 
 
 def run_server(config: ServeConfig, log_level: str = "info") -> int:

@@ -18,6 +18,7 @@ from same_fast.serve.config import ServeConfig
 from same_fast.serve.cpus import plan_adapter_cpus, serving_step
 from same_fast.serve.metrics import Metrics
 from same_fast.serve.model import ServedModel, load_served_model
+from same_fast.serve.offload import CodecPool
 from same_fast.stream import LoopClosed, LoopConfig, QueueFull, StreamLoop
 
 
@@ -26,7 +27,7 @@ class Busy(SameFastError):
 
 
 class ShuttingDown(SameFastError):
-    """The server is draining after SIGTERM and takes no new frames."""
+    """The server has stopped its stream loop and takes no new frames."""
 
 
 def _serving_threads(config: ServeConfig) -> int:
@@ -53,38 +54,74 @@ class Service:
             # faster and works for any torch module.
             cls = ProcessAdaptation if config.adapt_in == "process" else OnlineAdaptation
             self.adaptation = cls(self.model, config.adaptation)
-        observe = self.adaptation.observe if self.adaptation else None
-        model_ref = self.model
         # With the adapter placed (--adapt-cpus), the loop's workers keep to the other CPUs.
-        step = serving_step(lambda frames: model_ref.frame_step(frames, observe),
-                            self.adaptation.cpus if self.adaptation else None)
+        step = serving_step(self._step, self.adaptation.cpus if self.adaptation else None)
         self.loop = StreamLoop(step, LoopConfig(
             capacity=config.capacity, max_batch=config.max_batch,
             max_delay_ms=config.max_delay_ms, policy=config.policy, workers=config.workers))
-        self.metrics = Metrics()
+        self.model.batch_pixels = config.max_batch_pixels
+        self.metrics = Metrics(self.model_name)
+        self.metrics.watch(lambda: (self.loop.stats(), self.model.describe(),
+                                    self.adaptation.describe() if self.adaptation else None))
+        self.codec = CodecPool(config.codec_threads)
         self.started = time.time()
         self.draining = False
+        self.closed = False
         self._active = 0
+        self._queued_pixels = 0
         self._lock = threading.Lock()
 
+    @property
+    def model_name(self) -> str:
+        """The model's name in URLs and metrics labels: ``-m`` without folders or extension."""
+        return model_name(self.model.name)
+
     # -- frames -------------------------------------------------------------------------------
+    def _step(self, items: list) -> list:
+        """The loop's frame step: frames from ``accept`` come as ``_Queued`` (their queue wait
+        is measured), raw arrays (the pipe) as they are."""
+        t0 = time.perf_counter()
+        frames = [it.frame if isinstance(it, _Queued) else it for it in items]
+        observe = self.adaptation.observe if self.adaptation else None
+        out = self.model.frame_step(frames, observe)
+        self.metrics.batch([t0 - it.t for it in items if isinstance(it, _Queued)],
+                           time.perf_counter() - t0, len(frames))
+        return out
+
     def accept(self, frame: np.ndarray, meta: Any = None) -> Future:
         """Submit one validated ``(H, W, C)`` frame; the future yields (array, version, hash).
 
-        Never blocks: a full queue raises Busy, a draining server ShuttingDown.
+        Never blocks: a full queue, or ``max_queued_pixels`` of frames already waiting or in the
+        model, raises Busy; a closed service ShuttingDown. A draining service (SIGTERM) still
+        takes frames from its open connections: every frame received is answered.
         """
-        if self.draining:
+        if self.closed:
             raise ShuttingDown("server is shutting down")
         h, w = frame.shape[:2]
-        if h * w > self.config.max_pixels:
+        px = h * w
+        if px > self.config.max_pixels:
             raise InputError(f"frame of {w}x{h} pixels is over the limit of "
                              f"{self.config.max_pixels}")
+        with self._lock:
+            # One frame always fits an empty queue, so a frame under max_pixels is never refused
+            # for its size alone.
+            if self._queued_pixels and self._queued_pixels + px > self.config.max_queued_pixels:
+                raise Busy(f"server busy: {self._queued_pixels} pixels already queued (limit "
+                           f"{self.config.max_queued_pixels})")
+            self._queued_pixels += px
         try:
-            return self.loop.submit(frame, meta, timeout=0)
-        except QueueFull:
+            fut = self.loop.submit(_Queued(frame, time.perf_counter()), meta, timeout=0)
+        except (QueueFull, LoopClosed) as e:
+            self._release_pixels(px)
+            if isinstance(e, LoopClosed):
+                raise ShuttingDown("server is shutting down") from None
             raise Busy(f"server busy: {self.config.capacity} frames already queued") from None
-        except LoopClosed:
-            raise ShuttingDown("server is shutting down") from None
+        fut.add_done_callback(lambda _: self._release_pixels(px))
+        return fut
+
+    def _release_pixels(self, px: int) -> None:
+        with self._lock:
+            self._queued_pixels -= px
 
     # -- lifecycle ----------------------------------------------------------------------------
     def enter(self) -> None:
@@ -110,7 +147,9 @@ class Service:
     def close(self) -> None:
         """Finish every accepted frame, then stop the adapter."""
         self.draining = True
+        self.closed = True
         self.loop.close(drain=True)
+        self.codec.close()
         if self.adaptation is not None:
             self.adaptation.close()
 
@@ -122,12 +161,36 @@ class Service:
         d["loop"] = {"max_batch": cfg.max_batch, "max_delay_ms": cfg.max_delay_ms,
                      "capacity": cfg.capacity, "policy": cfg.policy, "workers": cfg.workers}
         d["limits"] = {"max_message_bytes": cfg.max_message_bytes, "max_pixels": cfg.max_pixels,
-                       "max_inflight": cfg.max_inflight, "max_connections": cfg.max_connections}
+                       "max_inflight": cfg.max_inflight, "max_connections": cfg.max_connections,
+                       "max_batch_pixels": cfg.max_batch_pixels,
+                       "max_queued_pixels": cfg.max_queued_pixels}
         return d
 
-    def prometheus(self) -> str:
-        return self.metrics.render(self.loop.stats(), self.model.describe(),
-                                   self.adaptation.describe() if self.adaptation else None)
+    def prometheus(self) -> bytes:
+        """The Prometheus text exposition of this server's metrics."""
+        return self.metrics.render()
+
+
+class _Queued:
+    """A frame in the stream loop with the time it was accepted (``perf_counter``)."""
+
+    __slots__ = ("frame", "t")
+
+    def __init__(self, frame: np.ndarray, t: float) -> None:
+        self.frame, self.t = frame, t
+
+
+def model_name(spec: str) -> str:
+    """``-m`` as a URL-safe name: ``fundus-lite``; ``/x/y/model.safetensors`` -> ``model``;
+    ``identity:delay_ms=5`` -> ``identity``."""
+    import re
+    from pathlib import PurePath
+
+    base = spec.split(":", 1)[0] if not spec.endswith(".safetensors") else spec
+    stem = PurePath(base).name
+    if stem.endswith(".safetensors"):
+        stem = stem[:-len(".safetensors")]
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "model"
 
 
 def tune_process(switch_interval_s: float = 0.0005) -> None:
