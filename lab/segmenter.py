@@ -80,17 +80,12 @@ def train_segmenter(steps: int, size: int, seed: int, batch: int = 8, crop: int 
 
 
 def _patches(x: torch.Tensor, crop: int, g: torch.Generator) -> torch.Tensor:
-    out = []
-    for i in range(x.shape[0]):
-        y0 = int(torch.randint(0, x.shape[-2] - crop + 1, (), generator=g))
-        x0 = int(torch.randint(0, x.shape[-1] - crop + 1, (), generator=g))
-        v = x[i:i + 1, :, y0:y0 + crop, x0:x0 + crop]
-        if float(torch.rand((), generator=g)) < 0.5:
-            v = v.flip(-1)
-        if float(torch.rand((), generator=g)) < 0.5:
-            v = v.flip(-2)
-        out.append(v)
-    return torch.cat(out)
+    """Native-scale ``crop`` patches of a batch, flipped at random."""
+    from same_fast.adapt.augment import random_window
+
+    h, w = x.shape[-2:]
+    return torch.cat([random_window(h, w, crop, crop, g).apply(x[i:i + 1])
+                      for i in range(x.shape[0])])
 
 
 def cached_segmenter(cfg: ExperimentConfig, out: Path) -> tuple[VesselUNet, dict[str, Any]]:

@@ -7,6 +7,7 @@ safetensors stores metadata as str -> str, so non-string values are JSON-encoded
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -139,3 +140,18 @@ def _decode(meta: Mapping[str, Any], path: Path) -> dict[str, Any]:
         except RecursionError:
             raise CheckpointError(f"{path}: checkpoint metadata '{k[:40]}' nested too deeply") from None
     return out
+
+
+def weights_hash(weights: torch.nn.Module | Mapping[str, torch.Tensor], digits: int = 64) -> str:
+    """SHA-256 (hex) of a model's state: names, dtypes, shapes and bytes, in name order.
+
+    The one weights hash: the audit log records all 64 digits (``weights_sha256``), a server
+    announces the first 16 (``weights_hash``), so each is a prefix of the other.
+    """
+    state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:digits]

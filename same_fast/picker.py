@@ -325,6 +325,21 @@ def load_picker(name_or_path: str | Path, device: str | torch.device = "cpu",
     return picker.to(device)
 
 
+def resolve_picker(spec: str | None, modality: str, device: str | torch.device = "cpu",
+                   config: PickerConfig | None = None) -> Picker | None:
+    """The picker a front names: None or ``none`` -> None (every sample accepted); ``auto`` ->
+    the shipped picker of ``modality``; else a shipped name or a checkpoint path. ``config``'s
+    decision settings override the checkpoint's (``p_good`` None keeps its threshold)."""
+    if spec is None or spec == "none":
+        return None
+    if spec == "auto":
+        spec = f"{modality}-picker"
+        if spec not in SHIPPED:
+            raise CheckpointError(f"no shipped picker for modality '{modality}' "
+                                  "(pass --picker CKPT or --picker none)")
+    return load_picker(spec, device, config)
+
+
 def picker_config_dict(p: Picker) -> dict[str, Any]:
     """The effective settings of a picker, for summaries."""
     return {**asdict(p.config), "p_good": p.p_good, "isd_threshold": p.isd_threshold,

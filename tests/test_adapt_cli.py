@@ -120,7 +120,7 @@ def test_adapt_picker_calibration_adapts_where_the_absolute_rule_rejects_all(tmp
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--picker", "ultrasound-picker", "--picker-calibrate", "1"], "calibration share"),
+    (["--picker", "ultrasound-picker", "--picker-calibrate", "1"], "--picker-calibrate must be in [0, 1)"),
     (["-i", "MISSING"], "no such folder"),
     (["--size", "12"], "multiple"),
     (["--picker", "nope.safetensors"], "no such picker"),

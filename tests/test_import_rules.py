@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Top-level parts of same_fast, lowest first. A part may import parts of lower layers; within a
 # layer only the pairs in SIDEWAYS. eval sits beside train: source training validates with the
-# paper protocol.
+# paper protocol; picker training crops with adaptation's random window.
 LAYERS: list[set[str]] = [
     {"errors", "_stream"},
     {"files"},
@@ -28,7 +28,8 @@ LAYERS: list[set[str]] = [
     {"serve", "benchsuites", "commands", "cli", "__main__"},
 ]
 SIDEWAYS = {("degrade", "ops"), ("degrade", "io"), ("ops", "kernels"), ("io", "checkpoint"),
-            ("adapt", "picker"), ("train", "picker"), ("train", "models"), ("train", "eval"),
+            ("adapt", "picker"), ("train", "adapt"), ("train", "picker"), ("train", "models"),
+            ("train", "eval"),
             ("engine", "models"), ("picker", "models"), ("serve", "engine"),
             ("benchsuites", "serve"), ("commands", "serve"), ("commands", "benchsuites"),
             ("cli", "commands"), ("__main__", "cli")}

@@ -30,7 +30,7 @@ def _online_service(model: str, adapt_in: str = "process", **overrides) -> Servi
     """A streaming service adapting online with tiny settings (a step every 2 frames of batch
     2, 16 px crops, batches of 2 frames within 1 ms), its adapter ready; overrides are
     AdaptConfig fields."""
-    adaptation = AdaptConfig(**{**dict(every=2, batch=2, crop=16), **overrides})
+    adaptation = AdaptConfig.serving(**{**dict(every=2, batch=2, size=16), **overrides})
     svc = Service(ServeConfig(stream=True, model=model, adapt="online", max_batch=2,
                               max_delay_ms=1, adapt_in=adapt_in, adaptation=adaptation))
     if adapt_in == "process":
@@ -140,7 +140,7 @@ def test_audit_log_records_every_step_and_event(tiny_model, tmp_path, adapt_in):
 
     log = tmp_path / "logs" / "audit.jsonl"
     svc = _online_service(tiny_model, adapt_in, safety="off", audit=str(log),
-                          audit_hash_every=3)
+                          hash_every=3)
     rng = np.random.default_rng(1)
     with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
         source = httpx.get(srv.url + "/v1/model").json()
@@ -176,6 +176,8 @@ def test_audit_log_records_every_step_and_event(tiny_model, tmp_path, adapt_in):
     # Every weights hash the stream announced was published (and audited), or is the source's.
     published = [r for r in recs if r["event"] == "publish"]
     assert published and all("weights_sha256" in r and "version" in r for r in published)
+    # one weights hash: the announced one is a prefix of the audit log's SHA-256
+    assert all(r["weights_sha256"].startswith(r["weights_hash"]) for r in published)
     hashes = {r["weights_hash"] for r in published} | {source["weights_hash"]}
     assert {a["weights_hash"] for a in announced} <= hashes
     assert len({a["weights_hash"] for a in announced}) >= 2
@@ -186,7 +188,7 @@ def test_audit_needs_online_adaptation_and_a_writable_file(tmp_path):
     from same_fast.errors import InputError
 
     with pytest.raises(InputError, match="--adapt online"):
-        ServeConfig(adaptation=AdaptConfig(audit=str(tmp_path / "a.jsonl"))).validate()
+        ServeConfig(adaptation=AdaptConfig.serving(audit=str(tmp_path / "a.jsonl"))).validate()
     blocker = tmp_path / "file"
     blocker.write_text("")
     from same_fast.serve.adapter_setup import check_audit_path
@@ -203,7 +205,7 @@ def test_audit_needs_online_adaptation_and_a_writable_file(tmp_path):
                                          "--audit-hash-every", "5", "--adapt-max-drift", "0.1",
                                          "--adapt-min-acceptance", "0.2"]))
     a = cfg.adaptation
-    assert (a.audit, a.audit_hash_every, a.max_drift, a.min_acceptance) == ("x.jsonl", 5, 0.1, 0.2)
+    assert (a.audit, a.hash_every, a.max_drift, a.min_acceptance) == ("x.jsonl", 5, 0.1, 0.2)
 
 
 def test_every_adaptation_flag_sets_its_adaptconfig_field_and_names_it_in_errors():
@@ -216,25 +218,26 @@ def test_every_adaptation_flag_sets_its_adaptconfig_field_and_names_it_in_errors
     p = argparse.ArgumentParser()
     add_arguments(p)
     assert config_from_args(p.parse_args([])) == ServeConfig()  # the defaults are AdaptConfig's
-    given = {"batch": 3, "every": 5, "buffer": 7, "crop": 32, "lr": 0.5, "ema": 0.25,
+    given = {"batch": 3, "every": 5, "buffer": 7, "size": 32, "lr": 0.5, "ema": 0.25,
              "serve": "teacher", "cpus": "off", "publish_every_s": 2.5, "safety": "reset",
              "min_acceptance": 0.125, "max_drift": 0.375, "audit": "a.jsonl",
-             "audit_hash_every": 4, "picker": "p.safetensors", "seed": 9,
-             "redegrade": "sensor-noise", "redegrade_strength": 0.5, "picker_calibrate": 0.25}
+             "hash_every": 4, "picker": "p.safetensors", "seed": 9,
+             "redegrade_preset": "sensor-noise", "redegrade_strength": 0.5,
+             "picker_calibrate": 0.25}
     assert set(given) == set(ADAPT_FLAGS)
     argv = ["--adapt", "online", "--adapt-in", "thread"]
     for name, value in given.items():
         argv += [ADAPT_FLAGS[name], str(value)]
     cfg = config_from_args(p.parse_args(argv)).validate()
-    assert cfg.adapt_in == "thread" and cfg.adaptation == AdaptConfig(**given)
-    for name, bad in (("batch", 0), ("every", 0), ("buffer", 0), ("audit_hash_every", -1),
+    assert cfg.adapt_in == "thread" and cfg.adaptation == AdaptConfig.serving(**given)
+    for name, bad in (("batch", 0), ("every", 0), ("buffer", 0), ("hash_every", -1),
                       ("min_acceptance", 2.0), ("max_drift", -1.0), ("publish_every_s", -1.0),
                       ("serve", "both"), ("safety", "panic"), ("redegrade_strength", -1.0),
                       ("picker_calibrate", 1.0), ("picker_calibrate", -0.5)):
         with pytest.raises(InputError, match=ADAPT_FLAGS[name] + " must be"):
-            ServeConfig(adaptation=AdaptConfig(**{name: bad})).validate()
+            ServeConfig(adaptation=AdaptConfig.serving(**{name: bad})).validate()
     with pytest.raises(InputError, match="--adapt-redegrade: unknown degradation preset 'fog'"):
-        ServeConfig(adaptation=AdaptConfig(redegrade="fog")).validate()
+        ServeConfig(adaptation=AdaptConfig.serving(redegrade_preset="fog")).validate()
 
 
 def _metric(text, name):
@@ -329,7 +332,7 @@ def test_the_adapter_trains_on_the_re_degraded_view_it_was_given(tiny_model, tmp
     from same_fast.adapt.audit import read_audit
 
     log = tmp_path / "audit.jsonl"
-    svc = _online_service(tiny_model, adapt_in, audit=str(log), redegrade="sensor-noise",
+    svc = _online_service(tiny_model, adapt_in, audit=str(log), redegrade_preset="sensor-noise",
                           redegrade_strength=0.75)
     try:
         start = next(r for r in read_audit(log) if r["event"] == "start")
@@ -337,7 +340,7 @@ def test_the_adapter_trains_on_the_re_degraded_view_it_was_given(tiny_model, tmp
         assert (c["mode"], c["redegrade"], c["redegrade_preset"], c["redegrade_strength"]) == \
             ("online", True, "sensor-noise", 0.75)
         serve = next(r for r in read_audit(log) if r["event"] == "serve")
-        assert serve["settings"]["redegrade"] == "sensor-noise"
+        assert serve["settings"]["redegrade_preset"] == "sensor-noise"
     finally:
         svc.close()
     plain = tmp_path / "plain.jsonl"

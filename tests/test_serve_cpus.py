@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from same_fast.adapt.config import AdaptConfig
 from same_fast.errors import InputError
 from same_fast.nn import SAMENet
 from same_fast.serve import cpus
-from same_fast.serve.adaptation import AdaptConfig, OnlineAdaptation, ProcessAdaptation
+from same_fast.serve.adaptation import OnlineAdaptation, ProcessAdaptation
 from same_fast.serve.config import ServeConfig
 from same_fast.serve.model import served_from_module
 from same_fast.serve.service import Service
@@ -82,7 +83,7 @@ def test_bad_cpu_lists_are_input_errors(spec):
 def test_a_list_of_every_usable_cpu_leaves_none_for_serving():
     every = ",".join(str(c) for c in sorted(USABLE))
     with pytest.raises(InputError, match="leaves no CPU for serving"):
-        ServeConfig(adapt="online", adaptation=AdaptConfig(cpus=every)).validate()
+        ServeConfig(adapt="online", adaptation=AdaptConfig.serving(cpus=every)).validate()
 
 
 @pytest.mark.parametrize("spec", ["nonsense", "3-1", "99999", "all-of-them"])
@@ -101,7 +102,7 @@ def test_bad_cpu_list_on_the_command_line_is_a_one_line_usage_error(spec):
 def test_adapter_process_and_its_pipe_threads_run_on_the_configured_cpus():
     cpu = max(USABLE)
     served = _served("onnxruntime")  # a standby build starts ONNX Runtime threads
-    ad = ProcessAdaptation(served, AdaptConfig(batch=2, every=2, crop=16, buffer=8,
+    ad = ProcessAdaptation(served, AdaptConfig.serving(batch=2, every=2, size=16, buffer=8,
                                                cpus=str(cpu), publish_every_s=0))
     try:
         assert ad.ready.wait(120), ad.last_error
@@ -132,7 +133,7 @@ def test_adapter_process_and_its_pipe_threads_run_on_the_configured_cpus():
 @needs_two
 def test_adapter_thread_runs_on_the_configured_cpus():
     cpu = max(USABLE)
-    ad = OnlineAdaptation(_served(), AdaptConfig(batch=2, every=2, crop=16, buffer=8,
+    ad = OnlineAdaptation(_served(), AdaptConfig.serving(batch=2, every=2, size=16, buffer=8,
                                                  cpus=str(cpu)))
     try:
         for _ in range(100):  # the thread confines itself when it starts
@@ -158,8 +159,8 @@ def test_serve_auto_places_the_adapter_and_keeps_the_loop_workers_off_its_cpus(a
         return step(frames, observe)
 
     served.frame_step = frame_step
-    svc = Service(ServeConfig(adapt="online", adapt_in=adapt_in, adaptation=AdaptConfig(
-        every=2, batch=2, crop=16, safety="off")), model=served)
+    svc = Service(ServeConfig(adapt="online", adapt_in=adapt_in, adaptation=AdaptConfig.serving(
+        every=2, batch=2, size=16, safety="off")), model=served)
     try:
         plan = svc.adaptation.cpus
         assert plan.adapter and plan.serving and not plan.adapter & plan.serving
@@ -177,7 +178,7 @@ def test_serve_auto_places_the_adapter_and_keeps_the_loop_workers_off_its_cpus(a
 @needs_two
 def test_adapt_cpus_off_places_nothing():
     served = _served()
-    ad = ProcessAdaptation(served, AdaptConfig(batch=2, every=2, crop=16, cpus="off"))
+    ad = ProcessAdaptation(served, AdaptConfig.serving(batch=2, every=2, size=16, cpus="off"))
     try:
         assert ad.ready.wait(120), ad.last_error
         assert _affinity(ad.proc.pid) == set(USABLE) and ad.describe()["cpus"] is None
@@ -188,7 +189,7 @@ def test_adapt_cpus_off_places_nothing():
 @pytest.mark.parametrize("adapt_in", ["process", "thread"])
 def test_weights_held_back_by_the_publish_interval_are_published_when_frames_stop(adapt_in):
     served = _served()
-    cfg = AdaptConfig(batch=2, every=1, crop=16, buffer=8, safety="off", publish_every_s=0.3)
+    cfg = AdaptConfig.serving(batch=2, every=1, size=16, buffer=8, safety="off", publish_every_s=0.3)
     ad = ProcessAdaptation(served, cfg) if adapt_in == "process" else OnlineAdaptation(served,
                                                                                         cfg)
     try:
@@ -203,9 +204,9 @@ def test_weights_held_back_by_the_publish_interval_are_published_when_frames_sto
         _wait(lambda: served.frame_step([np.zeros((16, 16, 1), np.uint8)]) and
               ad.describe()["steps"] == 6 and served.weights_version >= 2)
         if adapt_in == "thread":
-            from same_fast.serve.model import weights_hash
+            from same_fast.serve.model import short_hash
 
-            assert served.weights_hash == weights_hash(ad.adapter.served.state_dict())
+            assert served.weights_hash == short_hash(ad.adapter.served.state_dict())
         assert ad.errors == 0, ad.last_error
     finally:
         ad.close()
@@ -213,7 +214,7 @@ def test_weights_held_back_by_the_publish_interval_are_published_when_frames_sto
 
 def test_a_long_publish_interval_holds_weights_back_until_freeze():
     served = _served()
-    ad = OnlineAdaptation(served, AdaptConfig(batch=2, every=1, crop=16, buffer=8,
+    ad = OnlineAdaptation(served, AdaptConfig.serving(batch=2, every=1, size=16, buffer=8,
                                               safety="off", publish_every_s=3600))
     try:
         ad.observe(torch.rand(1, 1, 16, 16))
@@ -242,7 +243,7 @@ def test_process_adaptation_hands_frames_to_the_child_in_chunks():
     from same_fast.serve import adapter_proc
 
     served = _served()
-    ad = ProcessAdaptation(served, AdaptConfig(batch=2, every=4, crop=16, buffer=16,
+    ad = ProcessAdaptation(served, AdaptConfig.serving(batch=2, every=4, size=16, buffer=16,
                                                cpus="off", safety="off"))
     sent: list[int] = []
 
@@ -275,7 +276,7 @@ def test_process_adaptation_hands_frames_to_the_child_in_chunks():
 def test_thread_adaptation_takes_frames_in_chunks():
     """The adapter thread, too, wakes per chunk of ``every`` frames (or a partial chunk after
     the hand-off time), not after every served batch."""
-    ad = OnlineAdaptation(_served(), AdaptConfig(batch=2, every=4, crop=16, buffer=16,
+    ad = OnlineAdaptation(_served(), AdaptConfig.serving(batch=2, every=4, size=16, buffer=16,
                                                  cpus="off", safety="off"))
     fed: list[int] = []
     feed = ad.feed
@@ -301,7 +302,7 @@ def test_served_integer_frames_reach_the_adapter_as_they_are():
     from same_fast.serve import adapter_proc
 
     served = _served()
-    ad = ProcessAdaptation(served, AdaptConfig(batch=2, every=4, crop=16, buffer=16,
+    ad = ProcessAdaptation(served, AdaptConfig.serving(batch=2, every=4, size=16, buffer=16,
                                                cpus="off", safety="off"))
     sent: list[tuple[dict, int]] = []
 
@@ -332,7 +333,7 @@ def test_served_integer_frames_reach_the_adapter_as_they_are():
     finally:
         ad.close()
 
-    thread = OnlineAdaptation(_served(), AdaptConfig(batch=2, every=4, crop=16, buffer=16,
+    thread = OnlineAdaptation(_served(), AdaptConfig.serving(batch=2, every=4, size=16, buffer=16,
                                                      cpus="off", safety="off"))
     try:
         for _ in range(4):
@@ -389,8 +390,8 @@ def test_serve_sizes_the_onnxruntime_pool_to_the_serving_cpus(tmp_path, adapt):
     path = save_model(tmp_path / "m.safetensors", SAMENet(1, "lite", base=4, max_channels=8,
                                                           levels=2))
     svc = Service(ServeConfig(model=str(path), backend="onnxruntime", adapt=adapt,
-                              adapt_in="thread", adaptation=AdaptConfig(every=2, batch=2,
-                                                                        crop=16)))
+                              adapt_in="thread", adaptation=AdaptConfig.serving(every=2, batch=2,
+                                                                        size=16)))
     try:
         threads = svc.model._current.describe()["threads"]
         if adapt == "online":

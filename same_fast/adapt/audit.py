@@ -6,7 +6,6 @@ a site can prove which weights produced which output.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -16,16 +15,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-
-def weights_hash(model: nn.Module | dict[str, torch.Tensor]) -> str:
-    """SHA-256 (hex) of a model's state (names, dtypes, shapes and bytes, in name order)."""
-    state = model.state_dict() if isinstance(model, nn.Module) else model
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+from same_fast.checkpoint import weights_hash
 
 
 class AuditLog:

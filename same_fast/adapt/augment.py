@@ -42,6 +42,39 @@ def _square(t: torch.Tensor) -> torch.Tensor:
     return F.pad(t, (left, s - w - left, top, s - h - top))
 
 
+@dataclass(frozen=True)
+class Window:
+    """A crop box and flips, drawn once and applied to any tensors of the same image (an image
+    and its mask): rows ``y0:y0+h``, columns ``x0:x0+w``, then the flips."""
+
+    y0: int
+    x0: int
+    h: int
+    w: int
+    hflip: bool
+    vflip: bool
+
+    def apply(self, t: torch.Tensor) -> torch.Tensor:
+        """The window of ``t`` (..., H, W), flipped."""
+        v = t[..., self.y0:self.y0 + self.h, self.x0:self.x0 + self.w]
+        if self.hflip:
+            v = v.flip(-1)
+        if self.vflip:
+            v = v.flip(-2)
+        return v
+
+
+def random_window(h: int, w: int, ch: int, cw: int, g: torch.Generator, hflip: float = 0.5,
+                  vflip: float = 0.5, place: bool = True) -> Window:
+    """A ``ch`` x ``cw`` box at a uniform position in an ``h`` x ``w`` image and independent
+    flips with probabilities ``hflip`` / ``vflip``, drawn from the CPU generator ``g`` in that
+    order (``place`` False: the box at the origin, only the flips drawn). The one random-view
+    helper: adaptation views, picker training and the lab's segmenter patches crop with it."""
+    y0 = int(torch.randint(0, h - ch + 1, (), generator=g)) if place else 0
+    x0 = int(torch.randint(0, w - cw + 1, (), generator=g)) if place else 0
+    return Window(y0, x0, ch, cw, _u(g) < hflip, _u(g) < vflip)
+
+
 def random_views(images: list[torch.Tensor], config: AugmentConfig, g: torch.Generator,
                  fovs: list[torch.Tensor | None] | None = None, with_masks: bool = False
                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -60,24 +93,18 @@ def random_views(images: list[torch.Tensor], config: AugmentConfig, g: torch.Gen
         fov = fovs[i] if fovs is not None and fovs[i] is not None else None
         m = (fov if fov is not None else torch.ones(1, h, w, device=x.device))[None].float()
         if config.whole:
-            v, mv = _square(x[None].float()), _square(m)
+            x, m = _square(x[None].float())[0], _square(m)
+            side = x.shape[-1]
+        elif config.frame_fraction > 0:
+            side = max(2, int(round(min(h, w) * config.frame_fraction)))
         else:
-            if config.frame_fraction > 0:
-                side = max(2, int(round(min(h, w) * config.frame_fraction)))
-            else:
-                # a patch at native scale zoomed by s (the reference's resize-then-crop);
-                # images smaller than the view are zoomed whole
-                side = max(2, int(round(min(h, w, config.size) / s)))
-            y0 = int(torch.randint(0, h - side + 1, (), generator=g))
-            x0 = int(torch.randint(0, w - side + 1, (), generator=g))
-            v = x[None, :, y0:y0 + side, x0:x0 + side].float()
-            mv = m[..., y0:y0 + side, x0:x0 + side]
-        v = v * mv.to(v)
-        hf, vf = _u(g) < config.hflip, _u(g) < config.vflip
-        if hf:
-            v, mv = v.flip(-1), mv.flip(-1)
-        if vf:
-            v, mv = v.flip(-2), mv.flip(-2)
+            # a patch at native scale zoomed by s (the reference's resize-then-crop); images
+            # smaller than the view are zoomed whole
+            side = max(2, int(round(min(h, w, config.size) / s)))
+        win = random_window(x.shape[-2], x.shape[-1], side, side, g, config.hflip, config.vflip,
+                            place=not config.whole)
+        mv = win.apply(m)
+        v = win.apply(x[None]).float() * mv.to(x.device, torch.float32)
         big = v.shape[-1] > config.size
         v = F.interpolate(v, size=(config.size, config.size), mode="bilinear",
                           align_corners=False, antialias=big)

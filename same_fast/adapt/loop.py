@@ -11,102 +11,31 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from same_fast.adapt.audit import AuditLog
-from same_fast.adapt.augment import AugmentConfig, random_views, redegrade
-from same_fast.adapt.step import AdaptStep, StepConfig
+from same_fast.adapt.augment import random_views, redegrade
+from same_fast.adapt.config import AUTO_REDEGRADE, AdaptConfig, StepConfig
+from same_fast.adapt.step import AdaptStep
 from same_fast.errors import InputError
 
-# The student's re-degraded view by default: "auto", noise at the level estimated from the
-# target images themselves plus a mild JPEG pass (degrade/estimate.py), the same for every
-# modality. Never a test shift's own generator, and not the source training preset either
-# (which would only teach again what the source learnt). A named preset (generic-mix, ...)
-# replaces it.
-AUTO_REDEGRADE = "auto"
-DEFAULT_REDEGRADE = {"fundus": AUTO_REDEGRADE, "ultrasound": AUTO_REDEGRADE, "oct": AUTO_REDEGRADE}
-
+__all__ = ["AdaptConfig", "AdaptResult", "adapt_offline", "lr_factor", "make_pair", "make_step",
+           "picker_json", "redegradation"]
 
 def redegradation(cfg: AdaptConfig, images: Sequence[torch.Tensor],
                   fovs: Sequence[torch.Tensor | None] | None = None) -> Any:
     """The student's re-degradation preset for ``cfg``: a named preset, or for ``auto`` the one
     estimated from ``images`` (``degrade.estimate.target_redegradation``)."""
-    name = cfg.redegrade_preset or DEFAULT_REDEGRADE.get(cfg.modality, AUTO_REDEGRADE)
+    name = cfg.redegrade_with()
     if name != AUTO_REDEGRADE:
         return name
     from same_fast.degrade.estimate import target_redegradation
 
     return target_redegradation(images, fovs)
-
-
-@dataclass
-class AdaptConfig(StepConfig):
-    """Every knob of ``same-fast adapt`` (one field per flag); shared by offline and online modes.
-
-    The step's own fields (lr, betas, ema, w_l1, w_struct, w_entropy, w_ssim, compile,
-    teacher_dropout) are inherited from ``StepConfig``; ``step_config()`` hands them on.
-    steps: optimizer steps (offline: used when epochs == 0); epochs: passes over the images
-    (steps = epochs * ceil(n / batch)); batch: images per step (4 in the paper); size: side of
-    the square training views in pixels (a multiple of the model's ``multiple``); schedule:
-    'constant' or 'paper'; redegrade: give the student a re-degraded view (preset
-    ``redegrade_preset`` or the modality's default, scaled by ``redegrade_strength``); every /
-    buffer: online cadence (adapt every k frames from a buffer of the last ``buffer`` frames);
-    serve: 'student' or 'teacher'; hash_every: audit hash period.
-    """
-
-    mode: str = "offline"
-    steps: int = 100
-    epochs: int = 0
-    batch: int = 4
-    size: int = 256
-    schedule: str = "constant"
-    redegrade: bool = True
-    redegrade_preset: str = ""
-    redegrade_strength: float = 1.0
-    every: int = 4
-    buffer: int = 16
-    steps_per_update: int = 1
-    serve: str = "student"
-    seed: int = 0
-    hash_every: int = 10
-    modality: str = "fundus"
-    scale: tuple[float, float] = field(default=(1.1, 1.35))
-    gate_entropy: bool = True
-    views: str = "auto"            # crop | whole | auto (whole frames for context networks)
-    frame_fraction: float = 0.0    # > 0: crops of this fraction of the short side (paper: 0.8)
-
-    def step_config(self) -> StepConfig:
-        return StepConfig(**{f.name: getattr(self, f.name) for f in fields(StepConfig)})
-
-    def augment_config(self, multiple: int, context: bool = False) -> AugmentConfig:
-        """The views: ``context`` says the network summarises the whole frame, so ``auto``
-        gives it whole frames (a crop would change the summary it learnt from)."""
-        if self.size % multiple:
-            raise InputError(f"adaptation view size {self.size} must be a multiple of the "
-                             f"model's {multiple}")
-        whole = self.views == "whole" or (self.views == "auto" and context)
-        return AugmentConfig(size=self.size, scale=self.scale, whole=whole,
-                             frame_fraction=self.frame_fraction)
-
-    def check(self) -> None:
-        if self.mode not in ("offline", "online"):
-            raise InputError(f"adapt mode must be offline or online, got '{self.mode}'")
-        if self.schedule not in ("constant", "paper"):
-            raise InputError(f"schedule must be constant or paper, got '{self.schedule}'")
-        if self.serve not in ("student", "teacher"):
-            raise InputError(f"serve must be student or teacher, got '{self.serve}'")
-        if self.batch < 1 or self.size < 8 or self.steps < 0 or self.epochs < 0:
-            raise InputError("batch >= 1, size >= 8, steps >= 0 and epochs >= 0 are required")
-        if not 0.0 <= self.ema <= 1.0:
-            raise InputError(f"ema must be in [0, 1], got {self.ema}")
-        if self.views not in ("auto", "crop", "whole"):
-            raise InputError(f"views must be auto, crop or whole, got '{self.views}'")
-        if not 0.0 <= self.frame_fraction <= 1.0:
-            raise InputError(f"frame_fraction must be in [0, 1], got {self.frame_fraction}")
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
@@ -216,7 +145,7 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
     history: list[dict[str, float]] = []
     if audit is not None:
         audit.event("start", 0, served=served, mode="offline", total_steps=total,
-                    images=len(images), config=config_json(cfg), picker=picker_json(picker))
+                    images=len(images), config=cfg.to_dict(), picker=picker_json(picker))
     order: list[int] = []
     for i in range(total):
         # epochs: every image once per pass, in a seeded random order
@@ -246,12 +175,6 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
 
 def _has_context(model: nn.Module) -> bool:
     return bool(getattr(model, "config", {}).get("context", False))
-
-
-def config_json(cfg: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
 
 
 def picker_json(picker: Any) -> dict[str, Any] | None:

@@ -23,14 +23,8 @@ from torch import nn
 
 from same_fast.adapt.audit import AuditLog
 from same_fast.adapt.augment import random_views, redegrade
-from same_fast.adapt.loop import (
-    AdaptConfig,
-    config_json,
-    make_pair,
-    make_step,
-    picker_json,
-    redegradation,
-)
+from same_fast.adapt.config import AdaptConfig
+from same_fast.adapt.loop import make_pair, make_step, picker_json, redegradation
 from same_fast.adapt.safety import SafetyConfig, SafetyMonitor, clone_state, restore_
 from same_fast.errors import InputError
 from same_fast.nn import enhance as nn_enhance
@@ -77,7 +71,7 @@ class OnlineAdapter:
         self.history: list[dict[str, float]] = []
         self._since_update = 0
         if audit is not None:
-            audit.event("start", 0, served=self.served, mode="online", config=config_json(cfg),
+            audit.event("start", 0, served=self.served, mode="online", config=cfg.to_dict(),
                         picker=picker_json(picker))
 
     # --- serving ------------------------------------------------------------------------------

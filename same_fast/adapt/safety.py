@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from same_fast.adapt.config import AdaptConfig
+
 
 @dataclass
 class SafetyConfig:
@@ -23,11 +25,19 @@ class SafetyConfig:
     |served - source| in [0, 1] units (0 disables); drift_every: steps between drift checks;
     action: 'freeze' or 'reset'."""
 
-    min_acceptance: float = 0.05
+    min_acceptance: float = AdaptConfig.min_acceptance
     window: int = 8
-    max_drift: float = 0.15
+    max_drift: float = AdaptConfig.max_drift
     drift_every: int = 4
     action: str = "freeze"
+
+    @classmethod
+    def of(cls, config: AdaptConfig) -> SafetyConfig:
+        """The monitor of an ``AdaptConfig``'s ``safety`` and thresholds (``off``: none)."""
+        if config.safety == "off":
+            return cls(min_acceptance=0.0, max_drift=0.0)
+        return cls(min_acceptance=float(config.min_acceptance),
+                   max_drift=float(config.max_drift), action=config.safety)
 
 
 def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -21,33 +21,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from same_fast import ops
+from same_fast.adapt.config import StepConfig
 from same_fast.errors import InputError
+
+__all__ = ["AdaptStep", "StepConfig", "distillation_losses"]
 
 Picker = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _LN2 = math.log(2.0)
-
-
-@dataclass
-class StepConfig:
-    """Hyper-parameters of one adaptation step; each field maps to one CLI flag."""
-
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    ema: float = 0.995
-    w_l1: float = 0.9
-    w_struct: float = 0.1
-    w_entropy: float = 1.0
-    w_ssim: float = 0.0
-    compile: bool = False
-    teacher_dropout: bool = True
 
 
 def distillation_losses(y_s: torch.Tensor, s_s: torch.Tensor, y_t: torch.Tensor,

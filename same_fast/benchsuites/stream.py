@@ -234,7 +234,8 @@ def _restore_source(served, frame: np.ndarray) -> None:
 
 def run_loop(o: dict[str, Any], served, adapt: bool, mode: str, streams: int) -> dict[str, Any]:
     """The product path: StreamLoop + engine backend (+ background adaptation)."""
-    from same_fast.serve.adaptation import AdaptConfig, OnlineAdaptation, ProcessAdaptation
+    from same_fast.adapt.config import AdaptConfig
+    from same_fast.serve.adaptation import OnlineAdaptation, ProcessAdaptation
     from same_fast.serve.cpus import serving_step
     from same_fast.stream import LoopConfig, StreamLoop
 
@@ -242,7 +243,7 @@ def run_loop(o: dict[str, Any], served, adapt: bool, mode: str, streams: int) ->
     frames = _frames(o, n)
     adaptation = None
     if adapt:
-        acfg = AdaptConfig(batch=o["adapt_batch"], every=o["adapt_every"], crop=o["size"],
+        acfg = AdaptConfig.serving(batch=o["adapt_batch"], every=o["adapt_every"], size=o["size"],
                            buffer=64, cpus=o["adapt_cpus"],
                            publish_every_s=o["publish_every_s"])
         if o["adapt_in"] == "process":
@@ -324,7 +325,8 @@ def run_loop(o: dict[str, Any], served, adapt: bool, mode: str, streams: int) ->
 def run_serial(o: dict[str, Any], served, adapt: bool, mode: str, streams: int
                ) -> dict[str, Any]:
     """The baseline: one Python loop, one frame at a time, adaptation inline."""
-    from same_fast.serve.adaptation import AdaptConfig, OnlineAdaptation
+    from same_fast.adapt.config import AdaptConfig
+    from same_fast.serve.adaptation import OnlineAdaptation
 
     n = o["frames"]
     frames = _frames(o, n)
@@ -333,8 +335,8 @@ def run_serial(o: dict[str, Any], served, adapt: bool, mode: str, streams: int
     adaptation = None
     if adapt:
         # No thread: the same adaptation steps run inline, in this loop.
-        adaptation = OnlineAdaptation(served, AdaptConfig(
-            batch=o["adapt_batch"], every=o["adapt_every"], crop=o["size"], buffer=64,
+        adaptation = OnlineAdaptation(served, AdaptConfig.serving(
+            batch=o["adapt_batch"], every=o["adapt_every"], size=o["size"], buffer=64,
             publish_every_s=o["publish_every_s"]), start=False)
     lat: list[float] = []
     step_s: list[float] = []

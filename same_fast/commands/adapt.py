@@ -10,99 +10,56 @@ from pathlib import Path
 HELP = "adapt an enhancer to unlabeled target images (SAME teacher-student + picker)"
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from same_fast.adapt.loop import AdaptConfig
-    from same_fast.adapt.safety import SafetyConfig
-    from same_fast.degrade import PRESETS
+# The flag of each AdaptConfig field this command exposes (type, default and help: the field's).
+FLAGS = {
+    "mode": "--mode", "picker": "--picker", "picker_calibrate": "--picker-calibrate",
+    "ema": "--ema", "lr": "--lr", "batch": "--batch", "size": "--size", "schedule": "--schedule",
+    "w_l1": "--w-l1", "w_struct": "--w-struct", "w_entropy": "--w-entropy", "w_ssim": "--w-ssim",
+    "gate_entropy": "--no-gate-entropy", "redegrade": "--no-redegrade",
+    "redegrade_preset": "--redegrade-preset", "redegrade_strength": "--redegrade-strength",
+    "every": "--every", "buffer": "--buffer", "serve": "--serve",
+    "min_acceptance": "--min-acceptance", "max_drift": "--max-drift", "safety": "--on-collapse",
+    "hash_every": "--audit-hash-every", "seed": "--seed",
+}
+LENGTH = {"epochs": "--epochs", "steps": "--steps"}  # one or the other
 
-    d, s = AdaptConfig(), SafetyConfig()
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from same_fast.adapt.config import AdaptConfig, add_flags
+
     p.add_argument("-m", "--model", required=True, help="shipped model name or checkpoint path")
     p.add_argument("-i", "--input", required=True, metavar="DIR",
                    help="folder of target images or DICOM files (unlabeled)")
     p.add_argument("-o", "--output", required=True, metavar="CKPT", help="adapted checkpoint")
     p.add_argument("--mask", metavar="DIR", help="field-of-view masks paired by name")
-    p.add_argument("--mode", choices=["offline", "online"], default=d.mode)
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--epochs", type=int, default=d.epochs, help="passes over the folder")
-    g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (offline)")
-    p.add_argument("--picker", default="auto",
-                   help="picker checkpoint or shipped name, 'auto' (the model's modality) or "
-                        "'none' (mean teacher without picker)")
-    p.add_argument("--p-good", type=float, default=None, help="IQA threshold (default by modality)")
+    d = AdaptConfig()
+    add_flags(p.add_mutually_exclusive_group(), LENGTH, d)
+    add_flags(p, FLAGS, d)
+    p.add_argument("--p-good", type=float, default=None,
+                   help="the picker's IQA threshold (default: the checkpoint's)")
     p.add_argument("--soft-picker", action="store_true", help="soft weights instead of 0/1")
-    p.add_argument("--picker-calibrate", type=float, default=0.0, metavar="SHARE",
-                   help="the picker also accepts the best SHARE (0-1) of the target's own "
-                        "recent pseudo-labels, for clinics the assessors rate low across the "
-                        "board (0 = the absolute thresholds alone)")
-    p.add_argument("--ema", type=float, default=d.ema)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--size", type=int, default=d.size, help="training view side (px)")
-    p.add_argument("--schedule", choices=["constant", "paper"], default=d.schedule)
-    p.add_argument("--w-l1", type=float, default=d.w_l1)
-    p.add_argument("--w-struct", type=float, default=d.w_struct)
-    p.add_argument("--w-entropy", type=float, default=d.w_entropy)
-    p.add_argument("--w-ssim", type=float, default=d.w_ssim)
-    p.add_argument("--no-gate-entropy", dest="gate_entropy", action="store_false",
-                   help="keep the entropy term on batches where the picker kept nothing")
-    p.add_argument("--redegrade", action="store_true", default=d.redegrade,
-                   help="give the student a re-degraded view (SRTTA-style; on by default)")
-    p.add_argument("--no-redegrade", dest="redegrade", action="store_false",
-                   help="the paper's recipe: the student sees the teacher's view")
-    p.add_argument("--redegrade-preset", default=d.redegrade_preset, metavar="PRESET",
-                   choices=sorted(PRESETS),
-                   help="degradation preset of the re-degraded view, implies --redegrade "
-                        "(default: generic-mix, mild noise, blur, JPEG and tone fixed before any "
-                        "target was seen)")
-    p.add_argument("--redegrade-strength", type=float, default=d.redegrade_strength)
-    p.add_argument("--every", type=int, default=d.every, help="online: adapt every k frames")
-    p.add_argument("--buffer", type=int, default=d.buffer, help="online: frames kept")
-    p.add_argument("--serve", choices=["student", "teacher"], default=d.serve,
-                   help="which model is written / served")
-    p.add_argument("--min-acceptance", type=float, default=s.min_acceptance)
-    p.add_argument("--max-drift", type=float, default=s.max_drift)
-    p.add_argument("--on-collapse", choices=["freeze", "reset"], default=s.action)
     p.add_argument("--audit", metavar="FILE", help="audit log (default: CKPT.audit.jsonl)")
-    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cpu")
-
-
-def resolve_picker(spec: str, modality: str, device: str, p_good: float | None = None,
-                   soft: bool = False, calibrate: float = 0.0):
-    """'none' -> None; 'auto' -> the shipped picker of ``modality``; else a name or path.
-    ``p_good``, ``soft`` and ``calibrate`` override the checkpoint's decision settings."""
-    from same_fast.errors import CheckpointError
-    from same_fast.picker import SHIPPED, PickerConfig, load_picker
-
-    if spec == "none":
-        return None
-    if spec == "auto":
-        spec = f"{modality}-picker"
-        if spec not in SHIPPED:
-            raise CheckpointError(f"no shipped picker for modality '{modality}' "
-                                  "(pass --picker CKPT or --picker none)")
-    # p_good None: the checkpoint's threshold (load_picker fills it in); one load either way
-    return load_picker(spec, device, PickerConfig(p_good=p_good, soft=soft, calibrate=calibrate))
 
 
 def run(args: argparse.Namespace) -> int:
     from same_fast.adapt.audit import AuditLog
+    from same_fast.adapt.config import AdaptConfig, from_args
     from same_fast.adapt.frames import load_frames
-    from same_fast.adapt.loop import AdaptConfig, adapt_offline
+    from same_fast.adapt.loop import adapt_offline
     from same_fast.adapt.online import OnlineAdapter
     from same_fast.adapt.safety import SafetyConfig
     from same_fast.models import load_model, save_model
-    from same_fast.picker import picker_config_dict
+    from same_fast.picker import PickerConfig, picker_config_dict, resolve_picker
 
+    flags = {**LENGTH, **FLAGS}
+    cfg = from_args(args, flags, AdaptConfig()).check(flags)
     model, meta = load_model(args.model, args.device)
     modality = str(meta.get("modality", "fundus"))
-    fields = {f.name for f in dataclasses.fields(AdaptConfig)}
-    cfg = AdaptConfig(**{k: v for k, v in vars(args).items() if k in fields}, modality=modality)
-    if cfg.redegrade_preset:  # naming the preset asks for the view
-        cfg = dataclasses.replace(cfg, redegrade=True)
-    cfg.check()
-    picker = resolve_picker(args.picker, modality, args.device, args.p_good, args.soft_picker,
-                            args.picker_calibrate)
+    cfg = dataclasses.replace(cfg, modality=modality)
+    picker = resolve_picker(cfg.picker, modality, args.device,
+                            PickerConfig(p_good=args.p_good, soft=args.soft_picker,
+                                         calibrate=cfg.picker_calibrate))
     skipped: list[dict[str, str]] = []
     frames, fovs, names = load_frames(args.input, model.in_channels, args.mask, args.device,
                                       skipped)
@@ -125,9 +82,7 @@ def run(args: argparse.Namespace) -> int:
             history = result.history
             extra = {"steps": len(history), "acceptance": result.acceptance}
         else:
-            safety = SafetyConfig(min_acceptance=args.min_acceptance, max_drift=args.max_drift,
-                                  action=args.on_collapse)
-            ad = OnlineAdapter(model, picker, cfg, safety, audit)
+            ad = OnlineAdapter(model, picker, cfg, SafetyConfig.of(cfg), audit)
             for k, f in enumerate(frames):
                 ad.observe(f, None if fovs is None else fovs[k])
                 if bar is not None:
@@ -147,9 +102,7 @@ def run(args: argparse.Namespace) -> int:
                provenance={"command": "same-fast adapt", "source_model": str(args.model),
                            "source_provenance": prov, "target": str(args.input),
                            "frames": len(frames), "skipped": skipped},
-               adaptation={"config": {k: (list(v) if isinstance(v, tuple) else v)
-                                      for k, v in dataclasses.asdict(cfg).items()},
-                           "picker": args.picker,
+               adaptation={"config": cfg.to_dict(), "picker": cfg.picker,
                            "picker_config": None if picker is None else picker_config_dict(picker),
                            "seconds": seconds, **extra})
     acc = extra.get("acceptance")

@@ -308,13 +308,13 @@ def _make_step(cfg: EnhanceConfig, model: torch.nn.Module, meta: dict[str, Any]
                              "without --channels-last")
         if cfg.adapt_every < 1:
             raise InputError("--adapt-every must be >= 1")
-        from same_fast.adapt.loop import AdaptConfig
+        from same_fast.adapt.config import AdaptConfig
         from same_fast.adapt.online import OnlineAdapter
-        from same_fast.commands.adapt import resolve_picker
+        from same_fast.picker import PickerConfig, resolve_picker
 
         modality = str(meta.get("modality", "fundus"))
         picker = resolve_picker(cfg.picker, modality, cfg.device,
-                                calibrate=cfg.picker_calibrate)
+                                PickerConfig(calibrate=cfg.picker_calibrate))
         adapter = OnlineAdapter(model, picker, AdaptConfig(mode="online", modality=modality,
                                                            every=cfg.adapt_every))
 

@@ -13,58 +13,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from typing import Any
 
+from same_fast.adapt.config import add_flags, from_args
 from same_fast.errors import InputError
-from same_fast.serve.config import ADAPT_FLAGS, ADAPT_IN, ADAPT_SAFETY, ADAPT_SERVES, AdaptConfig, ServeConfig
+from same_fast.serve.config import ADAPT_FLAGS, ADAPT_IN, ServeConfig
 
 HELP = "serve enhancement over HTTP/WebSocket or a pipe"
 
 TOKEN_ENV = "SAME_FAST_TOKEN"
-
-# argparse options of the online-adaptation flags by AdaptConfig field, in --help order: the flag
-# is ADAPT_FLAGS's, the default AdaptConfig's, and config_from_args nests the values.
-ADAPT_OPTIONS: dict[str, dict[str, Any]] = {
-    "batch": {"type": int},
-    "every": {"type": int, "help": "one adaptation step per this many served frames"},
-    "buffer": {"type": int},
-    "crop": {"type": int, "help": "training crop (px)"},
-    "lr": {"type": float},
-    "ema": {"type": float},
-    "serve": {"choices": list(ADAPT_SERVES)},
-    "cpus": {"metavar": "LIST",
-             "help": "CPUs the adapter (child process or thread, its pipe threads, the loading "
-                     "of new weights into a standby backend) runs on; serving keeps the others. "
-                     "auto: the highest-numbered CPU when there are 2 or more; off; or a list "
-                     "like 1,3,5-7 that leaves a CPU for serving (Linux)"},
-    "publish_every_s": {"type": float, "metavar": "S",
-                        "help": "publish new weights to the served model at most this often "
-                                "(each swap slows the next frames; 0 = every step)"},
-    "safety": {"choices": list(ADAPT_SAFETY),
-               "help": "when acceptance collapses or outputs drift from the source model"},
-    "min_acceptance": {"type": float,
-                       "help": "safety: mean picker acceptance over the last 8 steps below this "
-                               "collapses (default 0.05; 0 = never)"},
-    "max_drift": {"type": float,
-                  "help": "safety: mean |served - source| output difference above this, in "
-                          "[0, 1] intensity units, is drift (default 0.15; 0 = never)"},
-    "audit": {"metavar": "FILE",
-              "help": "append every adaptation step and event (publish, freeze, resume, reset, "
-                      "safety actions) to this JSONL audit log"},
-    "audit_hash_every": {"type": int, "metavar": "N",
-                         "help": "add the served weights' SHA-256 to every N-th step record "
-                                 "(events always carry it; 0 = events only)"},
-    "picker": {"help": "picker checkpoint (default: accept all)"},
-    "seed": {"type": int},
-    "redegrade": {"metavar": "PRESET",
-                  "help": "re-degrade the student's view with this degradation preset (e.g. "
-                          "sensor-noise for noisy frames: the student learns to undo it)"},
-    "redegrade_strength": {"type": float, "metavar": "S",
-                           "help": "scale of --adapt-redegrade (x + S (degraded - x))"},
-    "picker_calibrate": {"type": float, "metavar": "SHARE",
-                         "help": "the picker also accepts the best SHARE (0-1) of "
-                                 "this scanner's recent pseudo-labels (0 = absolute thresholds)"},
-}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -133,9 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adapt-in", default=d.adapt_in, choices=list(ADAPT_IN),
                    help="run the adapter in a child process (no GIL shared with serving) "
                         "or a thread")
-    a = AdaptConfig()
-    for name, options in ADAPT_OPTIONS.items():
-        g.add_argument(ADAPT_FLAGS[name], default=getattr(a, name), **options)
+    add_flags(g, ADAPT_FLAGS, d.adaptation)
     g = p.add_argument_group("pipe mode")
     g.add_argument("--pipe", action="store_true", help="raw frames stdin -> stdout")
     g.add_argument("--shape", default=d.shape, help="HxWxC of every raw frame")
@@ -151,10 +105,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     if args.token is None and args.token_file is None and os.environ.get(TOKEN_ENV):
         args.token = os.environ[TOKEN_ENV]
     names = {f.name for f in dataclasses.fields(ServeConfig)} - {"adaptation"}
-    adaptation = AdaptConfig(**{name: getattr(args, _dest(flag))
-                                for name, flag in ADAPT_FLAGS.items()})
     return ServeConfig(**{k: v for k, v in vars(args).items() if k in names},
-                       adaptation=adaptation)
+                       adaptation=from_args(args, ADAPT_FLAGS, ServeConfig().adaptation))
 
 
 def apply_config_file(args: argparse.Namespace, path: str) -> None:
@@ -163,24 +115,22 @@ def apply_config_file(args: argparse.Namespace, path: str) -> None:
     than its default) wins. InputError for an unknown key or an unreadable file."""
     from same_fast.serve.settings_file import read_settings
 
-    defaults = _parser_defaults()
+    p = argparse.ArgumentParser(add_help=False)
+    add_arguments(p)
+    defaults = vars(p.parse_args([]))
+    # every long flag -> its argparse destination (the --adapt-* ones land on AdaptConfig fields)
+    dests = {_key(opt): action.dest for action in p._actions for opt in action.option_strings}
     for key, value in read_settings(path).items():
-        dest = _dest(key)
-        if dest not in defaults or dest == "config":
+        dest = dests.get(_key(key))
+        if dest is None or dest == "config":
             raise InputError(f"--config {path}: unknown setting '{key}' (keys are the flags of "
                              "same-fast serve, e.g. max-batch)")
         if getattr(args, dest) == defaults[dest]:
             setattr(args, dest, value)
 
 
-def _parser_defaults() -> dict[str, Any]:
-    p = argparse.ArgumentParser(add_help=False)
-    add_arguments(p)
-    return vars(p.parse_args([]))
-
-
-def _dest(flag: str) -> str:
-    """argparse's attribute for a ``--long-flag``."""
+def _key(flag: str) -> str:
+    """A flag or settings-file key as one spelling: ``--max-batch`` -> ``max_batch``."""
     return flag.lstrip("-").replace("-", "_")
 
 

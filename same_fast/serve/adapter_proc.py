@@ -8,8 +8,9 @@ messages (a JSON header and raw bytes: frames in, safetensors weights out). No p
 
 Message framing (both directions): 4-byte big-endian header length, the UTF-8 JSON header,
 8-byte big-endian payload length, the payload.
-Parent -> child: ``init`` (header: config, with ``cpus``: the CPU list to confine the child to
-or null, architecture metadata; payload: safetensors source weights), ``frames`` (header:
+Parent -> child: ``init`` (header: config, with ``adapt``: the adapter's ``AdaptConfig`` as a
+dict, ``cpus``: the CPU list to confine the child to or null, and ``audit_context``: the audit
+log's ``serve`` record; architecture metadata; payload: safetensors source weights), ``frames`` (header:
 shape, and ``dtype`` uint8 or uint16 with ``layout`` NHWC for the served frames as they are;
 without them, payload float16 (N, C, H, W) in [0, 1]), ``publish`` (send weights held back by
 ``publish_every_s`` now; no ack), ``freeze``, ``resume``, ``reset``, ``stop`` (each control
@@ -142,6 +143,7 @@ def _stats(adapter: Any) -> dict[str, Any]:
 def main() -> int:
     import signal
 
+    from same_fast.adapt.config import AdaptConfig
     from same_fast.serve.cpus import confine_process
 
     # The parent owns our lifetime (stdin closes when it goes); a Ctrl+C at the terminal, or a
@@ -155,37 +157,35 @@ def main() -> int:
     if first is None or first[0].get("type") != "init":
         return 2
     header, payload = first
-    cfg = header["config"]
+    init = header["config"]
+    cfg = AdaptConfig.from_dict(init["adapt"])
     # Priority and CPUs before torch starts any thread: threads inherit both.
     try:
-        os.nice(int(cfg.get("nice", 10)))
+        os.nice(int(cfg.nice))
     except OSError:
         pass
-    confine_process(cfg.get("cpus"))
+    confine_process(init.get("cpus"))
     import torch
     from safetensors.torch import save as st_save
 
     from same_fast.adapt.online import OnlineAdapter
+    from same_fast.adapt.safety import SafetyConfig
     from same_fast.models import build_from_metadata
-    from same_fast.serve.adapter_setup import lib_config, load_serving_picker, open_audit, safety_config
-    from same_fast.serve.model import weights_hash
+    from same_fast.serve.adapter_setup import load_serving_picker, open_audit
+    from same_fast.serve.model import short_hash
 
-    torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
+    torch.set_num_threads(max(1, int(cfg.threads)))
     model = build_from_metadata(header["metadata"], "adapter")
     model.load_state_dict(load_weights(payload))
-    picker = load_serving_picker(cfg)
-    lib = lib_config(cfg)
-    safety = safety_config(cfg["safety"], cfg.get("min_acceptance"), cfg.get("max_drift"))
+    picker = load_serving_picker(cfg, cfg.modality)
     audit = None
-    if cfg.get("audit"):
-        audit = open_audit(cfg["audit"], int(cfg.get("audit_hash_every", 10)),
-                           cfg.get("audit_context") or {})
-    adapter = OnlineAdapter(model, picker, lib, safety, audit=audit)
+    if cfg.audit:
+        audit = open_audit(cfg.audit, cfg.hash_every, init.get("audit_context") or {})
+    adapter = OnlineAdapter(model, picker, cfg, SafetyConfig.of(cfg), audit=audit)
     write_msg(out, {"type": "ready", "stats": _stats(adapter)})
     end = "adapter process ended"
     try:
-        end = _serve(adapter, inp, out, weights_hash, st_save,
-                     float(cfg.get("publish_every_s") or 0.0))
+        end = _serve(adapter, inp, out, short_hash, st_save, float(cfg.publish_every_s))
         return 0
     finally:
         if audit is not None:
@@ -196,7 +196,7 @@ def main() -> int:
                 audit.close()
 
 
-def _serve(adapter: Any, inp: BinaryIO, out: BinaryIO, weights_hash: Any, st_save: Any,
+def _serve(adapter: Any, inp: BinaryIO, out: BinaryIO, short_hash: Any, st_save: Any,
            publish_every_s: float = 0.0) -> str:
     """Answer the parent's messages until "stop" or end of input; returns why it ended.
 
@@ -220,7 +220,7 @@ def _serve(adapter: Any, inp: BinaryIO, out: BinaryIO, weights_hash: Any, st_sav
         last = now
         state, version = adapter.snapshot()
         state = {k: v.contiguous() for k, v in state.items()}
-        write_msg(out, {"type": "weights", "version": version, "hash": weights_hash(state),
+        write_msg(out, {"type": "weights", "version": version, "hash": short_hash(state),
                         "stats": _stats(adapter)}, st_save(state))
         published = version
 

@@ -1,35 +1,20 @@
-"""What the thread and the process adapter of a server share: the library settings, picker,
-safety monitor and audit log they build from the serving settings (``ServeConfig.adapt``).
+"""What the thread and the process adapter of a server share: the adapter's settings, picker
+and audit log, built from the serving settings (``ServeConfig.adaptation``).
 
 The process adapter's child (``same_fast.serve.adapter_proc``) builds its adapter from these
 too, so both modes adapt alike.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
 from typing import Any
 
 import torch
 
 from same_fast.adapt.audit import AuditLog
+from same_fast.adapt.config import AdaptConfig
 from same_fast.errors import InputError
-from same_fast.serve.config import AdaptConfig
-from same_fast.serve.model import ServedModel, weights_hash
-
-
-def safety_config(safety: str, min_acceptance: float | None = None,
-                  max_drift: float | None = None) -> Any:
-    """The library's SafetyConfig for ``--adapt-safety`` and the threshold flags."""
-    from same_fast.adapt.safety import SafetyConfig
-
-    if safety == "off":
-        return SafetyConfig(min_acceptance=0.0, max_drift=0.0)
-    kw: dict[str, Any] = {"action": safety}
-    if min_acceptance is not None:
-        kw["min_acceptance"] = float(min_acceptance)
-    if max_drift is not None:
-        kw["max_drift"] = float(max_drift)
-    return SafetyConfig(**kw)
+from same_fast.serve.model import ServedModel, short_hash
 
 
 class ServeAudit(AuditLog):
@@ -71,7 +56,7 @@ class ServeAudit(AuditLog):
         if event == "snapshot":  # the server snapshots the adapter only to publish
             event = "publish"
             if served is not None:
-                extra["weights_hash"] = weights_hash(served.state_dict())
+                extra["weights_hash"] = short_hash(served.state_dict())
         rec = super().event(event, step, served, **extra)
         self._trim()
         return rec
@@ -96,35 +81,28 @@ def check_audit_path(path: str) -> None:
         raise InputError(f"cannot write the audit log '{path}' ({e.strerror or e})") from None
 
 
-def lib_config(c: Mapping[str, Any]):
-    """The library's online ``same_fast.adapt.loop.AdaptConfig`` from the serving settings
-    ``c`` (the fields the adapter child receives: batch, size, lr, ema, every, buffer, serve,
-    seed, modality and optionally redegrade, redegrade_strength). One place for both the thread
-    and the process adapter."""
-    from same_fast.adapt.loop import AdaptConfig as LibConfig
-
-    preset = c.get("redegrade") or ""
-    return LibConfig(mode="online", batch=c["batch"], size=c["size"], lr=c["lr"], ema=c["ema"],
-                     every=c["every"], buffer=c["buffer"], serve=c["serve"], seed=c["seed"],
-                     modality=c["modality"], redegrade=bool(preset), redegrade_preset=preset,
-                     redegrade_strength=float(c.get("redegrade_strength", 1.0)))
+def adapter_config(cfg: AdaptConfig, module: torch.nn.Module, modality: str) -> AdaptConfig:
+    """The serving settings as the online adapter takes them: online mode, the model's
+    modality, the view side rounded down to the model's multiple (at least 8 px)."""
+    mult = int(getattr(module, "multiple", 1) or 1)
+    return dataclasses.replace(cfg, mode="online", modality=modality,
+                               size=max(8, mult, cfg.size // mult * mult))
 
 
-def load_serving_picker(c: Mapping[str, Any]):
-    """The picker of the serving settings ``c`` (``picker``, ``picker_calibrate``), or None.
-    One place for both the thread and the process adapter."""
-    if not c.get("picker"):
-        return None
-    from same_fast.picker import PickerConfig, load_picker
+def load_serving_picker(cfg: AdaptConfig, modality: str) -> Any:
+    """The picker ``cfg.picker`` names (None: accept every sample), on the CPU."""
+    from same_fast.picker import PickerConfig, resolve_picker
 
-    return load_picker(c["picker"], device="cpu",
-                       config=PickerConfig(calibrate=float(c.get("picker_calibrate") or 0.0)))
+    return resolve_picker(cfg.picker, modality, "cpu", PickerConfig(calibrate=cfg.picker_calibrate))
+
+
+# The settings the audit log's ``serve`` record carries.
+AUDITED = ("batch", "every", "buffer", "size", "lr", "ema", "serve", "picker", "safety",
+           "min_acceptance", "max_drift", "seed", "redegrade_preset", "redegrade_strength",
+           "picker_calibrate")
 
 
 def audit_context(served: ServedModel, cfg: AdaptConfig, runs_in: str) -> dict[str, Any]:
     """The audit log's ``serve`` record: the model, where the adapter runs, the settings."""
     return {"model": served.name, "runs_in": runs_in, "source_weights_hash": served.weights_hash,
-            "settings": {k: getattr(cfg, k) for k in (
-                "batch", "every", "buffer", "crop", "lr", "ema", "serve", "picker", "safety",
-                "min_acceptance", "max_drift", "seed", "redegrade", "redegrade_strength",
-                "picker_calibrate")}}
+            "settings": {k: getattr(cfg, k) for k in AUDITED}}

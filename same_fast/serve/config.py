@@ -1,118 +1,33 @@
 """Serving configuration: ``ServeConfig``, whose fields map 1:1 to ``same-fast serve`` flags but
-for ``adaptation``, the online-adaptation settings nested in it (``AdaptConfig``, whose flags
-``ADAPT_FLAGS`` names). Torch-free, so the CLI parses and validates before anything loads."""
+for ``adaptation``, the online-adaptation settings nested in it (the library's
+``same_fast.adapt.config.AdaptConfig``, ``AdaptConfig.serving()`` defaults; its flags are named in
+``ADAPT_FLAGS``). Torch-free, so the CLI parses and validates before anything loads."""
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
 
+from same_fast.adapt.config import AdaptConfig
 from same_fast.errors import InputError
 
+__all__ = ["ADAPT_FLAGS", "ADAPT_IN", "AdaptConfig", "ServeConfig", "is_loopback", "parse_shape",
+           "read_token_file"]
+
 LOOPBACK_NAMES = ("localhost",)
-ADAPT_SERVES = ("student", "teacher")
-ADAPT_SAFETY = ("freeze", "reset", "off")
 ADAPT_IN = ("process", "thread")
 
-# The ``same-fast serve`` flag of each AdaptConfig field (``nice`` and ``threads`` have none):
-# commands/serve.py declares the flags from it, and the errors of AdaptConfig.validate name them.
+# The ``same-fast serve`` flag of each AdaptConfig field it exposes: commands/serve.py declares
+# them from it (``same_fast.adapt.config.add_flags``), and validation errors name them.
 ADAPT_FLAGS = {
     "batch": "--adapt-batch", "every": "--adapt-every", "buffer": "--adapt-buffer",
-    "crop": "--adapt-crop", "lr": "--adapt-lr", "ema": "--adapt-ema", "serve": "--adapt-serve",
+    "size": "--adapt-crop", "lr": "--adapt-lr", "ema": "--adapt-ema", "serve": "--adapt-serve",
     "cpus": "--adapt-cpus", "publish_every_s": "--adapt-publish-every-s",
     "safety": "--adapt-safety", "min_acceptance": "--adapt-min-acceptance",
-    "max_drift": "--adapt-max-drift", "audit": "--audit", "audit_hash_every": "--audit-hash-every",
-    "picker": "--picker", "seed": "--seed", "redegrade": "--adapt-redegrade",
+    "max_drift": "--adapt-max-drift", "audit": "--audit", "hash_every": "--audit-hash-every",
+    "picker": "--picker", "seed": "--seed", "redegrade_preset": "--adapt-redegrade",
     "redegrade_strength": "--adapt-redegrade-strength",
     "picker_calibrate": "--adapt-picker-calibrate",
 }
-
-
-@dataclass
-class AdaptConfig:
-    """Online adaptation settings (``ServeConfig.adaptation``; the ``same-fast serve`` flags in
-    ``ADAPT_FLAGS``). Used by ``same_fast.serve.adaptation``, which re-exports it.
-
-    batch: views per step; every: one step per this many served frames; buffer: recent frames
-    the adapter samples from; crop: side of the square training views (px, rounded down to the
-    model's multiple); lr, ema: optimiser and teacher EMA; serve: which model is published;
-    picker: picker checkpoint (None accepts every sample); safety: 'freeze', 'reset' or 'off';
-    min_acceptance, max_drift: the safety thresholds (None: ``adapt.safety.SafetyConfig``'s,
-    0.05 and 0.15); nice, threads: OS priority offset and torch intra-op threads of the adapter
-    thread; cpus: where the adapter (child process or thread, its pipe threads, and the loading
-    of new weights into a standby backend) may run, the stream loop's workers keeping the
-    others: ``auto`` (the highest-numbered usable CPU when there are two or more), ``off`` or a
-    CPU list like ``1,3,5-7`` (see ``same_fast.serve.cpus``); publish_every_s: new weights
-    reach the server at most this often (seconds, 0 = after every step; each swap costs the
-    next served batches; freeze and reset always publish); audit: JSONL audit log that every
-    step and event is appended to (None: none); audit_hash_every: steps between served-weights
-    hashes in it. redegrade: a degradation preset (``same_fast.degrade``) that re-degrades the
-    student's view, scaled by redegrade_strength (None: the paper's recipe, the same view for
-    teacher and student). A preset of the clinic's own kind of degradation (``sensor-noise``
-    for noisy frames) lets the student learn to undo it; see the README's drive-noise table.
-    picker_calibrate: the picker also accepts the best share (by plausibility) of the
-    scanner's own recent pseudo-labels (``same_fast.picker.PickerConfig.calibrate``; 0 = the
-    absolute thresholds alone).
-    """
-
-    batch: int = 4
-    every: int = 4
-    buffer: int = 64
-    crop: int = 256
-    lr: float = 2e-4
-    ema: float = 0.995
-    serve: str = "student"
-    picker: str | None = None
-    safety: str = "freeze"
-    seed: int = 0
-    nice: int = 10
-    threads: int = 1
-    cpus: str = "auto"
-    publish_every_s: float = 1.0
-    min_acceptance: float | None = None
-    max_drift: float | None = None
-    audit: str | None = None
-    audit_hash_every: int = 10
-    redegrade: str | None = None
-    redegrade_strength: float = 1.0
-    picker_calibrate: float = 0.0
-
-    def validate(self, plan_cpus: bool = True) -> AdaptConfig:
-        """Raise InputError, naming the ``same-fast serve`` flag, for a bad setting.
-
-        plan_cpus: also resolve ``cpus`` against this machine (a bad list fails here, before any
-        model loads); a server that does not adapt only checks a CPU list, not auto or off.
-        """
-        flag = ADAPT_FLAGS
-        if self.serve not in ADAPT_SERVES:
-            raise InputError(f"{flag['serve']} must be student or teacher")
-        if self.safety not in ADAPT_SAFETY:
-            raise InputError(f"{flag['safety']} must be freeze, reset or off")
-        for name in ("batch", "every", "buffer"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{flag[name]} must be >= 1")
-        if plan_cpus or self.cpus.strip().lower() not in ("auto", "off"):
-            from same_fast.serve.cpus import plan_adapter_cpus
-
-            plan_adapter_cpus(self.cpus)
-        if self.audit_hash_every < 0:
-            raise InputError(f"{flag['audit_hash_every']} must be >= 0")
-        if self.min_acceptance is not None and not 0 <= self.min_acceptance <= 1:
-            raise InputError(f"{flag['min_acceptance']} must be in [0, 1]")
-        if self.max_drift is not None and not self.max_drift >= 0:
-            raise InputError(f"{flag['max_drift']} must be >= 0")
-        if not self.publish_every_s >= 0:
-            raise InputError(f"{flag['publish_every_s']} must be >= 0")
-        if not self.redegrade_strength >= 0:
-            raise InputError(f"{flag['redegrade_strength']} must be >= 0")
-        if not 0 <= self.picker_calibrate < 1:
-            raise InputError(f"{flag['picker_calibrate']} must be in [0, 1)")
-        if self.redegrade:
-            from same_fast.degrade import PRESETS  # imports torch: only when asked for
-
-            if self.redegrade not in PRESETS:
-                raise InputError(f"{flag['redegrade']}: unknown degradation preset "
-                                 f"'{self.redegrade}' (choose from {', '.join(sorted(PRESETS))})")
-        return self
 
 
 @dataclass
@@ -182,7 +97,7 @@ class ServeConfig:
     codec_threads: int = 2
     # online adaptation
     adapt_in: str = "process"
-    adaptation: AdaptConfig = field(default_factory=AdaptConfig)
+    adaptation: AdaptConfig = field(default_factory=AdaptConfig.serving)
     # pipe mode
     pipe: bool = False
     shape: str | None = None
@@ -194,7 +109,14 @@ class ServeConfig:
             raise InputError(f"--adapt must be off or online, got '{self.adapt}'")
         if self.adapt_in not in ADAPT_IN:
             raise InputError("--adapt-in must be process or thread")
-        self.adaptation.validate(plan_cpus=self.adapt == "online")
+        self.adaptation.check(ADAPT_FLAGS)
+        a = self.adaptation
+        if self.adapt == "online" or a.cpus.strip().lower() not in ("auto", "off"):
+            # a bad CPU list fails here, before any model loads; a server that does not adapt
+            # only checks a list, not auto or off
+            from same_fast.serve.cpus import plan_adapter_cpus
+
+            plan_adapter_cpus(a.cpus)
         if self.adaptation.audit and self.adapt != "online":
             raise InputError("--audit logs online adaptation; add --adapt online")
         if self.policy not in ("block", "drop_oldest"):

@@ -10,7 +10,6 @@ step, and returns ``(array, weights_version, weights_hash)`` per frame.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from same_fast.checkpoint import weights_hash
 from same_fast.errors import InputError
 
 ModelStep = Callable[[torch.Tensor], torch.Tensor]
@@ -26,15 +26,14 @@ ModelStep = Callable[[torch.Tensor], torch.Tensor]
 SYNTHETIC = ("identity",)
 
 
-def weights_hash(state: Mapping[str, torch.Tensor]) -> str:
-    """First 16 hex digits of SHA-256 over names, shapes and bytes of ``state`` (sorted)."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        t = state[k].detach().to("cpu").contiguous()
-        h.update(k.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+# Hex digits of the weights hash the stream and HTTP replies announce: a prefix of the audit log's
+# ``weights_sha256`` (``same_fast.checkpoint.weights_hash``).
+SHORT_HASH = 16
+
+
+def short_hash(state: Mapping[str, torch.Tensor]) -> str:
+    """The announced weights hash of ``state``."""
+    return weights_hash(state, SHORT_HASH)
 
 
 class ServedModel:
@@ -80,7 +79,7 @@ class ServedModel:
         # Pixels per model call (``serve.tiling``; None: no budget). The Service sets it.
         self.batch_pixels: int | None = None
         self.tile_margin = 64
-        self.weights_hash = weights_hash(module.state_dict()) if module is not None else "none"
+        self.weights_hash = short_hash(module.state_dict()) if module is not None else "none"
         self.source_hash = self.weights_hash
 
     def publish(self, state: dict[str, torch.Tensor], digest: str | None = None) -> None:
@@ -89,7 +88,7 @@ class ServedModel:
         With a backend factory the expensive part (``update_weights`` on the standby backend)
         runs here, in the caller's thread; otherwise the worker applies them.
         """
-        digest = digest or weights_hash(state)
+        digest = digest or short_hash(state)
         if self._factory is not None and self._current is not None:
             with self._prep_lock:  # one publisher at a time
                 with self._lock:

@@ -254,19 +254,14 @@ def random_view(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
 
     Wide zoom range: adaptation shows the picker patches of the teacher's output as well as
     whole images."""
+    from same_fast.adapt.augment import random_window
+
     n, _, h, w = x.shape
     views = []
     for i in range(n):
         f = float(torch.rand((), generator=g)) * 0.6 + 0.4
-        ch, cw = max(8, int(h * f)), max(8, int(w * f))
-        y0 = int(torch.randint(0, h - ch + 1, (), generator=g))
-        x0 = int(torch.randint(0, w - cw + 1, (), generator=g))
-        v = x[i:i + 1, :, y0:y0 + ch, x0:x0 + cw]
-        if float(torch.rand((), generator=g)) < 0.5:
-            v = v.flip(-1)
-        if float(torch.rand((), generator=g)) < 0.5:
-            v = v.flip(-2)
-        views.append(F.interpolate(v, size=(size, size), mode="area"))
+        win = random_window(h, w, max(8, int(h * f)), max(8, int(w * f)), g)
+        views.append(F.interpolate(win.apply(x[i:i + 1]), size=(size, size), mode="area"))
     return torch.cat(views)
 
 

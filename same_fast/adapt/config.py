@@ -1,0 +1,229 @@
+"""The adaptation settings: one dataclass (``AdaptConfig``) that every front nests.
+
+``same-fast adapt`` and ``same-fast serve``'s ``--adapt-*`` flags are generated from its fields
+(``add_flags``: the field's type, default and help; each front only names its flags), the
+library's ``adapt_offline`` / ``OnlineAdapter`` take it, and the server's settings nest it
+(``ServeConfig.adaptation``). Two named defaults: ``AdaptConfig()`` (the library and the
+``adapt`` command) and ``AdaptConfig.serving()`` (a server adapting online to a stream).
+Torch-free, so a CLI parses and validates before anything heavy loads.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from same_fast.errors import InputError
+
+# The student's re-degraded view by default: "auto", noise at the level estimated from the
+# target images themselves plus a mild JPEG pass (degrade/estimate.py), the same for every
+# modality. Never a test shift's own generator, and not the source training preset either
+# (which would only teach again what the source learnt). A named preset (generic-mix, ...)
+# replaces it.
+AUTO_REDEGRADE = "auto"
+DEFAULT_REDEGRADE = {"fundus": AUTO_REDEGRADE, "ultrasound": AUTO_REDEGRADE, "oct": AUTO_REDEGRADE}
+SERVES = ("student", "teacher")
+SAFETY_ACTIONS = ("freeze", "reset", "off")
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    """A field with its ``--help`` text (and optional argparse ``choices`` / ``metavar``)."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class StepConfig:
+    """Hyper-parameters of one adaptation step (``same_fast.adapt.step.AdaptStep``)."""
+
+    lr: float = _opt(2e-4, "Adam learning rate of the student")
+    betas: tuple[float, float] = (0.9, 0.999)
+    ema: float = _opt(0.995, "teacher <- ema * teacher + (1 - ema) * student after each step")
+    w_l1: float = _opt(0.9, "weight of the picker-weighted L1 to the teacher's image")
+    w_struct: float = _opt(0.1, "weight of the structure BCE to the teacher's structure map")
+    w_entropy: float = _opt(1.0, "weight of the student structure map's entropy")
+    w_ssim: float = _opt(0.0, "weight of 1 - SSIM to the teacher's image")
+    compile: bool = False
+    teacher_dropout: bool = True
+
+
+@dataclass
+class AdaptConfig(StepConfig):
+    """Every adaptation setting; a front exposes the fields it needs as flags (``add_flags``).
+
+    The step's own fields (lr, betas, ema, w_*) come from ``StepConfig`` (``step_config()``).
+    Offline: ``steps`` or ``epochs`` over the images, ``schedule``. Online: one step per
+    ``every`` frames from the last ``buffer``. The guards of a long run: ``safety`` with
+    ``min_acceptance`` / ``max_drift`` (``SafetyConfig.of(config)``). Where a server runs its adapter:
+    ``cpus``, ``nice``, ``threads``, ``publish_every_s``. ``picker``: the picker a front loads
+    (a shipped name, a checkpoint, ``auto`` = the model's modality's, or None/``none``: accept
+    every sample); library functions take the loaded picker as an argument instead.
+    """
+
+    mode: str = _opt("offline", "offline: steps over a folder; online: adapt every k frames",
+                     choices=("offline", "online"))
+    steps: int = _opt(100, "optimizer steps (offline; used when epochs is 0)")
+    epochs: int = _opt(0, "passes over the images (offline; 0 = use steps)")
+    batch: int = _opt(4, "training views per step")
+    size: int = _opt(256, "side of the square training views (px)", metavar="PX")
+    schedule: str = _opt("constant", "learning rate: constant, or the paper's (constant for "
+                         "3/4 of the steps, then a linear decay)", choices=("constant", "paper"))
+    scale: tuple[float, float] = (1.1, 1.35)
+    views: str = _opt("auto", "training views: crop, whole (frames padded square) or auto "
+                      "(whole frames for networks with whole-image context)",
+                      choices=("auto", "crop", "whole"))
+    frame_fraction: float = _opt(0.0, "> 0: crops of this fraction of the short side instead "
+                                 "(the paper's views: 0.8)")
+    gate_entropy: bool = _opt(True, "drop the entropy term on batches where the picker kept "
+                              "nothing")
+    redegrade: bool = _opt(True, "give the student a re-degraded view (SRTTA-style; off: the "
+                           "paper's recipe, the student sees the teacher's view)")
+    redegrade_preset: str = _opt("", "degradation preset of the student's re-degraded view "
+                                 "(naming one turns the view on; '' = auto: noise at the level "
+                                 "estimated from the target images plus a mild JPEG pass)",
+                                 metavar="PRESET")
+    redegrade_strength: float = _opt(1.0, "scale of the re-degraded view: "
+                                     "x + S (degraded - x)", metavar="S")
+    every: int = _opt(4, "online: one adaptation step per this many frames")
+    buffer: int = _opt(16, "online: recent frames the adapter samples from")
+    steps_per_update: int = 1
+    serve: str = _opt("student", "which model is written or served", choices=SERVES)
+    seed: int = _opt(0, "seed of views, order and dropout")
+    hash_every: int = _opt(10, "audit log: the served weights' SHA-256 in every N-th step record "
+                           "(events always carry it; 0 = events only)", metavar="N")
+    modality: str = "fundus"
+    picker: str | None = _opt("auto", "picker: a shipped name, a checkpoint, 'auto' (the "
+                              "model's modality's) or 'none' (mean teacher: accept all)")
+    picker_calibrate: float = _opt(0.0, "the picker also accepts the best SHARE (0-1) of the "
+                                   "target's own recent pseudo-labels (0 = its absolute "
+                                   "thresholds alone)", metavar="SHARE")
+    safety: str = _opt("freeze", "what to do when acceptance collapses or outputs drift from "
+                       "the source model (off = nothing)", choices=SAFETY_ACTIONS)
+    min_acceptance: float = _opt(0.05, "safety: mean picker acceptance over the last 8 steps "
+                                 "below this collapses (0 = never)")
+    max_drift: float = _opt(0.15, "safety: mean |served - source| output difference above "
+                            "this, in [0, 1] intensity units, is drift (0 = never)")
+    audit: str | None = _opt(None, "append every adaptation step and event to this JSONL "
+                             "audit log", metavar="FILE")
+    cpus: str = _opt("auto", "CPUs the adapter (and the loading of new weights) runs on; "
+                     "serving keeps the others. auto: the highest-numbered CPU when there are "
+                     "2 or more; off; or a list like 1,3,5-7 (Linux)", metavar="LIST")
+    nice: int = 10
+    threads: int = 1
+    publish_every_s: float = _opt(1.0, "publish new weights to the served model at most this "
+                                  "often (each swap slows the next frames; 0 = every step)",
+                                  metavar="S")
+
+    def __post_init__(self) -> None:
+        if self.redegrade_preset:  # naming the preset asks for the view
+            self.redegrade = True
+
+    @classmethod
+    def serving(cls, **overrides: Any) -> AdaptConfig:
+        """The defaults of a server adapting online to a stream (``same-fast serve --adapt
+        online``): online mode, a 64-frame buffer, no re-degraded view unless a preset is named
+        (``--adapt-redegrade``), no picker unless one is named."""
+        return cls(**{"mode": "online", "buffer": 64, "redegrade": False, "picker": None,
+                      **overrides})
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AdaptConfig:
+        """The inverse of ``to_dict`` (JSON lists back to tuples)."""
+        tuples = {"betas", "scale"}
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in d.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as JSON types (for audit logs, checkpoints and the adapter child)."""
+        return {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+    def step_config(self) -> StepConfig:
+        return StepConfig(**{f.name: getattr(self, f.name) for f in fields(StepConfig)})
+
+    def augment_config(self, multiple: int, context: bool = False) -> Any:
+        """The views' ``same_fast.adapt.augment.AugmentConfig`` (``size`` must divide by the
+        model's ``multiple``): ``context`` says the network summarises the whole frame, so
+        ``auto`` gives it whole frames (a crop would change the summary it learnt from)."""
+        from same_fast.adapt.augment import AugmentConfig
+
+        if self.size % multiple:
+            raise InputError(f"adaptation view size {self.size} must be a multiple of the "
+                             f"model's {multiple}")
+        whole = self.views == "whole" or (self.views == "auto" and context)
+        return AugmentConfig(size=self.size, scale=self.scale, whole=whole,
+                             frame_fraction=self.frame_fraction)
+
+    def redegrade_with(self) -> str:
+        """The preset of the student's re-degraded view, or ``auto`` (estimated from the target
+        images: ``same_fast.adapt.loop.redegradation``)."""
+        return self.redegrade_preset or DEFAULT_REDEGRADE.get(self.modality, AUTO_REDEGRADE)
+
+    def check(self, flags: Mapping[str, str] | None = None) -> AdaptConfig:
+        """Raise InputError for a bad setting, naming the front's flag (``flags``: field ->
+        flag; the field's name where absent). Returns self."""
+        def name(f: str) -> str:
+            return (flags or {}).get(f, f)
+
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise InputError(f"{name(f.name)} must be {' or '.join(choices)}, "
+                                 f"got '{getattr(self, f.name)}'")
+        for f in ("batch", "every", "buffer", "steps_per_update"):
+            if int(getattr(self, f)) < 1:
+                raise InputError(f"{name(f)} must be >= 1")
+        for f in ("steps", "epochs", "hash_every"):
+            if int(getattr(self, f)) < 0:
+                raise InputError(f"{name(f)} must be >= 0")
+        if self.size < 8:
+            raise InputError(f"{name('size')} must be >= 8")
+        for f in ("ema", "min_acceptance", "frame_fraction"):
+            if not 0 <= getattr(self, f) <= 1:
+                raise InputError(f"{name(f)} must be in [0, 1], got {getattr(self, f)}")
+        if not 0 <= self.picker_calibrate < 1:
+            raise InputError(f"{name('picker_calibrate')} must be in [0, 1), "
+                             f"got {self.picker_calibrate}")
+        for f in ("max_drift", "publish_every_s", "redegrade_strength"):
+            if not getattr(self, f) >= 0:
+                raise InputError(f"{name(f)} must be >= 0")
+        if self.redegrade_preset:
+            from same_fast.degrade import PRESETS  # imports torch: only when asked for
+
+            if self.redegrade_preset not in PRESETS:
+                raise InputError(f"{name('redegrade_preset')}: unknown degradation preset "
+                                 f"'{self.redegrade_preset}' (choose from "
+                                 f"{', '.join(sorted(PRESETS))})")
+        return self
+
+
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+              flags: Mapping[str, str], defaults: AdaptConfig) -> None:
+    """Declare one flag per ``flags`` entry (field -> flag, e.g. ``"size": "--adapt-crop"``):
+    type, choices, metavar and help from the field, default from ``defaults``. A bool field
+    whose default is True becomes a ``--no-...`` switch; one whose default is False, a switch.
+    Each flag's value lands in ``args.<field>`` (``from_args`` reads them back)."""
+    by_name = {f.name: f for f in fields(AdaptConfig)}
+    for name, flag in flags.items():
+        f, default = by_name[name], getattr(defaults, name)
+        kw: dict[str, Any] = {"dest": name, "help": f.metadata.get("help")}
+        if f.type == "bool":
+            kw["action"] = "store_false" if default else "store_true"
+            if default:
+                kw["help"] = f"turn off: {kw['help']}"
+        else:
+            kw.update(default=default, type=_TYPES[f.type.split(" ")[0]])
+            for key in ("choices", "metavar"):
+                if key in f.metadata:
+                    kw[key] = f.metadata[key]
+        parser.add_argument(flag, **kw)
+
+
+def from_args(args: argparse.Namespace, flags: Mapping[str, str], base: AdaptConfig,
+              **overrides: Any) -> AdaptConfig:
+    """``base`` with the values of the flags ``add_flags`` declared (and ``overrides``)."""
+    values = {name: getattr(args, name) for name in flags}
+    return dataclasses.replace(base, **{**values, **overrides})
