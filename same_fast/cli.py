@@ -40,6 +40,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default (not for switches, nor when there is none)."""
+
+    @staticmethod
+    def _shows_default(action: argparse.Action) -> bool:
+        return bool(action.option_strings) and action.nargs != 0 and not any(
+            action.default is v for v in (None, False, argparse.SUPPRESS))
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not self._shows_default(action) or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and self._shows_default(action):  # no help text: the default alone
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with our error contract: one line, exit status 2."""
 
@@ -106,7 +126,7 @@ def build_parser(load: str | None = None) -> _Parser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (module, help_) in _available().items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=_Help)
         if name == load:
             mod = importlib.import_module(module)
             mod.add_arguments(p)

@@ -33,7 +33,7 @@ class CheckpointError(InputError):
 
 
 class DependencyError(SameFastError):
-    """An optional dependency (tensorrt, nvidia-dali, cuda-python, triton, onnxruntime...) is missing.
+    """An optional dependency (tensorrt, nvidia-dali, triton, onnxruntime...) is missing.
 
     Raised only when the user explicitly asks for the feature that needs it.
     """

@@ -91,3 +91,21 @@ def test_every_command_is_installed_and_has_help(command, capsys):
         main([command, "--help"])
     assert e.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: same-fast {command}")
+
+
+def test_every_command_help_shows_every_default():
+    import argparse
+
+    from same_fast.cli import COMMANDS, build_parser
+
+    for name in COMMANDS:
+        parser = build_parser(load=name)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        p = sub.choices[name]
+        text = " ".join(p.format_help().split())
+        for action in p._actions:
+            d = action.default
+            if not action.option_strings or action.nargs == 0 or d is None or d is False \
+                    or d is argparse.SUPPRESS:
+                continue
+            assert f"default: {d}" in text, f"{name} {action.option_strings[0]}"

@@ -19,12 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # layer only the pairs in SIDEWAYS. eval sits beside train: source training validates with the
 # paper protocol; picker training crops with adaptation's random window.
 LAYERS: list[set[str]] = [
-    {"errors", "_stream"},
+    {"errors", "progress", "_stream"},
     {"files"},
     {"data", "checkpoint", "io", "degrade", "ops", "kernels"},
     {"nn"},
     {"models", "picker", "adapt", "train", "engine", "eval"},
-    {"stream"},
+    {"stream", "enhancer"},
     {"serve", "benchsuites", "commands", "cli", "__main__"},
 ]
 SIDEWAYS = {("degrade", "ops"), ("degrade", "io"), ("ops", "kernels"), ("io", "checkpoint"),

@@ -59,6 +59,9 @@ class AdaptConfig(StepConfig):
     ``cpus``, ``nice``, ``threads``, ``publish_every_s``. ``picker``: the picker a front loads
     (a shipped name, a checkpoint, ``auto`` = the model's modality's, or None/``none``: accept
     every sample); library functions take the loaded picker as an argument instead.
+
+    >>> AdaptConfig().mode, AdaptConfig.serving().mode, AdaptConfig.serving().buffer
+    ('offline', 'online', 64)
     """
 
     mode: str = _opt("offline", "offline: steps over a folder; online: adapt every k frames",
@@ -115,16 +118,13 @@ class AdaptConfig(StepConfig):
                                   "often (each swap slows the next frames; 0 = every step)",
                                   metavar="S")
 
-    def __post_init__(self) -> None:
-        if self.redegrade_preset:  # naming the preset asks for the view
-            self.redegrade = True
-
     @classmethod
     def serving(cls, **overrides: Any) -> AdaptConfig:
         """The defaults of a server adapting online to a stream (``same-fast serve --adapt
         online``): online mode, a 64-frame buffer, no re-degraded view unless a preset is named
         (``--adapt-redegrade``), no picker unless one is named."""
-        return cls(**{"mode": "online", "buffer": 64, "redegrade": False, "picker": None,
+        view = bool(overrides.get("redegrade_preset"))
+        return cls(**{"mode": "online", "buffer": 64, "redegrade": view, "picker": None,
                       **overrides})
 
     @classmethod
@@ -224,6 +224,9 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
 
 def from_args(args: argparse.Namespace, flags: Mapping[str, str], base: AdaptConfig,
               **overrides: Any) -> AdaptConfig:
-    """``base`` with the values of the flags ``add_flags`` declared (and ``overrides``)."""
+    """``base`` with the values of the flags ``add_flags`` declared (and ``overrides``). Naming a
+    re-degradation preset turns the re-degraded view on."""
     values = {name: getattr(args, name) for name in flags}
+    if values.get("redegrade_preset"):
+        values["redegrade"] = True
     return dataclasses.replace(base, **{**values, **overrides})

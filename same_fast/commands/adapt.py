@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     with AuditLog(audit_path, hash_every=cfg.hash_every) as audit:
         if cfg.mode == "offline":
             def cb(step: int, total: int, rec: dict, student: object) -> None:
-                if bar is not None:
+                if not bar.disable:
                     bar.total = total
                     bar.update(1)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}",
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             ad = OnlineAdapter(model, picker, cfg, SafetyConfig.of(cfg), audit)
             for k, f in enumerate(frames):
                 ad.observe(f, None if fovs is None else fovs[k])
-                if bar is not None:
+                if not bar.disable:
                     st = ad.stats()
                     bar.update(1)
                     acc = st["acceptance"]
@@ -115,10 +115,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _bar(cfg, n_frames: int):
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
+    from same_fast.progress import progress_bar
 
     total = n_frames if cfg.mode == "online" else (cfg.steps or None)
-    return tqdm(total=total, desc=f"adapt ({cfg.mode})", unit="frame" if cfg.mode == "online"
-                else "step")
+    return progress_bar(total=total, desc=f"adapt ({cfg.mode})",
+                        unit="frame" if cfg.mode == "online" else "step")

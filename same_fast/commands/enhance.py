@@ -24,7 +24,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import torch
 
 from same_fast.engine.tiles import DEFAULT_MAX_PIXELS as DEFAULT_TILE_PIXELS
 from same_fast.engine.tiles import batch_within, enhance_in_tiles
+from same_fast.enhancer import Step, enhance_array
 from same_fast.errors import InputError, SameFastError
 
 HELP = "enhance images, folders or DICOM series with a trained model"
@@ -124,62 +124,6 @@ def _inputs(cfg: EnhanceConfig) -> list[tuple[Path, Path | None]]:
     return [(src, None)]
 
 
-def _to_model_channels(frames: np.ndarray, channels: int) -> tuple[np.ndarray, bool]:
-    """``(F, H, W, C)`` -> frames the model takes, and whether channels were folded.
-
-    A grey model runs each colour channel as its own grey frame (identical channels of a grey
-    scan stored as RGB give identical outputs); a colour model sees grey replicated to RGB.
-    """
-    frames = frames[..., :3]
-    c = frames.shape[-1]
-    if channels == c:
-        return frames, False
-    if channels == 1:
-        f, h, w, _ = frames.shape
-        return frames.transpose(0, 3, 1, 2).reshape(f * c, h, w, 1), True
-    if channels == 3 and c == 1:
-        return np.repeat(frames, 3, -1), False
-    raise InputError(f"model takes {channels} channel(s); image has {c}")
-
-
-Step = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-
-
-def enhance_array(model: torch.nn.Module, frames: np.ndarray, fov: np.ndarray | None = None,
-                  batch: int = 4, device: str | torch.device = "cpu",
-                  step: Step | None = None) -> np.ndarray:
-    """Enhance ``(F, H, W, C)`` uint8/uint16 frames; returns the same shape and dtype.
-
-    ``fov``: optional ``(H, W)`` bool mask; outside it the output is black. ``step``: what
-    enhances one float batch ``(N, C, H, W)`` in [0, 1] with its mask (default: the torch model
-    through ``same_fast.nn.enhance``; an engine backend's ``enhance``; an online adapter).
-    """
-    from same_fast.io import to_array, to_tensor
-    from same_fast.nn import enhance
-
-    if step is None:
-        def step(t: torch.Tensor, mm: torch.Tensor | None) -> torch.Tensor:
-            return enhance(model, t, mm)
-
-    channels = int(getattr(model, "config", {}).get("in_channels", 3))
-    orig_c = frames.shape[-1]
-    x, folded = _to_model_channels(frames, channels)
-    outs = []
-    m = None if fov is None else torch.from_numpy(np.ascontiguousarray(fov))[None, None]
-    for i in range(0, x.shape[0], max(1, batch)):
-        t = to_tensor(x[i:i + batch]).to(device)
-        mm = None if m is None else m.expand(t.shape[0], 1, *m.shape[-2:]).to(device)
-        outs.append(to_array(step(t, mm), frames.dtype.type))
-    y = np.concatenate(outs)
-    if folded:  # back from per-channel grey frames to colour frames
-        f, h, w = frames.shape[:3]
-        c = min(orig_c, 3)
-        y = y.reshape(f, c, h, w).transpose(0, 2, 3, 1)
-    elif channels == 3 and orig_c == 1:
-        y = np.rint(y.astype(np.float64).mean(-1, keepdims=True)).astype(frames.dtype)
-    return np.ascontiguousarray(y)
-
-
 def enhance_files(cfg: EnhanceConfig) -> dict[str, Any]:
     """Enhance every input of ``cfg`` into ``cfg.output``; returns the summary also written.
 
@@ -203,11 +147,10 @@ def enhance_files(cfg: EnhanceConfig) -> dict[str, Any]:
     _check_output_dir(Path(cfg.input), out)
     targets = plan_outputs([p for p, _ in pairs], out)
     step, adapter, engine_info = _make_step(cfg, model, meta)
-    it: Any = zip(pairs, targets, strict=True)
-    if cfg.progress:
-        from tqdm import tqdm
+    from same_fast.progress import progress_bar
 
-        it = tqdm(it, total=len(pairs), desc="enhance", unit="file")
+    it: Any = progress_bar(zip(pairs, targets, strict=True), cfg.progress, total=len(pairs),
+                           desc="enhance", unit="file")
     series: dict[str, str] = {}  # source series -> new derived series UID
     records = []
     failed: list[dict[str, str]] = []

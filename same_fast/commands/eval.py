@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from same_fast.errors import InputError
@@ -30,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from same_fast.eval import evaluate_folders
 
     result = evaluate_folders(args.pred, args.gt, args.mask, args.protocol,
-                              progress=sys.stderr.isatty())
+                              progress=True)
     _print_table(result)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -83,11 +83,9 @@ def synth(cfg: SynthConfig) -> dict:
         d.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
     g = torch.Generator().manual_seed(cfg.seed)
-    it = files
-    if cfg.progress:
-        from tqdm import tqdm
+    from same_fast.progress import progress_bar
 
-        it = tqdm(files, desc=f"synth ({cfg.preset})", unit="img")
+    it = progress_bar(files, cfg.progress, desc=f"synth ({cfg.preset})", unit="img")
     written = []
     for f in it:
         arr = load(f).frames[0][..., :3]

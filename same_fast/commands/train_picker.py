@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 
 HELP = "train the pseudo-label picker (image-quality assessor + structure VAE)"
 
@@ -49,13 +48,11 @@ def run(args: argparse.Namespace) -> int:
     bars: dict[str, object] = {}
 
     def progress(stage: str, step: int, total: int, loss: float) -> None:
-        if not sys.stderr.isatty():
-            return
-        from tqdm import tqdm
+        from same_fast.progress import progress_bar
 
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=f"train {stage}", unit="step")
+            bar = bars[stage] = progress_bar(total=total, desc=f"train {stage}", unit="step")
         bar.update(1)  # type: ignore[attr-defined]
         bar.set_postfix(loss=f"{loss:.4f}")  # type: ignore[attr-defined]
         if step == total:

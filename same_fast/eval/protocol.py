@@ -107,11 +107,9 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, mask_dir: str | P
         raise InputError(f"{gt_dir}: no images")
     pairs = pair_by_name(gts, pred_dir, required=True)
     masks = {it.path: it.partner for it in pair_by_name(gts, mask_dir)} if mask_dir else {}
-    iterator = pairs
-    if progress:
-        from tqdm import tqdm
+    from same_fast.progress import progress_bar
 
-        iterator = tqdm(pairs, desc=f"eval ({protocol})", unit="img", leave=False)
+    iterator = progress_bar(pairs, progress, desc=f"eval ({protocol})", unit="img", leave=False)
     scores = []
     for item in iterator:
         gt = _single(item.path)

@@ -561,11 +561,10 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     log.parent.mkdir(parents=True, exist_ok=True)
     _sibling(out, ".recipe.json").write_text(json.dumps(recipe(cfg), indent=2) + "\n")
     curves = _sibling(out, ".curves.png")
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
+    from same_fast.progress import progress_bar
 
-        bar = tqdm(total=cfg.steps, initial=start, desc="train-source", unit="step")
+    bar = progress_bar(enabled=cfg.progress, total=cfg.steps, initial=start,
+                       desc="train-source", unit="step")
     model.train()
     losses: list[float] = []
     first_losses: list[float] = []
