@@ -100,3 +100,16 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted >= 1
+
+
+def test_the_readme_python_example_runs_and_the_readme_stays_short():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    block = text.split("## Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(block.strip().splitlines()) <= 6
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102
+    assert scope["enhanced"].shape == scope["image"].shape
+    assert scope["enhanced"].dtype == scope["image"].dtype

@@ -115,9 +115,9 @@ def _cli_scores(tmp_path, name, *args):
 
 @pytest.mark.slow
 def test_shipped_source_models_keep_their_readme_numbers(tmp_path, data_dir, bench_script):
-    """The README's source-model table, through the user's commands: ultrasound-lite meets the
+    """docs/RESULTS.md's source-model table, through the user's commands: ultrasound-lite meets the
     +0.05 SSIM / +2 dB target on its held-out BUSI images, fundus-lite keeps its DRIVE test
-    numbers (a regression guard: replacing the shipped weights must update the README)."""
+    numbers (a regression guard: replacing the shipped weights must update docs/RESULTS.md)."""
     from same_fast.cli import main
 
     busi = tmp_path / "busi"
