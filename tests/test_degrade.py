@@ -257,3 +257,81 @@ def test_test_shifts_are_not_the_generic_redegradation():
     big = _image(n=2, h=384, w=384)
     bl = degrade(big, "shift-blur-light", torch.Generator().manual_seed(0))
     assert _grad_energy(bl) < 0.7 * _grad_energy(big)
+
+
+def _bscan(n=2, h=96, w=128, seed=0):
+    """A toy B-scan: dark vitreous, a bright layered retina from a third of the height down."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.arange(h).view(1, 1, h, 1).float()
+    x = 0.08 + torch.zeros(n, 1, h, w)
+    x = torch.where(rows > h // 3, 0.35 + 0.3 * (rows % 12 < 4).float(), x)
+    return (x + 0.05 * torch.rand(n, 1, h, w, generator=g)).clamp(0, 1)
+
+
+# The oct preset with every family off: degrade is the identity (up to float rounding).
+_OCT_OFF = dict(p_blur=0.0, p_shadow=0.0, p_motion=0.0, p_jpeg=0.0, signal_loss_db=(0.0, 0.0),
+                looks=(1e6, 1e6), noise_floor=(0.0, 0.0), gain=(1.0, 1.0))
+
+
+def _oct(x, seed=0, **on):
+    return degrade(x, _only("oct", **{**_OCT_OFF, **on}), torch.Generator().manual_seed(seed))
+
+
+def test_oct_families_off_is_identity():
+    x = _bscan()
+    assert float((_oct(x) - x).abs().max()) < 2e-3
+
+
+def test_oct_speckle_grows_as_looks_fall():
+    x = _bscan()
+    few = (_oct(x, looks=(2.0, 2.0)) - x).abs().mean()
+    many = (_oct(x, looks=(16.0, 16.0)) - x).abs().mean()
+    assert float(many) > 0.005 and float(few) > 2 * float(many)
+
+
+def test_oct_blur_is_anisotropic():
+    x = torch.full((1, 1, 96, 128), 0.1)
+    x[..., 48, 64] = 1.0  # a point reflector
+    axial = _oct(x, p_blur=1.0, axial_sigma=(16.0, 16.0), lateral_sigma=(0.01, 0.01))[0, 0]
+    assert float(axial[51, 64]) > 0.3 and abs(float(axial[48, 67]) - 0.1) < 0.01
+    lateral = _oct(x, p_blur=1.0, axial_sigma=(0.01, 0.01), lateral_sigma=(16.0, 16.0))[0, 0]
+    assert float(lateral[48, 67]) > 0.3 and abs(float(lateral[51, 64]) - 0.1) < 0.01
+
+
+def test_oct_signal_loss_and_gain_darken():
+    x = _bscan()
+    loss = _oct(x, signal_loss_db=(6.0, 6.0), dynamic_range_db=(30.0, 30.0))
+    # 6 dB of 30 dB: the log display drops by 0.2 where the signal stays above the floor
+    retina = x > 0.3
+    assert abs(float((x - loss)[retina].mean()) - 0.2) < 0.01
+    gain = _oct(x, gain=(0.7, 0.7))
+    assert torch.allclose(gain, 0.7 * x, atol=2e-3)
+
+
+def test_oct_shadows_darken_columns_below_the_surface_only():
+    x = _bscan(h=96)
+    y = _oct(x, p_shadow=1.0, shadows=(3, 3), shadow_depth=(0.9, 0.9))
+    d = x - y
+    assert float(d[..., :25, :].abs().max()) < 2e-3  # the vitreous above the retina is kept
+    col = d[..., 50:, :].mean(2)  # (N, 1, W): darkening per column below the surface
+    assert float(col.amax()) > 0.03 and float(col.amin()) < 0.005  # bands, not a global drop
+
+
+def test_oct_motion_shifts_whole_a_scans():
+    x = _bscan()
+    y = _oct(x, p_motion=1.0, motion_bands=(2, 2), motion_shift=(6.0, 6.0))
+    moved = ((y - x).abs().amax(2) > 0.01).flatten(1)  # (N, W) columns that changed
+    assert bool(moved.any(1).all()) and bool((~moved).any(1).all())
+    # a moved column is the clean column shifted by 6 * 128/512... rounded: 1 or 2 px (scaled)
+    n, c = [int(v) for v in moved.nonzero()[0]]
+    col_y, col_x = y[n, 0, 30:80, c], x[n, 0, :, c]
+    assert any(torch.allclose(col_y, col_x[30 - s:80 - s], atol=2e-3) for s in (-2, -1, 1, 2))
+
+
+def test_oct_jpeg_quantisation_grows_with_compression():
+    x = _bscan()
+    err = [float((ops.jpeg(x, torch.full((2,), q)) - x).abs().mean())
+           for q in (100.0, 50.0, 10.0)]
+    assert err[0] < 1.5 / 255 and err[0] < err[1] < err[2]
+    y = _oct(x, p_jpeg=1.0, jpeg_quality=(10.0, 10.0))
+    assert float((y - x).abs().mean()) > 2 * err[0]

@@ -5,7 +5,8 @@ degraded batch of the same shape, device and range; every parameter is drawn per
 ``generator`` (pass one on the tensors' device for speed; a CPU generator also works with CUDA
 tensors) and outside ``fov`` stays black. Presets: ``fundus-shen2020``, ``fundus-cataract``,
 ``gray`` (OCT and ultrasound illumination, blur, noise), ``ultrasound-speckle`` and
-``sensor-noise`` (Poisson-Gaussian camera noise, outside the SPEC's families) and
+``sensor-noise`` (Poisson-Gaussian camera noise, outside the SPEC's families), ``oct``
+(retinal OCT B-scans: speckle, blur, shadows, signal loss, motion, JPEG) and
 ``fundus-local`` (Shen et al.'s families without the global colour factors).
 ``generic-mix`` (the default re-degradation of adaptation) and three test shifts fixed in advance
 (``shift-noise-jpeg``, ``shift-haze-gamma``, ``shift-blur-light``) live in ``shifts.py``.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from same_fast.degrade.presets import (
+    OCT,
     PRESETS,
     Cataract,
     Gray,
@@ -32,8 +34,8 @@ from same_fast.errors import InputError
 # the clinic shifts and the generic re-degradation (shifts.py) join the source presets' registry
 PRESETS.update(SHIFT_PRESETS)
 
-__all__ = ["PRESETS", "SHIFTS", "Cataract", "Gray", "Preset", "SensorNoise", "Shen2020", "UltrasoundSpeckle",
-           "degrade", "degrade_with_tone", "get_preset"]
+__all__ = ["OCT", "PRESETS", "SHIFTS", "Cataract", "Gray", "Preset", "SensorNoise", "Shen2020",
+           "UltrasoundSpeckle", "degrade", "degrade_with_tone", "get_preset"]
 
 
 def get_preset(preset: str | Preset) -> Preset:

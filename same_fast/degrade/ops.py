@@ -81,13 +81,34 @@ def blur(x: torch.Tensor, sigma: torch.Tensor, exact: bool = False) -> torch.Ten
     if radius < 1:
         return x
     k = gaussian_kernels(sigma.to(x.device), radius).to(x.dtype)  # (N, K)
-    k = k.repeat_interleave(c, 0)  # (N*C, K): one kernel per (sample, channel) group
-    y = x.reshape(1, n * c, h, w)
-    y = F.pad(y, (radius, radius, 0, 0), mode="replicate")
-    y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
-    y = F.pad(y, (0, 0, radius, radius), mode="replicate")
-    y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
+    return separable(x, k, k)
+
+
+def separable(x: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor) -> torch.Tensor:
+    """Per-sample separable filter: ``kx`` along rows and ``ky`` along columns, ``(N, K)`` odd
+    taps each (the two may differ in length), edges replicated."""
+    n, c, h, w = x.shape
+    rx, ry = kx.shape[1] // 2, ky.shape[1] // 2
+    y = F.pad(x.reshape(1, n * c, h, w), (rx, rx, 0, 0), mode="replicate")
+    # one kernel per (sample, channel) group
+    y = F.conv2d(y, kx.repeat_interleave(c, 0).view(n * c, 1, 1, -1), groups=n * c)
+    y = F.pad(y, (0, 0, ry, ry), mode="replicate")
+    y = F.conv2d(y, ky.repeat_interleave(c, 0).view(n * c, 1, -1, 1), groups=n * c)
     return y.reshape(n, c, h, w)
+
+
+def anisotropic_blur(x: torch.Tensor, sigma_y: torch.Tensor, sigma_x: torch.Tensor
+                     ) -> torch.Tensor:
+    """Gaussian blur with per-sample sigmas (pixels) along columns (``sigma_y``) and rows
+    (``sigma_x``), radius 3 x the largest of each (capped by the image), edges replicated."""
+    h, w = x.shape[-2:]
+    ry = min(int(math.ceil(3 * float(sigma_y.max()))), h - 1) if sigma_y.numel() else 0
+    rx = min(int(math.ceil(3 * float(sigma_x.max()))), w - 1) if sigma_x.numel() else 0
+    if max(rx, ry) < 1:
+        return x
+    ky = gaussian_kernels(sigma_y.to(x.device), max(ry, 0)).to(x.dtype)
+    kx = gaussian_kernels(sigma_x.to(x.device), max(rx, 0)).to(x.dtype)
+    return separable(x, kx, ky)
 
 
 def box_gaussian_blur(x: torch.Tensor, ksize: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -102,12 +123,8 @@ def box_gaussian_blur(x: torch.Tensor, ksize: torch.Tensor, sigma: torch.Tensor)
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
     s = sigma.to(x.device).float().clamp_min(1e-3).view(-1, 1)
     k = torch.exp(-0.5 * (t / s) ** 2) * (t.abs() <= (ksize.to(x.device).view(-1, 1) // 2))
-    k = (k / k.sum(1, keepdim=True)).to(x.dtype).repeat_interleave(c, 0)
-    y = F.pad(x.reshape(1, n * c, h, w), (radius, radius, 0, 0), mode="replicate")
-    y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
-    y = F.pad(y, (0, 0, radius, radius), mode="replicate")
-    y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
-    return y.reshape(n, c, h, w)
+    k = (k / k.sum(1, keepdim=True)).to(x.dtype)
+    return separable(x, k, k)
 
 
 def grid(n_h: int, n_w: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,3 +232,21 @@ def jpeg(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
         y, cb, cr = out[0], out[1] - 128, out[2] - 128
         out = [y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb]
     return (torch.stack(out, 1) / 255.0).clamp(0, 1).to(x.dtype)
+
+
+def shift_columns(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Move every column down by ``shift`` ``(N, W)`` whole pixels (negative: up), edges
+    replicated: an A-scan displaced along the beam, as by axial eye motion."""
+    n, c, h, w = x.shape
+    rows = torch.arange(h, device=x.device).view(1, 1, h, 1)
+    idx = (rows - shift.to(x.device).long().view(n, 1, 1, w)).clamp(0, h - 1)
+    return torch.gather(x, 2, idx.expand(n, c, h, w))
+
+
+def gamma_speckle(z: torch.Tensor, looks: torch.Tensor) -> torch.Tensor:
+    """Unit-mean multiplicative speckle of ``looks`` (``(N,)``, >= 1) looks from a standard
+    normal field ``z``: the Wilson-Hilferty cube of a normal, which follows the Gamma(L, 1/L)
+    law of L-look intensity speckle closely (exponential at L = 1, variance 1 / L)."""
+    a = (1.0 / (9.0 * looks.float().clamp_min(1.0))).view(-1, 1, 1, 1).to(z.device, z.dtype)
+    s = (1.0 - a + z * a.sqrt()).clamp_min(0.0) ** 3
+    return s / s.mean((1, 2, 3), keepdim=True).clamp_min(1e-6)

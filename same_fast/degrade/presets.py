@@ -357,7 +357,124 @@ class SensorNoise:
         return ops.keep_fov(y.clamp(0, 1), fov)
 
 
-Preset = Shen2020 | Cataract | Gray | UltrasoundSpeckle | SensorNoise
+
+@dataclass(frozen=True)
+class OCT:
+    """Retinal OCT B-scan degradations (beyond the SPEC's grey families): what degrades a
+    Spectralis-style export in the clinic.
+
+    The exported grey level is taken as log-compressed intensity, ``x = 1 + ln(I) / D`` over
+    ``dynamic_range_db`` (10 log10 units), and the physics runs on the linear ``I``: an
+    anisotropic optical blur (``axial_sigma`` along the A-scan, ``lateral_sigma`` across it,
+    pixels at 512, with probability ``p_blur``); shadows under vessels (``shadows`` vertical
+    bands of ``shadow_width`` x width, from just below the retinal surface down, intensity x
+    ``1 - shadow_depth``, with probability ``p_shadow``); signal loss (``signal_loss_db``);
+    multiplicative speckle of ``looks`` looks (log-uniform; spatially correlated over
+    ``grain_sigma`` px) plus a speckled noise floor at ``noise_floor`` of the display range (0: none);
+    back to the display, then low gain (x ``gain``); motion lines (``motion_bands`` bands of
+    ``motion_width`` x width of A-scans shifted along the beam by up to ``motion_shift`` px at
+    512, with probability ``p_motion``); JPEG quantisation at ``jpeg_quality`` (probability
+    ``p_jpeg``). The scan's own speckle stays in the clean reference.
+    """
+
+    name: str = "oct"
+    dynamic_range_db: Range = (30.0, 40.0)
+    p_blur: float = 0.7
+    axial_sigma: Range = (0.3, 1.5)
+    lateral_sigma: Range = (0.5, 3.0)
+    p_shadow: float = 0.5
+    shadows: tuple[int, int] = (1, 4)
+    shadow_width: Range = (0.005, 0.03)
+    shadow_depth: Range = (0.5, 0.9)
+    signal_loss_db: Range = (0.0, 6.0)
+    looks: Range = (2.0, 16.0)
+    grain_sigma: Range = (0.4, 1.0)
+    noise_floor: Range = (0.0, 0.15)
+    gain: Range = (0.7, 1.0)
+    p_motion: float = 0.3
+    motion_bands: tuple[int, int] = (1, 3)
+    motion_width: Range = (0.01, 0.1)
+    motion_shift: Range = (2.0, 10.0)
+    p_jpeg: float = 0.5
+    jpeg_quality: Range = (10.0, 50.0)
+    reference_px: int = 512
+
+    def apply(self, x: torch.Tensor, g: torch.Generator | None,
+              fov: torch.Tensor | None = None) -> torch.Tensor:
+        n, _c, h, w = x.shape
+        d = x.device
+        s = scale_factor(x, self.reference_px)
+        dr = (uniform(g, n, self.dynamic_range_db, d) * (math.log(10) / 10)).view(-1, 1, 1, 1)
+        use = {k: uniform(g, n, (0, 1), d) < p for k, p in (
+            ("blur", self.p_blur), ("shadow", self.p_shadow), ("motion", self.p_motion),
+            ("jpeg", self.p_jpeg))}
+        inten = torch.exp((x - 1.0) * dr)  # linear intensity in (0, 1]
+        inten = ops.anisotropic_blur(inten, uniform(g, n, self.axial_sigma, d) * s * use["blur"],
+                                     uniform(g, n, self.lateral_sigma, d) * s * use["blur"])
+        inten = inten * self._shadow(x, _fork(g), use["shadow"])
+        loss = uniform(g, n, self.signal_loss_db, d) * (math.log(10) / 10)
+        inten = inten * torch.exp(-loss).view(-1, 1, 1, 1)
+        looks = torch.exp(uniform(g, n, (math.log(self.looks[0]), math.log(self.looks[1])), d))
+        grain = uniform(g, n, self.grain_sigma, d) * s
+        level = uniform(g, n, self.noise_floor, d).view(-1, 1, 1, 1)
+        floor = torch.exp((level - 1.0) * dr) * (level > 0)  # level 0: no floor at all
+        inten = (inten * ops.gamma_speckle(self._field(g, x, grain), looks)
+                 + floor * ops.gamma_speckle(self._field(g, x, grain), torch.ones_like(looks)))
+        y = (1.0 + torch.log(inten.clamp_min(1e-12)) / dr).clamp(0, 1)
+        y = ops.adjust_brightness(y, uniform(g, n, self.gain, d))
+        y = ops.shift_columns(y, self._motion(_fork(g), n, w, s, d) * use["motion"].view(-1, 1))
+        q = uniform(g, n, self.jpeg_quality, d)
+        sel = use["jpeg"].nonzero().view(-1)
+        if sel.numel():
+            y = y.index_copy(0, sel, ops.jpeg(y.index_select(0, sel), q[sel]))
+        return ops.keep_fov(y.clamp(0, 1), fov)
+
+    @staticmethod
+    def _field(g: torch.Generator | None, like: torch.Tensor, grain: torch.Tensor
+               ) -> torch.Tensor:
+        """A standard normal field correlated over ``grain`` pixels (unit variance again)."""
+        z = ops.blur(randn_from(g, like), grain)
+        return z / z.std((1, 2, 3), keepdim=True).clamp_min(1e-6)
+
+    def _shadow(self, x: torch.Tensor, g: torch.Generator | None, on: torch.Tensor
+                ) -> torch.Tensor:
+        """``(N, 1, H, W)`` intensity factors: dark vertical bands under vessels, starting a
+        little below the retinal surface (the first row above 40 % of the column's maximum of
+        the smoothed scan) and reaching the bottom of the scan."""
+        n, _c, h, w = x.shape
+        d = x.device
+        k = self.shadows[1]
+        count = torch.floor(uniform(g, n, (self.shadows[0], k + 1), d)).clamp_max(k) * on
+        present = (torch.arange(k, device=d).view(1, k) < count.view(n, 1)).float()
+        cx = uniform(g, n * k, (0.05, 0.95), d).view(n, k, 1) * w
+        width = uniform(g, n * k, self.shadow_width, d).view(n, k, 1) * w
+        depth = uniform(g, n * k, self.shadow_depth, d).view(n, k, 1) * present.view(n, k, 1)
+        xx = torch.arange(w, device=d, dtype=torch.float32).view(1, 1, w) + 0.5
+        band = torch.exp(-0.5 * ((xx - cx) / width.clamp_min(0.5)) ** 2)
+        dark = 1.0 - torch.prod(1.0 - depth * band, 1)  # (N, W) attenuation of each column
+        sm = ops.blur(x.mean(1, keepdim=True), torch.full((n,), 3.0, device=d))
+        above = sm > 0.4 * sm.amax(2, keepdim=True)
+        surface = above.float().argmax(2, keepdim=True).float()  # (N, 1, 1, W)
+        rows = torch.arange(h, device=d, dtype=torch.float32).view(1, 1, h, 1)
+        below = torch.sigmoid((rows - surface - 0.02 * h) / 2.0)
+        return 1.0 - dark.view(n, 1, 1, w) * below
+
+    def _motion(self, g: torch.Generator | None, n: int, w: int, s: float, d: torch.device
+                ) -> torch.Tensor:
+        """``(N, W)`` whole-pixel axial shifts: bands of A-scans moved up or down."""
+        k = self.motion_bands[1]
+        count = torch.floor(uniform(g, n, (self.motion_bands[0], k + 1), d)).clamp_max(k)
+        present = torch.arange(k, device=d).view(1, k) < count.view(n, 1)
+        start = uniform(g, n * k, (0.0, 1.0), d).view(n, k, 1) * w
+        width = uniform(g, n * k, self.motion_width, d).view(n, k, 1) * w
+        sign = torch.where(uniform(g, n * k, (0, 1), d) < 0.5, -1.0, 1.0).view(n, k, 1)
+        shift = torch.round(uniform(g, n * k, self.motion_shift, d).view(n, k, 1) * s * sign)
+        xx = torch.arange(w, device=d, dtype=torch.float32).view(1, 1, w)
+        inside = (xx >= start) & (xx < start + width) & present.view(n, k, 1)
+        return (shift * inside).sum(1)
+
+
+Preset = Shen2020 | Cataract | Gray | UltrasoundSpeckle | SensorNoise | OCT
 
 # Shen et al.'s families without any global colour factor: blur, uneven light (halo, hole),
 # spots and the cataract haze. One photograph does not tell its camera's true tone, so this is
@@ -377,5 +494,5 @@ SPECKLE_BEYOND_TRAINING: dict[str, Range | float] = dict(
 
 PRESETS: dict[str, Preset] = {
     p.name: p for p in (Shen2020(), Cataract(), Gray(), UltrasoundSpeckle(), SensorNoise(),
-                        FUNDUS_LOCAL)
+                        FUNDUS_LOCAL, OCT())
 }
