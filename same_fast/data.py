@@ -32,6 +32,14 @@ DATASETS: dict[str, dict[str, str | None]] = {
     "CCAUS": {"modality": "ultrasound", "root": "ultrasound/CCAUS", "images": "images",
               "masks": "masks", "fov": None},
 }
+# Kermany OCT2017 Spectralis B-scans (CC BY 4.0) in class folders, split by patient into
+# training, selection and reporting sets; ``split`` names ``<file>:<part>`` of splits/<file>.json.
+for _part in ("train", "select", "report"):
+    DATASETS[f"Kermany-{_part}"] = {"modality": "oct", "root": "oct/Kermany_OCT2017",
+                                    "images": "images/*", "masks": None, "fov": None,
+                                    "split": f"kermany-oct:{_part}"}
+
+SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 
 
 def data_root() -> Path | None:
@@ -53,3 +61,18 @@ def require_data_root() -> Path:
     if root is None:
         raise InputError("no data folder: set SAME_FAST_DATA or place shared/data beside the checkout")
     return root
+
+
+def split_files(spec: str) -> set[str]:
+    """The file names of one part of a committed split: ``"kermany-oct:train"`` reads
+    ``splits/kermany-oct.json``'s ``train.files``."""
+    name, _, part = spec.partition(":")
+    path = SPLITS_DIR / f"{name}.json"
+    if not path.is_file():
+        raise InputError(f"split '{spec}': {path} not found")
+    import json
+
+    parts = json.loads(path.read_text())
+    if part not in parts or "files" not in parts[part]:
+        raise InputError(f"split '{spec}': no part '{part}' in {path}")
+    return set(parts[part]["files"])

@@ -322,3 +322,24 @@ def test_idrid_splits_by_file_name():
     assert len(train[2]) == 413 and len(test[2]) == 103
     assert all(f.name.startswith("IDRiD_train_") for f in train[2])
     assert not {f.name for f in train[2]} & {f.name for f in test[2]}
+
+
+def test_kermany_oct_split_is_by_patient_and_covers_the_set(data_dir):
+    import csv
+
+    from same_fast.train.source import data_folders
+
+    parts = {}
+    for part in ("train", "select", "report"):
+        entries = data_folders(f"Kermany-{part}")
+        assert len(entries) == 4  # one per class folder
+        parts[part] = {f.name for e in entries for f in e[2]}
+    rows = list(csv.DictReader(open(data_dir / "oct/Kermany_OCT2017/manifest.csv")))
+    patient = {r["file"].split("/")[-1]: r["patient_id"] for r in rows}
+    assert set().union(*parts.values()) == set(patient)  # every scan in exactly one part
+    pids = {p: {patient[f] for f in files} for p, files in parts.items()}
+    assert not pids["train"] & pids["select"] and not pids["train"] & pids["report"]
+    assert not pids["select"] & pids["report"]
+    assert len(parts["report"]) >= 100 and len(parts["select"]) >= 40
+    b = dict(load_samples("Kermany-select", 1, 64, "oct", max_images=1))["Kermany-select"]
+    assert len(b) == 4 and all(s.image.shape == (1, 64, 64) and s.fov is None for s in b)

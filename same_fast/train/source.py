@@ -41,7 +41,7 @@ import torch
 from torch.nn import functional as F
 
 from same_fast import checkpoint
-from same_fast.data import DATASETS, data_root
+from same_fast.data import DATASETS, data_root, split_files
 from same_fast.degrade import degrade, degrade_with_tone, get_preset
 from same_fast.errors import CheckpointError, InputError
 from same_fast.io import list_images, load, load_mask, to_tensor
@@ -148,6 +148,9 @@ def data_folders(spec: str) -> list[tuple[str, Path, list[Path], Path | None, Pa
                 files = list_images(img_dir, dicom=False)
                 if d.get("pattern"):
                     files = [f for f in files if fnmatch.fnmatch(f.name, str(d["pattern"]))]
+                if d.get("split"):
+                    keep = split_files(str(d["split"]))
+                    files = [f for f in files if f.name in keep]
                 out.append((part, sub, files, masks, fov))
         else:
             base = Path(part).expanduser()
