@@ -1,6 +1,6 @@
 """Model files and shipped names: ``load_model(name_or_path)`` and ``save_model(path, model)``.
 
-A shipped name (``fundus-lite``, ``ultrasound-lite``) resolves to
+A shipped name (``fundus-lite``, ``ultrasound-lite``, ``oct-lite``) resolves to
 ``same_fast/weights/<name>.safetensors``; anything else is a path to a safetensors checkpoint
 written by ``save_model`` (metadata carries the architecture and its constructor config, so a
 checkpoint loads without guessing). Never unpickles.
@@ -22,6 +22,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED = {
     "fundus-lite": "enhancer for colour fundus photographs (HRF + FIVES, fundus-shen2020)",
     "ultrasound-lite": "enhancer for grey ultrasound (BUSI train split, CCAUS; ultrasound-speckle)",
+    "oct-lite": "enhancer for retinal OCT B-scans (Kermany OCT2017 Spectralis, training "
+                "patients; oct)",
 }
 
 

@@ -1,0 +1,50 @@
+"""benchmarks/oct_eval.py: reporting patients only, per class, the identity check and the
+targets are what they say (a model that returns its input scores exactly as the input)."""
+import json
+
+import torch
+
+from same_fast.models import save_model
+from same_fast.nn import SAMENet
+
+
+def _passthrough(path):
+    """A lite SAMENet whose image head is zero: its residual output is its input."""
+    model = SAMENet(1, "lite", context=True)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("image_decoder"):
+                p.zero_()
+    save_model(path, model, modality="oct")
+    return str(path)
+
+
+def test_oct_eval_passthrough_scores_as_its_input(tmp_path, bench_script, data_dir):
+    mod = bench_script("oct_eval")
+    out = tmp_path / "r.json"
+    res = mod.main(["--model", _passthrough(tmp_path / "m.safetensors"), "--max-per-class", "2",
+                    "--boot", "50", "--out", str(out), "--grid", str(tmp_path / "g.png")])
+    assert json.loads(out.read_text())["summary"] == res["summary"]
+    assert (tmp_path / "g.png").stat().st_size > 10_000
+    rows = res["rows"]
+    assert sorted({r["class"] for r in rows}) == ["CNV", "DME", "DRUSEN", "NORMAL"]
+    assert len(rows) == 8
+    from same_fast.data import split_files
+
+    assert {r["file"] for r in rows} <= split_files("kermany-oct:report")
+    for r in rows:
+        assert r["identity_ssim"] == 1.0 and r["ssim"] == r["ssim_input"]
+        assert r["ssim_input"] < 0.9  # the oct preset did degrade the scan
+    a = res["summary"]["all"]
+    assert a["ssim_gain"] == 0.0 and a["share_below_input_ssim"] == 0.0
+    assert a["ssim_gain_ci95"] == [0.0, 0.0]
+    t = res["targets"]
+    assert t["identity_ssim>=0.95"]["met"] and not t["ssim_gain>=0.05"]["met"]
+    assert not t["no_class_below_input"]["met"]  # no gain is not above the input
+    assert res["seeds"]["degrade"] == 0 and len(res["git"]["commit"]) == 40
+    # a scan's degradation depends on the seed and its name only, not on the others evaluated
+    one = mod.main(["--model", str(tmp_path / "m.safetensors"), "--max-per-class", "1",
+                    "--boot", "10"])
+    first = {r["file"]: r for r in rows}
+    for r in one["rows"]:
+        assert r["ssim_input"] == first[r["file"]]["ssim_input"]
