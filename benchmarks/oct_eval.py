@@ -49,31 +49,53 @@ def _u8(t: torch.Tensor) -> np.ndarray:
     return (t.clamp(0, 1).movedim(0, -1).numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def evaluate(model_name: str, data: str, preset: str, seed: int, max_per_class: int = 0
-             ) -> tuple[list[dict[str, Any]], dict[str, list[np.ndarray]]]:
-    """Per-scan rows and, per class, one ``[clean, degraded, enhanced]`` example per scan."""
-    model, _meta = load_model(model_name)
-    rows, images = [], {}
+def load_scans(data: str, preset: str, seed: int, max_per_class: int = 0
+               ) -> list[dict[str, Any]]:
+    """Every scan of ``data``: ``{"file", "class", "seed", "clean", "degraded"}`` (``(1, H, W)``
+    float in [0, 1]), degraded by ``preset`` with the scan's own seed."""
+    scans = []
     for _set, _root, files, _m, _f in data_folders(data):
         for f in files[:max_per_class] if max_per_class else files:
             clean = to_tensor(load(f).frames[0])[:1]
             g = torch.Generator().manual_seed(scan_seed(seed, f.name))
-            deg = degrade(clean[None], preset, g)[0]
+            scans.append({"file": f.name, "class": f.name.split("-")[0],
+                          "seed": scan_seed(seed, f.name), "clean": clean,
+                          "degraded": degrade(clean[None], preset, g)[0]})
+    return scans
+
+
+def score_model(model: torch.nn.Module, scans: list[dict[str, Any]], identity: bool = True
+                ) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """Per-scan rows (input, output and, with ``identity``, clean-through-the-model scores) and
+    each scan's ``[clean, degraded, enhanced]`` uint8 trio."""
+    rows, trios = [], []
+    for sc in scans:
+        with torch.no_grad():
+            out = enhance(model, sc["degraded"][None])[0]
+        gt, deg = _u8(sc["clean"]), _u8(sc["degraded"])
+        s_in = score_pair(deg, gt, None, "paper")
+        s_out = score_pair(_u8(out), gt, None, "paper")
+        row = {"file": sc["file"], "class": sc["class"], "width": gt.shape[1],
+               "height": gt.shape[0], "seed": sc["seed"], "ssim_input": s_in.ssim,
+               "psnr_input": s_in.psnr, "ssim": s_out.ssim, "psnr": s_out.psnr}
+        if identity:
             with torch.no_grad():
-                out = enhance(model, deg[None])[0]
-                ident = enhance(model, clean[None])[0]
-            gt = _u8(clean)
-            s_in = score_pair(_u8(deg), gt, None, "paper")
-            s_out = score_pair(_u8(out), gt, None, "paper")
+                ident = enhance(model, sc["clean"][None])[0]
             s_id = score_pair(_u8(ident), gt, None, "paper")
-            cls = f.name.split("-")[0]
-            rows.append({"file": f.name, "class": cls, "width": clean.shape[-1],
-                         "height": clean.shape[-2], "seed": scan_seed(seed, f.name),
-                         "ssim_input": s_in.ssim, "psnr_input": s_in.psnr,
-                         "ssim": s_out.ssim, "psnr": s_out.psnr,
-                         "identity_ssim": s_id.ssim, "identity_psnr": s_id.psnr})
-            images.setdefault(cls, []).append(np.stack([gt[..., 0], _u8(deg)[..., 0],
-                                                        _u8(out)[..., 0]]))
+            row.update(identity_ssim=s_id.ssim, identity_psnr=s_id.psnr)
+        rows.append(row)
+        trios.append(np.stack([gt[..., 0], deg[..., 0], _u8(out)[..., 0]]))
+    return rows, trios
+
+
+def evaluate(model_name: str, data: str, preset: str, seed: int, max_per_class: int = 0
+             ) -> tuple[list[dict[str, Any]], dict[str, list[np.ndarray]]]:
+    """Per-scan rows and, per class, one ``[clean, degraded, enhanced]`` example per scan."""
+    model, _meta = load_model(model_name)
+    rows, trios = score_model(model, load_scans(data, preset, seed, max_per_class))
+    images: dict[str, list[np.ndarray]] = {}
+    for r, t in zip(rows, trios, strict=True):
+        images.setdefault(r["class"], []).append(t)
     return rows, images
 
 
@@ -102,11 +124,13 @@ def summarise(rows: list[dict[str, Any]], n_boot: int, boot_seed: int) -> dict[s
             "ssim_gain": float(d_ssim.mean()), "ssim_gain_ci95": bootstrap(d_ssim, n_boot, rng),
             "psnr_gain": float(d_psnr.mean()), "psnr_gain_ci95": bootstrap(d_psnr, n_boot, rng),
             "ssim_ci95": bootstrap(col["ssim"], n_boot, rng),
-            "identity_ssim_ci95": bootstrap(col["identity_ssim"], n_boot, rng),
             "share_below_input_ssim": float((d_ssim < 0).mean()),
             "share_below_input_psnr": float((d_psnr < 0).mean()),
-            "identity_ssim_min": float(col["identity_ssim"].min()),
         }
+        if "identity_ssim" in col:
+            out[group].update(
+                identity_ssim_ci95=bootstrap(col["identity_ssim"], n_boot, rng),
+                identity_ssim_min=float(col["identity_ssim"].min()))
     return out
 
 
@@ -163,6 +187,14 @@ def _git() -> dict[str, Any]:
     return {"commit": run("rev-parse", "HEAD"), "dirty": bool(run("status", "--porcelain"))}
 
 
+def run_info(model: str, argv: list[str] | None) -> dict[str, Any]:
+    """Date, git commit, the command line and the model file's hash of a run."""
+    return {"date": dt.date.today().isoformat(), "git": _git(),
+            "command": " ".join(["python", *sys.argv]) if argv is None
+            else f"{Path(sys.argv[0]).name} main({argv!r})",
+            "model": model, "model_sha256": hashlib.sha256(resolve(model).read_bytes()).hexdigest()}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="oct-lite")
@@ -179,14 +211,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     rows, images = evaluate(args.model, args.data, args.degrade, args.seed, args.max_per_class)
     summary = summarise(rows, args.boot, args.boot_seed)
-    model_path = resolve(args.model)
     res = {
-        "date": dt.date.today().isoformat(), "git": _git(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None
-        else "oct_eval.main(" + repr(argv) + ")",
-        "model": args.model,
-        "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
-        "data": args.data, "degrade": args.degrade, "protocol": "paper (greyscale)",
+        **run_info(args.model, argv), "data": args.data, "degrade": args.degrade,
+        "protocol": "paper (greyscale)",
         "seeds": {"degrade": args.seed, "bootstrap": args.boot_seed,
                   "per_scan": "seed * 1000003 + crc32(file name)"},
         "bootstrap": args.boot, "summary": summary, "targets": targets(summary), "rows": rows,

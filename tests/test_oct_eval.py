@@ -33,11 +33,11 @@ def test_oct_eval_passthrough_scores_as_its_input(tmp_path, bench_script, data_d
 
     assert {r["file"] for r in rows} <= split_files("kermany-oct:report")
     for r in rows:
-        assert r["identity_ssim"] == 1.0 and r["ssim"] == r["ssim_input"]
+        # float rounding in [-1, 1] may move a pixel by one grey level
+        assert r["identity_ssim"] > 0.9999 and abs(r["ssim"] - r["ssim_input"]) < 1e-4
         assert r["ssim_input"] < 0.9  # the oct preset did degrade the scan
     a = res["summary"]["all"]
-    assert a["ssim_gain"] == 0.0 and a["share_below_input_ssim"] == 0.0
-    assert a["ssim_gain_ci95"] == [0.0, 0.0]
+    assert abs(a["ssim_gain"]) < 1e-4 and abs(a["ssim_gain_ci95"][1]) < 1e-4
     t = res["targets"]
     assert t["identity_ssim>=0.95"]["met"] and not t["ssim_gain>=0.05"]["met"]
     assert not t["no_class_below_input"]["met"]  # no gain is not above the input
@@ -48,3 +48,15 @@ def test_oct_eval_passthrough_scores_as_its_input(tmp_path, bench_script, data_d
     first = {r["file"]: r for r in rows}
     for r in one["rows"]:
         assert r["ssim_input"] == first[r["file"]]["ssim_input"]
+
+
+def test_oct_adapt_zero_steps_changes_nothing(tmp_path, bench_script, data_dir):
+    mod = bench_script("oct_adapt")
+    assert mod.SHIFT.looks[1] < mod.SHIFT.looks[0] * 2 < 16  # fewer looks than oct draws
+    res = mod.main(["--model", _passthrough(tmp_path / "m.safetensors"), "--max-per-class", "1",
+                    "--steps", "0", "--boot", "20", "--out", str(tmp_path / "a.json")])
+    a = res["summary"]["all"]
+    assert a["n"] == 4 and a["ssim_gain"] == 0.0 and a["share_worse"] == 0.0  # the same net
+    assert abs(a["ssim_source"] - a["ssim_input"]) < 1e-4  # the passthrough returns its input
+    assert res["adapt"]["redegrade_preset"] == "oct" and res["shift"]["name"] == "oct-shift"
+    assert json.loads((tmp_path / "a.json").read_text())["targets"] == res["targets"]

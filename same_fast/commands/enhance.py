@@ -62,7 +62,8 @@ class EnhanceConfig:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", required=True,
-                   help="shipped name (fundus-lite, ultrasound-lite) or a .safetensors checkpoint")
+                   help="shipped name (fundus-lite, ultrasound-lite, oct-lite) or a .safetensors "
+                        "checkpoint")
     p.add_argument("-i", "--input", required=True, help="an image, a DICOM file, or a folder")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--mask", help="FOV mask: a file (single input) or a folder (same names)")
