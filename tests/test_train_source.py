@@ -343,3 +343,22 @@ def test_kermany_oct_split_is_by_patient_and_covers_the_set(data_dir):
     assert len(parts["report"]) >= 100 and len(parts["select"]) >= 40
     b = dict(load_samples("Kermany-select", 1, 64, "oct", max_images=1))["Kermany-select"]
     assert len(b) == 4 and all(s.image.shape == (1, 64, 64) and s.fov is None for s in b)
+
+
+def test_zoom_one_keeps_the_pixels(tmp_path):
+    data = _folder(tmp_path, n=2, size=64)
+    train, _ = split(load_samples(str(data), 3, 64, "fundus"), 0.0, 0)
+    images = [s.image.float() / 255 for s in train]
+
+    def flips(t):
+        return [t, t.flip(-1), t.flip(-2), t.flip(-1).flip(-2)]
+
+    def exact(batch):  # every clean crop is a whole training image, flipped at most
+        return all(any(torch.equal(c, v) for im in images for v in flips(im))
+                   for c in batch["clean"])
+    g = torch.Generator().manual_seed(0)
+    cpu = torch.device("cpu")
+    assert exact(make_batch(train, _cfg(data, zoom=(1.0, 1.0)), g, cpu))
+    assert not exact(make_batch(train, _cfg(data), g, cpu))  # zoomed: resampled pixels
+    with pytest.raises(InputError, match="--zoom"):
+        train_source(_cfg(data, zoom=(1.2, 1.1)))

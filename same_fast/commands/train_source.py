@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=d.size, help="training crop side (pixels)")
     p.add_argument("--load-size", type=int, default=d.load_size,
                    help="side of the full frames the crops come from (pixels)")
+    p.add_argument("--zoom", type=float, nargs=2, default=d.zoom, metavar=("LOW", "HIGH"),
+                   help="crops are zoomed by U(LOW, HIGH) (1 1: pixels kept at their scale)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--lambda-s", type=float, default=d.lambda_s, help="structure loss weight")
     p.add_argument("--lambda-ssim", type=float, default=d.lambda_ssim,

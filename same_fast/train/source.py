@@ -5,8 +5,8 @@ Data: a folder with ``images/`` and optional ``masks/`` (structure) and ``fov/``
 CC0 retina photograph, shipped in its wheel; never held out, as a set of one image). Images are
 loaded once, square-cropped and resized so that their side is ``load_size``; each step takes a
 batch, degrades the whole frames on the device (so halo, hole and blur have the scale of the full
-image), then takes random crops zoomed by U(1.1, 1.35) to ``size`` with independent horizontal
-and vertical flips.
+image), then takes random crops zoomed by U(``zoom``) (default 1.1-1.35) to ``size`` with
+independent horizontal and vertical flips.
 
 Clean-image augmentation (off by default): per-channel gain (``color_aug``), gamma (``gamma_aug``);
 ``clean_prob`` leaves a sample undegraded so that the pair is an identity.
@@ -68,6 +68,9 @@ class SourceConfig:
     batch: int = 4
     size: int = 256                # training crop (pixels)
     load_size: int = 512           # side of the full frames before zoom and crop
+    zoom: tuple[float, float] = (1.1, 1.35)  # crop zoom range; (1, 1) keeps the pixels as
+    #                                loaded (speckle at its own scale: OCT, whose clean
+    #                                reference keeps its speckle)
     lr: float = 2e-4
     lambda_s: float = 0.1          # weight of the structure loss
     lambda_ssim: float = 0.0       # weight of the optional (1 - SSIM) image term (SPEC 3)
@@ -260,7 +263,7 @@ def _stack(samples: list[Sample], device: torch.device
 
 def make_batch(train: list[Sample], cfg: SourceConfig, g: torch.Generator, device: torch.device
                ) -> dict[str, torch.Tensor]:
-    """One training batch: degrade full frames, zoom by U(1.1, 1.35) into random crops, flips.
+    """One training batch: degrade full frames, zoom by U(cfg.zoom) into random crops, flips.
 
     The zoom is applied after degradation (a crop of side ``size / zoom`` resized to ``size``),
     which keeps the degradation at full-frame scale and costs a fraction of resizing the frames.
@@ -289,7 +292,7 @@ def make_batch(train: list[Sample], cfg: SourceConfig, g: torch.Generator, devic
         keep = (torch.rand(cfg.batch, generator=g) < cfg.clean_prob).view(-1, 1, 1, 1)
         y = torch.where(keep.to(device), x, y)
     side = x.shape[-1]
-    zoom = 1.1 + 0.25 * float(torch.rand(1, generator=g))
+    zoom = cfg.zoom[0] + (cfg.zoom[1] - cfg.zoom[0]) * float(torch.rand(1, generator=g))
     c = min(side, max(1, int(round(cfg.size / zoom))))
     crops: dict[str, list[torch.Tensor]] = {"clean": [], "degraded": [], "mask": [], "fov": []}
     for i in range(cfg.batch):
@@ -482,6 +485,8 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
         raise InputError(f"--ema must be in [0, 1), got {cfg.ema}")
     if cfg.target not in TARGETS:
         raise InputError(f"--target must be one of {', '.join(TARGETS)}, got '{cfg.target}'")
+    if not 0 < cfg.zoom[0] <= cfg.zoom[1]:
+        raise InputError(f"--zoom needs 0 < LOW <= HIGH, got {cfg.zoom[0]} {cfg.zoom[1]}")
     if cfg.load_size < cfg.size:
         raise InputError(f"--load-size ({cfg.load_size}) must be >= --size ({cfg.size})")
     get_preset(cfg.degrade or MODALITIES[cfg.modality][1])
