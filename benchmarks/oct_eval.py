@@ -180,6 +180,23 @@ def grid(path: Path, rows: list[dict[str, Any]], images: dict[str, list[np.ndarr
     plt.close(fig)
 
 
+def markdown(summary: dict[str, Any]) -> str:
+    """The per-class table (Markdown): input and output means, gains with 95 % intervals,
+    share below input, identity SSIM."""
+    lines = ["| class | n | SSIM input | SSIM oct-lite | SSIM gain [95 % CI] | PSNR input | "
+             "PSNR oct-lite | PSNR gain [95 % CI] | below input | identity SSIM (min) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for g, s in summary.items():
+        ci, cp = s["ssim_gain_ci95"], s["psnr_gain_ci95"]
+        lines.append(
+            f"| {g} | {s['n']} | {s['ssim_input']:.3f} | {s['ssim']:.3f} | {s['ssim_gain']:+.3f} "
+            f"[{ci[0]:+.3f}, {ci[1]:+.3f}] | {s['psnr_input']:.2f} | {s['psnr']:.2f} | "
+            f"{s['psnr_gain']:+.2f} [{cp[0]:+.2f}, {cp[1]:+.2f}] | "
+            f"{s['share_below_input_ssim']:.0%} | {s.get('identity_ssim', float('nan')):.3f} "
+            f"({s.get('identity_ssim_min', float('nan')):.3f}) |")
+    return "\n".join(lines)
+
+
 def _git() -> dict[str, Any]:
     def run(*a: str) -> str:
         return subprocess.run(["git", *a], capture_output=True, text=True,
@@ -223,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
     if args.grid:
         grid(Path(args.grid), rows, images)
+    print(markdown(summary))
     for g, s in summary.items():
         print(f"{g:7s} n={s['n']:3d} SSIM {s['ssim_input']:.3f} -> {s['ssim']:.3f} "
               f"({s['ssim_gain']:+.3f} [{s['ssim_gain_ci95'][0]:+.3f}, "

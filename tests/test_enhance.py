@@ -198,3 +198,64 @@ def test_enhance_adapt_with_a_calibrated_picker_learns_where_the_rule_rejects_al
     assert acceptance["0"] == 0.0
     # under a half: each batch ranks against a window of earlier ones, whose scores drift
     assert 0.1 <= acceptance["0.5"] <= 0.9
+
+
+def _opt_dicom(path, frames):
+    """An Ophthalmic Tomography (OPT) multi-frame instance of grey B-scans ``(F, H, W)``."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    opt = "1.2.840.10008.5.1.4.1.1.77.1.5.4"  # Ophthalmic Tomography Image Storage
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = opt
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = opt, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.Modality, ds.Manufacturer = "P1", "OPT", "Heidelberg Engineering"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.NumberOfFrames = frames.shape[0]
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = frames.shape[1], frames.shape[2], 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.ascontiguousarray(frames, np.uint8).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return ds
+
+
+def test_enhance_oct_lite_on_jpeg_png_and_opt_dicom_b_scans(tmp_path, data_dir):
+    import shutil
+
+    from same_fast.data import split_files
+
+    report = sorted(split_files("kermany-oct:report"))
+    root = data_dir / "oct" / "Kermany_OCT2017" / "images"
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    wide = next(f for f in report if load(root / f.split("-")[0] / f).frames.shape[2] == 768)
+    shutil.copy(root / wide.split("-")[0] / wide, scans / wide)  # a 768 x 496 JPEG as exported
+    narrow = [f for f in report if load(root / f.split("-")[0] / f).frames.shape[1:3] == (496, 512)]
+    grey = [load(root / f.split("-")[0] / f).frames[0][..., 0] for f in narrow[:3]]
+    write_image(scans / "bscan.png", grey[0][..., None])
+    src = _opt_dicom(scans / "volume.dcm", np.stack(grey))
+    out = tmp_path / "out"
+    assert main(["enhance", "-m", "oct-lite", "-i", str(scans), "-o", str(out), "--backend",
+                 "torch", "--no-progress"]) == 0
+    png = read_image(out / "bscan.png")
+    assert png.shape == (496, 512, 1) and png.dtype == np.uint8
+    jpg = read_image(out / f"{wide.rsplit('.', 1)[0]}.png")
+    assert jpg.shape == (496, 768, 1)
+    dcm = load(out / "volume.dcm")
+    assert dcm.is_dicom and dcm.frames.shape == (3, 496, 512, 1)
+    assert dcm.dataset.Modality == "OPT" and dcm.dataset.SOPClassUID == src.SOPClassUID
+    assert dcm.dataset.SeriesInstanceUID != src.SeriesInstanceUID
+    assert dcm.dataset.StudyInstanceUID == src.StudyInstanceUID
+    assert "DERIVED" in list(dcm.dataset.ImageType)
+    # clean exports: oct-lite keeps them (its identity target), frame by frame
+    from same_fast.eval import score_pair
+
+    for k in range(3):
+        assert score_pair(dcm.frames[k], grey[k][..., None], None, "paper").ssim > 0.9
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_files"] == 3 and summary["n_frames"] == 5 and not summary["failed"]

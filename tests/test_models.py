@@ -1,4 +1,6 @@
 """Model files: save/load round trip, shipped names, clear errors for bad checkpoints."""
+import json
+
 import pytest
 import torch
 
@@ -64,7 +66,7 @@ def test_wrong_architecture_and_mismatched_weights(tmp_path):
 
 
 # Names whose weights are committed; each must load by name, stay small and run.
-COMMITTED = ["fundus-lite", "ultrasound-lite"]
+COMMITTED = ["fundus-lite", "ultrasound-lite", "oct-lite"]
 
 
 @pytest.mark.parametrize("name", COMMITTED)
@@ -73,7 +75,7 @@ def test_shipped_weights_load_by_name_and_are_small(name):
     path = WEIGHTS_DIR / f"{name}.safetensors"
     assert path.stat().st_size < 20 * 1024 * 1024
     m, meta = load_model(name)
-    assert meta["preset"] == "lite" and meta["modality"] in ("fundus", "ultrasound")
+    assert meta["preset"] == "lite" and meta["modality"] in ("fundus", "ultrasound", "oct")
     prov = meta["provenance"]
     assert prov["command"] and prov["held_out"] and prov["degrade"]
     assert not any(n.startswith("DRIVE") for n in prov["train_images"])  # DRIVE is for evaluation
@@ -82,6 +84,24 @@ def test_shipped_weights_load_by_name_and_are_small(name):
     y, s = m(x)
     assert y.shape == (1, c, 64, 64) and torch.isfinite(y).all() and s.shape == (1, 1, 64, 64)
     assert not torch.equal(y, x)  # trained weights do something
+
+
+def test_oct_lite_never_saw_reporting_patients_and_ships_its_card():
+    from same_fast.data import split_files
+
+    _m, meta = load_model("oct-lite")
+    names = {n.split("/")[-1] for n in meta["provenance"]["train_images"]}
+    chosen_on = {n.split("/")[-1] for n in meta["provenance"]["held_out"]}
+    assert names and names <= split_files("kermany-oct:train")
+    assert chosen_on and chosen_on <= split_files("kermany-oct:select")
+    parent = (meta["provenance"].get("init") or {}).get("provenance") or {}
+    assert {n.split("/")[-1] for n in parent.get("train_images", [])} <= names  # a fine-tune's
+    card = (WEIGHTS_DIR / "oct-lite.card.md").read_text()
+    assert "not for diagnostic use" in card.lower() and "CC BY 4.0" in card
+    for cls in ("CNV", "DME", "DRUSEN", "NORMAL"):
+        assert f"| {cls} |" in card
+    recipe = json.loads((WEIGHTS_DIR / "oct-lite.recipe.json").read_text())
+    assert all("train-source" in ph["command"] for ph in recipe["phases"])
 
 
 def test_context_round_trips_and_older_checkpoints_load_without_it(tmp_path):
