@@ -201,7 +201,8 @@ def _git() -> dict[str, Any]:
     def run(*a: str) -> str:
         return subprocess.run(["git", *a], capture_output=True, text=True,
                               cwd=Path(__file__).parent).stdout.strip()
-    return {"commit": run("rev-parse", "HEAD"), "dirty": bool(run("status", "--porcelain"))}
+    return {"commit": run("rev-parse", "HEAD"),
+            "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
 
 
 def run_info(model: str, argv: list[str] | None) -> dict[str, Any]:
