@@ -244,7 +244,7 @@ def test_enhance_oct_lite_on_jpeg_png_and_opt_dicom_b_scans(tmp_path, data_dir):
                  "torch", "--no-progress"]) == 0
     png = read_image(out / "bscan.png")
     assert png.shape == (496, 512, 1) and png.dtype == np.uint8
-    jpg = read_image(out / f"{wide.rsplit('.', 1)[0]}.png")
+    jpg = read_image(out / f"{wide}.png")  # JPEG in, PNG out under the whole name
     assert jpg.shape == (496, 768, 1)
     dcm = load(out / "volume.dcm")
     assert dcm.is_dicom and dcm.frames.shape == (3, 496, 512, 1)
