@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from oct_eval import CLASSES, bootstrap, load_scans, run_info, score_model  # noqa: E402
+from oct_eval import (  # noqa: E402
+    CLASSES,
+    bootstrap,
+    load_scans,
+    print_targets,
+    run_info,
+    save,
+    score_model,
+)
 
 from same_fast.adapt.loop import AdaptConfig, adapt_offline  # noqa: E402
 from same_fast.degrade import PRESETS  # noqa: E402
@@ -91,16 +98,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
            if result.history else None,
            "rows": [{**r, "ssim_adapted": q["ssim"], "psnr_adapted": q["psnr"]}
                     for r, q in zip(src, ada, strict=True)]}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    save(res, args.out)
     for g, s in summary.items():
         print(f"{g:7s} n={s['n']:3d} SSIM input {s['ssim_input']:.3f} oct-lite "
               f"{s['ssim_source']:.3f} adapted {s['ssim_adapted']:.3f} ({s['ssim_gain']:+.4f} "
               f"[{s['ssim_gain_ci95'][0]:+.4f}, {s['ssim_gain_ci95'][1]:+.4f}]) worse "
               f"{s['share_worse']:.0%}")
-    for k, v in res["targets"].items():
-        print(f"{k}: {'met' if v['met'] else 'NOT met'}")
+    print_targets(res)
     return res
 
 

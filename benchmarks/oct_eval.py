@@ -205,6 +205,18 @@ def _git() -> dict[str, Any]:
             "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
 
 
+def save(res: dict[str, Any], out: str | None) -> None:
+    """Write a run's results JSON (when ``out`` is given)."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(res, indent=1) + "\n")
+
+
+def print_targets(res: dict[str, Any]) -> None:
+    for k, v in res["targets"].items():
+        print(f"{k}: {'met' if v['met'] else 'NOT met'}")
+
+
 def run_info(model: str, argv: list[str] | None) -> dict[str, Any]:
     """Date, git commit, the command line and the model file's hash of a run."""
     return {"date": dt.date.today().isoformat(), "git": _git(),
@@ -236,9 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "per_scan": "seed * 1000003 + crc32(file name)"},
         "bootstrap": args.boot, "summary": summary, "targets": targets(summary), "rows": rows,
     }
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    save(res, args.out)
     if args.grid:
         grid(Path(args.grid), rows, images)
     print(markdown(summary))
@@ -248,8 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{s['ssim_gain_ci95'][1]:+.3f}])  PSNR {s['psnr_input']:.2f} -> {s['psnr']:.2f} "
               f"({s['psnr_gain']:+.2f})  below {s['share_below_input_ssim']:.0%}  "
               f"identity {s['identity_ssim']:.3f}")
-    for k, v in res["targets"].items():
-        print(f"{k}: {'met' if v['met'] else 'NOT met'}")
+    print_targets(res)
     return res
 
 
