@@ -198,22 +198,24 @@ def enhance_files(cfg: EnhanceConfig) -> dict[str, Any]:
                                                progress=bar.update)
     finally:
         bar.close()
-    summary = summarize(cfg, enhancer, records, failed, time.perf_counter() - t0)
+    summary = summarize(cfg, enhancer.meta, enhancer.info, records, failed,
+                        time.perf_counter() - t0,
+                        enhancer.adapter.stats() if enhancer.adapter else None)
     summary["workers"] = cfg.threads()
     summary["pipeline"] = times.as_dict()
     write_summary(Path(cfg.output), summary)
     return summary
 
 
-def summarize(cfg: EnhanceConfig, enhancer: Enhancer, records: list[dict[str, Any]],
-              failed: list[dict[str, str]], seconds: float) -> dict[str, Any]:
-    """The summary of a run (``summary.json``): every file written and every file that failed."""
-    meta = enhancer.meta
+def summarize(cfg: EnhanceConfig, meta: dict[str, Any], engine: dict[str, Any],
+              records: list[dict[str, Any]], failed: list[dict[str, str]], seconds: float,
+              adaptation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The summary of a run (``summary.json``): every file written and every file that failed.
+    ``engine``: the backend's description; ``adaptation``: the online adapter's statistics."""
     n_frames = sum(r["frames"] for r in records)
     return {
         "model": cfg.model, "preset": meta.get("preset"), "modality": meta.get("modality"),
-        "device": cfg.device, "batch": cfg.batch, "engine": enhancer.info,
-        "adaptation": enhancer.adapter.stats() if enhancer.adapter else None,
+        "device": cfg.device, "batch": cfg.batch, "engine": engine, "adaptation": adaptation,
         "files": records, "n_files": len(records), "failed": failed, "n_failed": len(failed),
         "n_frames": n_frames, "seconds": round(seconds, 3),
         "mean_ms_per_frame": round(sum(r["ms_per_frame"] * r["frames"] for r in records)
