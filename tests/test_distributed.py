@@ -18,6 +18,8 @@ from same_fast.io import load, write_image
 from same_fast.models import load_model, save_model
 from same_fast.nn import SAMENet
 
+pytestmark = pytest.mark.slow  # one local Ray cluster for the module: ~15 s to start
+
 DIE_ONCE = "SAME_FAST_TEST_DIE_ONCE"
 
 
