@@ -101,7 +101,8 @@ def command(src: Path, out: Path, model: str, backend: str, extra: list[str],
     child = subprocess.Popen([*CLI, "enhance", "-m", model, "-i", str(src), "-o", str(out),
                               "--backend", backend, "--no-progress", *extra], env=env,
                              stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)  # this child's own peak resident set
+    peak = _watch_peak(child)
+    _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - t0
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode:
@@ -111,8 +112,26 @@ def command(src: Path, out: Path, model: str, backend: str, extra: list[str],
     return {"wall_s": round(wall, 3), "files_s": s["seconds"],
             "startup_s": round(wall - s["seconds"], 3), "pipeline": s.get("pipeline"),
             "workers": s.get("workers"), "engine": s["engine"].get("backend"),
-            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+            "peak_rss_mib": round(peak / 1024, 1),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 3)}
+
+
+def _watch_peak(child: subprocess.Popen) -> int:
+    """The child's resident-set high-water mark (KiB), read from /proc every 20 ms until it
+    exits. (``wait4``'s ``ru_maxrss`` would not do: Linux carries the parent's high-water mark
+    into a child across fork and exec, so every child looks as large as this process.)"""
+    peak = 0
+    path = Path(f"/proc/{child.pid}/status")
+    while True:
+        try:
+            for line in path.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        if os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+            return peak
+        time.sleep(0.02)
 
 
 def main(argv: list[str] | None = None) -> int:
