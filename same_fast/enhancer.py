@@ -70,10 +70,11 @@ def enhance_array(model: torch.nn.Module, frames: np.ndarray, fov: np.ndarray | 
     x, folded = to_model_channels(frames, channels)
     m = None
     if fov is not None:
-        fov = np.broadcast_to(np.asarray(fov), (frames.shape[0], *np.shape(fov)[-2:]))
+        # a writable copy (torch tensors need one), one mask per frame
+        fov = np.broadcast_to(np.asarray(fov), (frames.shape[0], *np.shape(fov)[-2:])).copy()
         if folded:  # one mask per grey frame folded out of a colour frame
             fov = np.repeat(fov, x.shape[0] // frames.shape[0], axis=0)
-        m = torch.from_numpy(np.ascontiguousarray(fov))[:, None]
+        m = torch.from_numpy(fov)[:, None]
     outs = []
     for i in range(0, x.shape[0], max(1, batch)):
         t = to_tensor(x[i:i + batch]).to(device)

@@ -89,7 +89,8 @@ def test_killed_worker_loses_and_duplicates_nothing(cluster, model, folder, tmp_
     s = enhance_on_ray(EnhanceConfig(model=model, input=str(folder), output=str(tmp_path / "ray")),
                        shard_files=2, runtime_env={"env_vars": {DIE_ONCE: str(marker)}})
     assert marker.exists() and s["ray"]["shard_retries"] >= 1  # a worker really died
-    assert s["ray"]["orphans_removed"] == 1  # the half-written temporary it left
+    # the half-written temporary it left (and any its other writer thread had open)
+    assert s["ray"]["orphans_removed"] >= 1
     assert s["n_failed"] == 0 and s["n_files"] == 12
     assert [r["input"] for r in s["files"]] == [r["input"] for r in local["files"]]
     names = sorted(p.name for p in (tmp_path / "ray").iterdir())

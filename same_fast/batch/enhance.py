@@ -1,7 +1,7 @@
 """Enhance files with a source model: one image, a folder, DICOM series and cines, pipelined.
 
-``enhance_files(cfg)`` is what ``same-fast enhance`` runs: the plan (``batch.plan``), an
-``Enhancer`` (the model and the step that runs it: plain torch, an engine backend, or an online
+``enhance_files(cfg)`` is what ``same-fast enhance`` runs: the plan (``batch.plan``), a
+``ModelStep`` (the model and the step that runs it: plain torch, an engine backend, or an online
 adapter), then ``enhance_tasks``, which decodes in a reader pool, enhances in input order in the
 calling thread (consecutive single-frame files of one shape share a batch) and encodes in a
 writer pool (``batch.pipeline``), and finally ``summary.json``. A failure (load, enhance or write)
@@ -30,7 +30,7 @@ from same_fast.errors import InputError, SameFastError
 
 
 @dataclass
-class Enhancer:
+class ModelStep:
     """The model side of a run, built once (per process; a Ray worker builds its own)."""
 
     model: torch.nn.Module
@@ -40,7 +40,7 @@ class Enhancer:
     info: dict[str, Any]
 
     @classmethod
-    def load(cls, cfg: EnhanceConfig) -> Enhancer:
+    def load(cls, cfg: EnhanceConfig) -> ModelStep:
         """Check the flags, load the model and build its step (``InputError`` on bad flags)."""
         from same_fast.io.dicom_derived import uid_root
         from same_fast.models import load_model
@@ -78,9 +78,9 @@ class Decoded:
 class Stages:
     """Read, enhance and write of one run: the ``pipeline.Stages`` callables, bound to it."""
 
-    def __init__(self, cfg: EnhanceConfig, enhancer: Enhancer, tasks: Sequence[Task],
+    def __init__(self, cfg: EnhanceConfig, model_step: ModelStep, tasks: Sequence[Task],
                  series: SeriesUids, raise_errors: bool = False) -> None:
-        self.cfg, self.enhancer, self.tasks, self.series = cfg, enhancer, tasks, series
+        self.cfg, self.model_step, self.tasks, self.series = cfg, model_step, tasks, series
         self.raise_errors = raise_errors
         self.failed: dict[int, dict[str, str]] = {}
 
@@ -92,7 +92,7 @@ class Stages:
         task = self.tasks[i]
         loaded = load(task.path)
         if loaded.is_dicom:
-            check_modality(self.enhancer.meta.get("modality"), loaded.dataset.get("Modality"),
+            check_modality(self.model_step.meta.get("modality"), loaded.dataset.get("Modality"),
                            str(task.path), self.cfg.force_modality)
             check_derivable(loaded.dataset, str(task.path))
         fov = load_mask(task.mask, loaded.frames.shape[1:3]) if task.mask else None
@@ -103,7 +103,7 @@ class Stages:
         within the pixel budget, and not while adapting (each frame sees the weights adapted
         on every frame before it)."""
         f, h, w, c = d.frames.shape
-        if self.enhancer.adapter or f != 1 or h * w > self.cfg.tile_pixels:
+        if self.model_step.adapter or f != 1 or h * w > self.cfg.tile_pixels:
             return None
         return (h, w, c, d.frames.dtype.str, d.fov is None)
 
@@ -122,7 +122,7 @@ class Stages:
         return outs
 
     def _enhance(self, frames: np.ndarray, fov: np.ndarray | None) -> np.ndarray:
-        e, cfg = self.enhancer, self.cfg
+        e, cfg = self.model_step, self.cfg
         # With --adapt, frames go one at a time so that each is enhanced with weights adapted
         # on every frame before it (a cine adapts within itself).
         batch = 1 if e.adapter else batch_within(cfg.batch, *frames.shape[1:3], cfg.tile_pixels)
@@ -164,13 +164,13 @@ class Stages:
                                key=self.key, frames=lambda d: int(d.frames.shape[0]))
 
 
-def enhance_tasks(cfg: EnhanceConfig, enhancer: Enhancer, tasks: Sequence[Task],
+def enhance_tasks(cfg: EnhanceConfig, model_step: ModelStep, tasks: Sequence[Task],
                   series: SeriesUids | None = None, raise_errors: bool = False,
                   progress: Callable[[], None] | None = None
                   ) -> tuple[list[dict[str, Any]], list[dict[str, str]], pipeline.StageTimes]:
     """Run ``tasks`` through the pipeline; returns (records, failures, stage times), each list
     in input order. ``raise_errors``: the first failure raises instead of being recorded."""
-    stages = Stages(cfg, enhancer, tasks, series or SeriesUids(cfg.uid_root), raise_errors)
+    stages = Stages(cfg, model_step, tasks, series or SeriesUids(cfg.uid_root), raise_errors)
     times = pipeline.StageTimes()
     results = pipeline.run(len(tasks), stages.bind(), cfg.threads(), cfg.queue_pixels,
                            group_frames=cfg.batch, done=progress, times=times)
@@ -186,21 +186,21 @@ def enhance_files(cfg: EnhanceConfig) -> dict[str, Any]:
     written on its own, and a failure costs that file only (the single-file input re-raises).
     """
     check_flags(cfg)
-    enhancer = Enhancer.load(cfg)
+    model_step = ModelStep.load(cfg)
     tasks = plan(cfg)
     from same_fast.progress import progress_bar
 
     bar = progress_bar(None, cfg.progress, total=len(tasks), desc="enhance", unit="file")
     t0 = time.perf_counter()
     try:
-        records, failed, times = enhance_tasks(cfg, enhancer, tasks,
+        records, failed, times = enhance_tasks(cfg, model_step, tasks,
                                                raise_errors=len(tasks) == 1,
                                                progress=bar.update)
     finally:
         bar.close()
-    summary = summarize(cfg, enhancer.meta, enhancer.info, records, failed,
+    summary = summarize(cfg, model_step.meta, model_step.info, records, failed,
                         time.perf_counter() - t0,
-                        enhancer.adapter.stats() if enhancer.adapter else None)
+                        model_step.adapter.stats() if model_step.adapter else None)
     summary["workers"] = cfg.threads()
     summary["pipeline"] = times.as_dict()
     write_summary(Path(cfg.output), summary)

@@ -23,7 +23,6 @@ threads decode and encode while the model runs, within ``--queue-pixels``; ``sum
 input order. ``--ray [ADDRESS]`` runs the same job as Ray tasks on a cluster (a local one when no
 address is given; ``same_fast.distributed``), with outputs under the same names.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -37,7 +36,8 @@ HELP = "enhance images, folders or DICOM series with a trained model"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", required=True,
-                   help="shipped name (fundus-lite, ultrasound-lite) or a .safetensors checkpoint")
+                   help="shipped name (fundus-lite, ultrasound-lite, oct-lite) or a .safetensors "
+                        "checkpoint")
     p.add_argument("-i", "--input", required=True, help="an image, a DICOM file, or a folder")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--mask", help="FOV mask: a file (single input) or a folder (same names)")

@@ -2,7 +2,7 @@
 
 The driver plans the run exactly as a local run does (``batch.plan``: same checks, same output
 names), cuts the files into shards and hands them to one actor per worker. Each actor loads the
-model once (``batch.Enhancer``) and runs its shards through the same pipeline as a local run
+model once (``batch.ModelStep``) and runs its shards through the same pipeline as a local run
 (``batch.enhance_tasks``), writing every output atomically under its planned name. A shard whose
 actor dies (killed, out of memory, node lost) goes to a fresh actor, up to ``max_retries`` times;
 since outputs are keyed by name and written whole or not at all, a file written before the crash
@@ -24,7 +24,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from same_fast.batch import EnhanceConfig, Enhancer, SeriesUids, Task, enhance_tasks, plan
+from same_fast.batch import EnhanceConfig, ModelStep, SeriesUids, Task, enhance_tasks, plan
 from same_fast.batch.enhance import check_flags, summarize, write_summary
 from same_fast.distributed.cluster import cluster_cpus, connect
 from same_fast.errors import InputError
@@ -35,16 +35,16 @@ class EnhanceWorker:
 
     def __init__(self, fields: dict[str, Any], run_key: str) -> None:
         self.cfg = EnhanceConfig(**fields)
-        self.enhancer = Enhancer.load(self.cfg)
+        self.model_step = ModelStep.load(self.cfg)
         self.series = SeriesUids(self.cfg.uid_root, run_key)
 
     def run(self, shard: list[tuple[int, Task]]) -> tuple[dict[int, dict[str, Any]], dict]:
         """``{index: record}`` for the shard (a failed file's record has an ``error``), and the
         backend's description."""
         tasks = [t for _, t in shard]
-        records, failed, _ = enhance_tasks(self.cfg, self.enhancer, tasks, self.series)
+        records, failed, _ = enhance_tasks(self.cfg, self.model_step, tasks, self.series)
         by_input = {r["input"]: r for r in records + failed}
-        return {i: by_input[str(t.path)] for i, t in shard}, self.enhancer.info
+        return {i: by_input[str(t.path)] for i, t in shard}, self.model_step.info
 
 
 def absolute(cfg: EnhanceConfig) -> EnhanceConfig:
