@@ -1,7 +1,13 @@
 #!/usr/bin/env python
 """GPU check: run every GPU path of same-fast against its reference and time it, on one machine.
 
-    python benchmarks/gpu_check.py [--quick] [--out benchmarks/results]
+    python benchmarks/gpu_check.py [--full] [--budget-s 480] [--out benchmarks/results]
+
+The first thing to run whenever a GPU machine is lent: one command, within ``--budget-s``
+(8 minutes by default, the quick grids; ``--full`` for the full ones), that writes its JSON for
+committing. Exit status: 0 when every section is ok or skipped for a stated reason, 1 when a
+section failed (its error is in the JSON), 2 without a CUDA device (nothing is run or written;
+``--allow-cpu`` runs the CPU-safe sections anyway).
 
 Writes ``benchmarks/results/<date>-<device>.json`` with, per section, ``status`` ("ok",
 "skipped: <why>" or "error: <message>") and the measured numbers:
@@ -15,12 +21,17 @@ Writes ``benchmarks/results/<date>-<device>.json`` with, per section, ``status``
   real fundus JPEG/PNG (GPU JPEG decoders may round differently: max and mean |diff| reported).
 - ``ops``: the Triton kernels of ``same_fast.ops`` (backend="triton") against their torch
   references on CUDA tensors, with timings.
-- ``bench``: ``same-fast bench --suite enhance`` on CUDA (``--quick`` subset with --quick).
+- ``bench``, ``bench_ops``, ``bench_stream``: ``same-fast bench --suite enhance|ops|stream`` on
+  CUDA (the quick grids unless ``--full``).
+
+A section that would start with less than its share of the budget left is skipped (``skipped:
+time budget``); one that runs past the budget is interrupted where Python can be (a long call
+inside a library, a TensorRT build, finishes first) and recorded as an error.
 
 Every section degrades gracefully: a missing package or a failing piece is recorded and the
-script goes on, so one run on a lent GPU gathers everything it can. On a CPU-only machine it
-records why each GPU section was skipped and still runs the CPU-safe parts (the ONNX graph, the
-TensorRT shape profile and refit mapping, DALI on the CPU).
+script goes on, so one run on a lent GPU gathers everything it can. With ``--allow-cpu`` on a
+CPU-only machine it records why each GPU section was skipped and still runs the CPU-safe parts
+(the ONNX graph, the TensorRT shape profile and refit mapping, DALI on the CPU).
 """
 from __future__ import annotations
 
@@ -53,6 +64,8 @@ def section(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
             out.setdefault("status", "ok")
         except Skip as s:
             out = {"status": f"skipped: {s}"}
+        except OverBudget:
+            out = {"status": "error: ran past the time budget (--budget-s)"}
         except Exception as e:  # record and continue: one run should gather all it can
             out = {"status": f"error: {type(e).__name__}: {str(e)[:400]}",
                    "traceback": traceback.format_exc()[-2000:]}
@@ -66,6 +79,14 @@ def section(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
 
 class Skip(Exception):
     pass
+
+
+class OverBudget(Exception):
+    pass
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    raise OverBudget
 
 
 def _cuda() -> torch.device:
@@ -299,37 +320,97 @@ def ops() -> dict[str, Any]:
     return out
 
 
-@section
-def bench(quick: bool) -> dict[str, Any]:
-    from same_fast.benchsuites import enhance
+def _suite(name: str, quick: bool, options: dict[str, str]) -> dict[str, Any]:
+    import importlib
 
     _cuda()
-    args = argparse.Namespace(quick=quick, repeats=None, device="cuda", json=None, options={})
-    r = enhance.run(args)
+    args = argparse.Namespace(quick=quick, repeats=None, device="cuda", json=None,
+                              options=options)
+    r = importlib.import_module(f"same_fast.benchsuites.{name}").run(args)
+    return {k: v for k, v in r.items() if k != "environment"}
+
+
+@section
+def bench(quick: bool) -> dict[str, Any]:
+    r = _suite("enhance", quick, {})
     return {"summary": r["summary"], "cases": r["cases"], "matmul_peak": r["matmul_peak"]}
+
+
+@section
+def bench_ops(quick: bool) -> dict[str, Any]:
+    return _suite("ops", quick, {})
+
+
+@section
+def bench_stream(quick: bool) -> dict[str, Any]:
+    # the serving loop with the model on the GPU: the lite network at a camera's frame size
+    opts = {"device": "cuda", "size": "256", "channels": "3"}
+    if quick:
+        opts.update(frames="300", streams="1", adapt="off")
+    return _suite("stream", quick, opts)
+
+
+#: (name, share of the budget a section needs left before it starts)
+SECTIONS = (("onnx_graph", 0.0), ("decode_cpu", 0.0), ("backends", 0.25), ("decode_gpu", 0.05),
+            ("ops", 0.05), ("bench", 0.15), ("bench_ops", 0.1), ("bench_stream", 0.1))
+
+
+def no_gpu_message() -> str:
+    return ("gpu_check: error: no CUDA device here (torch.cuda.is_available() is false); run it "
+            "on a GPU machine, or pass --allow-cpu for the CPU-safe sections only")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer repeats and the quick bench grid")
+    p.add_argument("--full", action="store_true", help="the full bench grids (past 8 minutes)")
+    p.add_argument("--quick", action="store_true", help="(the default) the quick bench grids")
+    p.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget, seconds")
+    p.add_argument("--allow-cpu", action="store_true",
+                   help="without a GPU, run the CPU-safe sections instead of failing")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--skip", default="", help="comma-separated sections to skip")
     a = p.parse_args(argv)
+    if not torch.cuda.is_available() and not a.allow_cpu:
+        print(no_gpu_message(), file=sys.stderr)
+        return 2
+    import signal
+
     from same_fast.benchsuites.common import environment
 
+    quick = not a.full
     env = environment()
     skip = set(filter(None, a.skip.split(",")))
-    result: dict[str, Any] = {"environment": env, "argv": sys.argv[1:]}
-    for name, fn, kw in (("onnx_graph", onnx_graph, {}), ("decode_cpu", decode_cpu, {}),
-                         ("backends", backends, {"quick": a.quick}), ("decode_gpu", decode_gpu, {}),
-                         ("ops", ops, {}), ("bench", bench, {"quick": a.quick})):
-        result[name] = {"status": "skipped: --skip"} if name in skip else fn(**kw)
+    result: dict[str, Any] = {"environment": env, "argv": sys.argv[1:], "budget_s": a.budget_s}
+    fns = {"onnx_graph": (onnx_graph, {}), "decode_cpu": (decode_cpu, {}),
+           "backends": (backends, {"quick": quick}), "decode_gpu": (decode_gpu, {}),
+           "ops": (ops, {}), "bench": (bench, {"quick": quick}),
+           "bench_ops": (bench_ops, {"quick": quick}),
+           "bench_stream": (bench_stream, {"quick": quick})}
+    t0 = time.perf_counter()
+    signal.signal(signal.SIGALRM, _alarm)
+    for name, share in SECTIONS:
+        left = a.budget_s - (time.perf_counter() - t0)
+        fn, kw = fns[name]
+        if name in skip:
+            result[name] = {"status": "skipped: --skip"}
+        elif left < max(1.0, share * a.budget_s):
+            result[name] = {"status": f"skipped: time budget ({left:.0f} s left)"}
+        else:
+            signal.setitimer(signal.ITIMER_REAL, left)
+            try:
+                result[name] = fn(**kw)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
     device = re.sub(r"[^A-Za-z0-9]+", "-", env.get("device", "unknown")).strip("-").lower()
     path = Path(a.out) / f"{dt.date.today().isoformat()}-{device}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"[gpu_check] wrote {path}")
-    return 0
+    failed = [k for k, v in result.items() if isinstance(v, dict)
+              and str(v.get("status", "")).startswith("error")]
+    print(f"[gpu_check] wrote {path} in {result['seconds']} s"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

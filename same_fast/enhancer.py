@@ -52,9 +52,11 @@ def enhance_array(model: torch.nn.Module, frames: np.ndarray, fov: np.ndarray | 
                   step: Step | None = None) -> np.ndarray:
     """Enhance ``(F, H, W, C)`` uint8/uint16 frames; returns the same shape and dtype.
 
-    ``fov``: optional ``(H, W)`` bool mask; outside it the output is black. ``step``: what
-    enhances one float batch ``(N, C, H, W)`` in [0, 1] with its mask (default: the torch model
-    through ``same_fast.nn.enhance``; an engine backend's ``enhance``; an online adapter).
+    ``fov``: optional bool mask, ``(H, W)`` for every frame or ``(F, H, W)`` one per frame
+    (frames of several files batched together); outside it the output is black. ``step``: what
+    enhances one float batch ``(N, C, H, W)`` in [0, 1] with its ``(N, 1, H, W)`` mask (default:
+    the torch model through ``same_fast.nn.enhance``; an engine backend's ``enhance``; an online
+    adapter).
     """
     from same_fast.io import to_array, to_tensor
     from same_fast.nn import enhance
@@ -66,11 +68,17 @@ def enhance_array(model: torch.nn.Module, frames: np.ndarray, fov: np.ndarray | 
     channels = int(getattr(model, "config", {}).get("in_channels", 3))
     orig_c = frames.shape[-1]
     x, folded = to_model_channels(frames, channels)
+    m = None
+    if fov is not None:
+        # a writable copy (torch tensors need one), one mask per frame
+        fov = np.broadcast_to(np.asarray(fov), (frames.shape[0], *np.shape(fov)[-2:])).copy()
+        if folded:  # one mask per grey frame folded out of a colour frame
+            fov = np.repeat(fov, x.shape[0] // frames.shape[0], axis=0)
+        m = torch.from_numpy(fov)[:, None]
     outs = []
-    m = None if fov is None else torch.from_numpy(np.ascontiguousarray(fov))[None, None]
     for i in range(0, x.shape[0], max(1, batch)):
         t = to_tensor(x[i:i + batch]).to(device)
-        mm = None if m is None else m.expand(t.shape[0], 1, *m.shape[-2:]).to(device)
+        mm = None if m is None else m[i:i + batch].to(device)
         outs.append(to_array(step(t, mm), frames.dtype.type))
     y = np.concatenate(outs)
     if folded:  # back from per-channel grey frames to colour frames

@@ -3,6 +3,7 @@ left. A layer of its own just above ``errors``, so that ``io`` and ``checkpoint`
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -42,6 +43,17 @@ def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Pa
     except BaseException:
         _remove(tmp)
         raise
+
+
+def remove_orphans(path: str | os.PathLike) -> int:
+    """Remove temporaries that ``atomic_path(path)`` left behind (its process was killed before
+    it could clean up); returns how many. Only call it when no writer of ``path`` is running."""
+    path = Path(path)
+    n = 0
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        _remove(tmp)
+        n += 1
+    return n
 
 
 def _remove(tmp: Path) -> None:

@@ -15,8 +15,8 @@ import torch
 from pydicom.pixels import apply_modality_lut
 
 from same_fast import io
+from same_fast.batch import EnhanceConfig, enhance_files
 from same_fast.cli import main
-from same_fast.commands.enhance import EnhanceConfig, enhance_files
 from same_fast.commands.info import describe
 from same_fast.errors import InputError, SameFastError
 from same_fast.io.dicom_derived import IMPLEMENTATION_CLASS_UID, uid_root

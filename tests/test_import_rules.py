@@ -25,6 +25,8 @@ LAYERS: list[set[str]] = [
     {"nn"},
     {"models", "picker", "adapt", "train", "engine", "eval"},
     {"stream", "enhancer"},
+    {"batch"},
+    {"distributed"},
     {"serve", "benchsuites", "commands", "cli", "__main__"},
 ]
 SIDEWAYS = {("degrade", "ops"), ("degrade", "io"), ("ops", "kernels"), ("io", "checkpoint"),

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from same_fast.batch import EnhanceConfig, enhance_files
 from same_fast.cli import main
-from same_fast.commands.enhance import EnhanceConfig, enhance_files
 from same_fast.engine.tiles import batch_within, enhance_in_tiles
 from same_fast.errors import InputError
 from same_fast.io import load, write_image
@@ -173,7 +173,7 @@ def test_pillow_global_untouched_by_import():
 
 
 def test_large_frames_are_tiled_within_the_budget():
-    from same_fast.commands.enhance import enhance_array
+    from same_fast.enhancer import enhance_array
 
     torch.manual_seed(0)
     net = SAMENet(1, "lite", base=4, levels=3).eval()

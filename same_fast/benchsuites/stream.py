@@ -27,7 +27,8 @@ threads (torch intra-op threads, default 1), switch_ms (Python's GIL switch inte
 0.5 ms instead of 5: see ``same_fast.serve.service.tune_process``), gc_freeze (1: freeze the
 heap once the model is warm, as ``serve`` does, see ``same_fast.serve.service.freeze_heap``;
 0: leave the collector alone), backend (the serving backend: torch, torchscript, onnxruntime,
-compile; default torch), adapt_in (process or thread: where the loop's adapter runs; the serial
+compile; default torch), device (cpu or cuda: where the backend runs; default cpu), adapt_in
+(process or thread: where the loop's adapter runs; the serial
 baseline always adapts inline), adapt_cpus (where the loop's adapter may run, as ``same-fast
 serve --adapt-cpus``: auto, off or a CPU list; default auto), publish_every_s
 (``--adapt-publish-every-s``: at most one weights swap per this many seconds; default serve's,
@@ -65,7 +66,7 @@ def _opts(args: Any) -> dict[str, Any]:
          "frames": 200 if quick else 1000,
          "runs": 1 if quick else 3, "max_batch": 4, "max_delay_ms": 0.0, "capacity": 16,
          "adapt_every": 8, "adapt_batch": 2, "threads": 1, "switch_ms": 0.5, "gc_freeze": 1,
-         "backend": "torch",
+         "backend": "torch", "device": "cpu",
          "adapt_in": "process", "adapt_cpus": "auto", "publish_every_s": 1.0,
          "streams": "1" if quick else "1,4", "modes": "fixed,asap", "adapt": "off,on",
          "floor_frames": -1}
@@ -93,8 +94,9 @@ def _make_served(o: dict[str, Any]):
         kw = {} if name == "lite" else {"base": 8, "max_channels": 16, "levels": 3}
         net = SAMENet(o["channels"], "lite", **kw)
         return served_from_module(net, f"samenet-{name} (random init)", backend=o["backend"],
-                                  threads=o["threads"])
-    return load_served_model(name, backend=o["backend"], threads=o["threads"])
+                                  device=o["device"], threads=o["threads"])
+    return load_served_model(name, backend=o["backend"], device=o["device"],
+                             threads=o["threads"])
 
 
 def _frames(o: dict[str, Any], n: int) -> list[np.ndarray]:
