@@ -190,6 +190,46 @@ def run_case(model: torch.nn.Module, picker_name: str, camera: str, shift: str, 
     return res
 
 
+def run_online(model: torch.nn.Module, picker_name: str, camera: str, shift: str,
+               a: argparse.Namespace) -> dict[str, Any]:
+    """Online adaptation over a stream of ``--online-frames`` frames drawn (seeded, with
+    replacement) from the degraded images; every ``--online-eval-every`` frames the served model
+    is scored on all of them against the source model (the safety curve)."""
+    from same_fast.adapt.loop import AdaptConfig
+    from same_fast.adapt.online import OnlineAdapter
+    from same_fast.degrade import degrade
+    from same_fast.picker import auto_calibrate, load_picker
+
+    n = a.max_images or (IDRID_TEST_IMAGES if camera == "IDRiD-test" else 0)
+    clean, fov, names = load_target(camera, a.size, n)
+    degraded = clean if shift == "none" else (
+        degrade(clean, shift, torch.Generator().manual_seed(a.seed), fov) * 255).round() / 255
+    src = _scores(_enhance(model, degraded, fov), clean, fov).mean(0)
+    pick = load_picker(picker_name)
+    share = auto_calibrate(pick, model, degraded, fov)
+    cfg = AdaptConfig(mode="online", size=a.view, seed=a.seed, modality="fundus")
+    ad = OnlineAdapter(model, pick, cfg)
+    g = torch.Generator().manual_seed(a.seed + 1)
+    order = torch.randint(0, len(degraded), (a.online_frames,), generator=g).tolist()
+    curve = []
+    for k, i in enumerate(order, 1):
+        ad.observe(degraded[i], fov[i])
+        if k % a.online_eval_every == 0 or k == len(order):
+            sc = _scores(_enhance(ad.served, degraded, fov), clean, fov).mean(0)
+            curve.append({"frames": k, "steps": ad.steps, "ssim": float(sc[0]),
+                          "psnr": float(sc[1]), "gain_ssim": float(sc[0] - src[0]),
+                          "gain_psnr": float(sc[1] - src[1]), "resets": ad.resets,
+                          "frozen": ad.frozen})
+            print(f"  online {camera}/{shift} frame {k}: {sc[0]:.4f}/{sc[1]:.2f} "
+                  f"({sc[0] - src[0]:+.4f}, {sc[1] - src[1]:+.2f} dB) steps {ad.steps} "
+                  f"resets {ad.resets}", flush=True)
+    return {"images": names, "source": src.tolist(), "calibrate_share": share,
+            "config": {k: v for k, v in dataclasses.asdict(cfg).items()
+                       if not isinstance(v, tuple)},
+            "curve": curve, "ends_below_source": curve[-1]["gain_ssim"] < 0,
+            "min_gain_ssim": min(c["gain_ssim"] for c in curve)}
+
+
 def main(argv: list[str] | None = None) -> int:
     from same_fast.eval import provenance
     from same_fast.models import load_model
@@ -206,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-images", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--online-frames", type=int, default=0,
+                   help="instead of the offline arms: online adaptation over a stream of this "
+                        "many frames (the safety curve)")
+    p.add_argument("--online-eval-every", type=int, default=250)
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -220,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
                            "cases": {}}
     for camera in a.camera or TEST_CAMERAS:
         for shift in a.shift or TEST_SHIFTS:
+            if a.online_frames:
+                res["cases"][f"{camera}/{shift}"] = run_online(model, a.picker, camera, shift, a)
+                if a.json:
+                    a.json.parent.mkdir(parents=True, exist_ok=True)
+                    a.json.write_text(json.dumps(res, indent=1) + "\n")
+                continue
             r = run_case(model, a.picker, camera, shift, arms, a)
             res["cases"][f"{camera}/{shift}"] = r
             pa = r["picker_audit"]

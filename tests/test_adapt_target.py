@@ -65,12 +65,17 @@ def test_views_whole_frames_fraction_and_masks():
     x = torch.rand(3, 40, 60)
     fov = torch.zeros(1, 40, 60)
     fov[:, 5:35, 5:55] = 1
-    v, m = random_views([x], AugmentConfig(size=32, whole=True, hflip=0, vflip=0), g, [fov],
-                        with_masks=True)
-    assert v.shape == (1, 3, 32, 32) and m.shape == (1, 1, 32, 32)
-    assert m[0, 0, 0].sum() == 0 and m[0, 0, 16].sum() > 20  # padding rows outside, middle in
-    assert float(v[0, :, :4].abs().max()) == 0.0  # the padding is black
-    assert float(v[0][:, m[0, 0] == 0].abs().mean()) < 0.1 * float(v[0][:, m[0, 0] == 1].mean())
+    # whole frames keep their own scale: padded (not resized) to the batch's largest side
+    # rounded up to the network's multiple; the view size does not apply
+    y = torch.rand(3, 20, 30)
+    v, m = random_views([x, y], AugmentConfig(size=32, whole=True, hflip=0, vflip=0,
+                                              multiple=16), g, [fov, None], with_masks=True)
+    assert v.shape == (2, 3, 64, 64) and m.shape == (2, 1, 64, 64)
+    assert torch.equal(v[0, :, 12 + 5:12 + 35, 2 + 5:2 + 55], x[:, 5:35, 5:55])  # not resampled
+    assert float(m[0].sum()) == 30 * 50 and float(m[1].sum()) == 20 * 30
+    assert float(v[0][:, m[0, 0] == 0].abs().max()) == 0.0  # outside the FOV and padding: black
+    capped = random_views([x], AugmentConfig(whole=True, multiple=16, max_whole=32), g)
+    assert capped.shape == (1, 3, 32, 32)
     v, m = random_views([x], AugmentConfig(size=16, frame_fraction=0.8), g, with_masks=True)
     assert v.shape == (1, 3, 16, 16) and bool(m.all())
 

@@ -18,9 +18,12 @@ class AugmentConfig:
     """size: side of the square views (pixels); scale: zoom range (crop side =
     min(short side, size) / s, resized to size); hflip / vflip: independent flip probabilities.
     frame_fraction > 0: the crop side is that fraction of the short side instead (the paper's
-    views cover about 80 % of the frame), resized to size. whole: the whole frame, padded to a
-    square and resized to size (for networks with whole-image context, whose summary of the
-    frame a crop would change); flips still apply."""
+    views cover about 80 % of the frame), resized to size. whole: the whole frame at its own
+    scale, zero-padded to a square whose side is the batch's largest rounded up to
+    ``multiple`` (resized only past ``max_whole``), for networks with whole-image context,
+    whose summary of the frame a crop would change; ``size`` does not apply; flips still do.
+    (Measured on the echo demo: whole frames resized to the view size cost ultrasound-lite
+    0.145 SSIM; speckle seen at another scale than inference teaches the wrong texture.)"""
 
     size: int = 256
     scale: tuple[float, float] = (1.1, 1.35)
@@ -28,18 +31,12 @@ class AugmentConfig:
     vflip: float = 0.5
     frame_fraction: float = 0.0
     whole: bool = False
+    multiple: int = 32
+    max_whole: int = 1024
 
 
 def _u(g: torch.Generator) -> float:
     return float(torch.rand((), generator=g))
-
-
-def _square(t: torch.Tensor) -> torch.Tensor:
-    """``(1, C, H, W)`` zero-padded (centred) to a square."""
-    h, w = t.shape[-2:]
-    s = max(h, w)
-    top, left = (s - h) // 2, (s - w) // 2
-    return F.pad(t, (left, s - w - left, top, s - h - top))
 
 
 @dataclass(frozen=True)
@@ -86,23 +83,21 @@ def random_views(images: list[torch.Tensor], config: AugmentConfig, g: torch.Gen
     an image has no mask; zero in the padding of whole-frame views).
     Parameters come from the CPU generator ``g`` (the same seed gives the same views anywhere).
     """
+    if config.whole:
+        return _whole_views(images, config, g, fovs, with_masks)
     out, masks = [], []
     for i, x in enumerate(images):
         _, h, w = x.shape
         s = config.scale[0] + (config.scale[1] - config.scale[0]) * _u(g)
         fov = fovs[i] if fovs is not None and fovs[i] is not None else None
         m = (fov if fov is not None else torch.ones(1, h, w, device=x.device))[None].float()
-        if config.whole:
-            x, m = _square(x[None].float())[0], _square(m)
-            side = x.shape[-1]
-        elif config.frame_fraction > 0:
+        if config.frame_fraction > 0:
             side = max(2, int(round(min(h, w) * config.frame_fraction)))
         else:
             # a patch at native scale zoomed by s (the reference's resize-then-crop); images
             # smaller than the view are zoomed whole
             side = max(2, int(round(min(h, w, config.size) / s)))
-        win = random_window(x.shape[-2], x.shape[-1], side, side, g, config.hflip, config.vflip,
-                            place=not config.whole)
+        win = random_window(x.shape[-2], x.shape[-1], side, side, g, config.hflip, config.vflip)
         mv = win.apply(m)
         v = win.apply(x[None]).float() * mv.to(x.device, torch.float32)
         big = v.shape[-1] > config.size
@@ -114,6 +109,37 @@ def random_views(images: list[torch.Tensor], config: AugmentConfig, g: torch.Gen
                           > 0.5).to(v.dtype))
     views = torch.cat(out)
     return (views, torch.cat(masks)) if with_masks else views
+
+
+def _whole_views(images: list[torch.Tensor], config: AugmentConfig, g: torch.Generator,
+                 fovs: list[torch.Tensor | None] | None, with_masks: bool
+                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Whole frames at their own scale, centred in zero-padded squares of one side, flipped."""
+    k = max(1, config.multiple)
+    side = max(max(x.shape[-2:]) for x in images)
+    side = -(-side // k) * k
+    out, masks = [], []
+    for i, x in enumerate(images):
+        _, h, w = x.shape
+        fov = fovs[i] if fovs is not None and fovs[i] is not None else None
+        m = (fov if fov is not None else torch.ones(1, h, w, device=x.device))[None].float()
+        top, left = (side - h) // 2, (side - w) // 2
+        pad = (left, side - w - left, top, side - h - top)
+        v = F.pad(x[None].float() * m.to(x.device), pad)
+        mv = F.pad(m, pad)
+        if _u(g) < config.hflip:
+            v, mv = v.flip(-1), mv.flip(-1)
+        if _u(g) < config.vflip:
+            v, mv = v.flip(-2), mv.flip(-2)
+        out.append(v.clamp(0, 1))
+        masks.append(mv)
+    views, vmasks = torch.cat(out), torch.cat(masks)
+    cap = max(k, config.max_whole // k * k)
+    if side > cap:  # bound the cost: frames this large are brought down to the cap
+        views = F.interpolate(views, size=(cap, cap), mode="bilinear", align_corners=False,
+                              antialias=True)
+        vmasks = (F.interpolate(vmasks, size=(cap, cap), mode="nearest") > 0.5).float()
+    return (views, vmasks.to(views.dtype)) if with_masks else views
 
 
 def redegrade(x01: torch.Tensor, preset: Any, strength: float, g: torch.Generator

@@ -152,7 +152,7 @@ class AdaptConfig(StepConfig):
                              f"model's {multiple}")
         whole = self.views == "whole" or (self.views == "auto" and context)
         return AugmentConfig(size=self.size, scale=self.scale, whole=whole,
-                             frame_fraction=self.frame_fraction)
+                             frame_fraction=self.frame_fraction, multiple=multiple)
 
     def redegrade_with(self) -> str:
         """The preset of the student's re-degraded view, or ``auto`` (estimated from the target
