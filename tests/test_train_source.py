@@ -273,6 +273,13 @@ def test_tone_target_keeps_the_inputs_global_colour(tmp_path):
     assert 0.45 < ratio < 0.55  # the target keeps the brightness x 0.5
     with pytest.raises(InputError, match="--target"):
         train_source(_cfg(data, target="palette"))
+    # validation measures against what the run trains toward
+    from same_fast.train.source import validation_set
+
+    vs = {t: validation_set(samples, _cfg(data, degrade=dark, target=t, load_size=64),
+                            torch.device("cpu")) for t in ("clean", "tone")}
+    assert torch.equal(vs["clean"]["degraded"], vs["tone"]["degraded"])
+    assert 0.45 < float(vs["tone"]["clean"].sum() / vs["clean"]["clean"].sum()) < 0.55
 
 
 def test_val_data_chooses_on_another_set_and_recipe_round_trips(tmp_path):

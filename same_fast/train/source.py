@@ -351,15 +351,20 @@ def source_loss(model: SAMENet, batch: dict[str, torch.Tensor], lambda_s: float,
 def validation_set(val: list[Sample], cfg: SourceConfig, device: torch.device
                    ) -> dict[str, torch.Tensor] | None:
     """The held-out frames at ``load_size`` degraded once with a fixed seed (split seed + 1000,
-    so runs that share a split are validated on the same pairs)."""
+    so runs that share a split are validated on the same pairs). With ``target="tone"`` the
+    reference is what the run trains toward (the clean image through the degradation's global
+    colour factors), so validation measures the restoration it asks for, not a tone that one
+    image does not tell."""
     if not val:
         return None
     x, _mask, fov, _ = _stack(val, device)
     x = x * fov
     g = torch.Generator().manual_seed(_split_seed(cfg) + 1000)
-    y = torch.cat([degrade(x[i:i + 1], cfg.degrade or MODALITIES[cfg.modality][1], g,
-                           fov[i:i + 1]) for i in range(len(val))])
-    return {"clean": x, "degraded": y, "fov": fov}
+    pairs = [degrade_with_tone(x[i:i + 1], cfg.degrade or MODALITIES[cfg.modality][1], g,
+                               fov[i:i + 1]) for i in range(len(val))]
+    y = torch.cat([p[0] for p in pairs])
+    ref = torch.cat([p[1] for p in pairs]) if cfg.target == "tone" else x
+    return {"clean": ref, "degraded": y, "fov": fov}
 
 
 def validate(model: SAMENet, vs: dict[str, torch.Tensor]) -> dict[str, float]:
