@@ -58,7 +58,7 @@ def load_camera(name: str, max_side: int) -> list[dict[str, Any]]:
     """The camera's clean images as (1, 3, H, W) in [0, 1] with a (1, 1, H, W) FOV and, where
     the set has them, a (1, 1, H, W) vessel mask."""
     from same_fast.io import load, load_mask, to_tensor
-    from same_fast.train.source import _partner, data_folders, estimate_fov
+    from same_fast.train.source import _partner, data_folders, estimate_fov, structure_mask
 
     out = []
     for _set, _root, files, masks_dir, fov_dir in data_folders(name):
@@ -68,15 +68,8 @@ def load_camera(name: str, max_side: int) -> list[dict[str, Any]]:
             fm = _partner(fov_dir, f.stem)
             fov = (torch.from_numpy(load_mask(fm[0], arr.shape[:2]))[None, None].float()
                    if fm else None)
-            vm = [m for m in _partner(masks_dir, f.stem)]
-            ves = None
-            if vm:
-                v = np.zeros(arr.shape[:2], bool)
-                for m in vm:
-                    mm = load_mask(m)
-                    if mm.shape == v.shape:
-                        v |= mm
-                ves = torch.from_numpy(v)[None, None].float()
+            v = structure_mask(masks_dir, f.stem, arr.shape[:2])
+            ves = None if v is None else torch.from_numpy(v)[None, None].float()
             h, w = x.shape[-2:]
             s = min(1.0, max_side / max(h, w))
             if s < 1.0:

@@ -53,18 +53,12 @@ def run(args: argparse.Namespace) -> int:
     failures = 0
     first_error: SameFastError | None = None
     for path in args.files:
-        if _is_model(path):
-            from same_fast.models import card
-
-            try:
-                print(card(path))
-            except SameFastError as e:
-                failures += 1
-                first_error = first_error or e
-                if len(args.files) > 1:
-                    sys.stderr.write(f"same-fast: error: {str(e).splitlines()[0]}\n")
-            continue
         try:
+            if _is_model(path):
+                from same_fast.models import card
+
+                print(card(path))
+                continue
             d = describe(path)
         except SameFastError as e:
             # Describe every good file; report each bad one on its own line, fail at the end.

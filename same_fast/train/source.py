@@ -42,7 +42,7 @@ from torch.nn import functional as F
 
 from same_fast import checkpoint
 from same_fast.data import DATASETS, data_root, split_files
-from same_fast.degrade import degrade, degrade_with_tone, get_preset
+from same_fast.degrade import degrade_with_tone, get_preset
 from same_fast.errors import CheckpointError, InputError
 from same_fast.io import list_images, load, load_mask, to_tensor
 from same_fast.models import save_model
@@ -185,6 +185,20 @@ def _partner(folder: Path | None, stem: str) -> list[Path]:
     return hits
 
 
+def structure_mask(masks_dir: Path | None, stem: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The union of the structure masks named after ``stem`` (``a_mask.png``, ``a_mask_1.png``,
+    DRIVE's ``01_manual1.gif``) that have the image's ``shape``; None when there is none."""
+    files = _partner(masks_dir, stem)
+    if not files:
+        return None
+    m = np.zeros(shape, bool)
+    for mf in files:
+        mm = load_mask(mf)
+        if mm.shape == m.shape:
+            m |= mm
+    return m
+
+
 def sample_name(set_name: str, path: Path) -> str:
     """A training image's name in checkpoint provenance (``train_images``, ``held_out``):
     ``SET/file``, and ``BUSI/class/file`` since BUSI's classes reuse file names."""
@@ -208,13 +222,8 @@ def load_samples(spec: str, channels: int, load_size: int, modality: str, max_im
                 t = t.expand(3, -1, -1)
             img = _square(t, load_size, "area")
             mask = None
-            mfiles = _partner(masks_dir, f.stem)
-            if mfiles:
-                m = np.zeros(arr.shape[:2], bool)
-                for mf in mfiles:
-                    mm = load_mask(mf)
-                    if mm.shape == m.shape:
-                        m |= mm
+            m = structure_mask(masks_dir, f.stem, arr.shape[:2])
+            if m is not None:
                 mask = _square(torch.from_numpy(m)[None], load_size, "nearest") > 0.5
             fov = None
             ffiles = _partner(fov_dir, f.stem)
