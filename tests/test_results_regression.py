@@ -1,0 +1,46 @@
+"""Quick reruns of the committed results on a subset, compared with the stored JSON (issue #21,
+hygiene): a change that moves a reported number fails here until the results are rerun."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from same_fast.data import data_root
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (CI has it)")
+def test_fundus_cross_camera_rows_match_the_stored_run(bench_script, tmp_path):
+    stored = json.loads((RESULTS / "2026-12-06-cpu-fundus-cross-camera.json").read_text())
+    out = tmp_path / "quick.json"
+    bench_script("fundus_cross_camera").main([
+        "--arm", "fundus-lite=fundus-lite", "--camera", "DRIVE-test", "--max-images", "2",
+        "--condition", "fundus-local", "--condition", "identity", "--threads", "1",
+        "--json", str(out)])
+    quick = json.loads(out.read_text())["cameras"]["DRIVE-test"]
+    for cond in ("fundus-local", "identity"):
+        for new, old in zip(quick[cond]["rows"], stored["cameras"]["DRIVE-test"][cond]["rows"][:2],
+                            strict=False):
+            assert new["name"] == old["name"]
+            for key in ("degraded", "fundus-lite"):
+                assert new[key]["ssim"] == pytest.approx(old[key]["ssim"], abs=2e-4), (cond, key)
+                assert new[key]["psnr"] == pytest.approx(old[key]["psnr"], abs=0.05), (cond, key)
+
+
+@pytest.mark.slow
+def test_ultrasound_report_matches_the_stored_run(bench_script, tmp_path):
+    stored = json.loads((RESULTS / "2026-12-06-cpu-ultrasound-report.json").read_text())
+    mod = bench_script("ultrasound_report")
+    from same_fast.models import load_model
+
+    model, _ = load_model("ultrasound-lite")
+    res = mod.score_set(model, mod.echo_frames()[:6], 0)
+    old = stored["sets"]["echo (never trained or selected on)"]["rows"][:6]
+    for new, ref in zip(res["rows"], old, strict=True):
+        assert new["name"] == ref["name"]
+        assert new["enhanced"][0] == pytest.approx(ref["enhanced"][0], abs=2e-4)
+        assert new["input"][0] == pytest.approx(ref["input"][0], abs=2e-4)
