@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = a.data or require_data_root() / "fundus" / "CSDI"
     date = dt.datetime.now(dt.timezone.utc).date().isoformat()
     out_json = a.json or ROOT / "benchmarks" / "results" / f"{date}-cpu-csdi-clinic.json"
+    prov = provenance({"adaptation": a.seed, "bootstrap": a.seed})  # the commit that ran
     t0 = time.perf_counter()
     images, fovs, names, scores = load_clinic(folder, a.side, a.every)
     model, meta = load_model(a.model)
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(per, scores, a.seed)
     figures = grids(a.figures, a.tag, a.model, a.steps, stages, per, names, scores)
     res = {
-        "provenance": provenance({"adaptation": a.seed, "bootstrap": a.seed}),
+        "provenance": prov,
         "data": {"folder": "fundus/CSDI", "images": len(images),
                  "subsample": f"every {a.every}-th image of scores.csv sorted by file name",
                  "side": a.side, "licence": "research use only (see SOURCE.txt)"},
