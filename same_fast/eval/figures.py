@@ -39,6 +39,15 @@ def _as_image(a: Any) -> np.ndarray:
     return np.clip(a, 0.0, 1.0)
 
 
+def _save(plt: Any, fig: Any, path: str | Path, title: str | None, dpi: int) -> bool:
+    if title:
+        fig.suptitle(title, fontsize=10)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return True
+
+
 def image_grid(path: str | Path, rows: Sequence[Sequence[Any]], columns: Sequence[str],
                row_titles: Sequence[str], captions: Sequence[Sequence[str]] | None = None,
                title: str | None = None, panel_width: float = 2.4, dpi: int = 80) -> bool:
@@ -74,12 +83,7 @@ def image_grid(path: str | Path, rows: Sequence[Sequence[Any]], columns: Sequenc
                 ax.set_ylabel(row_titles[i], fontsize=8)
             if captions:
                 ax.set_xlabel(captions[i][j], fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path, title, dpi)
 
 
 def curve_panels(path: str | Path, panels: Sequence[Mapping[str, Any]], xlabel: str,
@@ -106,9 +110,4 @@ def curve_panels(path: str | Path, panels: Sequence[Mapping[str, Any]], xlabel: 
         ax.set(xlabel=xlabel, ylabel=p["ylabel"], title=p.get("title", ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path, title, dpi)
