@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the adapted model that enhances afterwards")
     p.add_argument("--fundus-model", default="fundus-lite", help="enhancer name or checkpoint")
     p.add_argument("--ultrasound-model", default="ultrasound-lite")
-    p.add_argument("--fundus-picker", default="fundus-picker", help="picker name, path or none")
+    p.add_argument("--fundus-picker", default="fundus-picker",
+                   help="picker name, path, auto (the modality's) or none")
     p.add_argument("--ultrasound-picker", default="ultrasound-picker")
 
 
@@ -85,18 +86,19 @@ def echo_frames(n: int, multiple: int = 32):
     return g[..., y0:y0 + h, x0:x0 + w].contiguous()
 
 
-def _picker(name: str, model, x, fov, calibrate: float | None) -> tuple[Any, str, float | None]:
+def _picker(name: str, modality: str, model, x, fov, calibrate: float | None
+            ) -> tuple[Any, str, float | None]:
     """(picker or None, what was used, calibration share): ``calibrate`` None = set from the
     case's own pseudo-label scores (``picker.auto_calibrate``)."""
     from same_fast.errors import CheckpointError
-    from same_fast.picker import auto_calibrate, load_picker
+    from same_fast.picker import auto_calibrate, resolve_picker
 
-    if name == "none":
-        return None, "none", None
     try:
-        picker = load_picker(name)
+        picker = resolve_picker(name, modality)
     except CheckpointError as e:  # keep the demo running: say so in the summary
         return None, f"none ({e})", None
+    if picker is None:
+        return None, "none", None
     if calibrate is None:
         return picker, name, auto_calibrate(picker, model, x, fov)
     picker.set_calibration(calibrate)
@@ -124,7 +126,7 @@ def run_case(modality: str, clean, fov, preset, model_name: str, picker_name: st
     model, meta = load_model(model_name)
     g = torch.Generator().manual_seed(seed)
     x = degrade(clean, preset, g, fov)
-    picker, picker_used, share = _picker(picker_name, model, x, fov, calibrate)
+    picker, picker_used, share = _picker(picker_name, modality, model, x, fov, calibrate)
     t0 = time.perf_counter()
     src = enhance(model, x, fov, batch_size=4)
     t_src = time.perf_counter() - t0
