@@ -21,7 +21,7 @@ $(VENV)/.torch: | $(PY)
 	@touch $@
 
 $(VENV)/.demo: pyproject.toml setup.py $(VENV)/.torch
-	$(PIP) -e '.[onnx,dicom]'
+	$(PIP) -e '.[onnx,dicom,plot]'
 	@touch $@
 
 $(VENV)/.test: pyproject.toml setup.py $(VENV)/.torch

@@ -30,6 +30,7 @@ bad from one the assessors merely never saw.
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -232,23 +233,32 @@ def share_from_scores(plausibility: Any, min_separation: float = 0.8,
 
 
 @torch.no_grad()
-def auto_calibrate(picker: Picker, model: nn.Module, images01: torch.Tensor,
-                   fov: torch.Tensor | None = None, batch: int = 4) -> float:
+def auto_calibrate(picker: Picker, model: nn.Module,
+                   images01: torch.Tensor | Sequence[torch.Tensor],
+                   fov: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
+                   batch: int = 4) -> float:
     """Set ``picker``'s calibration share from the source model's pseudo-labels of the target
-    images ``(N, C, H, W)`` in [0, 1] (``share_from_scores``); returns the share."""
+    images in [0, 1] (``share_from_scores``); returns the share. ``images01`` is one
+    ``(N, C, H, W)`` tensor (scored ``batch`` at a time) or a sequence of ``(C, H, W)`` images
+    of any sizes (a clinic's folder, scored one by one); ``fov`` matches it ((N, 1, H, W), or
+    (1, H, W) masks or None per image)."""
     from same_fast.nn import pad_to_multiple
 
+    if isinstance(images01, torch.Tensor):
+        chunks = [(images01[i:i + batch], None if fov is None else fov[i:i + batch])
+                  for i in range(0, images01.shape[0], batch)]
+    else:
+        chunks = [(x[None], None if fov is None or fov[i] is None else fov[i][None])
+                  for i, x in enumerate(images01)]
     was = model.training
     model.eval()
     scores = []
-    for i in range(0, images01.shape[0], batch):
-        x = images01[i:i + batch]
+    for x, f in chunks:
         xp, (h, w) = pad_to_multiple(x * 2 - 1, int(getattr(model, "multiple", 1)))
         y, s = model(xp)
         y, s = y[..., :h, :w], s[..., :h, :w]
-        if fov is not None:
-            f = fov[i:i + batch].to(y)
-            y = (y + 1) * f - 1
+        if f is not None:
+            y = (y + 1) * f.to(y) - 1
         scores.append(picker.scores(y, s)["plausibility"].cpu())
     model.train(was)
     share = share_from_scores(torch.cat(scores).numpy())

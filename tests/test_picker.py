@@ -355,3 +355,23 @@ def test_calibrated_forward_observes_and_scoring_does_not():
     assert mode.seen == []  # the window and its quantile stay on the device
     assert p._seen == 4 and w.sum() == 2  # the better half of a batch the absolute rule rejects
     assert torch.equal(p.scores(img, logits)["weights"], w) and p._seen == 4
+
+
+def test_auto_calibrate_takes_a_batch_or_a_folder_of_mixed_sizes():
+    from same_fast.picker import auto_calibrate
+
+    torch.manual_seed(1)
+    net = SAMENet(1, "lite", base=4, max_channels=8)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, 64, 64, generator=g)
+    fov = torch.ones(6, 1, 64, 64)
+    fov[..., :8] = 0
+    a, b, c = _picker(), _picker(), _picker()
+    share = auto_calibrate(a, net, x, fov, batch=4)
+    # the same images one by one: the same share
+    assert auto_calibrate(b, net, list(x), list(fov)) == pytest.approx(share)
+    assert 0.2 <= share <= 0.95 and a.config.calibrate == share
+    # images of different sizes (a clinic's folder): each is scored at its own size
+    mixed = [torch.rand(1, 64, 96, generator=g), torch.rand(1, 48, 64, generator=g), *x[:4]]
+    assert 0.2 <= auto_calibrate(c, net, mixed, [None] * 6) <= 0.95
+    assert c.config.calibrate > 0
