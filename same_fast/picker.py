@@ -221,13 +221,13 @@ def share_from_scores(plausibility: Any, min_separation: float = 0.8,
     if v.size < 4 or float(v.var()) < 1e-12:
         return unimodal_share
     order = np.sort(v)
-    best, best_k = -1.0, 0
-    for k in range(1, v.size):  # split between order[k-1] and order[k]
-        lo, hi = order[:k], order[k:]
-        between = lo.size * hi.size / v.size ** 2 * (hi.mean() - lo.mean()) ** 2
-        if between > best:
-            best, best_k = between, k
-    effectiveness = best / float(v.var())
+    n = v.size
+    k = np.arange(1, n)  # split between order[k-1] and order[k]
+    csum = np.cumsum(order)[:-1]
+    lo_mean, hi_mean = csum / k, (order.sum() - csum) / (n - k)
+    between = k * (n - k) / n ** 2 * (hi_mean - lo_mean) ** 2
+    best_k = int(k[np.argmax(between)])
+    effectiveness = float(between.max()) / float(v.var())
     share = (v.size - best_k) / v.size if effectiveness >= min_separation else unimodal_share
     return float(min(0.95, max(0.2, share)))
 

@@ -91,3 +91,24 @@ def test_context_networks_adapt_on_whole_frames():
     res = adapt_offline(net, imgs, None, AdaptConfig(steps=2, size=32, batch=2),
                         [torch.ones(1, 64, 64)] * 2)
     assert len(res.history) == 2 and np.isfinite(res.history[-1]["loss"])
+
+
+def test_offline_adaptation_sets_the_picker_share_from_the_target(reject_all_picker):
+    """By default a picker without a calibration share gets one from the target's own scores
+    before the first step (recorded in its config); the switch turns that off, and an explicit
+    share is kept."""
+    from same_fast.picker import PickerConfig, load_picker
+
+    net = SAMENet(1, "lite", base=4, levels=3)
+    imgs = list(_smooth(n=4, c=1, size=32))
+    cfg = AdaptConfig(steps=1, size=32, batch=2, modality="ultrasound")
+    pick = load_picker(reject_all_picker)
+    adapt_offline(net, imgs, pick, cfg)
+    assert 0.2 <= pick.config.calibrate <= 0.95
+    pick = load_picker(reject_all_picker)
+    adapt_offline(net, imgs, pick, AdaptConfig(steps=1, size=32, batch=2, modality="ultrasound",
+                                               picker_share_auto=False))
+    assert pick.config.calibrate == 0
+    pick = load_picker(reject_all_picker, config=PickerConfig(calibrate=0.5))
+    adapt_offline(net, imgs, pick, cfg)
+    assert pick.config.calibrate == 0.5

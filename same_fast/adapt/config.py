@@ -101,6 +101,10 @@ class AdaptConfig(StepConfig):
     picker_calibrate: float = _opt(0.0, "the picker also accepts the best SHARE (0-1) of the "
                                    "target's own recent pseudo-labels (0 = its absolute "
                                    "thresholds alone)", metavar="SHARE")
+    picker_share_auto: bool = _opt(True, "offline, with a picker and no --picker-calibrate: set "
+                                   "the calibration share from the target's own scores "
+                                   "(Otsu's split of the source model's pseudo-labels; 0.9 "
+                                   "when they form one group)")
     safety: str = _opt("freeze", "what to do when acceptance collapses or outputs drift from "
                        "the source model (off = nothing)", choices=SAFETY_ACTIONS)
     min_acceptance: float = _opt(0.05, "safety: mean picker acceptance over the last 8 steps "

@@ -135,6 +135,7 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
     if len(images) == 0:
         raise InputError("adaptation needs at least one image")
     total = cfg.epochs * math.ceil(len(images) / cfg.batch) if cfg.epochs else cfg.steps
+    _auto_share(model, images, picker, cfg, fovs)  # recorded in the audit log's picker settings
     torch.manual_seed(cfg.seed)  # dropout noise of teacher and student
     g = torch.Generator().manual_seed(cfg.seed)
     student, teacher = make_pair(model)
@@ -171,6 +172,17 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
     if audit is not None:
         audit.event("end", total, served=served)
     return AdaptResult(student, teacher, history)
+
+
+def _auto_share(model: nn.Module, images: Sequence[torch.Tensor], picker: Any,
+                cfg: AdaptConfig, fovs: Sequence[torch.Tensor | None] | None) -> float | None:
+    """With ``picker_share_auto``, a ``Picker`` that has no calibration share gets one from the
+    source model's pseudo-labels of ``images`` (``picker.auto_calibrate``); returns it."""
+    from same_fast.picker import Picker, auto_calibrate
+
+    if not (cfg.picker_share_auto and isinstance(picker, Picker) and picker.config.calibrate == 0):
+        return None
+    return auto_calibrate(picker, model, list(images), None if fovs is None else list(fovs))
 
 
 def _has_context(model: nn.Module) -> bool:

@@ -13,6 +13,7 @@ HELP = "adapt an enhancer to unlabeled target images (SAME teacher-student + pic
 # The flag of each AdaptConfig field this command exposes (type, default and help: the field's).
 FLAGS = {
     "mode": "--mode", "picker": "--picker", "picker_calibrate": "--picker-calibrate",
+    "picker_share_auto": "--no-picker-share-auto",
     "ema": "--ema", "lr": "--lr", "batch": "--batch", "size": "--size", "schedule": "--schedule",
     "w_l1": "--w-l1", "w_struct": "--w-struct", "w_entropy": "--w-entropy", "w_ssim": "--w-ssim",
     "gate_entropy": "--no-gate-entropy", "redegrade": "--no-redegrade",
