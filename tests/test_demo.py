@@ -59,6 +59,8 @@ def test_demo_skips_a_missing_model_and_fails_when_none_runs(tmp_path, capsys):
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["cases"]) == ["ultrasound"] and "fundus" in summary["skipped"]
+    # the default: the shipped picker's share set from the case's own scores
+    assert 0.2 <= summary["cases"]["ultrasound"]["picker_config"]["calibrate"] <= 0.95
     assert "skipped fundus" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["demo", "-o", str(out), "--modality", "fundus", "--fundus-model",
@@ -90,7 +92,7 @@ def shipped_demo(tmp_path_factory):
     assert set(summary["cases"]) == {"fundus", "ultrasound"}
     for case in summary["cases"].values():
         # the default recipe: the share from the case's own scores, no shift-specific view
-        assert case["picker_config"]["calibrate"] == case["calibrate_share"]
+        assert case["picker_share_auto"] and 0.2 <= case["picker_config"]["calibrate"] <= 0.95
         assert case["student_view"].startswith("TargetNoise(") and case["serve"] == "student"
     return summary["cases"]
 
@@ -107,6 +109,16 @@ def test_demo_with_the_default_recipe_helps_both_cases(shipped_demo, name):
     assert gain >= 0.005, gain
     assert case["negative_adaptation"] == 0.0
     assert 0.2 <= case["acceptance"] <= 0.95
+
+
+def test_demo_an_explicit_share_is_kept(tmp_path):
+    # --picker-calibrate 0 means the absolute thresholds alone: adaptation must not replace it
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--steps", "1", "--frames", "4", "--view", "64",
+                 "--modality", "ultrasound", "--picker-calibrate", "0",
+                 "--ultrasound-model", _model(tmp_path, 1, "ultrasound-lite")]) == 0
+    case = json.loads((out / "summary.json").read_text())["cases"]["ultrasound"]
+    assert case["picker_config"]["calibrate"] == 0.0 and not case["picker_share_auto"]
 
 
 @pytest.mark.parametrize("argv, message", [

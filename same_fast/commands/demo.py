@@ -86,23 +86,21 @@ def echo_frames(n: int, multiple: int = 32):
     return g[..., y0:y0 + h, x0:x0 + w].contiguous()
 
 
-def _picker(name: str, modality: str, model, x, fov, calibrate: float | None
-            ) -> tuple[Any, str, float | None]:
-    """(picker or None, what was used, calibration share): ``calibrate`` None = set from the
-    case's own pseudo-label scores (``picker.auto_calibrate``)."""
+def _picker(name: str, modality: str, calibrate: float | None) -> tuple[Any, str]:
+    """(picker or None, what was used). ``calibrate`` None leaves the share to
+    ``adapt_offline`` (``picker_share_auto``: from the case's own pseudo-label scores)."""
     from same_fast.errors import CheckpointError
-    from same_fast.picker import auto_calibrate, resolve_picker
+    from same_fast.picker import resolve_picker
 
     try:
         picker = resolve_picker(name, modality)
     except CheckpointError as e:  # keep the demo running: say so in the summary
-        return None, f"none ({e})", None
+        return None, f"none ({e})"
     if picker is None:
-        return None, "none", None
-    if calibrate is None:
-        return picker, name, auto_calibrate(picker, model, x, fov)
-    picker.set_calibration(calibrate)
-    return picker, name, calibrate
+        return None, "none"
+    if calibrate is not None:
+        picker.set_calibration(calibrate)
+    return picker, name
 
 
 def run_case(modality: str, clean, fov, preset, model_name: str, picker_name: str, steps: int,
@@ -126,7 +124,7 @@ def run_case(modality: str, clean, fov, preset, model_name: str, picker_name: st
     model, meta = load_model(model_name)
     g = torch.Generator().manual_seed(seed)
     x = degrade(clean, preset, g, fov)
-    picker, picker_used, share = _picker(picker_name, modality, model, x, fov, calibrate)
+    picker, picker_used = _picker(picker_name, modality, calibrate)
     t0 = time.perf_counter()
     src = enhance(model, x, fov, batch_size=4)
     t_src = time.perf_counter() - t0
@@ -141,7 +139,8 @@ def run_case(modality: str, clean, fov, preset, model_name: str, picker_name: st
             entry["ssim"] = float(np.mean([r["ssim"] for r in image_scores(y, clean, fov)]))
         curve.append(entry)
 
-    cfg = AdaptConfig(steps=steps, batch=4, size=view, seed=seed, modality=modality, serve=serve)
+    cfg = AdaptConfig(steps=steps, batch=4, size=view, seed=seed, modality=modality, serve=serve,
+                      picker_share_auto=calibrate is None)
     fovs = None if fov is None else list(fov)
     t0 = time.perf_counter()
     res = adapt_offline(model, list(x), picker, cfg, fovs, callback=cb)
@@ -154,7 +153,8 @@ def run_case(modality: str, clean, fov, preset, model_name: str, picker_name: st
     numbers = {
         "modality": modality, "model": model_name, "picker": picker_used, "images": len(x),
         "size": list(x.shape[-2:]), "steps": steps, "view": view, "serve": serve,
-        "student_view": repr(redegradation(cfg, list(x), fovs)), "calibrate_share": share,
+        "student_view": repr(redegradation(cfg, list(x), fovs)),
+        "picker_share_auto": cfg.picker_share_auto,
         "picker_config": None if picker is None else picker_config_dict(picker),
         "mean": mean, "per_image": scores, "acceptance": res.acceptance,
         "negative_adaptation": float(np.mean([a["ssim"] < s["ssim"] for a, s in
