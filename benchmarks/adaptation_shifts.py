@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -231,6 +230,7 @@ def run_online(model: torch.nn.Module, picker_name: str, camera: str, shift: str
 
 
 def main(argv: list[str] | None = None) -> int:
+    from same_fast.benchsuites.common import write_json
     from same_fast.eval import provenance
     from same_fast.models import load_model
 
@@ -266,9 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         for shift in a.shift or TEST_SHIFTS:
             if a.online_frames:
                 res["cases"][f"{camera}/{shift}"] = run_online(model, a.picker, camera, shift, a)
-                if a.json:
-                    a.json.parent.mkdir(parents=True, exist_ok=True)
-                    a.json.write_text(json.dumps(res, indent=1) + "\n")
+                write_json(a.json, res)
                 continue
             r = run_case(model, a.picker, camera, shift, arms, a)
             res["cases"][f"{camera}/{shift}"] = r
@@ -282,9 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{v['gain_ssim']['mean']:+.4f} [{v['gain_ssim']['lo']:+.4f},"
                       f"{v['gain_ssim']['hi']:+.4f}] {v['gain_psnr']['mean']:+.2f} dB  worse "
                       f"{v['share_worse_than_source']:.0%}  {v['seconds']}s{tag}", flush=True)
-            if a.json:
-                a.json.parent.mkdir(parents=True, exist_ok=True)
-                a.json.write_text(json.dumps(res, indent=1) + "\n")
+            write_json(a.json, res)
     return 0
 
 

@@ -149,7 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="same-fast-pipeline-"))
     env = {**os.environ, "SAME_FAST_CACHE": str(tmp / "cache")}
     os.environ["SAME_FAST_CACHE"] = env["SAME_FAST_CACHE"]
+    from same_fast.eval import provenance
+
+    # one timed run per arm: no interval (ratios of single runs on a shared machine; the load
+    # averages beside them say how busy it was)
     result: dict[str, Any] = {"environment": environment(), "argv": sys.argv[1:],
+                              "provenance": provenance({"photos": 0}),
+                              "intervals": None, "repeats": 1,
                               "load_average_start": os.getloadavg()}
     try:
         files = make_photos(tmp / "in", a.n, a.size)

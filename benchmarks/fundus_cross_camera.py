@@ -27,7 +27,6 @@ over images; the JSON records the git commit, the seeds and the command.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -226,6 +225,7 @@ def summarise(rows: list[dict[str, Any]], cond: str, labels: list[str], seed: in
 
 
 def main(argv: list[str] | None = None) -> int:
+    from same_fast.benchsuites.common import write_json
     from same_fast.eval import provenance
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -282,9 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{arm['gain_psnr']['mean']:+.2f} [{arm['gain_psnr']['lo']:+.2f}, "
                       f"{arm['gain_psnr']['hi']:+.2f}] worse {arm['share_below_input_ssim']:.0%}"
                       f"{extra} target {'met' if arm['target_met'] else 'NOT met'}", flush=True)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(res, indent=1) + "\n")
+    write_json(a.json, res)
     return 0
 
 
