@@ -89,8 +89,7 @@ def paper_network(model: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
-def arm_setup(arm: str, shift: str, steps: int, view: int, n_images: int, seed: int
-              ) -> tuple[Any, bool]:
+def arm_setup(arm: str, shift: str, steps: int, view: int, seed: int) -> tuple[Any, bool]:
     """(AdaptConfig, uses the picker) of an arm."""
     from same_fast.adapt.loop import AdaptConfig
 
@@ -137,7 +136,7 @@ def run_case(model: torch.nn.Module, picker_name: str, camera: str, shift: str, 
     from same_fast.adapt.loop import adapt_offline
     from same_fast.degrade import degrade
     from same_fast.eval import bootstrap_ci
-    from same_fast.picker import auto_calibrate, load_picker
+    from same_fast.picker import load_picker
 
     n = a.max_images or (IDRID_TEST_IMAGES if camera == "IDRiD-test" else 0)
     clean, fov, names = load_target(camera, a.size, n)
@@ -159,18 +158,18 @@ def run_case(model: torch.nn.Module, picker_name: str, camera: str, shift: str, 
             out = _enhance(model, degraded, fov)
             info: dict[str, Any] = {}
         else:
-            cfg, use_picker = arm_setup(arm, shift, a.steps, a.view, len(images), a.seed)
+            cfg, use_picker = arm_setup(arm, shift, a.steps, a.view, a.seed)
             if cfg is None:
                 continue
             pick = None
             info = {"config": {k: v for k, v in dataclasses.asdict(cfg).items()
                                if not isinstance(v, tuple)}}
             if use_picker:
-                pick = load_picker(picker_name)
-                share = auto_calibrate(pick, model, degraded, fov)
-                info["calibrate_share"] = share
+                pick = load_picker(picker_name)  # adapt_offline sets its share (the default)
             net = paper_network(model) if arm == "paper" else copy.deepcopy(model)
             r = adapt_offline(net, images, pick, cfg, fovs)
+            if pick is not None:
+                info["calibrate_share"] = pick.config.calibrate
             info["acceptance"] = r.acceptance
             out = _enhance(r.student if cfg.serve == "student" else r.teacher, degraded, fov)
         per_arm[arm] = _scores(out, clean, fov)
