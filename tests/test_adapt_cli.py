@@ -119,6 +119,22 @@ def test_adapt_picker_calibration_adapts_where_the_absolute_rule_rejects_all(tmp
     assert runs["0"][0]["picker_config"]["calibrate"] == 0.0
 
 
+def test_adapt_sets_the_share_itself_unless_one_is_named(tmp_path, tiny):
+    # No --picker-calibrate: the share comes from the target's own scores (picker_share_auto).
+    # Named, 0 included, it is the user's and the automatic share is off.
+    got = {}
+    for name, extra in (("auto", []), ("named", ["--picker-calibrate", "0"])):
+        out = tmp_path / f"{name}.safetensors"
+        assert main(["adapt", "-m", str(tiny), "-i", str(_folder(tmp_path / f"in_{name}")),
+                     "-o", str(out), "--steps", "2", "--size", "32",
+                     "--picker", "ultrasound-picker", *extra]) == 0
+        got[name] = load_model(out)[1]["adaptation"]
+    assert got["auto"]["config"]["picker_share_auto"] is True
+    assert 0 < got["auto"]["picker_config"]["calibrate"] < 1
+    assert got["named"]["config"]["picker_share_auto"] is False
+    assert got["named"]["picker_config"]["calibrate"] == 0.0
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--picker", "ultrasound-picker", "--picker-calibrate", "1"], "--picker-calibrate must be in [0, 1)"),
     (["-i", "MISSING"], "no such folder"),

@@ -49,12 +49,16 @@ def test_losses_fall_on_tiny_data(tmp_path):
     _tiny_set(tmp_path / "set")
     data = load_structure_set([tmp_path / "set"], 1, 32)
     assert data.images.shape == (4, 1, 32, 32) and data.masks.shape == (4, 1, 32, 32)
+    # 60 IQA steps, first and last quarters: the falls over seeds 0-9 were 5-25 % (30 steps and
+    # eighths: 0-18 %, too close to noise). The networks' initialisation draws from torch's global
+    # generator, so it is seeded here: otherwise the result depends on the tests run before.
+    torch.manual_seed(0)
     cfg = PickerTrainConfig(modality="ultrasound", iqa_size=32, isd_size=16, iqa_width=4,
-                            isd_latent=4, iqa_steps=30, isd_steps=30, batch=9, lr=3e-3)
+                            isd_latent=4, iqa_steps=60, isd_steps=30, batch=9, lr=3e-3)
     g = torch.Generator().manual_seed(0)
     _, iqa_losses = train_iqa(data.images, cfg, g)
     _, isd_losses, thr, scores = train_isd(data.masks, cfg, g)
-    assert np.mean(iqa_losses[-8:]) < np.mean(iqa_losses[:8])
+    assert np.mean(iqa_losses[-15:]) < 0.95 * np.mean(iqa_losses[:15])
     assert np.mean(isd_losses[-8:]) < 0.8 * np.mean(isd_losses[:8])
     assert thr == pytest.approx(np.percentile(scores, cfg.percentile))
 

@@ -204,6 +204,11 @@ class AdaptConfig(StepConfig):
 _TYPES = {"int": int, "float": float, "str": str}
 
 
+# A flag whose naming (any value) turns off the automatic setting it would otherwise get: an
+# explicit --picker-calibrate 0 means the picker's absolute thresholds alone, not "auto".
+_NAMING_TURNS_OFF = {"picker_calibrate": "picker_share_auto"}
+
+
 def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
               flags: Mapping[str, str], defaults: AdaptConfig) -> None:
     """Declare one flag per ``flags`` entry (field -> flag, e.g. ``"size": "--adapt-crop"``):
@@ -220,6 +225,10 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
                 kw["help"] = f"turn off: {kw['help']}"
         else:
             kw.update(default=default, type=_TYPES[f.type.split(" ")[0]])
+            if name in _NAMING_TURNS_OFF and _NAMING_TURNS_OFF[name] in flags:
+                kw["default"] = None  # unnamed: keep the automatic setting
+                kw["help"] = (f"{kw['help']} (default: set automatically; naming it, 0 "
+                              f"included, implies {flags[_NAMING_TURNS_OFF[name]]})")
             for key in ("choices", "metavar"):
                 if key in f.metadata:
                     kw[key] = f.metadata[key]
@@ -229,8 +238,14 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
 def from_args(args: argparse.Namespace, flags: Mapping[str, str], base: AdaptConfig,
               **overrides: Any) -> AdaptConfig:
     """``base`` with the values of the flags ``add_flags`` declared (and ``overrides``). Naming a
-    re-degradation preset turns the re-degraded view on."""
+    re-degradation preset turns the re-degraded view on; naming a calibration share (0 included)
+    turns the automatic share off."""
     values = {name: getattr(args, name) for name in flags}
     if values.get("redegrade_preset"):
         values["redegrade"] = True
+    for name, auto in _NAMING_TURNS_OFF.items():
+        if name in values and values[name] is None:
+            del values[name]  # not named: the base's value, automatic setting untouched
+        elif name in values and auto in flags:
+            values[auto] = False
     return dataclasses.replace(base, **{**values, **overrides})
