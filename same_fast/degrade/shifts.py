@@ -6,6 +6,8 @@ generator of the shift it is judged on):
 - ``generic-mix``: the student's re-degraded view in adaptation when nothing is known about the
   target: mild noise, blur, JPEG and tone, each with its own probability. Fixed before any
   target was looked at; it is no test shift's generator.
+- ``select-noise-jpeg``: a selection shift (sensor noise saved as JPEG at an export quality),
+  for choosing settings on DRIVE's training images; never reported.
 - Test shifts, fixed in advance (2026-12-06, before any adaptation result on them was seen) and
   never used as a re-degradation: ``shift-noise-jpeg`` (Poisson-Gaussian sensor noise, then JPEG
   at low quality), ``shift-haze-gamma`` (a smooth, spatially varying veil toward a warm white,
@@ -143,5 +145,24 @@ class BlurLight:
         return ops.keep_fov(y.clamp(0, 1), fov)
 
 
+@dataclass(frozen=True)
+class SelectNoiseJpeg:
+    """Selection shift (DRIVE *training* images only, for choosing adaptation settings; never
+    reported): ``sensor-noise``, then the frame saved as JPEG at a usual export quality. Added
+    2026-12-06 to check the JPEG-aware re-degradation (``degrade.estimate``) before it was run
+    on any test shift; its quality range lies above the test shift's on purpose."""
+
+    name: str = "select-noise-jpeg"
+    jpeg_quality: Range = (60.0, 85.0)
+
+    def apply(self, x: torch.Tensor, g: torch.Generator | None,
+              fov: torch.Tensor | None = None) -> torch.Tensor:
+        from same_fast.degrade.presets import SensorNoise
+
+        y = SensorNoise().apply(x, g, fov)
+        quality = uniform(g, x.shape[0], self.jpeg_quality, x.device)
+        return ops.keep_fov(ops.jpeg(y, quality), fov)
+
+
 SHIFTS = (NoiseJpeg(), HazeGamma(), BlurLight())
-SHIFT_PRESETS = {p.name: p for p in (GenericMix(), *SHIFTS)}
+SHIFT_PRESETS = {p.name: p for p in (GenericMix(), SelectNoiseJpeg(), *SHIFTS)}
