@@ -167,6 +167,8 @@ def test_enhance_adapt_online_on_a_cine(tmp_path, tiny_models):
     # 30 RGB frames of a grey model run as 90 grey frames: a step every 8 frames
     assert s["adaptation"]["frames"] == 90 and s["adaptation"]["steps"] >= 10
     assert s["engine"]["adapt"] == "online"
+    # the settings are AdaptConfig's, carried whole into the summary
+    assert s["engine"]["adaptation"]["every"] == 8 and s["engine"]["adaptation"]["mode"] == "online"
     plain = tmp_path / "plain"
     assert main(["enhance", "-m", tiny_models[1], "-i", src, "-o", str(plain),
                  "--no-progress"]) == 0
@@ -177,6 +179,9 @@ def test_enhance_adapt_online_on_a_cine(tmp_path, tiny_models):
     with pytest.raises(SystemExit):
         main(["enhance", "-m", tiny_models[1], "-i", src, "-o", str(out), "--adapt",
               "--backend", "onnxruntime"])
+    with pytest.raises(SystemExit):  # AdaptConfig's own checks, naming enhance's flag
+        main(["enhance", "-m", tiny_models[1], "-i", src, "-o", str(out), "--adapt",
+              "--adapt-every", "0"])
 
 
 def test_enhance_adapt_with_a_calibrated_picker_learns_where_the_rule_rejects_all(

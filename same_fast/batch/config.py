@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from same_fast.adapt.config import AdaptConfig
 from same_fast.engine.tiles import DEFAULT_MAX_PIXELS as DEFAULT_TILE_PIXELS
 
 #: Pixels the pipeline may hold between decoding and writing (2**25: 128 fundus photos at
@@ -24,7 +26,9 @@ def default_workers() -> int:
 class EnhanceConfig:
     """One field per flag. ``workers``: reader and writer threads each (-1: ``default_workers``;
     0: one file after another in the calling thread). ``queue_pixels``: the pipeline's memory
-    budget (pixels read and not yet written)."""
+    budget (pixels read and not yet written). ``adapt``: adapt online while enhancing, with the
+    settings ``adaptation`` (the one ``AdaptConfig``; ``same-fast enhance``'s ``--adapt-*``,
+    ``--picker`` and ``--picker-calibrate`` flags)."""
 
     model: str
     input: str
@@ -35,15 +39,20 @@ class EnhanceConfig:
     backend: str = "torch"
     channels_last: bool = False
     adapt: bool = False
-    picker: str = "auto"
-    adapt_every: int = 4
-    picker_calibrate: float = 0.0
+    adaptation: AdaptConfig = field(default_factory=lambda: AdaptConfig(mode="online"))
     progress: bool = True
     force_modality: bool = False
     uid_root: str | None = None
     tile_pixels: int = DEFAULT_TILE_PIXELS
     workers: int = -1
     queue_pixels: int = DEFAULT_QUEUE_PIXELS
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EnhanceConfig:
+        """The inverse of ``dataclasses.asdict`` (the nested ``adaptation`` included)."""
+        a = d.get("adaptation")
+        return cls(**{**d, "adaptation": AdaptConfig(**a) if isinstance(a, dict) else
+                      (a or AdaptConfig(mode="online"))})
 
     def threads(self) -> int:
         """The effective ``workers``."""

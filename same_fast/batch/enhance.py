@@ -10,6 +10,7 @@ written twice (a retried Ray task) is written whole, once.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -265,21 +266,19 @@ def _adapt_step(cfg: EnhanceConfig, model: torch.nn.Module, meta: dict[str, Any]
     if cfg.backend not in ("torch", "auto") or cfg.channels_last:
         raise InputError("--adapt serves the adapting torch student; use --backend torch "
                          "without --channels-last")
-    if cfg.adapt_every < 1:
-        raise InputError("--adapt-every must be >= 1")
-    from same_fast.adapt.config import AdaptConfig
     from same_fast.adapt.online import OnlineAdapter
     from same_fast.picker import PickerConfig, resolve_picker
 
     modality = str(meta.get("modality", "fundus"))
-    picker = resolve_picker(cfg.picker, modality, cfg.device,
-                            PickerConfig(calibrate=cfg.picker_calibrate))
-    adapter = OnlineAdapter(model, picker, AdaptConfig(mode="online", modality=modality,
-                                                       every=cfg.adapt_every))
+    acfg = dataclasses.replace(cfg.adaptation, mode="online", modality=modality)
+    picker = resolve_picker(acfg.picker, modality, cfg.device,
+                            PickerConfig(calibrate=acfg.picker_calibrate))
+    adapter = OnlineAdapter(model, picker, acfg)
 
     def adapt_step(t: torch.Tensor, mm: torch.Tensor | None) -> torch.Tensor:
         adapter.observe(t, mm)
         return adapter.enhance(t, mm)
 
-    return adapt_step, adapter, {"backend": "torch", "adapt": "online", "picker": cfg.picker,
-                                 "picker_calibrate": cfg.picker_calibrate}
+    return adapt_step, adapter, {"backend": "torch", "adapt": "online", "picker": acfg.picker,
+                                 "picker_calibrate": acfg.picker_calibrate,
+                                 "adaptation": acfg.to_dict()}

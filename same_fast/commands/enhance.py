@@ -28,10 +28,22 @@ from __future__ import annotations
 import argparse
 import json
 
+from same_fast.adapt.config import AdaptConfig, add_flags, from_args
 from same_fast.batch.config import DEFAULT_QUEUE_PIXELS, EnhanceConfig
 from same_fast.engine.tiles import DEFAULT_MAX_PIXELS as DEFAULT_TILE_PIXELS
 
 HELP = "enhance images, folders or DICOM series with a trained model"
+
+# The flag of each AdaptConfig field ``--adapt`` exposes (named as ``same-fast serve``'s).
+ADAPT_FLAGS = {
+    "picker": "--picker", "picker_calibrate": "--picker-calibrate", "every": "--adapt-every",
+    "batch": "--adapt-batch", "buffer": "--adapt-buffer", "size": "--adapt-crop",
+    "lr": "--adapt-lr", "ema": "--adapt-ema", "serve": "--adapt-serve",
+    "redegrade": "--adapt-no-redegrade", "redegrade_preset": "--adapt-redegrade",
+    "redegrade_strength": "--adapt-redegrade-strength", "safety": "--adapt-safety",
+    "min_acceptance": "--adapt-min-acceptance", "max_drift": "--adapt-max-drift",
+    "seed": "--seed",
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,13 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch/compile backends: NHWC weights and frames (often faster on CPU)")
     p.add_argument("--adapt", action="store_true",
                    help="adapt online (SAME) while enhancing, in input order")
-    p.add_argument("--picker", default="auto",
-                   help="with --adapt: picker name or checkpoint, 'auto' (by modality) or 'none'")
-    p.add_argument("--adapt-every", type=int, default=4, metavar="K",
-                   help="with --adapt: one adaptation step every K frames")
-    p.add_argument("--picker-calibrate", type=float, default=0.0, metavar="SHARE",
-                   help="with --adapt: also learn from the best SHARE (0-1) of the input's own "
-                        "recent pseudo-labels (for scans the picker rates low across the board)")
+    g = p.add_argument_group("online adaptation (with --adapt; AdaptConfig's fields)")
+    add_flags(g, ADAPT_FLAGS, AdaptConfig(mode="online"))
     p.add_argument("--force-modality", action="store_true",
                    help="enhance DICOM of a modality the model was not trained for")
     p.add_argument("--uid-root", metavar="ROOT",
@@ -77,7 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     fields = EnhanceConfig.__dataclass_fields__
-    cfg = EnhanceConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    adaptation = from_args(args, ADAPT_FLAGS, AdaptConfig(mode="online")).check(ADAPT_FLAGS)
+    cfg = EnhanceConfig(**{k: v for k, v in vars(args).items()
+                           if k in fields and k not in ADAPT_FLAGS}, adaptation=adaptation)
     if args.ray is not None:
         from same_fast.distributed import enhance_on_ray
 

@@ -34,7 +34,7 @@ class EnhanceWorker:
     """One Ray actor: the model loaded once, then any number of shards."""
 
     def __init__(self, fields: dict[str, Any], run_key: str) -> None:
-        self.cfg = EnhanceConfig(**fields)
+        self.cfg = EnhanceConfig.from_dict(fields)
         self.model_step = ModelStep.load(self.cfg)
         self.series = SeriesUids(self.cfg.uid_root, run_key)
 
