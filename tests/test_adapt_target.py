@@ -9,8 +9,14 @@ import torch
 
 from same_fast.adapt.augment import AugmentConfig, random_views
 from same_fast.adapt.loop import AdaptConfig, adapt_offline, redegradation
-from same_fast.degrade import degrade
-from same_fast.degrade.estimate import TargetNoise, noise_sigma, target_redegradation
+from same_fast.degrade import degrade, ops
+from same_fast.degrade.estimate import (
+    TargetNoise,
+    jpeg_noise_sigma,
+    jpeg_quality,
+    noise_sigma,
+    target_redegradation,
+)
 from same_fast.errors import InputError
 from same_fast.nn import SAMENet
 from same_fast.picker import share_from_scores
@@ -49,6 +55,40 @@ def test_target_redegradation_follows_the_target():
     assert 0.02 < float(noise_sigma(y).mean()) - 0.0 < 0.07
     assert isinstance(redegradation(AdaptConfig(), list(x)), TargetNoise)
     assert redegradation(AdaptConfig(redegrade_preset="generic-mix"), list(x)) == "generic-mix"
+
+
+def _jpeg(x, quality, std=0.0, seed=1):
+    """``x`` with Gaussian noise, saved as an 8-bit JPEG at ``quality`` and decoded."""
+    g = torch.Generator().manual_seed(seed)
+    y = (x + std * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    return (ops.jpeg(y, torch.full((len(x),), float(quality))) * 255).round() / 255
+
+
+@pytest.mark.parametrize("quality", [30, 50, 75])
+def test_jpeg_quality_is_read_from_the_pixels(quality):
+    x = _smooth(n=2, size=128)
+    for y in _jpeg(x, quality, std=0.02):
+        assert jpeg_quality(y) == pytest.approx(quality, abs=2.5)
+    # no lattice: a lossless 8-bit image, and a JPEG resized afterwards
+    assert np.isnan(jpeg_quality((x[0] * 255).round() / 255))
+    resized = torch.nn.functional.interpolate(_jpeg(x, quality), scale_factor=0.9, mode="bilinear")
+    assert np.isnan(jpeg_quality((resized[0] * 255).round() / 255))
+
+
+def test_jpeg_noise_estimate_sees_through_the_compression():
+    x = _smooth(n=2, size=128)
+    est = {std: [jpeg_noise_sigma(y, None, 50) for y in _jpeg(x, 50, std)] for std in (0, 0.03, 0.06)}
+    assert max(est[0]) < min(est[0.03]) and max(est[0.03]) < min(est[0.06])
+    assert min(est[0.06]) > 0.03  # Immerkaer's reads the compressed noise as about 0.01
+    assert float(noise_sigma(_jpeg(x, 50, 0.06)).max()) < 0.015
+
+
+def test_target_redegradation_compresses_as_a_jpeg_target_was():
+    x = _smooth(n=4, size=128)
+    r = target_redegradation(list(_jpeg(x, 40, std=0.03)))
+    assert r.p_jpeg == 1.0 and r.jpeg_quality[0] < 40 < r.jpeg_quality[1]
+    assert 0.015 < r.sigma < 0.05
+    assert target_redegradation(list(x)).p_jpeg == TargetNoise(0.01).p_jpeg  # not a JPEG: as before
 
 
 def test_share_from_scores_finds_an_implausible_group_and_leaves_one_group_alone():

@@ -17,11 +17,12 @@ from typing import Any
 
 from same_fast.errors import InputError
 
-# The student's re-degraded view by default: "auto", noise at the level estimated from the
-# target images themselves plus a mild JPEG pass (degrade/estimate.py), the same for every
-# modality. Never a test shift's own generator, and not the source training preset either
-# (which would only teach again what the source learnt). A named preset (generic-mix, ...)
-# replaces it.
+# The student's re-degraded view by default: "auto", read off the target images themselves
+# (degrade/estimate.py): for JPEG targets, noise at the sensor level their DCT coefficients
+# tell and a JPEG pass at their own quality (read from the pixels); otherwise noise at
+# Immerkaer's estimate plus a mild JPEG pass. The same for every modality. Never a test
+# shift's own generator, and not the source training preset either (which would only teach
+# again what the source learnt). A named preset (generic-mix, ...) replaces it.
 AUTO_REDEGRADE = "auto"
 DEFAULT_REDEGRADE = {"fundus": AUTO_REDEGRADE, "ultrasound": AUTO_REDEGRADE, "oct": AUTO_REDEGRADE}
 SERVES = ("student", "teacher")
@@ -84,7 +85,8 @@ class AdaptConfig(StepConfig):
                            "paper's recipe, the student sees the teacher's view)")
     redegrade_preset: str = _opt("", "degradation preset of the student's re-degraded view "
                                  "(naming one turns the view on; '' = auto: noise at the level "
-                                 "estimated from the target images plus a mild JPEG pass)",
+                                 "estimated from the target images, and JPEG at their own "
+                                 "quality when they are JPEGs, else a mild JPEG pass)",
                                  metavar="PRESET")
     redegrade_strength: float = _opt(1.0, "scale of the re-degraded view: "
                                      "x + S (degraded - x)", metavar="S")

@@ -7,7 +7,8 @@ Fundus: scikit-image's real retina photograph, cut into four quadrant tiles, und
 ``ultrasound-lite`` never saw an echocardiogram. Both shifts were fixed before the current
 recipe existed. For each: the shipped source model enhances, then SAME adapts offline with the
 default recipe of ``same-fast adapt`` (``AdaptConfig``'s defaults: the student's view
-re-degraded with noise at the level estimated from the case's own images plus a mild JPEG pass;
+re-degraded as the case's own images tell: noise at their estimated level, and JPEG at their own
+quality when they are JPEGs, else a mild JPEG pass;
 the shipped picker, its calibration share set from the case's own score distribution,
 ``picker.auto_calibrate``); nothing is set from the shift that made the case. Only the budget
 is the demo's own (``--steps``, ``--view``). The adapted model enhances again. Writes

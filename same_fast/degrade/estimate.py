@@ -9,12 +9,25 @@ own images rather than assumed, and never taken from a test's generator:
   that cancels smooth structure, mean absolute response, J. Immerkaer, CVIU 1996), per channel
   inside the field of view and averaged over channels, per image; textured anatomy inflates it
   a little.
-- ``TargetNoise``: the re-degradation that follows from it: Gaussian noise at the estimated
-  level (times ``U(0.7, 1.3)``) and, with probability ``p_jpeg``, a mild JPEG pass (saved
-  frames are often compressed). No blur (sharpening a noisy image amplifies its noise) and no
-  tone change (an enhancer should keep the input's tone).
-- ``target_redegradation(images, fovs)``: the preset for a set of target images (the median
-  noise estimate, floored at ``floor`` so clean images still get a little).
+- ``jpeg_quality``: the IJG quality a decoded JPEG was saved at, read from its pixels: the
+  luminance DCT coefficients of the 8x8 blocks of a decoded JPEG sit on multiples of the
+  quantisation step of their frequency (Fan and de Queiroz, IEEE TIP 2003); the largest step
+  that the non-zero coefficients of each low frequency fit is that frequency's step, and the
+  quality whose IJG table matches those steps best is the answer (NaN when the pixels show no
+  JPEG lattice: a lossless file, a resized or re-sampled JPEG, quality above about 90).
+- ``jpeg_noise_sigma``: compression smooths noise, so Immerkaer's estimate of a JPEG reads it
+  as smaller than the sensor's. The sensor level is taken as the ``sigma`` whose noise, added
+  to the image and compressed at the image's own quality, raises the estimate as much again
+  (the estimate squared doubles): for an uncompressed image that is Immerkaer's estimate
+  itself; for a JPEG it measures the compression's attenuation on the image's own content.
+- ``TargetNoise``: the re-degradation that follows: Gaussian noise at the estimated level
+  (times ``U(0.7, 1.3)``) and, with probability ``p_jpeg``, a JPEG pass (for a JPEG target:
+  always, at its own quality +-5; otherwise 30 % of views, mildly, as saved frames often are).
+  No blur (sharpening a noisy image amplifies its noise) and no tone change (an enhancer should
+  keep the input's tone).
+- ``target_redegradation(images, fovs)``: the preset for a set of target images (median
+  estimates, the noise floored at ``floor`` so clean images still get a little; JPEG when at
+  least half of the images show it).
 """
 from __future__ import annotations
 
@@ -68,13 +81,111 @@ class TargetNoise:
         return ops.keep_fov(y, fov)
 
 
+# Low luminance frequencies (row, column) whose steps are read: coefficients there are
+# rarely all zero, so their lattice shows even at low quality.
+_FREQS = ((0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (2, 0), (1, 2), (2, 1), (0, 3), (3, 0))
+_FIT = 0.35      # a step fits when the coefficients' rounding error is below this share of a
+                 # uniform error's (1 = no lattice; 8-bit rounding alone gives 1/t^2)
+_MIN_COEFS = 24  # non-zero coefficients a step needs to be judged
+_QUALITIES = torch.arange(1.0, 100.5, 0.5)
+
+
+def _block_coefs(x01: torch.Tensor, fov: torch.Tensor | None) -> torch.Tensor:
+    """``(B, 8, 8)`` luminance DCT coefficients of the 8x8 blocks (on the grid from the top-left
+    corner) that lie wholly inside ``fov`` (``(1, H, W)`` or None), of one ``(C, H, W)`` image."""
+    v = x01.float() * 255.0
+    y = (0.299 * v[0] + 0.587 * v[1] + 0.114 * v[2]) if v.shape[0] == 3 else v[0]
+    h, w = (y.shape[0] // 8) * 8, (y.shape[1] // 8) * 8
+    blocks = (y[:h, :w] - 128.0).reshape(h // 8, 8, w // 8, 8).permute(0, 2, 1, 3)
+    if fov is not None:
+        inside = -F.max_pool2d(-(fov.float().reshape(1, *fov.shape[-2:])[:, :h, :w] > 0.5).float(),
+                               8)[0]
+        blocks = blocks[inside > 0.5]
+    else:
+        blocks = blocks.reshape(-1, 8, 8)
+    m = ops.dct8_matrix(blocks.device)
+    return m @ blocks @ m.T
+
+
+def _step(c: torch.Tensor, max_step: int = 160) -> float:
+    """The largest quantisation step the non-zero coefficients ``c`` (one frequency, all blocks)
+    lie on, or NaN."""
+    t = torch.arange(2, max_step + 1, dtype=c.dtype).view(-1, 1)
+    k = torch.round(c.view(1, -1) / t)
+    used = k != 0
+    n = used.sum(1)
+    err = ((c.view(1, -1) - k * t) ** 2 * used).sum(1) / (n.clamp_min(1) * t[:, 0] ** 2 / 12)
+    ok = (n >= _MIN_COEFS) & (err < _FIT)
+    if not bool(ok.any()):
+        return math.nan
+    # the largest fitting step, or a neighbour that fits better: with few non-zero multiples a
+    # step a little larger than the true one also fits loosely; its divisors lie at half or less
+    top = float(t[ok].max())
+    near = ok & (t[:, 0] > 0.75 * top)
+    return float(t[near][err[near].argmin()])
+
+
+def jpeg_quality(x01: torch.Tensor, fov: torch.Tensor | None = None) -> float:
+    """The IJG quality (1-100) a decoded JPEG ``(C, H, W)`` in [0, 1] was saved at, or NaN when
+    its pixels carry no JPEG lattice (module docstring)."""
+    coefs = _block_coefs(x01, fov)
+    if coefs.shape[0] < _MIN_COEFS:
+        return math.nan
+    steps = torch.tensor([_step(coefs[:, u, v]) for u, v in _FREQS])
+    found = ~torch.isnan(steps)
+    if int(found.sum()) < 0.6 * len(_FREQS):
+        return math.nan
+    idx = torch.tensor([u * 8 + v for u, v in _FREQS])[found]
+    tables = ops.jpeg_tables(_QUALITIES)[:, 0].reshape(len(_QUALITIES), 64)[:, idx]
+    err = (tables.log() - steps[found].log()).abs().median(1).values  # one odd step may not decide
+    best = int(err.argmin())
+    return float(_QUALITIES[best]) if float(err[best]) < 0.1 else math.nan
+
+
+def jpeg_noise_sigma(x01: torch.Tensor, fov: torch.Tensor | None, quality: float) -> float:
+    """The sensor noise level of ``x01`` ``(C, H, W)`` before it was saved as a JPEG at
+    ``quality`` (NaN when no frequency tells). Immerkaer's estimate fails there: compression
+    removes the small coefficients noise makes. The removed share tells the noise: noise of
+    std ``s`` (x 255 in the orthonormal DCT) sends ``erf(t / (2 sqrt(2) s))`` of a frequency's
+    coefficients to zero when its quantisation step is ``t``. Each AC frequency with a zero
+    share in (0.05, 0.99) gives an estimate, one with a larger share an upper bound (the share
+    at 0.99); anatomy only widens the spread, so the smallest of them is taken (as Immerkaer's
+    ignores texture). At low quality only frequencies that carry anatomy keep coefficients, and
+    the estimate is then an upper bound: there the JPEG pass, not the noise, is what the
+    re-degradation has to reproduce."""
+    coefs = _block_coefs(x01, fov)
+    if coefs.shape[0] < 64:
+        return math.nan
+    table = ops.jpeg_tables(torch.tensor([float(quality)]))[0, 0]
+    zero = (coefs.abs() < table / 2).float().mean(0)
+    ac = torch.ones(8, 8, dtype=torch.bool)
+    ac[0, 0] = False  # the DC coefficient carries the image's brightness, not its noise
+    tells = ac & (zero > 0.05)
+    if int((tells & (zero < 0.99)).sum()) < 3:
+        return math.nan
+    s = table[tells] / (2 * math.sqrt(2) * torch.special.erfinv(zero[tells].clamp(max=0.99))) / 255
+    return float(s.min())
+
+
 def target_redegradation(images: Sequence[torch.Tensor],
                          fovs: Sequence[torch.Tensor | None] | None = None,
                          floor: float = 0.005) -> TargetNoise:
-    """``TargetNoise`` at the median noise estimate of ``images`` ((C, H, W) in [0, 1])."""
+    """``TargetNoise`` for ``images`` ((C, H, W) in [0, 1]): their median JPEG quality when at
+    least half of them show one (then always a JPEG pass at it, +-5, and noise at the median
+    ``jpeg_noise_sigma``), else the median Immerkaer estimate with the mild default JPEG."""
+    fov_of = [None if fovs is None or fovs[i] is None else fovs[i] for i in range(len(images))]
+    qualities = [jpeg_quality(x, fov_of[i]) for i, x in enumerate(images)]
+    found = [q for q in qualities if not math.isnan(q)]
+    if images and len(found) * 2 >= len(images):
+        quality = float(torch.tensor(found).median())
+        est = [v for v in (jpeg_noise_sigma(x, fov_of[i], quality) for i, x in enumerate(images))
+               if not math.isnan(v)]
+        sigma = float(torch.tensor(est).median()) if est else floor
+        return TargetNoise(sigma=max(floor, sigma),
+                           p_jpeg=1.0, jpeg_quality=(max(1.0, quality - 5), min(100.0, quality + 5)))
     est = []
     for i, x in enumerate(images):
-        f = None if fovs is None or fovs[i] is None else fovs[i][None]
+        f = None if fov_of[i] is None else fov_of[i][None]
         est.append(float(noise_sigma(x[None], f)[0]))
     sigma = float(torch.tensor(est).median()) if est else floor
     return TargetNoise(sigma=max(floor, sigma))

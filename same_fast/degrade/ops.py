@@ -186,7 +186,8 @@ def jpeg_tables(quality: torch.Tensor) -> torch.Tensor:
     return torch.floor((base * scale + 50) / 100).clamp(1, 255)
 
 
-def _dct_matrix(device: torch.device) -> torch.Tensor:
+def dct8_matrix(device: torch.device) -> torch.Tensor:
+    """The 8x8 orthonormal DCT-II matrix JPEG codes blocks with."""
     k = torch.arange(8, dtype=torch.float32, device=device)
     m = torch.cos((2 * k.view(1, 8) + 1) * k.view(8, 1) * math.pi / 16) * math.sqrt(2 / 8)
     m[0] = m[0] / math.sqrt(2)
@@ -211,7 +212,7 @@ def jpeg(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     else:
         planes = [v[:, i] for i in range(c)]
     tables = jpeg_tables(quality.to(d).float())
-    m = _dct_matrix(d)
+    m = dct8_matrix(d)
     out = []
     for i, p in enumerate(planes):
         chroma = c == 3 and i > 0
