@@ -10,6 +10,8 @@ only to score. Reports the SSIM/PSNR of oct-lite and of the adapted student on t
 scans (paper protocol, grey), per class, and the share of scans the adaptation makes worse.
 
     .venv/bin/python benchmarks/oct_adapt.py --out benchmarks/results/2026-12-06-cpu-oct-adapt.json
+    .venv/bin/python benchmarks/oct_adapt.py --recipe default \
+        --out benchmarks/results/2026-12-06-cpu-oct-adapt-default.json
 """
 from __future__ import annotations
 
@@ -41,6 +43,10 @@ SHIFT = dataclasses.replace(PRESETS["oct"], name="oct-shift", looks=(1.0, 1.5),
                             grain_sigma=(1.2, 2.0), p_blur=1.0, lateral_sigma=(3.0, 6.0))
 ADAPT = dict(mode="offline", steps=200, batch=4, size=256, redegrade=True,
              redegrade_preset="oct", modality="oct", seed=0)
+# --recipe default: what `same-fast adapt -m oct-lite` does with no options (AdaptConfig's
+# defaults: the re-degradation read off the target scans, 300 steps; no OCT picker ships, so
+# the mean teacher).
+DEFAULT = dict(mode="offline", modality="oct", seed=0)
 
 
 def compare(src: list[dict[str, Any]], ada: list[dict[str, Any]], n_boot: int, seed: int
@@ -72,7 +78,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--model", default="oct-lite")
     ap.add_argument("--data", default="Kermany-report")
     ap.add_argument("--seed", type=int, default=0, help="degradation seed")
-    ap.add_argument("--steps", type=int, default=ADAPT["steps"])
+    ap.add_argument("--recipe", choices=("fixed", "default"), default="fixed",
+                    help="fixed: ADAPT (the oct preset as the re-degradation, 200 steps); "
+                         "default: same-fast adapt's defaults (DEFAULT)")
+    ap.add_argument("--steps", type=int, default=None, help="default: the recipe's")
     ap.add_argument("--boot", type=int, default=2000)
     ap.add_argument("--max-per-class", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -82,13 +91,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model, _ = load_model(args.model)
     scans = load_scans(args.data, SHIFT, args.seed, args.max_per_class)
     src, _ = score_model(model, scans, identity=False)
-    cfg = AdaptConfig(**{**ADAPT, "steps": args.steps})
+    base = ADAPT if args.recipe == "fixed" else DEFAULT
+    cfg = AdaptConfig(**base)
+    if args.steps is not None:
+        cfg = dataclasses.replace(cfg, steps=args.steps)
     result = adapt_offline(model, [sc["degraded"] for sc in scans], None, cfg)
     ada, _ = score_model(result.student, scans, identity=False)
     summary = compare(src, ada, args.boot, 0)
     a = summary["all"]
     res = {**run_info(args.model, argv), "data": args.data, "shift": dataclasses.asdict(SHIFT),
-           "adapt": dataclasses.asdict(cfg), "picker": None,
+           "recipe": args.recipe, "adapt": dataclasses.asdict(cfg), "picker": None,
            "seeds": {"degrade": args.seed, "adapt": cfg.seed, "bootstrap": 0},
            "summary": summary,
            "targets": {"ssim_gain>=0.01": {"value": a["ssim_gain"], "met": a["ssim_gain"] >= 0.01},

@@ -30,6 +30,7 @@ bad from one the assessors merely never saw.
 from __future__ import annotations
 
 import datetime as _dt
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -338,15 +339,18 @@ def load_picker(name_or_path: str | Path, device: str | torch.device = "cpu",
 def resolve_picker(spec: str | None, modality: str, device: str | torch.device = "cpu",
                    config: PickerConfig | None = None) -> Picker | None:
     """The picker a front names: None or ``none`` -> None (every sample accepted); ``auto`` ->
-    the shipped picker of ``modality``; else a shipped name or a checkpoint path. ``config``'s
-    decision settings override the checkpoint's (``p_good`` None keeps its threshold)."""
+    the shipped picker of ``modality`` (None, with a warning, where none ships); else a shipped
+    name or a checkpoint path. ``config``'s decision settings override the checkpoint's
+    (``p_good`` None keeps its threshold)."""
     if spec is None or spec == "none":
         return None
     if spec == "auto":
         spec = f"{modality}-picker"
-        if spec not in SHIPPED:
-            raise CheckpointError(f"no shipped picker for modality '{modality}' "
-                                  "(pass --picker CKPT or --picker none)")
+        if spec not in SHIPPED:  # e.g. OCT: no layer masks to train one on
+            warnings.warn(f"no shipped picker for modality '{modality}': adapting as a mean "
+                          "teacher (every pseudo-label accepted; --picker CKPT names one)",
+                          stacklevel=2)
+            return None
     return load_picker(spec, device, config)
 
 

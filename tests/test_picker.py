@@ -375,3 +375,12 @@ def test_auto_calibrate_takes_a_batch_or_a_folder_of_mixed_sizes():
     mixed = [torch.rand(1, 64, 96, generator=g), torch.rand(1, 48, 64, generator=g), *x[:4]]
     assert 0.2 <= auto_calibrate(c, net, mixed, [None] * 6) <= 0.95
     assert c.config.calibrate > 0
+
+
+def test_auto_picker_is_the_modality_s_or_a_mean_teacher_with_a_warning():
+    from same_fast.picker import Picker, resolve_picker
+
+    assert isinstance(resolve_picker("auto", "fundus"), Picker)
+    assert resolve_picker("none", "fundus") is None
+    with pytest.warns(UserWarning, match="no shipped picker for modality 'oct'"):
+        assert resolve_picker("auto", "oct") is None
