@@ -44,7 +44,7 @@ SHIFT = dataclasses.replace(PRESETS["oct"], name="oct-shift", looks=(1.0, 1.5),
 ADAPT = dict(mode="offline", steps=200, batch=4, size=256, redegrade=True,
              redegrade_preset="oct", modality="oct", seed=0)
 # --recipe default: what `same-fast adapt -m oct-lite` does with no options (AdaptConfig's
-# defaults: the re-degradation read off the target scans, 300 steps; no OCT picker ships, so
+# defaults: the re-degradation read off the target scans, 100 steps; no OCT picker ships, so
 # the mean teacher).
 DEFAULT = dict(mode="offline", modality="oct", seed=0)
 
