@@ -78,6 +78,22 @@ def _enhance(model: torch.nn.Module, x: torch.Tensor, fov: torch.Tensor) -> torc
         return torch.cat([enhance(model, x[i:i + 4], fov[i:i + 4]) for i in range(0, len(x), 4)])
 
 
+def no_reference(picker: Any, model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Per image, what the picker's assessors say of ``model``'s output on ``x`` without any
+    reference: ``(N, 2)`` IQA P(good) and plausibility (the picker's continuous score)."""
+    from same_fast.nn import pad_to_multiple
+
+    model.eval()
+    rows = []
+    for i in range(0, len(x), 4):
+        xp, (h, w) = pad_to_multiple(x[i:i + 4] * 2 - 1, int(model.multiple))
+        with torch.no_grad():
+            y, st = model(xp)
+            sc = picker.scores(y[..., :h, :w], st[..., :h, :w])
+        rows.append(torch.stack([sc["p_good"], sc["plausibility"]], 1))
+    return torch.cat(rows).float().numpy()
+
+
 def paper_network(model: torch.nn.Module) -> torch.nn.Module:
     """The same weights in a network with the paper's dropout (0.5 in three decoder stages)."""
     from same_fast.nn import SAMENet
@@ -148,7 +164,7 @@ def run_case(model: torch.nn.Module, picker_name: str, camera: str, shift: str, 
     images = [degraded[i] for i in range(len(degraded))]
     fovs = [fov[i] for i in range(len(fov))]
     res: dict[str, Any] = {"images": names, "arms": {}}
-    per_arm = {}
+    per_arm, per_arm_nr = {}, {}
     picker = load_picker(picker_name)
     res["picker_audit"] = picker_audit(picker, model, degraded, fov, clean)
     res["input"] = _scores(degraded, clean, fov).mean(0).tolist()
@@ -157,6 +173,7 @@ def run_case(model: torch.nn.Module, picker_name: str, camera: str, shift: str, 
         if arm == "source":
             out = _enhance(model, degraded, fov)
             info: dict[str, Any] = {}
+            nr = no_reference(picker, model, degraded)
         else:
             cfg, use_picker = arm_setup(arm, shift, a.steps, a.view, a.seed)
             if cfg is None:
@@ -171,8 +188,11 @@ def run_case(model: torch.nn.Module, picker_name: str, camera: str, shift: str, 
             if pick is not None:
                 info["calibrate_share"] = pick.config.calibrate
             info["acceptance"] = r.acceptance
-            out = _enhance(r.student if cfg.serve == "student" else r.teacher, degraded, fov)
+            served = r.student if cfg.serve == "student" else r.teacher
+            out = _enhance(served, degraded, fov)
+            nr = no_reference(picker, served, degraded)
         per_arm[arm] = _scores(out, clean, fov)
+        per_arm_nr[arm] = nr
         info["seconds"] = round(time.perf_counter() - t0, 1)
         res["arms"][arm] = info
     src = per_arm["source"]
@@ -184,6 +204,13 @@ def run_case(model: torch.nn.Module, picker_name: str, camera: str, shift: str, 
             "gain_ssim": bootstrap_ci(d[:, 0], seed=a.seed),
             "gain_psnr": bootstrap_ci(d[:, 1], seed=a.seed),
             "share_worse_than_source": float(np.mean(d[:, 0] < 0)),
+            # no reference: the picker's IQA P(good) and plausibility of the arm's outputs,
+            # and their change against the source model's (what a clinic could see)
+            "no_reference": {"p_good": float(per_arm_nr[arm][:, 0].mean()),
+                             "plausibility": float(per_arm_nr[arm][:, 1].mean()),
+                             "gain_p_good": float((per_arm_nr[arm] - per_arm_nr["source"])[:, 0].mean()),
+                             "gain_plausibility": float((per_arm_nr[arm]
+                                                         - per_arm_nr["source"])[:, 1].mean())},
             "rows": sc.round(5).tolist()})
     return res
 
@@ -278,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {arm:18s} {v['ssim']['mean']:.4f}/{v['psnr']['mean']:.2f}  vs source "
                       f"{v['gain_ssim']['mean']:+.4f} [{v['gain_ssim']['lo']:+.4f},"
                       f"{v['gain_ssim']['hi']:+.4f}] {v['gain_psnr']['mean']:+.2f} dB  worse "
-                      f"{v['share_worse_than_source']:.0%}  {v['seconds']}s{tag}", flush=True)
+                      f"{v['share_worse_than_source']:.0%}  IQA {v['no_reference']['gain_p_good']:+.4f}"
+                      f" plaus {v['no_reference']['gain_plausibility']:+.4f}  {v['seconds']}s{tag}",
+                      flush=True)
             write_json(a.json, res)
     return 0
 
