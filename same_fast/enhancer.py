@@ -14,6 +14,7 @@ engine backend or an online adapter.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -188,8 +189,11 @@ class Enhancer:
         result = adapt_offline(self.network, xs, pick, cfg,
                                None if all(f is None for f in fovs) else fovs)
         net = result.student if cfg.serve == "student" else result.teacher
-        meta = {**self.metadata, "adaptation": {"config": cfg.to_dict(), "picker": picker,
-                                                "acceptance": result.acceptance}}
+        if result.skipped:
+            warnings.warn(result.skipped, stacklevel=2)
+        meta = {**self.metadata, "adaptation": {
+            "config": cfg.to_dict(), "picker": picker, "skipped": result.skipped,
+            "acceptance": None if result.skipped else result.acceptance}}
         return Enhancer(net, meta, f"{self.name} (adapted)", self.device)
 
     def save(self, path: str | Path) -> Path:

@@ -135,6 +135,27 @@ def test_adapt_sets_the_share_itself_unless_one_is_named(tmp_path, tiny):
     assert got["named"]["picker_config"]["calibrate"] == 0.0
 
 
+def test_adapt_keeps_the_source_on_clean_images_and_says_why(tmp_path, tiny, capsys):
+    src = tmp_path / "clean"
+    src.mkdir()
+    yy, xx = np.mgrid[:40, :36]
+    for i in range(3):  # smooth, noiseless, lossless: nothing to undo
+        write_image(src / f"c{i}.png", (100 + 60 * np.sin(xx / 9 + i) * np.cos(yy / 11))
+                    .astype(np.uint8)[..., None])
+    got = {}
+    for name, extra in (("kept", []), ("forced", ["--always-adapt"])):
+        out = tmp_path / f"{name}.safetensors"
+        assert main(["adapt", "-m", str(tiny), "-i", str(src), "-o", str(out), "--steps", "2",
+                     "--size", "16", "--picker", "none", *extra]) == 0
+        got[name] = load_model(out)
+    assert "nothing the automatic re-degradation models" in capsys.readouterr().err
+    kept, _ = load_model(tiny)
+    assert got["kept"][1]["adaptation"]["steps"] == 0 and got["kept"][1]["adaptation"]["skipped"]
+    assert all(torch.equal(a, b) for a, b in zip(got["kept"][0].state_dict().values(),
+                                                  kept.state_dict().values(), strict=True))
+    assert got["forced"][1]["adaptation"]["steps"] == 2
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--picker", "ultrasound-picker", "--picker-calibrate", "1"], "--picker-calibrate must be in [0, 1)"),
     (["-i", "MISSING"], "no such folder"),

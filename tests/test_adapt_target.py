@@ -91,6 +91,28 @@ def test_target_redegradation_compresses_as_a_jpeg_target_was():
     assert target_redegradation(list(x)).p_jpeg == TargetNoise(0.01).p_jpeg  # not a JPEG: as before
 
 
+def test_offline_adaptation_keeps_the_source_where_the_target_shows_nothing_to_undo(tmp_path):
+    from same_fast.adapt.audit import AuditLog, read_audit
+
+    net = SAMENet(3, "lite", base=4, levels=3)
+    clean = list(_smooth(n=3, size=64))
+    noisy = [(x + 0.04 * torch.randn_like(x)).clamp(0, 1) for x in clean]
+    cfg = AdaptConfig(steps=2, size=32, batch=2)
+    with AuditLog(tmp_path / "a.jsonl") as audit:
+        kept = adapt_offline(net, clean, None, cfg, audit=audit)
+    assert kept.skipped and kept.history == []
+    assert all(torch.equal(a, b) for a, b in zip(kept.student.state_dict().values(),
+                                                  net.state_dict().values(), strict=True))
+    assert read_audit(tmp_path / "a.jsonl")[-1]["event"] == "skipped"
+    assert len(adapt_offline(net, noisy, None, cfg).history) == 2  # noise: something to undo
+    forced = adapt_offline(net, clean, None, AdaptConfig(steps=2, size=32, batch=2,
+                                                          skip_unmeasured=False))
+    assert forced.skipped is None and len(forced.history) == 2
+    # a named re-degradation or none at all is the user's choice: never skipped
+    assert len(adapt_offline(net, clean, None, AdaptConfig(steps=2, size=32, batch=2,
+                                                            redegrade=False)).history) == 2
+
+
 def test_share_from_scores_finds_an_implausible_group_and_leaves_one_group_alone():
     rng = np.random.default_rng(0)
     good = rng.normal(1.2, 0.05, 70)
@@ -128,7 +150,8 @@ def test_context_networks_adapt_on_whole_frames():
         AdaptConfig(views="tiles").check()
     net = SAMENet(3, "lite", base=4, levels=3, context=True)
     imgs = list(_smooth(n=2, size=64))
-    res = adapt_offline(net, imgs, None, AdaptConfig(steps=2, size=32, batch=2),
+    res = adapt_offline(net, imgs, None, AdaptConfig(steps=2, size=32, batch=2,
+                                                     skip_unmeasured=False),
                         [torch.ones(1, 64, 64)] * 2)
     assert len(res.history) == 2 and np.isfinite(res.history[-1]["loss"])
 

@@ -107,6 +107,11 @@ class AdaptConfig(StepConfig):
                                    "the calibration share from the target's own scores "
                                    "(Otsu's split of the source model's pseudo-labels; 0.9 "
                                    "when they form one group)")
+    skip_unmeasured: bool = _opt(True, "offline, with the automatic re-degradation: when the "
+                                 "target images show nothing it models (no JPEG lattice, noise "
+                                 "below the estimator's floor), keep the source weights instead "
+                                 "of adapting, and say so (measured: there adaptation drifts "
+                                 "below the source model)")
     safety: str = _opt("freeze", "what to do when acceptance collapses or outputs drift from "
                        "the source model (off = nothing)", choices=SAFETY_ACTIONS)
     min_acceptance: float = _opt(0.05, "safety: mean picker acceptance over the last 8 steps "

@@ -104,12 +104,17 @@ class AdaptResult:
     student: nn.Module
     teacher: nn.Module
     history: list[dict[str, float]]
+    skipped: str | None = None  # why no step was taken (the source weights were kept)
 
     @property
     def acceptance(self) -> float:
         n = sum(h["batch"] for h in self.history)
         return sum(h["accepted"] for h in self.history) / n if n else float("nan")
 
+
+SKIP_REASON = ("the target images show no JPEG compression and no noise above the estimator's "
+               "floor: nothing the automatic re-degradation models, so the source weights are "
+               "kept (--always-adapt, or AdaptConfig(skip_unmeasured=False), adapts anyway)")
 
 StepCallback = Callable[[int, int, dict[str, float], nn.Module], None]
 
@@ -144,6 +149,15 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
     aug = cfg.augment_config(int(getattr(model, "multiple", 1)), _has_context(model))
     preset = redegradation(cfg, images, fovs) if cfg.redegrade else None
     history: list[dict[str, float]] = []
+    if cfg.skip_unmeasured and preset is not None and not getattr(preset, "measured", True):
+        # the target shows nothing the automatic re-degradation models: the loop would be a
+        # mean teacher, which drifts below the source model (docs/RESULTS.md); keep the source
+        if audit is not None:
+            audit.event("skipped", 0, served=served, mode="offline", images=len(images),
+                        reason=SKIP_REASON, config=cfg.to_dict(), picker=picker_json(picker))
+        student.eval()
+        teacher.eval()
+        return AdaptResult(student, teacher, history, skipped=SKIP_REASON)
     if audit is not None:
         audit.event("start", 0, served=served, mode="offline", total_steps=total,
                     images=len(images), config=cfg.to_dict(), picker=picker_json(picker))

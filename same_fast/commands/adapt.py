@@ -13,7 +13,7 @@ HELP = "adapt an enhancer to unlabeled target images (SAME teacher-student + pic
 # The flag of each AdaptConfig field this command exposes (type, default and help: the field's).
 FLAGS = {
     "mode": "--mode", "picker": "--picker", "picker_calibrate": "--picker-calibrate",
-    "picker_share_auto": "--no-picker-share-auto",
+    "picker_share_auto": "--no-picker-share-auto", "skip_unmeasured": "--always-adapt",
     "ema": "--ema", "lr": "--lr", "batch": "--batch", "size": "--size", "schedule": "--schedule",
     "w_l1": "--w-l1", "w_struct": "--w-struct", "w_entropy": "--w-entropy", "w_ssim": "--w-ssim",
     "gate_entropy": "--no-gate-entropy", "redegrade": "--no-redegrade",
@@ -81,7 +81,11 @@ def run(args: argparse.Namespace) -> int:
             result = adapt_offline(model, frames, picker, cfg, fovs, audit, cb)
             adapted = result.student if cfg.serve == "student" else result.teacher
             history = result.history
-            extra = {"steps": len(history), "acceptance": result.acceptance}
+            extra = {"steps": len(history),
+                     "acceptance": None if result.skipped else result.acceptance,
+                     "skipped": result.skipped}
+            if result.skipped:
+                sys.stderr.write(f"same-fast: note: {result.skipped}\n")
         else:
             ad = OnlineAdapter(model, picker, cfg, SafetyConfig.of(cfg), audit)
             for k, f in enumerate(frames):

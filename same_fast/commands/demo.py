@@ -157,7 +157,8 @@ def run_case(modality: str, clean, fov, preset, model_name: str, picker_name: st
         "student_view": repr(redegradation(cfg, list(x), fovs)),
         "picker_share_auto": cfg.picker_share_auto,
         "picker_config": None if picker is None else picker_config_dict(picker),
-        "mean": mean, "per_image": scores, "acceptance": res.acceptance,
+        "mean": mean, "per_image": scores, "skipped": res.skipped,
+        "acceptance": None if res.skipped else res.acceptance,
         "negative_adaptation": float(np.mean([a["ssim"] < s["ssim"] for a, s in
                                               zip(scores["adapted"], scores["source"],
                                                   strict=True)])),
@@ -281,6 +282,10 @@ def run(args: argparse.Namespace) -> int:
     for name, c in cases.items():
         m = c["mean"]
         cols = [f"{m[k]['ssim']:.4f}/{m[k]['psnr']:5.2f}" for k in ("input", "source", "adapted")]
-        print(f"{name:<11} {cols[0]:>16} {cols[1]:>16} {cols[2]:>16} {c['acceptance']:>7.2f}")
+        acc = "skipped" if c["acceptance"] is None else f"{c['acceptance']:.2f}"
+        print(f"{name:<11} {cols[0]:>16} {cols[1]:>16} {cols[2]:>16} {acc:>7}")
+    for name, c in cases.items():
+        if c.get("skipped"):
+            print(f"{name}: adaptation skipped: {c['skipped']}")
     print(f"wrote {out}/summary.json and figures in {summary['seconds']:.0f} s")
     return 0

@@ -27,7 +27,9 @@ own images rather than assumed, and never taken from a test's generator:
   keep the input's tone).
 - ``target_redegradation(images, fovs)``: the preset for a set of target images (median
   estimates, the noise floored at ``floor`` so clean images still get a little; JPEG when at
-  least half of the images show it).
+  least half of the images show it). ``measured`` is False when they show neither JPEG nor
+  noise above the floor: nothing this re-degradation models (``adapt_offline`` then keeps the
+  source weights unless told otherwise).
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ class TargetNoise:
     spread: Range = (0.7, 1.3)
     p_jpeg: float = 0.3
     jpeg_quality: Range = (40.0, 90.0)
+    measured: bool = True  # False: the images showed neither JPEG nor noise above the floor
 
     def apply(self, x: torch.Tensor, g: torch.Generator | None,
               fov: torch.Tensor | None = None) -> torch.Tensor:
@@ -187,5 +190,5 @@ def target_redegradation(images: Sequence[torch.Tensor],
     for i, x in enumerate(images):
         f = None if fov_of[i] is None else fov_of[i][None]
         est.append(float(noise_sigma(x[None], f)[0]))
-    sigma = float(torch.tensor(est).median()) if est else floor
-    return TargetNoise(sigma=max(floor, sigma))
+    sigma = float(torch.tensor(est).median()) if est else 0.0
+    return TargetNoise(sigma=max(floor, sigma), measured=sigma >= floor)
