@@ -230,9 +230,14 @@ def run_online(model: torch.nn.Module, picker_name: str, camera: str, shift: str
     degraded = clean if shift == "none" else (
         degrade(clean, shift, torch.Generator().manual_seed(a.seed), fov) * 255).round() / 255
     src = _scores(_enhance(model, degraded, fov), clean, fov).mean(0)
-    pick = load_picker(picker_name)
-    share = auto_calibrate(pick, model, degraded, fov)
-    cfg = AdaptConfig(mode="online", size=a.view, seed=a.seed, modality="fundus")
+    if a.online_config == "adapt":  # same-fast adapt --mode online / enhance --adapt
+        pick = load_picker(picker_name)
+        share = auto_calibrate(pick, model, degraded, fov)
+        cfg = AdaptConfig(mode="online", size=a.view, seed=a.seed, modality="fundus")
+    else:  # same-fast serve --adapt online: no picker; with or without the re-degraded view
+        pick, share = None, None
+        cfg = AdaptConfig.serving(size=a.view, seed=a.seed, modality="fundus",
+                                  redegrade=a.online_config == "serve-redegrade")
     ad = OnlineAdapter(model, pick, cfg)
     g = torch.Generator().manual_seed(a.seed + 1)
     order = torch.randint(0, len(degraded), (a.online_frames,), generator=g).tolist()
@@ -276,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead of the offline arms: online adaptation over a stream of this "
                         "many frames (the safety curve)")
     p.add_argument("--online-eval-every", type=int, default=250)
+    p.add_argument("--online-config", choices=("adapt", "serve", "serve-redegrade"),
+                   default="adapt", help="adapt: AdaptConfig(mode='online') with the picker; "
+                   "serve: AdaptConfig.serving() (no picker, 64-frame buffer, no re-degraded "
+                   "view); serve-redegrade: that with the automatic re-degraded view")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
