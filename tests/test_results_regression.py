@@ -44,3 +44,25 @@ def test_ultrasound_report_matches_the_stored_run(bench_script, tmp_path):
         assert new["name"] == ref["name"]
         assert new["enhanced"][0] == pytest.approx(ref["enhanced"][0], abs=2e-4)
         assert new["input"][0] == pytest.approx(ref["input"][0], abs=2e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (CI has it)")
+def test_adaptation_on_the_fixed_shifts_matches_the_stored_run(bench_script, tmp_path):
+    # docs/RESULTS.md's adaptation table: the default's gain on DRIVE test noise+JPEG (the whole
+    # case: 20 images, 300 steps, about a minute) and its skip on haze+gamma
+    stored = json.loads((RESULTS / "2026-12-06-cpu-adaptation-shifts-drive-final.json")
+                        .read_text())["cases"]
+    out = tmp_path / "quick.json"
+    bench_script("adaptation_shifts").main([
+        "--camera", "DRIVE-test", "--shift", "shift-noise-jpeg", "--shift", "shift-haze-gamma",
+        "--arm", "default", "--threads", "1", "--json", str(out)])
+    quick = json.loads(out.read_text())["cases"]
+    for case in ("DRIVE-test/shift-noise-jpeg", "DRIVE-test/shift-haze-gamma"):
+        new, old = quick[case]["arms"], stored[case]["arms"]
+        assert new["source"]["ssim"]["mean"] == pytest.approx(old["source"]["ssim"]["mean"], abs=2e-4)
+        for key in ("gain_ssim", "gain_psnr"):
+            assert new["default"][key]["mean"] == pytest.approx(old["default"][key]["mean"],
+                                                                abs=2e-3 if key == "gain_ssim" else 0.05)
+    assert quick["DRIVE-test/shift-noise-jpeg"]["arms"]["default"]["gain_ssim"]["mean"] > 0.005
+    assert quick["DRIVE-test/shift-haze-gamma"]["arms"]["default"]["gain_ssim"]["mean"] == 0.0

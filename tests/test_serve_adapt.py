@@ -224,7 +224,9 @@ def test_every_adaptation_flag_sets_its_adaptconfig_field_and_names_it_in_errors
              "hash_every": 4, "picker": "p.safetensors", "seed": 9,
              "redegrade_preset": "sensor-noise", "redegrade_strength": 0.5,
              "picker_calibrate": 0.25}
-    assert set(given) == set(ADAPT_FLAGS)
+    assert set(given) | {"redegrade"} == set(ADAPT_FLAGS)  # the one switch, checked below
+    off = config_from_args(p.parse_args(["--adapt", "online", "--adapt-no-redegrade"]))
+    assert off.adaptation.redegrade is False and ServeConfig().adaptation.redegrade is True
     argv = ["--adapt", "online", "--adapt-in", "thread"]
     for name, value in given.items():
         argv += [ADAPT_FLAGS[name], str(value)]
@@ -343,10 +345,11 @@ def test_the_adapter_trains_on_the_re_degraded_view_it_was_given(tiny_model, tmp
         assert serve["settings"]["redegrade_preset"] == "sensor-noise"
     finally:
         svc.close()
-    plain = tmp_path / "plain.jsonl"
-    svc = _online_service(tiny_model, adapt_in, audit=str(plain))
-    try:
-        assert next(r for r in read_audit(plain) if r["event"] == "start")["config"][
-            "redegrade"] is False
-    finally:
-        svc.close()
+    for name, overrides, view in (("plain", {}, True), ("off", {"redegrade": False}, False)):
+        log = tmp_path / f"{name}.jsonl"
+        svc = _online_service(tiny_model, adapt_in, audit=str(log), **overrides)
+        try:  # by default the server's student sees the automatic re-degraded view, as adapt's
+            c = next(r for r in read_audit(log) if r["event"] == "start")["config"]
+            assert (c["redegrade"], c["redegrade_preset"]) == (view, "")
+        finally:
+            svc.close()

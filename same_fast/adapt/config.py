@@ -132,11 +132,10 @@ class AdaptConfig(StepConfig):
     @classmethod
     def serving(cls, **overrides: Any) -> AdaptConfig:
         """The defaults of a server adapting online to a stream (``same-fast serve --adapt
-        online``): online mode, a 64-frame buffer, no re-degraded view unless a preset is named
-        (``--adapt-redegrade``), no picker unless one is named."""
-        view = bool(overrides.get("redegrade_preset"))
-        return cls(**{"mode": "online", "buffer": 64, "redegrade": view, "picker": None,
-                      **overrides})
+        online``): online mode, a 64-frame buffer, the student's view re-degraded as the
+        stream's first frames tell (as ``adapt``; ``--adapt-no-redegrade`` turns it off), no
+        picker unless one is named."""
+        return cls(**{"mode": "online", "buffer": 64, "picker": None, **overrides})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AdaptConfig:

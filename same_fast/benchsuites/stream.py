@@ -245,9 +245,11 @@ def run_loop(o: dict[str, Any], served, adapt: bool, mode: str, streams: int) ->
     frames = _frames(o, n)
     adaptation = None
     if adapt:
+        # no re-degraded view: the stored stream numbers (docs/PERFORMANCE.md) measure the
+        # loop without it, as the server's default was until 2026-12-06
         acfg = AdaptConfig.serving(batch=o["adapt_batch"], every=o["adapt_every"], size=o["size"],
-                           buffer=64, cpus=o["adapt_cpus"],
-                           publish_every_s=o["publish_every_s"])
+                                   buffer=64, cpus=o["adapt_cpus"], redegrade=False,
+                                   publish_every_s=o["publish_every_s"])
         if o["adapt_in"] == "process":
             adaptation = ProcessAdaptation(served, acfg)
             adaptation.ready.wait(300)  # child start-up (imports) is not part of the stream
@@ -339,7 +341,7 @@ def run_serial(o: dict[str, Any], served, adapt: bool, mode: str, streams: int
         # No thread: the same adaptation steps run inline, in this loop.
         adaptation = OnlineAdaptation(served, AdaptConfig.serving(
             batch=o["adapt_batch"], every=o["adapt_every"], size=o["size"], buffer=64,
-            publish_every_s=o["publish_every_s"]), start=False)
+            redegrade=False, publish_every_s=o["publish_every_s"]), start=False)
     lat: list[float] = []
     step_s: list[float] = []
     fixed = mode == "fixed"

@@ -25,7 +25,7 @@ ADAPT_FLAGS = {
     "safety": "--adapt-safety", "min_acceptance": "--adapt-min-acceptance",
     "max_drift": "--adapt-max-drift", "audit": "--audit", "hash_every": "--audit-hash-every",
     "picker": "--picker", "seed": "--seed", "redegrade_preset": "--adapt-redegrade",
-    "redegrade_strength": "--adapt-redegrade-strength",
+    "redegrade_strength": "--adapt-redegrade-strength", "redegrade": "--adapt-no-redegrade",
     "picker_calibrate": "--adapt-picker-calibrate",
 }
 
