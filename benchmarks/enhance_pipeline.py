@@ -64,7 +64,8 @@ def make_photos(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
     return out
 
 
-def parts(files: list[Path], model: str, backend: str, batch: int, out: Path) -> dict[str, float]:
+def parts(files: list[Path], model: str, backend: str, batch: int, out: Path,
+          png_level: int = 6) -> dict[str, float]:
     """Decode, backend and encode seconds for ``files``, each stage alone, in this process."""
     from same_fast.batch import EnhanceConfig, ModelStep
     from same_fast.enhancer import enhance_array
@@ -87,7 +88,7 @@ def parts(files: list[Path], model: str, backend: str, batch: int, out: Path) ->
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for p, y in zip(files, outs, strict=True):
-        write_image(out / p.name, y)
+        write_image(out / p.name, y, png_level=png_level)
     encode = time.perf_counter() - t0
     return {"decode_s": round(decode, 3), "backend_s": round(model_s, 3),
             "encode_s": round(encode, 3), "sum_s": round(decode + model_s + encode, 3),
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", default="torch,auto")
     p.add_argument("--memory-n", type=int, default=1000, help="0: skip the memory run")
     p.add_argument("--memory-size", type=int, default=96)
+    p.add_argument("--png-level", type=int, default=6, help="enhance --png-level of every run")
     p.add_argument("--json", help="write the result here")
     a = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="same-fast-pipeline-"))
@@ -160,14 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files = make_photos(tmp / "in", a.n, a.size)
         runs: dict[str, Any] = {}
+        png = ["--png-level", str(a.png_level)]
         for backend in a.backends.split(","):
             r: dict[str, Any] = {}
             if backend == "auto":  # the first run also measures the candidates; cached after
-                r["first_run"] = command(tmp / "in", tmp / "out", a.model, backend, [], env)
-            r["parts"] = parts(files, a.model, backend, a.batch, tmp / "parts")
-            r["command"] = command(tmp / "in", tmp / "out", a.model, backend, [], env)
+                r["first_run"] = command(tmp / "in", tmp / "out", a.model, backend, png, env)
+            r["parts"] = parts(files, a.model, backend, a.batch, tmp / "parts", a.png_level)
+            r["command"] = command(tmp / "in", tmp / "out", a.model, backend, png, env)
             r["command_sequential"] = command(tmp / "in", tmp / "out", a.model, backend,
-                                              ["--workers", "0"], env)
+                                              ["--workers", "0", *png], env)
             r["pipeline_over_parts"] = round(r["command"]["files_s"] / r["parts"]["sum_s"], 3)
             runs[backend] = r
             print(f"[pipeline] {backend}: {json.dumps(r)}", flush=True)

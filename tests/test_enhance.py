@@ -264,3 +264,27 @@ def test_enhance_oct_lite_on_jpeg_png_and_opt_dicom_b_scans(tmp_path, data_dir):
         assert score_pair(dcm.frames[k], grey[k][..., None], None, "paper").ssim > 0.9
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_files"] == 3 and summary["n_frames"] == 5 and not summary["failed"]
+
+
+def test_png_level_trades_size_for_speed_and_keeps_every_pixel(tmp_path, tiny_models, capsys):
+    src = tmp_path / "smooth"
+    src.mkdir()
+    yy, xx = np.mgrid[:96, :96]
+    for i in range(2):  # compressible content, so the zlib level shows in the size
+        write_image(src / f"s{i}.png", np.stack([(xx + yy + i) % 256, xx * 2 % 256,
+                                                 yy * 2 % 256], -1).astype(np.uint8))
+    sizes, pixels = {}, {}
+    for level in ("0", "9"):
+        out = tmp_path / f"l{level}"
+        assert main(["enhance", "-m", tiny_models[0], "-i", str(src), "-o", str(out),
+                     "--png-level", level, "--no-progress"]) == 0
+        sizes[level] = sum(p.stat().st_size for p in out.glob("*.png"))
+        pixels[level] = [read_image(p) for p in sorted(out.glob("*.png"))]
+    assert sizes["9"] < sizes["0"]
+    assert all(np.array_equal(a, b) for a, b in zip(pixels["0"], pixels["9"], strict=True))
+    with pytest.raises(SystemExit) as e:
+        main(["enhance", "-m", tiny_models[0], "-i", str(src), "-o", str(tmp_path / "bad"),
+              "--png-level", "12"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "same-fast: error: --png-level must be 0-9, got 12"

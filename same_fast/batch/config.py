@@ -46,6 +46,7 @@ class EnhanceConfig:
     tile_pixels: int = DEFAULT_TILE_PIXELS
     workers: int = -1
     queue_pixels: int = DEFAULT_QUEUE_PIXELS
+    png_level: int = 6
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EnhanceConfig:

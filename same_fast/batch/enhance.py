@@ -58,6 +58,8 @@ def check_flags(cfg: EnhanceConfig) -> None:
         raise InputError("--batch must be >= 1")
     if cfg.queue_pixels < 1:
         raise InputError("--queue-pixels must be >= 1")
+    if not 0 <= cfg.png_level <= 9:
+        raise InputError(f"--png-level must be 0-9, got {cfg.png_level}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device available (use --device cpu)")
 
@@ -144,7 +146,7 @@ class Stages:
                                 uid_root=self.cfg.uid_root,
                                 description=f"Enhanced by same-fast (SAME, {self.cfg.model})")
         else:
-            write_image(task.dst, y[0])
+            write_image(task.dst, y[0], png_level=self.cfg.png_level)
         f, h, w = d.frames.shape[:3]
         return {"input": str(task.path), "output": str(task.dst), "frames": int(f),
                 "height": int(h), "width": int(w),

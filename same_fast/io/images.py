@@ -190,9 +190,13 @@ def _normalise(arr: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def write_image(path: str | os.PathLike, arr: np.ndarray) -> Path:
-    """Write ``(H, W)`` or ``(H, W, C)`` uint8/uint16 to PNG, JPEG (8-bit) or TIFF, by suffix."""
+def write_image(path: str | os.PathLike, arr: np.ndarray, png_level: int = 6) -> Path:
+    """Write ``(H, W)`` or ``(H, W, C)`` uint8/uint16 to PNG, JPEG (8-bit) or TIFF, by suffix.
+    ``png_level``: the PNG's zlib level (0 none, 1 fastest, 9 smallest; 6 is Pillow's default:
+    at 512 x 512 RGB level 1 encodes about 4x faster for a file about 15 % larger)."""
     path = Path(path)
+    if not 0 <= int(png_level) <= 9:
+        raise InputError(f"PNG compression level must be 0-9, got {png_level}")
     arr = np.asarray(arr)
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -214,11 +218,12 @@ def write_image(path: str | os.PathLike, arr: np.ndarray) -> Path:
             import png
 
             h, w, c = arr.shape
-            writer = png.Writer(w, h, greyscale=False, alpha=c == 4, bitdepth=16)
+            writer = png.Writer(w, h, greyscale=False, alpha=c == 4, bitdepth=16,
+                                compression=int(png_level))
             with open(tmp, "wb") as f:
                 writer.write(f, arr.reshape(h, w * c))
         elif suffix == ".png":
-            _pil_from(arr).save(tmp, format="PNG")
+            _pil_from(arr).save(tmp, format="PNG", compress_level=int(png_level))
         else:
             _pil_from(arr).save(tmp, format="JPEG", quality=95)
     return path
