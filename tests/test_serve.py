@@ -171,8 +171,8 @@ def test_http_enhance_png_16bit_and_errors(server):
     assert httpx.post(server.url + "/v1/adaptation/freeze").status_code == 409
 
 
-def test_http_enhance_dicom_returns_derived_dicom(server, tmp_path):
-    import pydicom
+def _us_dicom(tmp_path):
+    """A grey 24 x 32 ultrasound DICOM file: (dataset, bytes)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
 
@@ -190,7 +190,14 @@ def test_http_enhance_dicom_returns_derived_dicom(server, tmp_path):
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.PixelData = px.tobytes()
     ds.save_as(str(tmp_path / "us.dcm"), enforce_file_format=True)
-    src = (tmp_path / "us.dcm").read_bytes()
+    return ds, (tmp_path / "us.dcm").read_bytes()
+
+
+def test_http_enhance_dicom_returns_derived_dicom(server, tmp_path):
+    import pydicom
+
+    ds, src = _us_dicom(tmp_path)
+    px = ds.pixel_array
     r = httpx.post(server.url + "/v1/enhance", content=src)
     assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
     out = pydicom.dcmread(io.BytesIO(r.content))
@@ -393,3 +400,34 @@ def test_client_that_never_reads_is_dropped_while_another_is_served():
         np.testing.assert_array_equal(r, sent[i % 10])
     for a, r in zip(sent[10:], replies[-90:], strict=True):
         np.testing.assert_array_equal(r, a)
+
+
+def test_a_dicom_of_another_modality_is_refused_unless_forced(tmp_path):
+    # as `same-fast enhance`: an OCT model is not run on an ultrasound DICOM by mistake
+    from same_fast.models import save_model
+    from same_fast.nn import SAMENet
+
+    ckpt = save_model(tmp_path / "oct.safetensors", SAMENet(1, "lite", base=4, levels=3),
+                      modality="oct")
+    _, src = _us_dicom(tmp_path)
+    for force in (False, True):
+        with ServerThread(Service(ServeConfig(model=str(ckpt), force_modality=force))) as srv:
+            r = httpx.post(srv.url + "/v1/enhance", content=src)
+            if force:
+                assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
+            else:
+                assert r.status_code == 400
+                assert "DICOM Modality US is not what this oct model was trained for" in \
+                    r.json()["error"]
+                assert httpx.get(srv.url + "/readyz").json()["status"] == "ready"  # still serving
+        with ServerThread(Service(ServeConfig(model=str(ckpt), stream=True,
+                                              force_modality=force))) as srv, \
+                connect(srv.ws_url) as ws:  # the stream: an error message, and it goes on
+            ws.send(src)
+            reply = recv_frames(ws, 1)[0][0]
+            if force:
+                assert isinstance(reply, np.ndarray)
+            else:
+                assert "DICOM Modality US" in reply["error"]
+                ws.send(png(np.zeros((8, 8, 1), np.uint8)))
+                assert isinstance(recv_frames(ws, 1)[0][0], np.ndarray)

@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=d.device, help="cpu, cuda or auto")
     p.add_argument("--channels-last", action="store_true", default=d.channels_last,
                    help="torch/compile backends: NHWC weights and frames (often faster on CPU)")
+    p.add_argument("--force-modality", action="store_true", default=d.force_modality,
+                   help="enhance DICOM requests of a modality the model was not trained for")
     p.add_argument("--adapt", default=d.adapt, choices=["off", "online"],
                    help="adapt the served model to incoming frames in the background")
     p.add_argument("--config", metavar="FILE",

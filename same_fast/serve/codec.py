@@ -122,6 +122,15 @@ def encode_dicom(source: Any, frames: np.ndarray) -> bytes:
             pass
 
 
+def check_modality_of(decoded: Frame, model_modality: Any, name: str, force: bool) -> None:
+    """A DICOM request whose Modality the model was not trained for is refused (InputError), as
+    ``same-fast enhance`` refuses the file, unless ``force``; other formats pass."""
+    if decoded.format == "dicom" and decoded.dataset is not None:
+        from same_fast.models import check_modality
+
+        check_modality(model_modality, decoded.dataset.get("Modality"), name, force)
+
+
 def check_channels(frame: np.ndarray, channels: int | None, name: str = "frame") -> np.ndarray:
     """Adapt a frame to a model's channel count, or raise UnsupportedFormatError.
 

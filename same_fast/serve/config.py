@@ -39,7 +39,8 @@ class ServeConfig:
     stream: also serve the WebSocket stream ``/v1/stream`` (HTTP endpoints are always on).
     backend: inference backend (``same_fast.engine``: auto, torch, torchscript, compile,
     onnxruntime, tensorrt). device: cpu, cuda or auto. channels_last: NHWC weights and frames
-    for the torch/torchscript/compile backends.
+    for the torch/torchscript/compile backends. force_modality: enhance DICOM requests whose
+    Modality the model was not trained for (refused with 400 otherwise, as ``enhance`` does).
     adapt: ``off`` or ``online`` (adapt the served weights to the incoming frames);
     adapt_in: where the adapter runs, ``process`` (a child process, no GIL shared with serving)
     or ``thread``; adaptation: its settings (``AdaptConfig``, from the ``--adapt-*``,
@@ -70,6 +71,7 @@ class ServeConfig:
     backend: str = "torch"
     device: str = "cpu"
     channels_last: bool = False
+    force_modality: bool = False
     adapt: str = "off"
     token: str | None = None
     max_batch: int = 4

@@ -18,7 +18,13 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from same_fast.serve.codec import check_channels, decode_frames, encode_dicom, encode_png
+from same_fast.serve.codec import (
+    check_channels,
+    check_modality_of,
+    decode_frames,
+    encode_dicom,
+    encode_png,
+)
 from same_fast.serve.replies import Failure, error_response
 from same_fast.serve.service import Service
 
@@ -81,6 +87,8 @@ def endpoint(service: Service) -> Any:
             data = await read_body(request, service)
             decoded = await service.codec.run(decode_frames, data, cfg.max_pixels, "request")
             del data
+            check_modality_of(decoded, service.model.metadata.get("modality"), "request",
+                              cfg.force_modality)
             frames = [check_channels(f, service.model.channels, "request")
                       for f in decoded.frames]
             results = await enhance_frames(service, frames)

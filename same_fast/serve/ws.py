@@ -27,7 +27,13 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from same_fast.errors import InputError, SameFastError
-from same_fast.serve.codec import check_channels, decode_frames, encode_png, too_many_frames
+from same_fast.serve.codec import (
+    check_channels,
+    check_modality_of,
+    decode_frames,
+    encode_png,
+    too_many_frames,
+)
 from same_fast.serve.replies import error_kind, one_line
 from same_fast.serve.service import Service
 from same_fast.stream import StreamError
@@ -129,6 +135,8 @@ def endpoint(service: Service, drain_event: asyncio.Event) -> Any:
             decoded = await service.codec.run(decode_frames, data, cfg.max_pixels, "frame", 1)
             if decoded.frames.shape[0] != 1:
                 raise InputError(too_many_frames("frame", decoded.frames.shape[0]))
+            check_modality_of(decoded, service.model.metadata.get("modality"), "frame",
+                              cfg.force_modality)
             frame = check_channels(decoded.frames[0], service.model.channels)
             return (n, t0, service.accept(frame), None, None)
         except SameFastError as e:
