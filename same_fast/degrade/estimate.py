@@ -15,11 +15,11 @@ own images rather than assumed, and never taken from a test's generator:
   that the non-zero coefficients of each low frequency fit is that frequency's step, and the
   quality whose IJG table matches those steps best is the answer (NaN when the pixels show no
   JPEG lattice: a lossless file, a resized or re-sampled JPEG, quality above about 90).
-- ``jpeg_noise_sigma``: compression smooths noise, so Immerkaer's estimate of a JPEG reads it
-  as smaller than the sensor's. The sensor level is taken as the ``sigma`` whose noise, added
-  to the image and compressed at the image's own quality, raises the estimate as much again
-  (the estimate squared doubles): for an uncompressed image that is Immerkaer's estimate
-  itself; for a JPEG it measures the compression's attenuation on the image's own content.
+- ``jpeg_noise_sigma``: compression removes the small coefficients noise makes, so
+  Immerkaer's estimate of a JPEG reads its noise as far smaller than the sensor's. The share of
+  each frequency's coefficients quantised to zero tells the noise instead (the smallest of the
+  per-frequency estimates; an upper bound at low quality, where only anatomy keeps
+  coefficients).
 - ``TargetNoise``: the re-degradation that follows: Gaussian noise at the estimated level
   (times ``U(0.7, 1.3)``) and, with probability ``p_jpeg``, a JPEG pass (for a JPEG target:
   always, at its own quality +-5; otherwise 30 % of views, mildly, as saved frames often are).
@@ -91,6 +91,7 @@ _FIT = 0.35      # a step fits when the coefficients' rounding error is below th
                  # uniform error's (1 = no lattice; 8-bit rounding alone gives 1/t^2)
 _MIN_COEFS = 24  # non-zero coefficients a step needs to be judged
 _QUALITIES = torch.arange(1.0, 100.5, 0.5)
+_MAX_BLOCKS = 4096  # blocks read per image (evenly spaced): a full-size photograph has ~10^5
 
 
 def _block_coefs(x01: torch.Tensor, fov: torch.Tensor | None) -> torch.Tensor:
@@ -106,6 +107,8 @@ def _block_coefs(x01: torch.Tensor, fov: torch.Tensor | None) -> torch.Tensor:
         blocks = blocks[inside > 0.5]
     else:
         blocks = blocks.reshape(-1, 8, 8)
+    if blocks.shape[0] > _MAX_BLOCKS:
+        blocks = blocks[torch.linspace(0, blocks.shape[0] - 1, _MAX_BLOCKS).long()]
     m = ops.dct8_matrix(blocks.device)
     return m @ blocks @ m.T
 
