@@ -50,7 +50,7 @@ def adapt_folder(model: str, folder: str, output: str, config: AdaptConfig | Non
                adaptation={"config": cfg.to_dict(),
                            "picker": picker, "seconds": seconds,
                            "picker_config": None if chosen is None else picker_config_dict(chosen),
-                           "steps": len(result.history), "skipped_adaptation": result.skipped,
+                           "steps": len(result.history), "skipped": result.skipped,
                            "acceptance": None if result.skipped else result.acceptance})
     return {"input": folder, "checkpoint": output, "audit": audit_path, "frames": len(frames),
             "steps": len(result.history), "skipped_adaptation": result.skipped,
