@@ -37,17 +37,17 @@ def _setup_hook():
         return
     real, calls = sio.write_image, [0]
 
-    def write_image(path, arr):
+    def write_image(path, arr, **kw):
         calls[0] += 1
         if calls[0] == 2:
             try:
                 os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
-                return real(path, arr)
+                return real(path, arr, **kw)
             with atomic_path(path) as tmp:
                 tmp.write_bytes(b"half a png")
                 os._exit(1)
-        return real(path, arr)
+        return real(path, arr, **kw)
 
     sio.write_image = write_image
 
