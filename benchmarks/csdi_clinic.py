@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": a.model, "model_provenance": meta.get("provenance"), "picker": a.picker,
         "adapt_config": {k: (list(v) if isinstance(v, tuple) else v)
                          for k, v in dataclasses.asdict(cfg).items()},
-        "calibrate_share": share, "student_view": repr(preset), "acceptance": r.acceptance,
+        "calibrate_share": share, "student_view": repr(preset), "skipped": r.skipped,
+        "acceptance": None if r.skipped else r.acceptance,
         "seconds": {"adapt": round(t_adapt, 1), "total": round(time.perf_counter() - t0, 1)},
         "bands": [{"name": n, "lo": lo, "hi_exclusive": hi} for n, lo, hi in BANDS],
         "summary": summary, "figures": figures,

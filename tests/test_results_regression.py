@@ -66,3 +66,39 @@ def test_adaptation_on_the_fixed_shifts_matches_the_stored_run(bench_script, tmp
                                                                 abs=2e-3 if key == "gain_ssim" else 0.05)
     assert quick["DRIVE-test/shift-noise-jpeg"]["arms"]["default"]["gain_ssim"]["mean"] > 0.005
     assert quick["DRIVE-test/shift-haze-gamma"]["arms"]["default"]["gain_ssim"]["mean"] == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (CI has it)")
+def test_oct_source_rows_match_the_stored_run(bench_script):
+    # docs/results/oct.md's source table: one reporting scan per class, scored again
+    stored = {r["file"]: r for r in json.loads(
+        (RESULTS / "2026-12-06-cpu-oct-source.json").read_text())["rows"]}
+    res = bench_script("oct_eval").main(["--max-per-class", "1", "--boot", "20"])
+    assert len(res["rows"]) == 4
+    for row in res["rows"]:
+        old = stored[row["file"]]
+        for key in ("ssim_input", "ssim", "identity_ssim"):
+            assert row[key] == pytest.approx(old[key], abs=2e-4), (row["file"], key)
+        assert row["psnr"] == pytest.approx(old["psnr"], abs=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (CI has it)")
+def test_csdi_no_reference_rows_match_the_stored_run(bench_script, tmp_path):
+    # docs/results/csdi.md: the quality model's P(good) of the input and of the source model's
+    # output, per photograph (every 30th); adaptation keeps the source on CSDI today
+    if not (data_root() / "fundus" / "CSDI").is_dir():
+        pytest.skip("needs fundus/CSDI in the shared data folder")
+    stored = {r["name"]: r for r in json.loads(
+        (RESULTS / "2026-12-06-cpu-csdi-clinic.json").read_text())["rows"]}
+    out = tmp_path / "csdi.json"
+    assert bench_script("csdi_clinic").main(["--every", "30", "--steps", "2", "--json", str(out),
+                                             "--figures", str(tmp_path)]) == 0
+    quick = json.loads(out.read_text())
+    assert quick["skipped"] and quick["acceptance"] is None
+    for row in quick["rows"]:
+        old = stored[row["name"]]
+        for key in ("input_p_good", "source_p_good", "input_noise_sigma"):
+            assert row[key] == pytest.approx(old[key], abs=2e-4), (row["name"], key)
+        assert row["adapted_p_good"] == pytest.approx(row["source_p_good"], abs=1e-6)
