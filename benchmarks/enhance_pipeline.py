@@ -115,7 +115,8 @@ def command(src: Path, out: Path, model: str, backend: str, extra: list[str],
             "startup_s": round(wall - s["seconds"], 3), "pipeline": s.get("pipeline"),
             "workers": s.get("workers"), "engine": s["engine"].get("backend"),
             "peak_rss_mib": round(peak / 1024, 1),
-            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3)}
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+            "output_mib": round(sum(p.stat().st_size for p in out.glob("*.png")) / 2**20, 3)}
 
 
 def _watch_peak(child: subprocess.Popen) -> int:

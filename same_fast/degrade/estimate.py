@@ -134,7 +134,10 @@ def _step(c: torch.Tensor, max_step: int = 160) -> float:
 def jpeg_quality(x01: torch.Tensor, fov: torch.Tensor | None = None) -> float:
     """The IJG quality (1-100) a decoded JPEG ``(C, H, W)`` in [0, 1] was saved at, or NaN when
     its pixels carry no JPEG lattice (module docstring)."""
-    coefs = _block_coefs(x01, fov)
+    return _quality(_block_coefs(x01, fov))
+
+
+def _quality(coefs: torch.Tensor) -> float:
     if coefs.shape[0] < _MIN_COEFS:
         return math.nan
     steps = torch.tensor([_step(coefs[:, u, v]) for u, v in _FREQS])
@@ -159,7 +162,10 @@ def jpeg_noise_sigma(x01: torch.Tensor, fov: torch.Tensor | None, quality: float
     ignores texture). At low quality only frequencies that carry anatomy keep coefficients, and
     the estimate is then an upper bound: there the JPEG pass, not the noise, is what the
     re-degradation has to reproduce."""
-    coefs = _block_coefs(x01, fov)
+    return _noise_under_jpeg(_block_coefs(x01, fov), quality)
+
+
+def _noise_under_jpeg(coefs: torch.Tensor, quality: float) -> float:
     if coefs.shape[0] < 64:
         return math.nan
     table = ops.jpeg_tables(torch.tensor([float(quality)]))[0, 0]
@@ -180,12 +186,11 @@ def target_redegradation(images: Sequence[torch.Tensor],
     least half of them show one (then always a JPEG pass at it, +-5, and noise at the median
     ``jpeg_noise_sigma``), else the median Immerkaer estimate with the mild default JPEG."""
     fov_of = [None if fovs is None or fovs[i] is None else fovs[i] for i in range(len(images))]
-    qualities = [jpeg_quality(x, fov_of[i]) for i, x in enumerate(images)]
-    found = [q for q in qualities if not math.isnan(q)]
+    coefs = [_block_coefs(x, fov_of[i]) for i, x in enumerate(images)]  # each image's DCT once
+    found = [q for q in map(_quality, coefs) if not math.isnan(q)]
     if images and len(found) * 2 >= len(images):
         quality = float(torch.tensor(found).median())
-        est = [v for v in (jpeg_noise_sigma(x, fov_of[i], quality) for i, x in enumerate(images))
-               if not math.isnan(v)]
+        est = [v for v in (_noise_under_jpeg(c, quality) for c in coefs) if not math.isnan(v)]
         sigma = float(torch.tensor(est).median()) if est else floor
         return TargetNoise(sigma=max(floor, sigma),
                            p_jpeg=1.0, jpeg_quality=(max(1.0, quality - 5), min(100.0, quality + 5)))
