@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue-pixels", type=int, default=DEFAULT_QUEUE_PIXELS, metavar="N",
                    help="most pixels held between decoding and writing (bounds memory)")
     p.add_argument("--png-level", type=int, default=6, metavar="0-9",
-                   help="zlib level of PNG outputs: 1 encodes about 4x faster than the default 6 "
+                   help="zlib level of PNG outputs: 1 encodes about 3x faster than the default 6 "
                         "for files about 15 %% larger (lossless either way)")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run as Ray tasks on the cluster at ADDRESS (e.g. auto, ray://host:10001)"

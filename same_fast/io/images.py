@@ -193,7 +193,8 @@ def _normalise(arr: np.ndarray, name: str) -> np.ndarray:
 def write_image(path: str | os.PathLike, arr: np.ndarray, png_level: int = 6) -> Path:
     """Write ``(H, W)`` or ``(H, W, C)`` uint8/uint16 to PNG, JPEG (8-bit) or TIFF, by suffix.
     ``png_level``: the PNG's zlib level (0 none, 1 fastest, 9 smallest; 6 is Pillow's default:
-    at 512 x 512 RGB level 1 encodes about 4x faster for a file about 15 % larger)."""
+    level 1 encodes 512 x 512 photographs about 3x faster into files about 15 % larger,
+    docs/PERFORMANCE.md)."""
     path = Path(path)
     if not 0 <= int(png_level) <= 9:
         raise InputError(f"PNG compression level must be 0-9, got {png_level}")
