@@ -14,6 +14,10 @@ scored on them against the clean images (paper protocol, inside the FOV):
 - ``default``: what ``same-fast adapt`` does with no options (``AdaptConfig()``, the modality's
   picker with its calibration share set from the target's own score distribution);
 - ``default-no-picker``: the same without the picker (what the picker adds);
+- ``default-blur``: the default with the blur the target reads beyond a sharp frame's
+  (``degrade.estimate.blur_sigma``, median over the images, when it is above 0.75 px at 256, the
+  most any clean camera's median reads) added to the student's view first, times
+  ``--blur-gain``; tried on the selection shifts and rejected (docs/RESULTS.md);
 - ``paper``: the paper's recipe as it runs it, on our network: dropout 0.5 in the three
   decoder stages next to the innermost (pix2pix's), 200 epochs with 150 constant and 50
   linearly decaying, views covering 80 % of the frame, no re-degraded view;
@@ -31,17 +35,20 @@ rejects, beside its rejection rate of the other images.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-ARMS = ("source", "mean-teacher", "default", "default-no-picker", "paper", "oracle-redegrade")
+ARMS = ("source", "mean-teacher", "default", "default-no-picker", "default-blur", "paper",
+        "oracle-redegrade")
 ORACLE_ARMS = ("oracle-redegrade",)
 TEST_SHIFTS = ("shift-noise-jpeg", "shift-haze-gamma", "shift-blur-light", "none")
 TEST_CAMERAS = ("DRIVE-test", "IDRiD-test", "FIVES")
@@ -116,6 +123,8 @@ def arm_setup(arm: str, shift: str, steps: int, view: int, seed: int) -> tuple[A
         return base, True
     if arm == "default-no-picker":
         return base, False
+    if arm == "default-blur":
+        return base, True
     if arm == "paper":
         return dataclasses.replace(base, redegrade=False, schedule="paper", epochs=200,
                                    frame_fraction=0.8, views="crop"), True
@@ -125,6 +134,43 @@ def arm_setup(arm: str, shift: str, steps: int, view: int, seed: int) -> tuple[A
         return dataclasses.replace(base, redegrade=True, redegrade_preset=shift,
                                    redegrade_strength=1.0), True
     raise SystemExit(f"unknown arm '{arm}' (choose from {', '.join(ARMS)})")
+
+
+BLUR_SHARP, BLUR_FLOOR = 0.5, 0.75  # blur_sigma of a sharp frame, and of the blurriest clean camera
+
+
+@dataclasses.dataclass(frozen=True)
+class BlurredView:
+    """Arm ``default-blur``'s student view: Gaussian blur of ``blur`` px x U(0.7, 1.3), then the
+    default's (``inner``)."""
+
+    inner: Any
+    blur: float
+    name: str = "target-blur"
+    measured: bool = True
+
+    def apply(self, x: torch.Tensor, g: torch.Generator | None,
+              fov: torch.Tensor | None = None) -> torch.Tensor:
+        from same_fast.degrade import ops
+        from same_fast.degrade.presets import uniform
+
+        if self.blur > 0:
+            x = ops.blur(x, self.blur * uniform(g, x.shape[0], (0.7, 1.3), x.device))
+        return self.inner.apply(x, g, fov)
+
+
+def blurred_view(images: list[torch.Tensor], fovs: list[torch.Tensor], gain: float) -> Any:
+    """The default's student view for ``images``, with their blur beyond a sharp frame's."""
+    from same_fast.degrade.estimate import blur_sigma, target_redegradation
+
+    inner = target_redegradation(images, fovs)
+    b = torch.cat([blur_sigma(x[None], f[None]) for x, f in zip(images, fovs, strict=True)])
+    b = b[~torch.isnan(b)]
+    if b.numel() == 0 or float(b.median()) < BLUR_FLOOR:
+        return inner
+    scale = max(1.0, min(images[0].shape[-2:]) / 256)
+    extra = float(torch.sqrt((b.median() ** 2 - BLUR_SHARP ** 2).clamp_min(0))) * scale
+    return BlurredView(inner, gain * extra)
 
 
 def picker_audit(picker: Any, model: torch.nn.Module, degraded: torch.Tensor,
@@ -184,7 +230,13 @@ def run_case(model: torch.nn.Module, picker_name: str, camera: str, shift: str, 
             if use_picker:
                 pick = load_picker(picker_name)  # adapt_offline sets its share (the default)
             net = paper_network(model) if arm == "paper" else copy.deepcopy(model)
-            r = adapt_offline(net, images, pick, cfg, fovs)
+            if arm == "default-blur":
+                view = blurred_view(images, fovs, a.blur_gain)
+                info["student_view"] = repr(view)
+                with _redegradation(view):
+                    r = adapt_offline(net, images, pick, cfg, fovs)
+            else:
+                r = adapt_offline(net, images, pick, cfg, fovs)
             if pick is not None:
                 info["calibrate_share"] = pick.config.calibrate
             info["acceptance"] = r.acceptance
@@ -213,6 +265,19 @@ def run_case(model: torch.nn.Module, picker_name: str, camera: str, shift: str, 
                                                          - per_arm_nr["source"])[:, 1].mean())},
             "rows": sc.round(5).tolist()})
     return res
+
+
+@contextlib.contextmanager
+def _redegradation(view: Any) -> Iterator[None]:
+    """``adapt_offline``'s automatic student view replaced by ``view`` (arm ``default-blur``)."""
+    import same_fast.degrade.estimate as est
+
+    keep = est.target_redegradation
+    est.target_redegradation = lambda *_a, **_k: view
+    try:
+        yield
+    finally:
+        est.target_redegradation = keep
 
 
 def run_online(model: torch.nn.Module, picker_name: str, camera: str, shift: str,
@@ -275,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=256, help="image side (the paper protocol's)")
     p.add_argument("--view", type=int, default=128, help="adaptation view side")
     p.add_argument("--max-images", type=int, default=0)
+    p.add_argument("--blur-gain", type=float, default=1.0,
+                   help="arm default-blur: times the blur read beyond a sharp frame's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--online-frames", type=int, default=0,
@@ -296,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       "bootstrap": a.seed}),
                            "model": a.model, "picker": a.picker, "steps": a.steps,
                            "size": a.size, "view": a.view, "oracle_arms": list(ORACLE_ARMS),
-                           "cases": {}}
+                           "blur_gain": a.blur_gain, "cases": {}}
     for camera in a.camera or TEST_CAMERAS:
         for shift in a.shift or TEST_SHIFTS:
             if a.online_frames:

@@ -12,6 +12,7 @@ from same_fast.adapt.loop import AdaptConfig, adapt_offline, redegradation
 from same_fast.degrade import degrade, ops
 from same_fast.degrade.estimate import (
     TargetNoise,
+    blur_sigma,
     jpeg_noise_sigma,
     jpeg_quality,
     noise_sigma,
@@ -55,6 +56,35 @@ def test_target_redegradation_follows_the_target():
     assert 0.02 < float(noise_sigma(y).mean()) - 0.0 < 0.07
     assert isinstance(redegradation(AdaptConfig(), list(x)), TargetNoise)
     assert redegradation(AdaptConfig(redegrade_preset="generic-mix"), list(x)) == "generic-mix"
+
+
+def _edges(n=2, size=256, seed=0):
+    """Piecewise-constant scenes (random rectangles) drawn at 4x and area-resized to ``size``:
+    sharp step edges, as a resized photograph's."""
+    g = torch.Generator().manual_seed(seed)
+    big = torch.full((n, 3, size * 4, size * 4), 0.3)
+    for i in range(n):
+        for _ in range(40):
+            y0, x0 = torch.randint(0, size * 4 - 64, (2,), generator=g).tolist()
+            h, w = torch.randint(32, size * 2, (2,), generator=g).tolist()
+            big[i, :, y0:y0 + h, x0:x0 + w] = 0.1 + 0.8 * torch.rand(3, 1, 1, generator=g)
+    return torch.nn.functional.interpolate(big, size=(size, size), mode="area")
+
+
+def test_blur_estimate_reads_the_blur_relative_to_the_frame():
+    x = _edges()
+    sharp = blur_sigma(x)
+    assert torch.all((sharp > 0.3) & (sharp < 0.7)), sharp  # what area resizing leaves
+    est = {s: blur_sigma(ops.blur(x, torch.full((2,), float(s)), exact=True)) for s in (1, 2, 3)}
+    for s, e in est.items():
+        assert torch.all((e - (s * s + 0.25) ** 0.5).abs() < 0.25 * s), (s, e)
+    # the same scene at twice the size, blurred twice as much, reads the same
+    x2 = _edges(size=512)
+    e2 = blur_sigma(ops.blur(x2, torch.full((2,), 4.0), exact=True))
+    assert torch.allclose(e2, est[2], rtol=0.2), (e2, est[2])
+    # noise makes an image read sharp, not blurred
+    noisy = (ops.blur(x, torch.full((2,), 2.0)) + 0.03 * torch.randn_like(x)).clamp(0, 1)
+    assert torch.all(blur_sigma(noisy) < 0.5 * est[2])
 
 
 def _jpeg(x, quality, std=0.0, seed=1):

@@ -259,6 +259,27 @@ def test_test_shifts_are_not_the_generic_redegradation():
     assert _grad_energy(bl) < 0.7 * _grad_energy(big)
 
 
+def test_pillbox_blur_is_a_normalised_disc():
+    x = torch.zeros(2, 1, 41, 41)
+    x[..., 20, 20] = 1
+    y = ops.pillbox_blur(x, torch.tensor([0.0, 5.0]))
+    assert torch.allclose(y[0], x[0])  # radius 0: identity
+    assert y[1].sum() == pytest.approx(1.0, abs=1e-5)
+    assert y[1, 0, 20, 24] > 0 and y[1, 0, 20, 27] == 0  # inside the disc, and outside it
+    assert y[1, 0, 20, 16] == pytest.approx(y[1, 0, 24, 20]) == pytest.approx(y[1, 0, 20, 20])
+
+
+def test_selection_light_blur_shift_defocuses_and_lights_from_one_side():
+    x = torch.full((2, 3, 128, 128), 0.5)
+    y = degrade(x, "select-light-blur", torch.Generator().manual_seed(0))
+    # a flat image: only the light changes it, from unchanged on one side to 50-75 % on the other
+    assert float(y.amax()) == pytest.approx(0.5, abs=1e-4)
+    assert 0.25 <= float(y.amin()) <= 0.38
+    big = _image(n=2, h=384, w=384)
+    assert _grad_energy(degrade(big, "select-light-blur", torch.Generator().manual_seed(0))) \
+        < 0.8 * _grad_energy(big)
+
+
 def _bscan(n=2, h=96, w=128, seed=0):
     """A toy B-scan: dark vitreous, a bright layered retina from a third of the height down."""
     g = torch.Generator().manual_seed(seed)

@@ -23,8 +23,15 @@ own images rather than assumed, and never taken from a test's generator:
 - ``TargetNoise``: the re-degradation that follows: Gaussian noise at the estimated level
   (times ``U(0.7, 1.3)``) and, with probability ``p_jpeg``, a JPEG pass (for a JPEG target:
   always, at its own quality +-5; otherwise 30 % of views, mildly, as saved frames often are).
-  No blur (sharpening a noisy image amplifies its noise) and no tone change (an enhancer should
-  keep the input's tone).
+  No blur and no tone change (an enhancer should keep the input's tone); see ``blur_sigma``.
+- ``blur_sigma``: the Gaussian blur at the edges, read relative to the frame (256 px on the
+  shorter side) from the re-blur gradient ratio (Zhuo and Sim, Pattern Recognition 2011). A
+  diagnostic only: adding the blur a target reads beyond a sharp frame's to the student's view
+  was tried on DRIVE's training images (selection) and rejected: +0.002 SSIM under defocus with
+  light from one side (``select-light-blur``), -0.002 to -0.005 under ``fundus-cataract``, 85-95 %
+  of images worse, worse the more blur was added (docs/RESULTS.md). Uneven light is not read
+  either: cameras' own fall-off differs more than the shifts add (``benchmarks/
+  target_estimates.py``).
 - ``target_redegradation(images, fovs)``: the preset for a set of target images (median
   estimates, the noise floored at ``floor`` so clean images still get a little; JPEG when at
   least half of the images show it). ``measured`` is False when they show neither JPEG nor
@@ -82,6 +89,48 @@ class TargetNoise:
         y = (x + std * randn_from(g, x)).clamp(0, 1)
         y = torch.where(use_jpeg, ops.jpeg(y, quality), y)
         return ops.keep_fov(y, fov)
+
+
+_BLUR_REF = 256   # blur is read at this size (the shorter side), relative to the frame
+_BLUR_PROBE = 1.0  # sigma (px) of the re-blur whose gradient ratio tells the blur
+
+
+def blur_sigma(x01: torch.Tensor, fov: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image Gaussian blur ``(N,)`` of ``(N, C, H, W)`` images at the edges, in pixels of
+    the image brought to ``_BLUR_REF`` px on its shorter side (area-resized when larger): the
+    re-blur gradient ratio of Zhuo and Sim (Pattern Recognition 2011). Re-blurring a step edge
+    blurred by ``s`` with a Gaussian of ``p`` divides its gradient by ``R = sqrt(s^2 + p^2) / s``,
+    so ``s = p / sqrt(R^2 - 1)``; the median over the strongest 5 % of gradients inside the
+    (eroded) field of view. Read relative to the frame, so a camera's resolution does not count
+    as blur; area resizing alone leaves about 0.5 px, and noise makes an image read sharper
+    (its gradients are the noise's)."""
+    x = x01.float()
+    lum = ops.luminance(x) if x.shape[1] == 3 else x[:, :1]
+    m = torch.ones_like(lum) if fov is None else (fov if fov.dim() == 4 else fov[:, None]).to(lum)
+    short = min(lum.shape[-2:])
+    if short > _BLUR_REF:
+        size = (round(lum.shape[-2] * _BLUR_REF / short), round(lum.shape[-1] * _BLUR_REF / short))
+        lum = F.interpolate(lum, size=size, mode="area")
+        m = F.interpolate(m, size=size, mode="area")
+    m = -F.max_pool2d(-(m > 0.5).float(), 9, 1, 4) > 0.5  # no FOV edge in the estimate
+
+    def grad(t: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt((t[..., 1:, :-1] - t[..., :-1, :-1]) ** 2
+                          + (t[..., :-1, 1:] - t[..., :-1, :-1]) ** 2)
+
+    g1 = grad(lum)
+    g2 = grad(ops.blur(lum, torch.full((lum.shape[0],), _BLUR_PROBE), exact=True))
+    m = m[..., :-1, :-1]
+    out = []
+    for i in range(lum.shape[0]):
+        a, b = g1[i, 0][m[i, 0]], g2[i, 0][m[i, 0]]
+        if a.numel() < 64:
+            out.append(math.nan)
+            continue
+        strong = a >= a.quantile(0.95)
+        r = (a[strong] / b[strong].clamp_min(1e-6)).median()
+        out.append(float(_BLUR_PROBE / torch.sqrt((r * r - 1).clamp_min(1e-6))))
+    return torch.tensor(out)
 
 
 # Low luminance frequencies (row, column) whose steps are read: coefficients there are

@@ -127,6 +127,22 @@ def box_gaussian_blur(x: torch.Tensor, ksize: torch.Tensor, sigma: torch.Tensor)
     return separable(x, k, k)
 
 
+def pillbox_blur(x: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """Defocus blur: each sample convolved with a disc (pillbox) of its own ``radius`` (pixels,
+    ``(N,)``; edges antialiased over one pixel, radius 0 = identity), edges replicated."""
+    n, c, h, w = x.shape
+    r_max = min(int(math.ceil(float(radius.max()))) + 1, max(h, w) - 1)
+    if r_max < 1:
+        return x
+    t = torch.arange(-r_max, r_max + 1, device=x.device, dtype=torch.float32)
+    dist = torch.sqrt(t.view(-1, 1) ** 2 + t.view(1, -1) ** 2)
+    k = (radius.to(x.device).float().view(-1, 1, 1) + 0.5 - dist).clamp(0, 1)
+    k = k / k.sum((1, 2), keepdim=True)
+    k = k.repeat_interleave(c, 0)[:, None].to(x.dtype)
+    xp = F.pad(x.reshape(1, n * c, h, w), (r_max,) * 4, mode="replicate")
+    return F.conv2d(xp, k, groups=n * c).view(n, c, h, w)
+
+
 def grid(n_h: int, n_w: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel-centre coordinates ``(1, 1, H, 1)`` and ``(1, 1, 1, W)`` in pixels."""
     yy = torch.arange(n_h, device=device, dtype=torch.float32).view(1, 1, -1, 1) + 0.5

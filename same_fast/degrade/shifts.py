@@ -7,7 +7,8 @@ generator of the shift it is judged on):
   target: mild noise, blur, JPEG and tone, each with its own probability. Fixed before any
   target was looked at; it is no test shift's generator.
 - ``select-noise-jpeg``: a selection shift (sensor noise saved as JPEG at an export quality),
-  for choosing settings on DRIVE's training images; never reported.
+  for choosing settings on DRIVE's training images; never reported. ``select-light-blur``
+  (defocus and light from one side), the same for the light and blur estimates.
 - Test shifts, fixed in advance (2026-12-06, before any adaptation result on them was seen) and
   never used as a re-degradation: ``shift-noise-jpeg`` (Poisson-Gaussian sensor noise, then JPEG
   at low quality), ``shift-haze-gamma`` (a smooth, spatially varying veil toward a warm white,
@@ -18,6 +19,7 @@ spatial ones from 512 px, and keep outside ``fov`` black, like the presets in ``
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -164,5 +166,36 @@ class SelectNoiseJpeg:
         return ops.keep_fov(ops.jpeg(y, quality), fov)
 
 
+@dataclass(frozen=True)
+class SelectLightBlur:
+    """Selection shift (DRIVE *training* images only, for choosing adaptation settings; never
+    reported): a camera out of focus (a pillbox defocus kernel of radius ``defocus`` px at 512)
+    lit from one side (``x (1 - s t)``, ``t`` a linear ramp from 0 to 1 across the frame in a
+    random direction). Added 2026-12-06 to choose the light and blur estimates of
+    ``degrade.estimate`` before they were run on any test shift; its kernel and its light field
+    differ in form from the test shift ``shift-blur-light`` (Gaussian blur, radial vignette) on
+    purpose."""
+
+    name: str = "select-light-blur"
+    defocus: Range = (1.5, 4.0)
+    slope: Range = (0.25, 0.5)
+    reference_px: int = 512
+
+    def apply(self, x: torch.Tensor, g: torch.Generator | None,
+              fov: torch.Tensor | None = None) -> torch.Tensor:
+        n, c, h, w = x.shape
+        d = x.device
+        radius = uniform(g, n, self.defocus, d) * scale_factor(x, self.reference_px)
+        angle = uniform(g, n, (0.0, 2 * math.pi), d)
+        s = uniform(g, n, self.slope, d).view(-1, 1, 1, 1)
+        y = ops.pillbox_blur(x, radius)
+        yy, xx = ops.grid(h, w, d)
+        t = ((xx / w - 0.5) * angle.cos().view(-1, 1, 1, 1)
+             + (yy / h - 0.5) * angle.sin().view(-1, 1, 1, 1))
+        t = (t - t.amin((2, 3), keepdim=True)) / (t.amax((2, 3), keepdim=True)
+                                                  - t.amin((2, 3), keepdim=True)).clamp_min(1e-6)
+        return ops.keep_fov((y * (1 - s * t)).clamp(0, 1), fov)
+
+
 SHIFTS = (NoiseJpeg(), HazeGamma(), BlurLight())
-SHIFT_PRESETS = {p.name: p for p in (GenericMix(), SelectNoiseJpeg(), *SHIFTS)}
+SHIFT_PRESETS = {p.name: p for p in (GenericMix(), SelectNoiseJpeg(), SelectLightBlur(), *SHIFTS)}
