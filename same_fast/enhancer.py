@@ -193,6 +193,7 @@ class Enhancer:
             warnings.warn(result.skipped, stacklevel=2)
         meta = {**self.metadata, "adaptation": {
             "config": cfg.to_dict(), "picker": picker, "skipped": result.skipped,
+            "student_view": result.view,
             "acceptance": None if result.skipped else result.acceptance}}
         return Enhancer(net, meta, f"{self.name} (adapted)", self.device)
 

@@ -148,7 +148,12 @@ def test_adapt_keeps_the_source_on_clean_images_and_says_why(tmp_path, tiny, cap
         assert main(["adapt", "-m", str(tiny), "-i", str(src), "-o", str(out), "--steps", "2",
                      "--size", "16", "--picker", "none", *extra]) == 0
         got[name] = load_model(out)
-    assert "nothing the automatic re-degradation models" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nothing the automatic re-degradation models" in err
+    # what was read off the target, on the terminal and in the checkpoint
+    assert "read off the target: noise 0.00" in err and "a JPEG lattice in 0 of 3" in err
+    assert "nothing the automatic view models" in got["kept"][1]["adaptation"]["student_view"]
+    assert "the student's view gets noise 0.0050" in got["forced"][1]["adaptation"]["student_view"]
     kept, _ = load_model(tiny)
     assert got["kept"][1]["adaptation"]["steps"] == 0 and got["kept"][1]["adaptation"]["skipped"]
     assert all(torch.equal(a, b) for a, b in zip(got["kept"][0].state_dict().values(),

@@ -215,7 +215,8 @@ def test_audit_log_complete(tmp_path):
     for r in steps:
         assert {"loss", "l1", "struct", "entropy", "accepted", "batch", "version"} <= set(r)
         assert ("weights_sha256" in r) == (r["step"] % 2 == 0)
-    assert [r["event"] for r in recs if r["event"] != "step"] == ["start", "freeze", "snapshot"]
+    assert [r["event"] for r in recs if r["event"] != "step"] == ["start", "view", "freeze",
+                                                                   "snapshot"]
     assert recs[-1]["weights_sha256"] == weights_hash(state) == weights_hash(ad.served)
     assert version == 5
     # the hash changes with the weights

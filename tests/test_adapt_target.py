@@ -117,6 +117,8 @@ def test_target_redegradation_compresses_as_a_jpeg_target_was():
     x = _smooth(n=4, size=128)
     r = target_redegradation(list(_jpeg(x, 40, std=0.03)))
     assert r.p_jpeg == 1.0 and r.jpeg_quality[0] < 40 < r.jpeg_quality[1]
+    assert r.jpeg_images == (4, 4) and r.describe().startswith("JPEG at quality ")
+    assert "in 4 of 4 image(s)" in r.describe()
     assert 0.015 < r.sigma < 0.05
     assert target_redegradation(list(x)).p_jpeg == TargetNoise(0.01).p_jpeg  # not a JPEG: as before
 
@@ -133,7 +135,8 @@ def test_offline_adaptation_keeps_the_source_where_the_target_shows_nothing_to_u
     assert kept.skipped and kept.history == []
     assert all(torch.equal(a, b) for a, b in zip(kept.student.state_dict().values(),
                                                   net.state_dict().values(), strict=True))
-    assert read_audit(tmp_path / "a.jsonl")[-1]["event"] == "skipped"
+    last = read_audit(tmp_path / "a.jsonl")[-1]
+    assert last["event"] == "skipped" and "nothing the automatic view models" in last["student_view"]
     assert len(adapt_offline(net, noisy, None, cfg).history) == 2  # noise: something to undo
     forced = adapt_offline(net, clean, None, AdaptConfig(steps=2, size=32, batch=2,
                                                           skip_unmeasured=False))

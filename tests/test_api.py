@@ -84,6 +84,8 @@ def test_adapt_returns_a_new_enhancer_and_leaves_the_source(fundus, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in fundus.network.state_dict().items())
     assert any(not torch.equal(before[k], v) for k, v in adapted.network.state_dict().items())
     assert adapted.metadata["adaptation"]["config"]["steps"] == 2
+    # random pixels read as strong noise: the view says so
+    assert "the student's view gets noise" in adapted.metadata["adaptation"]["student_view"]
     back = same_fast.load_model(adapted.save(tmp_path / "a.safetensors"))
     assert np.array_equal(back.enhance(scans[0]), adapted.enhance(scans[0]))
 

@@ -293,7 +293,11 @@ def test_a_calibrated_picker_adapts_on_the_scanners_best_share(tiny_model, tmp_p
         _, info = _stream_until(ws, srv.url, rng, lambda m: m["adaptation"]["steps"] >= 4)
         # about half: a batch ranks against the recent window, which its betters may have left
         assert 0.2 <= info["adaptation"]["acceptance"] <= 0.9
+        # what the first frames read, and the student's view it gave, where it adapts
+        view = info["adaptation"]["student_view"]
+        assert view.startswith("noise ") and "the student's view gets noise" in view
     recs = read_audit(log)
+    assert next(r for r in recs if r["event"] == "view")["student_view"] == view
     start = next(r for r in recs if r["event"] == "start")
     assert start["picker"]["calibrate"] == 0.5 and start["picker"]["isd_threshold"] == -1e9
     assert next(r for r in recs if r["event"] == "serve")["settings"]["picker_calibrate"] == 0.5

@@ -23,8 +23,8 @@ from same_fast.adapt.config import AUTO_REDEGRADE, AdaptConfig, StepConfig
 from same_fast.adapt.step import AdaptStep
 from same_fast.errors import InputError
 
-__all__ = ["AdaptConfig", "AdaptResult", "adapt_offline", "lr_factor", "make_pair", "make_step",
-           "picker_json", "redegradation"]
+__all__ = ["AdaptConfig", "AdaptResult", "adapt_offline", "describe_view", "lr_factor",
+           "make_pair", "make_step", "picker_json", "redegradation"]
 
 def redegradation(cfg: AdaptConfig, images: Sequence[torch.Tensor],
                   fovs: Sequence[torch.Tensor | None] | None = None) -> Any:
@@ -36,6 +36,15 @@ def redegradation(cfg: AdaptConfig, images: Sequence[torch.Tensor],
     from same_fast.degrade.estimate import target_redegradation
 
     return target_redegradation(images, fovs)
+
+
+def describe_view(preset: Any) -> str | None:
+    """The student's view in one line: what was read off the target (``TargetNoise.describe``),
+    a named preset, or None (no re-degraded view)."""
+    if preset is None:
+        return None
+    describe = getattr(preset, "describe", None)
+    return describe() if callable(describe) else f"preset {getattr(preset, 'name', preset)}"
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
@@ -105,6 +114,7 @@ class AdaptResult:
     teacher: nn.Module
     history: list[dict[str, float]]
     skipped: str | None = None  # why no step was taken (the source weights were kept)
+    view: str | None = None  # the student's view: what was read off the target, or a preset
 
     @property
     def acceptance(self) -> float:
@@ -148,19 +158,22 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
     served = student if cfg.serve == "student" else teacher
     aug = cfg.augment_config(int(getattr(model, "multiple", 1)), _has_context(model))
     preset = redegradation(cfg, images, fovs) if cfg.redegrade else None
+    view = describe_view(preset)
     history: list[dict[str, float]] = []
     if cfg.skip_unmeasured and preset is not None and not getattr(preset, "measured", True):
         # the target shows nothing the automatic re-degradation models: the loop would be a
         # mean teacher, which drifts below the source model (docs/RESULTS.md); keep the source
         if audit is not None:
             audit.event("skipped", 0, served=served, mode="offline", images=len(images),
-                        reason=SKIP_REASON, config=cfg.to_dict(), picker=picker_json(picker))
+                        reason=SKIP_REASON, student_view=view, config=cfg.to_dict(),
+                        picker=picker_json(picker))
         student.eval()
         teacher.eval()
-        return AdaptResult(student, teacher, history, skipped=SKIP_REASON)
+        return AdaptResult(student, teacher, history, skipped=SKIP_REASON, view=view)
     if audit is not None:
         audit.event("start", 0, served=served, mode="offline", total_steps=total,
-                    images=len(images), config=cfg.to_dict(), picker=picker_json(picker))
+                    images=len(images), student_view=view, config=cfg.to_dict(),
+                    picker=picker_json(picker))
     order: list[int] = []
     for i in range(total):
         # epochs: every image once per pass, in a seeded random order
@@ -185,7 +198,7 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
     teacher.eval()
     if audit is not None:
         audit.event("end", total, served=served)
-    return AdaptResult(student, teacher, history)
+    return AdaptResult(student, teacher, history, view=view)
 
 
 def _auto_share(model: nn.Module, images: Sequence[torch.Tensor], picker: Any,

@@ -24,7 +24,13 @@ from torch import nn
 from same_fast.adapt.audit import AuditLog
 from same_fast.adapt.augment import random_views, redegrade
 from same_fast.adapt.config import AdaptConfig
-from same_fast.adapt.loop import make_pair, make_step, picker_json, redegradation
+from same_fast.adapt.loop import (
+    describe_view,
+    make_pair,
+    make_step,
+    picker_json,
+    redegradation,
+)
 from same_fast.adapt.safety import SafetyConfig, SafetyMonitor, clone_state, restore_
 from same_fast.errors import InputError
 from same_fast.nn import enhance as nn_enhance
@@ -129,6 +135,9 @@ class OnlineAdapter:
         if cfg.redegrade and self._preset is None:
             self._preset = redegradation(cfg, [f for f, _ in self._buffer],
                                          [m for _, m in self._buffer])
+            if self.audit is not None:  # what the first buffer read: once per adapter
+                self.audit.event("view", self.steps, served=self.served,
+                                 student_view=describe_view(self._preset))
         xs = redegrade(views, self._preset, cfg.redegrade_strength, self._g) if cfg.redegrade \
             else None
         out = self._step(views * 2 - 1, None if xs is None else xs * 2 - 1,
@@ -201,7 +210,8 @@ class OnlineAdapter:
             return {"frames": self.frames_seen, "steps": self.steps, "version": self.version,
                     "frozen": self.frozen, "resets": self.resets, "reason": self.last_reason,
                     "acceptance": acc / n if n else None,
-                    "last_loss": self.history[-1]["loss"] if self.history else None}
+                    "last_loss": self.history[-1]["loss"] if self.history else None,
+                    "student_view": describe_view(self._preset)}
 
 
 def _batch(x: torch.Tensor) -> tuple[torch.Tensor, bool]:

@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from same_fast.adapt.audit import AuditLog
-    from same_fast.adapt.config import AdaptConfig, from_args
+    from same_fast.adapt.config import AUTO_REDEGRADE, AdaptConfig, from_args
     from same_fast.adapt.frames import load_frames
     from same_fast.adapt.loop import adapt_offline
     from same_fast.adapt.online import OnlineAdapter
@@ -83,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
             history = result.history
             extra = {"steps": len(history),
                      "acceptance": None if result.skipped else result.acceptance,
-                     "skipped": result.skipped}
+                     "skipped": result.skipped, "student_view": result.view}
+            if result.view is not None and cfg.redegrade_with() == AUTO_REDEGRADE:
+                sys.stderr.write(f"same-fast: note: read off the target: {result.view}\n")
             if result.skipped:
                 sys.stderr.write(f"same-fast: note: {result.skipped}\n")
         else:

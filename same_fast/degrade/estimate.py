@@ -79,6 +79,29 @@ class TargetNoise:
     p_jpeg: float = 0.3
     jpeg_quality: Range = (40.0, 90.0)
     measured: bool = True  # False: the images showed neither JPEG nor noise above the floor
+    # what the images read (medians), for the user and the audit log: the noise before the
+    # floor, and how many of them showed a JPEG lattice of how many
+    noise_read: float = math.nan
+    jpeg_images: tuple[int, int] = (0, 0)
+    floor: float = 0.005
+
+    def describe(self) -> str:
+        """One line: what was read off the target and the view that follows."""
+        seen, n = self.jpeg_images
+        if self.p_jpeg >= 1.0:
+            lo, hi = self.jpeg_quality
+            return (f"JPEG at quality {(lo + hi) / 2:.0f} in {seen} of {n} image(s), noise under "
+                    f"it {self.sigma:.4f}: the student's view gets noise {self.sigma:.4f} x "
+                    f"U({self.spread[0]}, {self.spread[1]}) and JPEG at quality {lo:.0f}-{hi:.0f}")
+        read = f"noise {self.noise_read:.4f} (floor {self.floor})"
+        jpeg = f"a JPEG lattice in {seen} of {n} image(s)"
+        if not self.measured:
+            read = f"{read}, {jpeg}: nothing the automatic view models; if adapted anyway"
+            jpeg = ""
+        return (f"{read}{', ' + jpeg if jpeg else ''}: the student's view gets noise "
+                f"{self.sigma:.4f} x "
+                f"U({self.spread[0]}, {self.spread[1]}) and, in {self.p_jpeg:.0%} of views, JPEG "
+                f"at quality {self.jpeg_quality[0]:.0f}-{self.jpeg_quality[1]:.0f}")
 
     def apply(self, x: torch.Tensor, g: torch.Generator | None,
               fov: torch.Tensor | None = None) -> torch.Tensor:
@@ -241,11 +264,13 @@ def target_redegradation(images: Sequence[torch.Tensor],
         quality = float(torch.tensor(found).median())
         est = [v for v in (_noise_under_jpeg(c, quality) for c in coefs) if not math.isnan(v)]
         sigma = float(torch.tensor(est).median()) if est else floor
-        return TargetNoise(sigma=max(floor, sigma),
-                           p_jpeg=1.0, jpeg_quality=(max(1.0, quality - 5), min(100.0, quality + 5)))
+        return TargetNoise(sigma=max(floor, sigma), p_jpeg=1.0,
+                           jpeg_quality=(max(1.0, quality - 5), min(100.0, quality + 5)),
+                           noise_read=sigma, jpeg_images=(len(found), len(images)), floor=floor)
     est = []
     for i, x in enumerate(images):
         f = None if fov_of[i] is None else fov_of[i][None]
         est.append(float(noise_sigma(x[None], f)[0]))
     sigma = float(torch.tensor(est).median()) if est else 0.0
-    return TargetNoise(sigma=max(floor, sigma), measured=sigma >= floor)
+    return TargetNoise(sigma=max(floor, sigma), measured=sigma >= floor, noise_read=sigma,
+                       jpeg_images=(len(found), len(images)), floor=floor)

@@ -196,6 +196,7 @@ class OnlineAdaptation:
                 "observed_frames": self.inbox.observed,
                 "skipped_frames": self.inbox.skipped,
                 "acceptance": s["acceptance"], "last_loss": s["last_loss"],
+                "student_view": s["student_view"],
                 "resets": s["resets"], "errors": self.errors, "last_error": self.last_error,
                 "serves": self.config.serve, "picker": self.config.picker,
                 "safety": self.config.safety, "runs_in": "thread", "reason": s["reason"],

@@ -228,6 +228,7 @@ class ProcessAdaptation:
                 "observed_frames": self.inbox.observed,
                 "skipped_frames": self.inbox.skipped,
                 "acceptance": s.get("acceptance"), "last_loss": s.get("last_loss"),
+                "student_view": s.get("student_view"),
                 "resets": s.get("resets"), "errors": self.errors, "last_error": self.last_error,
                 "serves": self.config.serve, "picker": self.config.picker,
                 "safety": self.config.safety, "reason": s.get("reason"),
