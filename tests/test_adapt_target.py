@@ -208,3 +208,52 @@ def test_offline_adaptation_sets_the_picker_share_from_the_target(reject_all_pic
     pick = load_picker(reject_all_picker, config=PickerConfig(calibrate=0.5))
     adapt_offline(net, imgs, pick, cfg)
     assert pick.config.calibrate == 0.5
+
+
+def _speckled(grain, std=0.06, n=3, h=160, w=192, seed=0):
+    """Toy B-scans: a smooth layered band plus Gaussian speckle correlated over ``grain`` px."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.arange(h).view(1, 1, h, 1).float()
+    x = 0.2 + 0.4 * torch.exp(-((rows - h / 2) / (h / 5)) ** 2).expand(n, 1, h, w)
+    z = ops.blur(torch.randn(n, 1, h, w, generator=g), torch.full((n,), float(grain)), exact=True)
+    return (x + std * z / z.std((1, 2, 3), keepdim=True)).clamp(0, 1)
+
+
+def test_speckle_grain_reads_strength_and_axial_grain():
+    from same_fast.degrade.estimate import speckle_grain
+
+    fine, coarse = speckle_grain(_speckled(0.7)), speckle_grain(_speckled(1.4))
+    assert torch.all(coarse[:, 1] > fine[:, 1] + 0.4), (fine, coarse)
+    assert torch.all((fine[:, 1] - 0.7).abs() < 0.2) and torch.all((coarse[:, 1] - 1.4).abs() < 0.35)
+    # the strength is what the 3 px smoothing removes: most of fine speckle, less of coarse
+    assert torch.all((fine[:, 0] > 0.04) & (fine[:, 0] < 0.065))
+    assert torch.all(speckle_grain(_speckled(0.7, std=0.02))[:, 0] < 0.5 * fine[:, 0])
+
+
+def test_oct_view_adds_speckle_only_where_it_is_coarser_than_the_source_s():
+    from same_fast.degrade.estimate import GRAIN_FLOOR, TargetSpeckle, speckle_grain
+
+    cfg = AdaptConfig(modality="oct")
+    fine = redegradation(cfg, list(_speckled(0.6)))
+    assert isinstance(fine, TargetSpeckle) and not fine.measured and fine.sigma == 0
+    x = _speckled(0.6)
+    assert torch.equal(degrade(x, fine, torch.Generator().manual_seed(0)), x)  # the teacher's view
+    assert "no speckle coarser than the source's" in fine.describe()
+    coarse = redegradation(cfg, list(_speckled(1.4)))
+    assert coarse.measured and coarse.grain > GRAIN_FLOOR and coarse.sigma > 0.03
+    y = degrade(x, coarse, torch.Generator().manual_seed(0))
+    read = speckle_grain(y)
+    assert torch.all(read[:, 0] > speckle_grain(x)[:, 0] + 0.01)  # stronger speckle
+    assert torch.all(read[:, 1] > speckle_grain(x)[:, 1])         # and coarser
+    assert "correlated over" in coarse.describe()
+    # fundus keeps its noise-and-JPEG view
+    assert isinstance(redegradation(AdaptConfig(modality="fundus"), list(_smooth())), TargetNoise)
+
+
+def test_offline_oct_adaptation_runs_only_on_coarser_speckle():
+    net = SAMENet(1, "lite", base=4, levels=3)
+    cfg = AdaptConfig(steps=2, size=32, batch=2, modality="oct")
+    kept = adapt_offline(net, list(_speckled(0.6, n=2)), None, cfg)
+    assert kept.skipped and kept.history == [] and "speckle" in kept.view
+    ran = adapt_offline(net, list(_speckled(1.4, n=2)), None, cfg)
+    assert ran.skipped is None and len(ran.history) == 2 and "correlated over" in ran.view

@@ -35,7 +35,7 @@ def redegradation(cfg: AdaptConfig, images: Sequence[torch.Tensor],
         return name
     from same_fast.degrade.estimate import target_redegradation
 
-    return target_redegradation(images, fovs)
+    return target_redegradation(images, fovs, modality=cfg.modality)
 
 
 def describe_view(preset: Any) -> str | None:
@@ -122,9 +122,10 @@ class AdaptResult:
         return sum(h["accepted"] for h in self.history) / n if n else float("nan")
 
 
-SKIP_REASON = ("the target images show no JPEG compression and no noise above the estimator's "
-               "floor: nothing the automatic re-degradation models, so the source weights are "
-               "kept (--always-adapt, or AdaptConfig(skip_unmeasured=False), adapts anyway)")
+SKIP_REASON = ("the target images show no JPEG compression, no noise above the estimator's floor "
+               "and (OCT) no speckle coarser than the source's training scans: nothing the "
+               "automatic re-degradation models, so the source weights are kept (--always-adapt, "
+               "or AdaptConfig(skip_unmeasured=False), adapts anyway)")
 
 StepCallback = Callable[[int, int, dict[str, float], nn.Module], None]
 

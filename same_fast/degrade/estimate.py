@@ -32,6 +32,13 @@ own images rather than assumed, and never taken from a test's generator:
   of images worse, worse the more blur was added (docs/RESULTS.md). Uneven light is not read
   either: cameras' own fall-off differs more than the shifts add (``benchmarks/
   target_estimates.py``).
+- ``speckle_grain``: for OCT B-scans, the speckle's strength and grain: the standard deviation
+  of what a 3 px Gaussian smooths away, and its correlation length along the A-scan (axial
+  sampling is the same across a device's scan widths; lateral sampling is not). Immerkaer's
+  kernel does not see speckle: it is coarse grain, not pixel noise.
+- ``TargetSpeckle``: the OCT view that follows: Gaussian noise correlated over the read grain,
+  at the read strength (x ``U(0.7, 1.3)``), when the scans' grain is coarser than
+  ``GRAIN_FLOOR`` (what clean scans of the source's training patients read); else no noise.
 - ``target_redegradation(images, fovs)``: the preset for a set of target images (median
   estimates, the noise floored at ``floor`` so clean images still get a little; JPEG when at
   least half of the images show it). ``measured`` is False when they show neither JPEG nor
@@ -156,6 +163,73 @@ def blur_sigma(x01: torch.Tensor, fov: torch.Tensor | None = None) -> torch.Tens
     return torch.tensor(out)
 
 
+# OCT speckle: read on the exported grey levels (the display's log domain, where speckle is
+# additive). Clean B-scans of oct-lite's training patients read an axial grain of 0.64-0.81 px
+# (10th-90th percentile, median 0.74; ``benchmarks/target_estimates.py --oct``): scans whose
+# median is coarser than the 90th percentile carry speckle the source model was not trained for.
+GRAIN_FLOOR = 0.81
+_GRAIN_SMOOTH = 3.0  # px: what this Gaussian smooths away is the speckle (and fine anatomy)
+
+
+def speckle_grain(x01: torch.Tensor) -> torch.Tensor:
+    """``(N, 2)``: per B-scan ``(N, 1, H, W)``, the standard deviation of the speckle (what a
+    ``_GRAIN_SMOOTH`` px Gaussian removes, where the smoothed scan is above 0.02: not the zero
+    padding) and its axial grain: the sigma (px) of the Gaussian that correlates white noise as
+    much as the residual is correlated between neighbouring rows (``rho = exp(-1 / (4 g^2))``)."""
+    x = x01.float()[:, :1]
+    sm = ops.blur(x, torch.full((x.shape[0],), _GRAIN_SMOOTH), exact=True)
+    m = (sm > 0.02).float()
+    r = (x - sm) * m
+    var = (r * r).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
+    pair = m[..., 1:, :] * m[..., :-1, :]
+    cov = (r[..., 1:, :] * r[..., :-1, :]).flatten(1).sum(1) / pair.flatten(1).sum(1).clamp_min(1.0)
+    rho = (cov / var.clamp_min(1e-12)).clamp(1e-3, 0.999)
+    return torch.stack([var.sqrt(), 1.0 / torch.sqrt(-4.0 * torch.log(rho))], 1)
+
+
+@dataclass(frozen=True)
+class TargetSpeckle:
+    """The OCT student's view: Gaussian noise correlated over ``grain`` px (unit variance
+    again), of std ``sigma`` x U(``spread``), added on the exported grey levels; ``sigma`` 0
+    when the scans showed no speckle coarser than the floor (``measured`` False)."""
+
+    sigma: float
+    grain: float
+    name: str = "target-speckle"
+    spread: Range = (0.7, 1.3)
+    measured: bool = True
+    grain_read: float = math.nan
+    floor: float = GRAIN_FLOOR
+
+    def describe(self) -> str:
+        read = f"speckle {self.sigma if self.measured else 0:.4f} of axial grain " \
+               f"{self.grain_read:.2f} px (floor {self.floor})"
+        if not self.measured:
+            return f"{read}: no speckle coarser than the source's; the student's view is the teacher's"
+        return (f"{read}: the student's view gets noise of std {self.sigma:.4f} x "
+                f"U({self.spread[0]}, {self.spread[1]}) correlated over {self.grain:.2f} px")
+
+    def apply(self, x: torch.Tensor, g: torch.Generator | None,
+              fov: torch.Tensor | None = None) -> torch.Tensor:
+        if self.sigma <= 0:
+            return x
+        n, d = x.shape[0], x.device
+        z = ops.blur(randn_from(g, x), torch.full((n,), self.grain, device=d))
+        z = z / z.std((1, 2, 3), keepdim=True).clamp_min(1e-6)
+        std = (self.sigma * uniform(g, n, self.spread, d)).view(-1, 1, 1, 1)
+        return ops.keep_fov((x + std * z).clamp(0, 1), fov)
+
+
+def target_speckle(images: Sequence[torch.Tensor]) -> TargetSpeckle:
+    """``TargetSpeckle`` for OCT B-scans ``(1, H, W)``: the medians of ``speckle_grain``."""
+    read = torch.cat([speckle_grain(x[None]) for x in images]) if images else torch.zeros(0, 2)
+    if read.shape[0] == 0:
+        return TargetSpeckle(0.0, 0.0, measured=False)
+    sigma, grain = (float(v) for v in read.median(0).values)
+    coarse = grain > GRAIN_FLOOR
+    return TargetSpeckle(sigma if coarse else 0.0, grain, measured=coarse, grain_read=grain)
+
+
 # Low luminance frequencies (row, column) whose steps are read: coefficients there are
 # rarely all zero, so their lattice shows even at low quality.
 _FREQS = ((0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (2, 0), (1, 2), (2, 1), (0, 3), (3, 0))
@@ -253,10 +327,14 @@ def _noise_under_jpeg(coefs: torch.Tensor, quality: float) -> float:
 
 def target_redegradation(images: Sequence[torch.Tensor],
                          fovs: Sequence[torch.Tensor | None] | None = None,
-                         floor: float = 0.005) -> TargetNoise:
-    """``TargetNoise`` for ``images`` ((C, H, W) in [0, 1]): their median JPEG quality when at
+                         floor: float = 0.005, modality: str = "fundus"
+                         ) -> TargetNoise | TargetSpeckle:
+    """For OCT B-scans ``target_speckle``; otherwise ``TargetNoise`` for ``images``
+    ((C, H, W) in [0, 1]): their median JPEG quality when at
     least half of them show one (then always a JPEG pass at it, +-5, and noise at the median
     ``jpeg_noise_sigma``), else the median Immerkaer estimate with the mild default JPEG."""
+    if modality == "oct":
+        return target_speckle(images)
     fov_of = [None if fovs is None or fovs[i] is None else fovs[i] for i in range(len(images))]
     coefs = [_block_coefs(x, fov_of[i]) for i, x in enumerate(images)]  # each image's DCT once
     found = [q for q in map(_quality, coefs) if not math.isnan(q)]

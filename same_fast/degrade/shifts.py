@@ -19,13 +19,14 @@ spatial ones from 512 px, and keep outside ``fov`` black, like the presets in ``
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 
 from same_fast.degrade import ops
-from same_fast.degrade.presets import Range, randn_from, scale_factor, uniform
+from same_fast.degrade.presets import OCT, Range, randn_from, scale_factor, uniform
 
 
 def _gamma(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -197,5 +198,14 @@ class SelectLightBlur:
         return ops.keep_fov((y * (1 - s * t)).clamp(0, 1), fov)
 
 
+# Selection shift for OCT (Kermany *selection* patients only; never reported): the ``oct``
+# preset with fewer looks, coarser grain and a wider lateral blur than it draws, each range
+# between the preset's and the test shift's of ``benchmarks/oct_adapt.py`` (added 2026-12-06
+# to choose the OCT speckle view of ``degrade.estimate`` before it ran on any test scan).
+SELECT_OCT_SPECKLE = dataclasses.replace(OCT(), name="select-oct-speckle", looks=(1.2, 2.5),
+                                         grain_sigma=(0.9, 1.5), p_blur=1.0,
+                                         lateral_sigma=(2.0, 4.0))
+
 SHIFTS = (NoiseJpeg(), HazeGamma(), BlurLight())
-SHIFT_PRESETS = {p.name: p for p in (GenericMix(), SelectNoiseJpeg(), SelectLightBlur(), *SHIFTS)}
+SHIFT_PRESETS = {p.name: p for p in (GenericMix(), SelectNoiseJpeg(), SelectLightBlur(),
+                                     SELECT_OCT_SPECKLE, *SHIFTS)}
