@@ -43,7 +43,7 @@ from oct_eval import (  # noqa: E402
 )
 
 from same_fast.adapt.loop import AdaptConfig, adapt_offline  # noqa: E402
-from same_fast.degrade import PRESETS, SHIFT_PRESETS  # noqa: E402
+from same_fast.degrade import PRESETS  # noqa: E402
 from same_fast.models import load_model  # noqa: E402
 
 SHIFT = dataclasses.replace(PRESETS["oct"], name="oct-shift", looks=(1.0, 1.5),
@@ -89,9 +89,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="fixed: ADAPT (the oct preset as the re-degradation, 200 steps); "
                          "default: same-fast adapt's defaults (DEFAULT); oracle: the default "
                          "with the shift itself as the student's view (ORACLE)")
-    ap.add_argument("--shift", choices=("oct-shift", "select-oct-speckle", "none"),
+    ap.add_argument("--shift", choices=("oct-shift", "select-oct-speckle", "oct", "none"),
                     default="oct-shift", help="oct-shift: the test shift (SHIFT); "
-                    "select-oct-speckle: the selection shift; none: the clean scans")
+                    "select-oct-speckle: the selection shift; oct: the training preset; none: "
+                    "the clean scans")
     ap.add_argument("--steps", type=int, default=None, help="default: the recipe's")
     ap.add_argument("--boot", type=int, default=2000)
     ap.add_argument("--max-per-class", type=int, default=0)
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, _ = load_model(args.model)
-    shift = SHIFT if args.shift == "oct-shift" else SHIFT_PRESETS.get(args.shift, SHIFT)
+    shift = SHIFT if args.shift == "oct-shift" else PRESETS.get(args.shift, SHIFT)
     scans = load_scans(args.data, shift, args.seed, args.max_per_class)
     if args.shift == "none":
         for sc in scans:
