@@ -12,6 +12,11 @@ grid, ``u, v, r`` in units of the FOV's radius about its centre; ``radial`` = ``
 ``linear`` = ``|(b, c)|``). Then what ``target_redegradation`` makes of the whole set, and
 the blur that the rejected arm ``default-blur`` of ``adaptation_shifts.py`` would add.
 
+``--oct``: the OCT speckle reading (``speckle_grain``: strength and axial grain, 10th, 50th
+and 90th percentiles over the scans) on the clean scans of oct-lite's training and selection
+patients and under the selection shift and the training preset on the selection patients; the
+90th percentile of the training patients' axial grain is ``GRAIN_FLOOR``.
+
 The defaults are what set that arm's blur floor: clean photographs of cameras outside every test set
 (DRIVE's training images, HRF, FIVES, IDRiD's training split) and the selection shifts on
 DRIVE's training images. Test shifts and cameras can be read too, after the floors are fixed.
@@ -85,6 +90,27 @@ def read_case(camera: str, shift: str, size: int, seed: int, n: int) -> dict[str
             "default_blur_px": round(getattr(bv, "blur", 0.0), 3)}
 
 
+OCT_CASES = (("Kermany-train", "none"), ("Kermany-select", "none"),
+             ("Kermany-select", "select-oct-speckle"), ("Kermany-select", "oct"))
+
+
+def read_oct(data: str, shift: str, seed: int) -> dict[str, Any]:
+    from same_fast.degrade.estimate import speckle_grain, target_speckle
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from oct_eval import load_scans
+
+    scans = load_scans(data, "oct" if shift == "none" else shift, seed)
+    xs = [sc["clean"] if shift == "none" else sc["degraded"] for sc in scans]
+    read = torch.cat([speckle_grain(x[None]) for x in xs])
+    q = torch.tensor([0.1, 0.5, 0.9])
+    view = target_speckle(xs)
+    return {"scans": len(xs),
+            "strength_p10_p50_p90": [round(float(v), 4) for v in read[:, 0].quantile(q)],
+            "axial_grain_p10_p50_p90": [round(float(v), 3) for v in read[:, 1].quantile(q)],
+            "view": view.describe()}
+
+
 def main(argv: list[str] | None = None) -> int:
     from same_fast.benchsuites.common import write_json
     from same_fast.eval import provenance
@@ -95,9 +121,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--max-images", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--oct", action="store_true", help="the OCT speckle readings instead")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
+    if a.oct:
+        res: dict[str, Any] = {"provenance": provenance({"degradation": a.seed}), "cases": {}}
+        for data, shift in OCT_CASES:
+            c = res["cases"][f"{data}/{shift}"] = read_oct(data, shift, a.seed)
+            print(f"{data + '/' + shift:34s} strength {c['strength_p10_p50_p90']}  axial grain "
+                  f"{c['axial_grain_p10_p50_p90']}  -> {c['view']}", flush=True)
+        write_json(a.json, res)
+        return 0
     cameras = a.camera or list(CAMERAS)
     out: dict[str, Any] = {"provenance": provenance({"degradation": a.seed}), "size": a.size,
                            "cases": {}}
