@@ -199,11 +199,12 @@ class TargetSpeckle:
     spread: Range = (0.7, 1.3)
     measured: bool = True
     grain_read: float = math.nan
+    strength_read: float = math.nan
     floor: float = GRAIN_FLOOR
 
     def describe(self) -> str:
-        read = f"speckle {self.sigma if self.measured else 0:.4f} of axial grain " \
-               f"{self.grain_read:.2f} px (floor {self.floor})"
+        read = f"speckle {self.strength_read:.4f} of axial grain {self.grain_read:.2f} px " \
+               f"(floor {self.floor})"
         if not self.measured:
             return f"{read}: no speckle coarser than the source's; the student's view is the teacher's"
         return (f"{read}: the student's view gets noise of std {self.sigma:.4f} x "
@@ -227,7 +228,8 @@ def target_speckle(images: Sequence[torch.Tensor]) -> TargetSpeckle:
         return TargetSpeckle(0.0, 0.0, measured=False)
     sigma, grain = (float(v) for v in read.median(0).values)
     coarse = grain > GRAIN_FLOOR
-    return TargetSpeckle(sigma if coarse else 0.0, grain, measured=coarse, grain_read=grain)
+    return TargetSpeckle(sigma if coarse else 0.0, grain, measured=coarse, grain_read=grain,
+                         strength_read=sigma)
 
 
 # Low luminance frequencies (row, column) whose steps are read: coefficients there are
