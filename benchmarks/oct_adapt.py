@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    info = run_info(args.model, argv)  # the commit the run starts from
     model, _ = load_model(args.model)
     shift = SHIFT if args.shift == "oct-shift" else PRESETS.get(args.shift, SHIFT)
     scans = load_scans(args.data, shift, args.seed, args.max_per_class)
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ada, _ = score_model(result.student, scans, identity=False)
     summary = compare(src, ada, args.boot, 0)
     a = summary["all"]
-    res = {**run_info(args.model, argv), "data": args.data,
+    res = {**info, "data": args.data,
            "shift": None if args.shift == "none" else dataclasses.asdict(shift),
            "recipe": args.recipe, "oracle": args.recipe == "oracle",
            "student_view": result.view, "skipped": result.skipped,
