@@ -85,6 +85,22 @@ def test_oct_source_rows_match_the_stored_run(bench_script):
 
 @pytest.mark.slow
 @pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (CI has it)")
+def test_oct_adaptation_with_the_speckle_view_matches_the_stored_run(bench_script, tmp_path):
+    # docs/results/oct.md's speckle-view table, on one reporting scan per class (the stored
+    # quick run of the same command; the full run is the 113-scan JSON beside it)
+    stored = json.loads((RESULTS / "2026-12-06-cpu-oct-adapt-speckle-view-quick.json").read_text())
+    res = bench_script("oct_adapt").main(["--recipe", "default", "--max-per-class", "1",
+                                          "--boot", "20", "--out", str(tmp_path / "q.json")])
+    assert res["student_view"] == stored["student_view"] and res["skipped"] is None
+    old = {r["file"]: r for r in stored["rows"]}
+    for row in res["rows"]:
+        assert row["ssim"] == pytest.approx(old[row["file"]]["ssim"], abs=2e-4)
+        assert row["ssim_adapted"] == pytest.approx(old[row["file"]]["ssim_adapted"], abs=2e-3)
+    assert res["summary"]["all"]["ssim_gain"] > 0.01 and res["summary"]["all"]["share_worse"] <= 0.2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (CI has it)")
 def test_csdi_no_reference_rows_match_the_stored_run(bench_script, tmp_path):
     # docs/results/csdi.md: the quality model's P(good) of the input and of the source model's
     # output, per photograph (every 30th); adaptation keeps the source on CSDI today
