@@ -20,7 +20,9 @@ from same_fast.errors import InputError
 # The student's re-degraded view by default: "auto", read off the target images themselves
 # (degrade/estimate.py): for JPEG targets, noise at the sensor level their DCT coefficients
 # tell and a JPEG pass at their own quality (read from the pixels); otherwise noise at
-# Immerkaer's estimate plus a mild JPEG pass. The same for every modality. Never a test
+# Immerkaer's estimate plus a mild JPEG pass. For OCT B-scans, speckle: noise correlated over
+# the scans' own grain at their own strength, when the grain is coarser than the source's
+# training scans' (speckle is coarse grain that the pixel-noise estimate does not see). Never a test
 # shift's own generator, and not the source training preset either (which would only teach
 # again what the source learnt). A named preset (generic-mix, ...) replaces it.
 AUTO_REDEGRADE = "auto"
@@ -86,7 +88,8 @@ class AdaptConfig(StepConfig):
     redegrade_preset: str = _opt("", "degradation preset of the student's re-degraded view "
                                  "(naming one turns the view on; '' = auto: noise at the level "
                                  "estimated from the target images, and JPEG at their own "
-                                 "quality when they are JPEGs, else a mild JPEG pass)",
+                                 "quality when they are JPEGs, else a mild JPEG pass; OCT: "
+                                 "speckle at the scans' own grain and strength)",
                                  metavar="PRESET")
     redegrade_strength: float = _opt(1.0, "scale of the re-degraded view: "
                                      "x + S (degraded - x)", metavar="S")
@@ -109,7 +112,8 @@ class AdaptConfig(StepConfig):
                                    "when they form one group)")
     skip_unmeasured: bool = _opt(True, "offline, with the automatic re-degradation: when the "
                                  "target images show nothing it models (no JPEG lattice, noise "
-                                 "below the estimator's floor), keep the source weights instead "
+                                 "below the estimator's floor, OCT speckle no coarser than the "
+                                 "source's), keep the source weights instead "
                                  "of adapting, and say so (measured: there adaptation drifts "
                                  "below the source model)")
     safety: str = _opt("freeze", "what to do when acceptance collapses or outputs drift from "
