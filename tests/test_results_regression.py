@@ -86,11 +86,13 @@ def test_oct_source_rows_match_the_stored_run(bench_script):
 @pytest.mark.slow
 @pytest.mark.skipif(data_root() is None, reason="needs the shared data folder (CI has it)")
 def test_oct_adaptation_with_the_speckle_view_matches_the_stored_run(bench_script, tmp_path):
-    # docs/results/oct.md's speckle-view table, on one reporting scan per class (the stored
-    # quick run of the same command; the full run is the 113-scan JSON beside it)
+    # docs/results/oct.md's speckle-view table, on one reporting scan per class and 15 steps
+    # (whole frames make a step slow: the stored quick run of the same command, about a minute;
+    # the full run is the 113-scan, 100-step JSON beside it)
     stored = json.loads((RESULTS / "2026-12-06-cpu-oct-adapt-speckle-view-quick.json").read_text())
     res = bench_script("oct_adapt").main(["--recipe", "default", "--max-per-class", "1",
-                                          "--boot", "20", "--out", str(tmp_path / "q.json")])
+                                          "--steps", "15", "--boot", "20",
+                                          "--out", str(tmp_path / "q.json")])
     assert res["student_view"] == stored["student_view"] and res["skipped"] is None
     old = {r["file"]: r for r in stored["rows"]}
     for row in res["rows"]:
