@@ -46,6 +46,7 @@ from oct_eval import (  # noqa: E402
 
 from same_fast.adapt.loop import AdaptConfig, adapt_offline  # noqa: E402
 from same_fast.degrade import PRESETS  # noqa: E402
+from same_fast.degrade.estimate import target_speckle  # noqa: E402
 from same_fast.models import load_model  # noqa: E402
 
 SHIFT = dataclasses.replace(PRESETS["oct"], name="oct-shift", looks=(1.0, 1.5),
@@ -130,6 +131,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "select-oct-speckle: the selection shift; oct: the training preset; none: "
                     "the clean scans")
     ap.add_argument("--steps", type=int, default=None, help="default: the recipe's")
+    ap.add_argument("--view-gain", type=float, default=1.0,
+                    help="recipe default: the speckle view at this times the strength read "
+                         "(a selection probe; the product uses 1)")
+    ap.add_argument("--ignore-floor", action="store_true",
+                    help="recipe default: add the speckle read even where it is no coarser than "
+                         "the source's training scans (a selection probe: why the floor exists)")
     ap.add_argument("--boot", type=int, default=2000)
     ap.add_argument("--online-frames", type=int, default=0,
                     help="stream this many scans through online adaptation instead")
@@ -159,19 +166,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                **run_online(model, scans, src, args.online_frames, args.online_eval_every, 0)}
         save(res, args.out)
         return res
+    view: Any = None  # the student's view replaced for this run (None: adapt's own)
     if args.recipe == "oracle":
         if args.shift == "none":
             raise SystemExit("the oracle recipe needs a shift")
-        with _redegradation(shift):
-            result = adapt_offline(model, frames, None, cfg)
-    else:
+        view = shift
+    elif args.recipe == "default" and (args.view_gain != 1.0 or args.ignore_floor):
+        read = target_speckle(frames)
+        view = dataclasses.replace(read, strength=read.strength * args.view_gain,
+                                   floor=0.0 if args.ignore_floor else read.floor)
+    if view is None:
         result = adapt_offline(model, frames, None, cfg)
+    else:
+        with _redegradation(view):
+            result = adapt_offline(model, frames, None, cfg)
     ada, _ = score_model(result.student, scans, identity=False)
     summary = compare(src, ada, args.boot, 0)
     a = summary["all"]
     res = {**info, "data": args.data,
            "shift": None if args.shift == "none" else dataclasses.asdict(shift),
            "recipe": args.recipe, "oracle": args.recipe == "oracle",
+           "view_gain": args.view_gain, "ignore_floor": args.ignore_floor,
            "student_view": result.view, "skipped": result.skipped,
            "adapt": dataclasses.asdict(cfg), "picker": None,
            "seeds": {"degrade": args.seed, "adapt": cfg.seed, "bootstrap": 0},

@@ -65,6 +65,7 @@ class OnlineAdapter:
         self._aug = cfg.augment_config(int(getattr(model, "multiple", 1)),
                                        bool(getattr(model, "config", {}).get("context", False)))
         self._preset: Any = None  # the re-degradation, estimated from the first buffer
+        self._view: str | None = None  # its one-line description (describe_view)
         self.safety = SafetyMonitor(safety)
         self.audit = audit
         self._buffer: deque[tuple[torch.Tensor, torch.Tensor | None]] = deque(maxlen=cfg.buffer)
@@ -135,9 +136,9 @@ class OnlineAdapter:
         if cfg.redegrade and self._preset is None:
             self._preset = redegradation(cfg, [f for f, _ in self._buffer],
                                          [m for _, m in self._buffer])
-            if self.audit is not None:  # what the first buffer read: once per adapter
-                self.audit.event("view", self.steps, served=self.served,
-                                 student_view=describe_view(self._preset))
+            self._view = describe_view(self._preset)  # what the first buffer read: once
+            if self.audit is not None:
+                self.audit.event("view", self.steps, served=self.served, student_view=self._view)
         xs = redegrade(views, self._preset, cfg.redegrade_strength, self._g) if cfg.redegrade \
             else None
         out = self._step(views * 2 - 1, None if xs is None else xs * 2 - 1,
@@ -211,7 +212,7 @@ class OnlineAdapter:
                     "frozen": self.frozen, "resets": self.resets, "reason": self.last_reason,
                     "acceptance": acc / n if n else None,
                     "last_loss": self.history[-1]["loss"] if self.history else None,
-                    "student_view": describe_view(self._preset)}
+                    "student_view": self._view}
 
 
 def _batch(x: torch.Tensor) -> tuple[torch.Tensor, bool]:

@@ -190,21 +190,26 @@ def speckle_grain(x01: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class TargetSpeckle:
     """The OCT student's view: Gaussian noise correlated over ``grain`` px (unit variance
-    again), of std ``sigma`` x U(``spread``), added on the exported grey levels; ``sigma`` 0
-    when the scans showed no speckle coarser than the floor (``measured`` False)."""
+    again), of std ``sigma`` x U(``spread``), added on the exported grey levels. ``strength``
+    and ``grain`` are what the scans read; ``sigma`` is ``strength`` when the grain is coarser
+    than ``floor`` (``measured``), else 0: the student's view is then the teacher's."""
 
-    sigma: float
+    strength: float
     grain: float
     name: str = "target-speckle"
     spread: Range = (0.7, 1.3)
-    measured: bool = True
-    grain_read: float = math.nan
-    strength_read: float = math.nan
     floor: float = GRAIN_FLOOR
 
+    @property
+    def measured(self) -> bool:
+        return self.grain > self.floor
+
+    @property
+    def sigma(self) -> float:
+        return self.strength if self.measured else 0.0
+
     def describe(self) -> str:
-        read = f"speckle {self.strength_read:.4f} of axial grain {self.grain_read:.2f} px " \
-               f"(floor {self.floor})"
+        read = f"speckle {self.strength:.4f} of axial grain {self.grain:.2f} px (floor {self.floor})"
         if not self.measured:
             return f"{read}: no speckle coarser than the source's; the student's view is the teacher's"
         return (f"{read}: the student's view gets noise of std {self.sigma:.4f} x "
@@ -222,14 +227,13 @@ class TargetSpeckle:
 
 
 def target_speckle(images: Sequence[torch.Tensor]) -> TargetSpeckle:
-    """``TargetSpeckle`` for OCT B-scans ``(1, H, W)``: the medians of ``speckle_grain``."""
-    read = torch.cat([speckle_grain(x[None]) for x in images]) if images else torch.zeros(0, 2)
-    if read.shape[0] == 0:
-        return TargetSpeckle(0.0, 0.0, measured=False)
-    sigma, grain = (float(v) for v in read.median(0).values)
-    coarse = grain > GRAIN_FLOOR
-    return TargetSpeckle(sigma if coarse else 0.0, grain, measured=coarse, grain_read=grain,
-                         strength_read=sigma)
+    """``TargetSpeckle`` for OCT B-scans ``(1, H, W)``: the medians of ``speckle_grain``
+    (nothing read: strength and grain 0, not measured)."""
+    if not images:
+        return TargetSpeckle(0.0, 0.0)
+    strength, grain = (float(v) for v in torch.cat([speckle_grain(x[None]) for x in images])
+                       .median(0).values)
+    return TargetSpeckle(strength, grain)
 
 
 # Low luminance frequencies (row, column) whose steps are read: coefficients there are
