@@ -4,8 +4,8 @@ neither its training nor the re-degradation knows.
 The shift (``SHIFT``, fixed before any adaptation run): fewer looks and coarser speckle grain
 than the ``oct`` preset draws, and a lateral blur always on and wider than its range; the other
 families as in ``oct``. The student's re-degraded view uses the ``oct`` preset itself (the
-training preset, which does not know the shift). No picker (mean teacher with the
-re-degraded view), settings fixed in advance (``ADAPT``), no oracle: the clean scans are read
+training preset, which does not know the shift). ``--recipe fixed``: no picker (mean teacher
+with the re-degraded view), settings fixed in advance (``ADAPT``), no oracle: the clean scans are read
 only to score. Reports the SSIM/PSNR of oct-lite and of the adapted student on the same shifted
 scans (paper protocol, grey), per class, and the share of scans the adaptation makes worse.
 
@@ -48,15 +48,24 @@ from same_fast.adapt.loop import AdaptConfig, adapt_offline  # noqa: E402
 from same_fast.degrade import PRESETS  # noqa: E402
 from same_fast.degrade.estimate import target_speckle  # noqa: E402
 from same_fast.models import load_model  # noqa: E402
+from same_fast.picker import picker_config_dict  # noqa: E402
 
 SHIFT = dataclasses.replace(PRESETS["oct"], name="oct-shift", looks=(1.0, 1.5),
                             grain_sigma=(1.2, 2.0), p_blur=1.0, lateral_sigma=(3.0, 6.0))
 ADAPT = dict(mode="offline", steps=200, batch=4, size=256, redegrade=True,
-             redegrade_preset="oct", modality="oct", seed=0)
+             redegrade_preset="oct", modality="oct", seed=0, picker="none")
 # --recipe default: what `same-fast adapt -m oct-lite` does with no options (AdaptConfig's
-# defaults: the re-degradation read off the target scans, 100 steps; no OCT picker ships, so
-# the mean teacher).
+# defaults: the re-degradation read off the target scans, 100 steps, --picker auto).
 DEFAULT = dict(mode="offline", modality="oct", seed=0)
+
+
+def resolve(spec: str | None, cfg: AdaptConfig) -> Any:
+    """The picker ``same-fast adapt`` would use for ``spec`` (``None``: the recipe's own,
+    ``auto`` under the default recipe, none under the fixed one)."""
+    from same_fast.picker import PickerConfig, resolve_picker
+
+    return resolve_picker(spec if spec is not None else cfg.picker, "oct", "cpu",
+                          PickerConfig(calibrate=cfg.picker_calibrate))
 
 
 def compare(src: list[dict[str, Any]], ada: list[dict[str, Any]], n_boot: int, seed: int
@@ -84,14 +93,16 @@ def compare(src: list[dict[str, Any]], ada: list[dict[str, Any]], n_boot: int, s
 
 
 def run_online(model: torch.nn.Module, scans: list[dict[str, Any]],
-               src: list[dict[str, Any]], frames_n: int, every: int, seed: int
-               ) -> dict[str, Any]:
-    """Online adaptation (``AdaptConfig(mode="online")``'s defaults, no picker) over a stream of
-    ``frames_n`` scans drawn with replacement; the curve of the served model's gain."""
+               src: list[dict[str, Any]], frames_n: int, every: int, seed: int,
+               picker_spec: str | None = None) -> dict[str, Any]:
+    """Online adaptation (``AdaptConfig(mode="online")``'s defaults, its picker unless
+    ``picker_spec`` names one) over a stream of ``frames_n`` scans drawn with replacement; the
+    curve of the served model's gain."""
     from same_fast.adapt.online import OnlineAdapter
 
     cfg = AdaptConfig(mode="online", modality="oct", seed=seed)
-    ad = OnlineAdapter(model, None, cfg)
+    picker = resolve(picker_spec, cfg)
+    ad = OnlineAdapter(model, picker, cfg)
     order = torch.randint(0, len(scans), (frames_n,),
                           generator=torch.Generator().manual_seed(seed + 1)).tolist()
     s = np.array([r["ssim"] for r in src])
@@ -112,6 +123,7 @@ def run_online(model: torch.nn.Module, scans: list[dict[str, Any]],
                   f"steps {ad.steps}", flush=True)
     return {"config": {k: v for k, v in dataclasses.asdict(cfg).items()
                        if not isinstance(v, tuple)},
+            "picker": None if picker is None else picker_config_dict(picker),
             "student_view": ad.stats()["student_view"], "curve": curve,
             "ends_below_source": curve[-1]["gain_ssim"] < 0,
             "min_gain_ssim": min(c["gain_ssim"] for c in curve)}
@@ -137,6 +149,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--ignore-floor", action="store_true",
                     help="recipe default: add the speckle read even where it is no coarser than "
                          "the source's training scans (a selection probe: why the floor exists)")
+    ap.add_argument("--picker", default=None,
+                    help="a shipped picker, a checkpoint, auto or none (default: the recipe's: "
+                         "auto for default and oracle, none for fixed)")
     ap.add_argument("--boot", type=int, default=2000)
     ap.add_argument("--online-frames", type=int, default=0,
                     help="stream this many scans through online adaptation instead")
@@ -163,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res = {**info, "data": args.data, "mode": "online",
                "shift": None if args.shift == "none" else dataclasses.asdict(shift),
                "seeds": {"degrade": args.seed, "adapt": 0, "stream": 1},
-               **run_online(model, scans, src, args.online_frames, args.online_eval_every, 0)}
+               **run_online(model, scans, src, args.online_frames, args.online_eval_every, 0,
+                            args.picker)}
         save(res, args.out)
         return res
     view: Any = None  # the student's view replaced for this run (None: adapt's own)
@@ -175,11 +191,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         read = target_speckle(frames)
         view = dataclasses.replace(read, strength=read.strength * args.view_gain,
                                    floor=0.0 if args.ignore_floor else read.floor)
+    picker = resolve(args.picker, cfg)
     if view is None:
-        result = adapt_offline(model, frames, None, cfg)
+        result = adapt_offline(model, frames, picker, cfg)
     else:
         with _redegradation(view):
-            result = adapt_offline(model, frames, None, cfg)
+            result = adapt_offline(model, frames, picker, cfg)
     ada, _ = score_model(result.student, scans, identity=False)
     summary = compare(src, ada, args.boot, 0)
     a = summary["all"]
@@ -188,7 +205,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
            "recipe": args.recipe, "oracle": args.recipe == "oracle",
            "view_gain": args.view_gain, "ignore_floor": args.ignore_floor,
            "student_view": result.view, "skipped": result.skipped,
-           "adapt": dataclasses.asdict(cfg), "picker": None,
+           "adapt": dataclasses.asdict(cfg),
+           "picker": None if picker is None else picker_config_dict(picker),
            "seeds": {"degrade": args.seed, "adapt": cfg.seed, "bootstrap": 0},
            "summary": summary,
            "targets": {"ssim_gain>=0.01": {"value": a["ssim_gain"], "met": a["ssim_gain"] >= 0.01},

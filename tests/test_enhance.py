@@ -205,8 +205,9 @@ def test_enhance_adapt_with_a_calibrated_picker_learns_where_the_rule_rejects_al
     assert 0.1 <= acceptance["0.5"] <= 0.9
 
 
-def _opt_dicom(path, frames):
-    """An Ophthalmic Tomography (OPT) multi-frame instance of grey B-scans ``(F, H, W)``."""
+def _opt_dicom(path, frames, series=None, study=None, number=None):
+    """An Ophthalmic Tomography (OPT) multi-frame instance of grey B-scans ``(F, H, W)``
+    (``series``/``study``: UIDs to share with other files of one acquisition)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -217,7 +218,10 @@ def _opt_dicom(path, frames):
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = opt, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyInstanceUID = study or generate_uid()
+    ds.SeriesInstanceUID = series or generate_uid()
+    if number is not None:
+        ds.InstanceNumber = number
     ds.PatientID, ds.Modality, ds.Manufacturer = "P1", "OPT", "Heidelberg Engineering"
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.NumberOfFrames = frames.shape[0]
@@ -264,6 +268,25 @@ def test_enhance_oct_lite_on_jpeg_png_and_opt_dicom_b_scans(tmp_path, data_dir):
         assert score_pair(dcm.frames[k], grey[k][..., None], None, "paper").ssim > 0.9
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_files"] == 3 and summary["n_frames"] == 5 and not summary["failed"]
+    # a volume exported one B-scan per file: one derived series out, each file's place kept
+    from pydicom.uid import generate_uid
+
+    vol, series, study = tmp_path / "volume", generate_uid(), generate_uid()
+    vol.mkdir()
+    for k, g in enumerate(grey):
+        _opt_dicom(vol / f"bscan{k:03d}.dcm", g[None], series, study, number=k + 1)
+    out2 = tmp_path / "out2"
+    assert main(["enhance", "-m", "oct-lite", "-i", str(vol), "-o", str(out2), "--backend",
+                 "torch", "--no-progress"]) == 0
+    derived = [load(out2 / f"bscan{k:03d}.dcm") for k in range(3)]
+    uids = {d.dataset.SeriesInstanceUID for d in derived}
+    assert len(uids) == 1 and series not in uids
+    assert {d.dataset.StudyInstanceUID for d in derived} == {study}
+    assert [int(d.dataset.InstanceNumber) for d in derived] == [1, 2, 3]
+    assert len({d.dataset.SOPInstanceUID for d in derived}) == 3
+    for k, d in enumerate(derived):
+        assert d.frames.shape == (1, 496, 512, 1) and d.dataset.Modality == "OPT"
+        assert score_pair(d.frames[0], grey[k][..., None], None, "paper").ssim > 0.9
 
 
 def test_png_level_trades_size_for_speed_and_keeps_every_pixel(tmp_path, tiny_models, capsys):

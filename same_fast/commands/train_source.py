@@ -90,6 +90,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after this wall time (0: no limit)")
     p.add_argument("--max-images", type=int, default=d.max_images,
                    help="use at most this many images per set (0: all)")
+    p.add_argument("--train-only", default=d.train_only, choices=["", "structure"],
+                   help="structure: train only the structure decoder of --init's model (its "
+                        "image output stays exactly the same; the checkpoint is chosen by "
+                        "validation Dice on masks)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 

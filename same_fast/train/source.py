@@ -51,6 +51,7 @@ from same_fast.ops.ema import ema_
 
 SKIMAGE_RETINA = "skimage-retina"  # data-spec name of scikit-image's CC0 retina photograph
 TARGETS = ("clean", "tone")
+TRAIN_ONLY = ("", "structure")
 MODALITIES = {"fundus": (3, "fundus-shen2020"), "oct": (1, "gray"),
               "ultrasound": (1, "ultrasound-speckle")}
 
@@ -96,6 +97,10 @@ class SourceConfig:
     threads: int = 0               # torch CPU threads (0: torch's default)
     max_minutes: float = 0.0       # stop (validate, save) after this wall time (0: no limit)
     max_images: int = 0            # cap per set (0: all), for quick runs and tests
+    train_only: str = ""           # "structure": only the structure decoder learns (needs
+    #                                ``init``); the image path keeps init's weights, so what
+    #                                the model enhances does not change, and the saved
+    #                                checkpoint is chosen by validation Dice (masks needed)
     progress: bool = True
     command: str = field(default_factory=lambda: " ".join(sys.argv))
 
@@ -366,14 +371,36 @@ def validation_set(val: list[Sample], cfg: SourceConfig, device: torch.device
     image does not tell."""
     if not val:
         return None
-    x, _mask, fov, _ = _stack(val, device)
+    x, mask, fov, has_mask = _stack(val, device)
     x = x * fov
     g = torch.Generator().manual_seed(_split_seed(cfg) + 1000)
     pairs = [degrade_with_tone(x[i:i + 1], cfg.degrade or MODALITIES[cfg.modality][1], g,
                                fov[i:i + 1]) for i in range(len(val))]
     y = torch.cat([p[0] for p in pairs])
     ref = torch.cat([p[1] for p in pairs]) if cfg.target == "tone" else x
-    return {"clean": ref, "degraded": y, "fov": fov}
+    return {"clean": ref, "degraded": y, "fov": fov, "mask": mask, "has_mask": has_mask}
+
+
+def validate_structure(model: SAMENet, vs: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean Dice (threshold 0.5) of the structure head on the degraded validation frames that
+    have masks: ``{"val_dice": ...}``, or ``{}`` when none has one."""
+    from same_fast.nn import pad_to_multiple
+
+    idx = [i for i in range(vs["degraded"].shape[0]) if float(vs["has_mask"][i]) > 0]
+    if not idx:
+        return {}
+    was_training = model.training
+    model.eval()
+    dice = []
+    with torch.no_grad():
+        for i in idx:
+            xp, (h, w) = pad_to_multiple(vs["degraded"][i:i + 1] * 2 - 1, int(model.multiple))
+            _, logits = model(xp)
+            p = (logits[..., :h, :w] > 0).float()
+            t = vs["mask"][i:i + 1]
+            dice.append(float((2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)))
+    model.train(was_training)
+    return {"val_dice": float(np.mean(dice))}
 
 
 def validate(model: SAMENet, vs: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -499,6 +526,11 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
         raise InputError(f"--ema must be in [0, 1), got {cfg.ema}")
     if cfg.target not in TARGETS:
         raise InputError(f"--target must be one of {', '.join(TARGETS)}, got '{cfg.target}'")
+    if cfg.train_only not in TRAIN_ONLY:
+        raise InputError(f"--train-only must be 'structure' (or empty), got '{cfg.train_only}'")
+    if cfg.train_only and not (cfg.init or cfg.resume):
+        raise InputError("--train-only structure needs --init (the model whose image path it "
+                         "keeps)")
     if not 0 < cfg.zoom[0] <= cfg.zoom[1]:
         raise InputError(f"--zoom needs 0 < LOW <= HIGH, got {cfg.zoom[0]} {cfg.zoom[1]}")
     if cfg.load_size < cfg.size:
@@ -522,9 +554,15 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     if cfg.size % model.multiple:
         raise InputError(f"--size must be a multiple of {model.multiple} for the "
                          f"'{cfg.preset}' preset, got {cfg.size}")
+    if cfg.train_only == "structure":
+        # Everything but the structure decoder is frozen; its norms have no running statistics
+        # (instance/group norm), so the image output stays exactly init's.
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("structure_decoder."))
     # foreach: one fused update over all parameters (the per-tensor loop costs more than the
     # small network's backward pass on a CPU)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), foreach=True)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                           betas=(0.9, 0.999), foreach=True)
     start = 0
     best = -1.0
     ema: SAMENet | None = None
@@ -588,6 +626,7 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     bar = progress_bar(enabled=cfg.progress, total=cfg.steps, initial=start,
                        desc="train-source", unit="step")
     model.train()
+    learnt = [p for p in model.parameters() if p.requires_grad]
     losses: list[float] = []
     first_losses: list[float] = []
     t0 = time.perf_counter()
@@ -600,7 +639,9 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
             loss.backward()
             opt.step()
             if ema is not None:
-                ema_(list(ema.parameters()), list(model.parameters()), cfg.ema)
+                # only what learns: a frozen weight averaged with itself could move by a rounding
+                ema_([e for e, m in zip(ema.parameters(), model.parameters(), strict=True)
+                      if m.requires_grad], learnt, cfg.ema)
             losses.append(parts["loss"])
             if len(first_losses) < 20:
                 first_losses.append(parts["loss"])
@@ -614,7 +655,8 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
                 saved_model = ema if ema is not None else model
                 if vs is not None:
                     rec.update(validate(saved_model, vs))
-                score = rec.get("val_ssim", -rec["loss"])
+                    rec.update(validate_structure(saved_model, vs))
+                score = rec.get("val_dice" if cfg.train_only else "val_ssim", -rec["loss"])
                 meta_now = {**meta, "step": step, "validation": rec}
                 if score > best:
                     best = score
