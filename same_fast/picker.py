@@ -46,7 +46,8 @@ from same_fast.nn.isd import StructureVAE
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED = {"fundus-picker": "fundus-picker.safetensors",
-           "ultrasound-picker": "ultrasound-picker.safetensors"}
+           "ultrasound-picker": "ultrasound-picker.safetensors",
+           "oct-picker": "oct-picker.safetensors"}
 DEFAULT_P_GOOD = {"fundus": 0.8, "ultrasound": 0.6, "oct": 0.6}
 
 
@@ -297,7 +298,8 @@ def save_picker(path: str | Path, iqa: IQANet, isd: StructureVAE, isd_threshold:
 
 
 def resolve_picker_path(name_or_path: str | Path) -> Path:
-    """A shipped name (``fundus-picker``, ``ultrasound-picker``) or a file path -> the file."""
+    """A shipped name (``fundus-picker``, ``ultrasound-picker``, ``oct-picker``) or a file
+    path -> the file."""
     name = str(name_or_path)
     if name in SHIPPED:
         path = WEIGHTS_DIR / SHIPPED[name]
@@ -346,7 +348,7 @@ def resolve_picker(spec: str | None, modality: str, device: str | torch.device =
         return None
     if spec == "auto":
         spec = f"{modality}-picker"
-        if spec not in SHIPPED:  # e.g. OCT: no layer masks to train one on
+        if spec not in SHIPPED:  # a modality no picker ships for
             warnings.warn(f"no shipped picker for modality '{modality}': adapting as a mean "
                           "teacher (every pseudo-label accepted; --picker CKPT names one)",
                           stacklevel=2)

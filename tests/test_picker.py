@@ -381,6 +381,9 @@ def test_auto_picker_is_the_modality_s_or_a_mean_teacher_with_a_warning():
     from same_fast.picker import Picker, resolve_picker
 
     assert isinstance(resolve_picker("auto", "fundus"), Picker)
+    oct_picker = resolve_picker("auto", "oct")
+    assert isinstance(oct_picker, Picker) and oct_picker.modality == "oct"
+    assert oct_picker.iqa.in_channels == 1 and oct_picker.p_good == 0.6
     assert resolve_picker("none", "fundus") is None
-    with pytest.warns(UserWarning, match="no shipped picker for modality 'oct'"):
-        assert resolve_picker("auto", "oct") is None
+    with pytest.warns(UserWarning, match="no shipped picker for modality 'xray'"):
+        assert resolve_picker("auto", "xray") is None
