@@ -129,6 +129,29 @@ def run_online(model: torch.nn.Module, scans: list[dict[str, Any]],
             "min_gain_ssim": min(c["gain_ssim"] for c in curve)}
 
 
+def contaminate(scans: list[dict[str, Any]], share: float, seed: int) -> list[dict[str, Any]]:
+    """Mark ``round(share x n)`` scans (drawn with ``seed``) ungradable: their ``degraded`` is
+    replaced by a planted beyond-rescue version (noise, scramble, washout in turn). Returns
+    what was done to which scan."""
+    if not share:
+        return []
+    if not 0 < share < 1:
+        raise SystemExit(f"--ungradable must be in (0, 1), got {share}")
+    sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the lab's families
+    from lab.planted import planted
+
+    g = torch.Generator().manual_seed(seed + 11)
+    idx = sorted(torch.randperm(len(scans), generator=g)[:round(share * len(scans))].tolist())
+    done = []
+    for k, i in enumerate(idx):
+        fam = ("noise", "scramble", "washout")[k % 3]
+        sc = scans[i]
+        sc["degraded"] = planted(sc["degraded"][None], g)[fam][0]
+        sc["ungradable"] = fam
+        done.append({"file": sc["file"], "family": fam})
+    return done
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="oct-lite")
@@ -152,6 +175,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--picker", default=None,
                     help="a shipped picker, a checkpoint, auto or none (default: the recipe's: "
                          "auto for default and oracle, none for fixed)")
+    ap.add_argument("--ungradable", type=float, default=0.0, metavar="SHARE",
+                    help="a contaminated clinic: this share of the target scans (drawn with "
+                         "the seed) is replaced, before adaptation, by beyond-rescue versions "
+                         "(lab.planted's noise-flooded, patch-scrambled and washed-out families "
+                         "in turn); scores cover the other scans only")
     ap.add_argument("--boot", type=int, default=2000)
     ap.add_argument("--online-frames", type=int, default=0,
                     help="stream this many scans through online adaptation instead")
@@ -168,13 +196,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.shift == "none":
         for sc in scans:
             sc["degraded"] = sc["clean"]
+    junk = contaminate(scans, args.ungradable, args.seed)
+    frames = [sc["degraded"] for sc in scans]  # what the clinic's folder holds
+    scans = [sc for sc in scans if "ungradable" not in sc]  # what is scored
     src, _ = score_model(model, scans, identity=False)
     base = ADAPT if args.recipe == "fixed" else DEFAULT
     cfg = AdaptConfig(**base)
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, steps=args.steps)
-    frames = [sc["degraded"] for sc in scans]
     if args.online_frames:
+        if junk:
+            raise SystemExit("--ungradable is for offline runs")
         res = {**info, "data": args.data, "mode": "online",
                "shift": None if args.shift == "none" else dataclasses.asdict(shift),
                "seeds": {"degrade": args.seed, "adapt": 0, "stream": 1},
@@ -204,6 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
            "shift": None if args.shift == "none" else dataclasses.asdict(shift),
            "recipe": args.recipe, "oracle": args.recipe == "oracle",
            "view_gain": args.view_gain, "ignore_floor": args.ignore_floor,
+           "ungradable": junk or None,
            "student_view": result.view, "skipped": result.skipped,
            "adapt": dataclasses.asdict(cfg),
            "picker": None if picker is None else picker_config_dict(picker),
@@ -214,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                             "met": a["share_worse"] <= 0.20}},
            "loss_first_last": [result.history[0]["loss"], result.history[-1]["loss"]]
            if result.history else None,
+           "acceptance": result.acceptance if result.history and picker is not None else None,
            "rows": [{**r, "ssim_adapted": q["ssim"], "psnr_adapted": q["psnr"]}
                     for r, q in zip(src, ada, strict=True)]}
     save(res, args.out)
