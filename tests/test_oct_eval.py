@@ -1,7 +1,9 @@
 """benchmarks/oct_eval.py: reporting patients only, per class, the identity check and the
 targets are what they say (a model that returns its input scores exactly as the input)."""
 import json
+from pathlib import Path
 
+import pytest
 import torch
 
 from same_fast.models import save_model
@@ -60,3 +62,40 @@ def test_oct_adapt_zero_steps_changes_nothing(tmp_path, bench_script, data_dir):
     assert abs(a["ssim_source"] - a["ssim_input"]) < 1e-4  # the passthrough returns its input
     assert res["adapt"]["redegrade_preset"] == "oct" and res["shift"]["name"] == "oct-shift"
     assert json.loads((tmp_path / "a.json").read_text())["targets"] == res["targets"]
+
+
+def test_oct_adapt_ungradable_scans_stay_out_of_the_scores(tmp_path, bench_script, data_dir):
+    mod = bench_script("oct_adapt")
+    res = mod.main(["--model", _passthrough(tmp_path / "m.safetensors"), "--max-per-class", "2",
+                    "--steps", "0", "--boot", "20", "--ungradable", "0.3", "--picker", "none"])
+    junk = res["ungradable"]
+    assert len(junk) == 2 and [j["family"] for j in junk] == ["noise", "scramble"]
+    scored = {r["file"] for r in res["rows"]}
+    assert len(scored) == 6 and not scored & {j["file"] for j in junk}
+    # the same draw for the same seed, whatever else runs
+    again = mod.contaminate([{"file": str(i), "degraded": torch.rand(1, 32, 48)}
+                             for i in range(8)], 0.3, 0)
+    assert len(again) == 2 and again == mod.contaminate(
+        [{"file": str(i), "degraded": torch.rand(1, 32, 48)} for i in range(8)], 0.3, 0)
+    with pytest.raises(SystemExit, match="ungradable"):
+        mod.contaminate([{"file": "a", "degraded": torch.rand(1, 8, 8)}], 1.0, 0)
+
+
+def test_oct_picker_benchmark_ranks_planted_failures_below_real_pseudo_labels(bench_script,
+                                                                               data_dir):
+    mod = bench_script("oct_picker")
+    res = mod.main(["--max-per-class", "1", "--shift", "oct-shift", "--boot", "20"])
+    r = res["shifts"]["oct-shift"]
+    assert r["scans"] == 4 and len(res["git"]["commit"]) == 40
+    p = r["planted"]
+    assert set(p) >= {"all", "iqa", "isd", "all:noise", "all:scramble", "all:washout"}
+    assert p["all:washout"]["auroc"] > 0.9 and p["all"]["auroc"] > 0.7
+    assert r["harmful"]["harmful"] + r["harmful"]["helpful"] == 4
+    # the reporting run's real pseudo-labels, scan by scan (the planted draws depend on order)
+    stored = {row["file"]: row for row in json.loads(
+        (Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+         / "2026-12-06-cpu-oct-picker.json").read_text())["shifts"]["oct-shift"]["rows"]}
+    for row in r["rows"]:
+        old = stored[row["file"]]
+        assert abs(row["plausibility"] - old["plausibility"]) < 1e-4
+        assert abs(row["ssim_teacher"] - old["ssim_teacher"]) < 2e-4
