@@ -175,6 +175,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--picker", default=None,
                     help="a shipped picker, a checkpoint, auto or none (default: the recipe's: "
                          "auto for default and oracle, none for fixed)")
+    ap.add_argument("--picker-calibrate", type=float, default=None, metavar="SHARE",
+                    help="as same-fast adapt's flag: the picker also accepts the best SHARE of "
+                         "the target's pseudo-labels; 0 = its absolute thresholds alone "
+                         "(default: the share set from the target's own scores)")
     ap.add_argument("--ungradable", type=float, default=0.0, metavar="SHARE",
                     help="a contaminated clinic: this share of the target scans (drawn with "
                          "the seed) is replaced, before adaptation, by beyond-rescue versions "
@@ -204,6 +208,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = AdaptConfig(**base)
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, steps=args.steps)
+    if args.picker_calibrate is not None:  # naming it turns the automatic share off
+        cfg = dataclasses.replace(cfg, picker_calibrate=args.picker_calibrate,
+                                  picker_share_auto=False)
     if args.online_frames:
         if junk:
             raise SystemExit("--ungradable is for offline runs")
