@@ -113,6 +113,15 @@ class Picker(nn.Module):
         self.register_buffer("_window", torch.full((n,), float("nan")), persistent=False)
         self._window_pos = self._seen = 0
 
+    @property
+    def share_auto(self) -> bool:
+        """Whether offline adaptation may set this picker's calibration share from the target's
+        own scores (``AdaptConfig.picker_share_auto``). A checkpoint whose thresholds were set on
+        the scanner it adapts to says no (``"share_auto": false`` in its metadata: oct-picker,
+        chosen on selection patients), and keeps its absolute rule."""
+        meta = getattr(self, "metadata", None) or {}
+        return bool(meta.get("share_auto", True))
+
     def set_calibration(self, share: float) -> None:
         """Switch calibration to ``share`` (0 = off) with an empty window."""
         self.config = replace(self.config, calibrate=float(share))

@@ -387,3 +387,21 @@ def test_auto_picker_is_the_modality_s_or_a_mean_teacher_with_a_warning():
     assert resolve_picker("none", "fundus") is None
     with pytest.warns(UserWarning, match="no shipped picker for modality 'xray'"):
         assert resolve_picker("auto", "xray") is None
+
+
+def test_oct_picker_keeps_its_absolute_thresholds_offline():
+    # chosen on selection patients: oct-picker's thresholds were set on the scanner it adapts
+    # to, so offline adaptation sets no calibration share from the target's scores for it
+    from same_fast.adapt.config import AdaptConfig
+    from same_fast.adapt.loop import _auto_share
+    from same_fast.models import load_model
+    from same_fast.picker import resolve_picker
+
+    model, _ = load_model("oct-lite")
+    g = torch.Generator().manual_seed(0)
+    scans = [torch.rand(1, 64, 96, generator=g) for _ in range(4)]
+    oct_picker = resolve_picker("auto", "oct")
+    assert not oct_picker.share_auto
+    assert _auto_share(model, scans, oct_picker, AdaptConfig(modality="oct"), None) is None
+    assert oct_picker.config.calibrate == 0
+    assert resolve_picker("auto", "fundus").share_auto  # the fundus picker still gets one

@@ -109,7 +109,8 @@ class AdaptConfig(StepConfig):
     picker_share_auto: bool = _opt(True, "offline, with a picker and no --picker-calibrate: set "
                                    "the calibration share from the target's own scores "
                                    "(Otsu's split of the source model's pseudo-labels; 0.9 "
-                                   "when they form one group)")
+                                   "when they form one group); a picker whose thresholds were "
+                                   "set on the scanner it adapts to (oct-picker) keeps them")
     skip_unmeasured: bool = _opt(True, "offline, with the automatic re-degradation: when the "
                                  "target images show nothing it models (no JPEG lattice, noise "
                                  "below the estimator's floor, OCT speckle no coarser than the "

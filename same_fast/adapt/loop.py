@@ -205,10 +205,12 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
 def _auto_share(model: nn.Module, images: Sequence[torch.Tensor], picker: Any,
                 cfg: AdaptConfig, fovs: Sequence[torch.Tensor | None] | None) -> float | None:
     """With ``picker_share_auto``, a ``Picker`` that has no calibration share gets one from the
-    source model's pseudo-labels of ``images`` (``picker.auto_calibrate``); returns it."""
+    source model's pseudo-labels of ``images`` (``picker.auto_calibrate``); returns it. A picker
+    whose checkpoint says ``share_auto: false`` keeps its absolute thresholds."""
     from same_fast.picker import Picker, auto_calibrate
 
-    if not (cfg.picker_share_auto and isinstance(picker, Picker) and picker.config.calibrate == 0):
+    if not (cfg.picker_share_auto and isinstance(picker, Picker) and picker.config.calibrate == 0
+            and picker.share_auto):
         return None
     return auto_calibrate(picker, model, list(images), None if fovs is None else list(fovs))
 
