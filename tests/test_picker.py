@@ -184,6 +184,18 @@ def _shipped_inputs(name: str, retina, dicom_file) -> tuple[torch.Tensor, torch.
         clean = torch.cat([F.interpolate(full, size=(192, 192), mode="area"),
                            half[..., :192, :192], half[..., 192:, 192:], half[..., 96:288, 96:288]])
         preset, model_name = "fundus-shen2020", "fundus-lite"
+    elif name == "oct-picker":
+        # toy B-scans (no shared data needed): two bright layers over a dim retina, speckled
+        yy, xx = torch.meshgrid(torch.arange(128.), torch.arange(192.), indexing="ij")
+        scans = []
+        for k in range(4):
+            top = 40 + 6 * torch.sin(xx / 192 * 3 + k)
+            layers = ((yy > top) & (yy < top + 10)) | ((yy > top + 32) & (yy < top + 42))
+            lin = 0.08 + 0.15 * ((yy > top) & (yy < top + 42)) + 0.5 * layers
+            speckle = -torch.log(torch.rand(4, *lin.shape, generator=g)).mean(0)  # 4 looks
+            scans.append((lin * speckle).clamp(0, 1)[None])
+        clean = torch.stack(scans)
+        preset, model_name = "oct", "oct-lite"
     else:
         frames = io.load(dicom_file("examples_ybr_color.dcm")).frames[::6]  # (5, 240, 320, 3)
         grey = torch.from_numpy(frames).float().mean(-1, keepdim=True).permute(0, 3, 1, 2) / 255
@@ -205,7 +217,7 @@ def _shipped_inputs(name: str, retina, dicom_file) -> tuple[torch.Tensor, torch.
     return torch.cat([y, y[: rand.shape[0]]]), torch.cat([s, rand])
 
 
-@pytest.mark.parametrize("name", ["fundus-picker", "ultrasound-picker"])
+@pytest.mark.parametrize("name", ["fundus-picker", "ultrasound-picker", "oct-picker"])
 def test_shipped_pickers_keep_their_calibrated_decisions(name, retina, dicom_file):
     """Scores through ops.picker_weights equal the formulas the shipped thresholds were
     calibrated on (bit for bit), and the weights are identical: hard, soft, either assessor
