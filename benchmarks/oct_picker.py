@@ -137,7 +137,7 @@ def run_shift(model: torch.nn.Module, picker: Any, scans: list[dict[str, Any]], 
     # 2. harmful pseudo-labels
     harm = [r for r in rows if r["harmful"]]
     helpful = [r for r in rows if not r["harmful"]]
-    h: dict[str, Any] = {"harmful": len(harm), "helpful": len(helpful),
+    hm: dict[str, Any] = {"harmful": len(harm), "helpful": len(helpful),
                          "harmful_rejected": float(np.mean([not r["accepted"] for r in harm]))
                          if harm else None,
                          "helpful_rejected": float(np.mean([not r["accepted"] for r in helpful]))
@@ -145,10 +145,10 @@ def run_shift(model: torch.nn.Module, picker: Any, scans: list[dict[str, Any]], 
     if harm and helpful:
         pos = [[r["plausibility"]] if not r["harmful"] else [] for r in rows]
         negs = [[r["plausibility"]] if r["harmful"] else [] for r in rows]
-        h["auroc"] = auroc(np.array([r["plausibility"] for r in helpful]),
-                           np.array([r["plausibility"] for r in harm]))
-        h["ci95"] = boot_auroc(pos, negs, n_boot, rng)
-    res["harmful"] = h
+        hm["auroc"] = auroc(np.array([r["plausibility"] for r in helpful]),
+                            np.array([r["plausibility"] for r in harm]))
+        hm["ci95"] = boot_auroc(pos, negs, n_boot, rng)
+    res["harmful"] = hm
     res["rows"] = rows
     return res
 

@@ -40,6 +40,9 @@ def test_reflective_layers_of_a_flat_or_16_bit_scan():
     scan, truth = _bscan()
     m16 = reflective_layers(scan.astype(np.uint16) * 257)
     assert np.array_equal(m16, reflective_layers(scan))
+    assert np.array_equal(reflective_layers(scan / 255.0), reflective_layers(scan))
+    # a dark uint8 scan is still a uint8 scan (not read as values in [0, 1])
+    assert not reflective_layers(np.ones((64, 64), np.uint8)).any()
     with pytest.raises(ValueError, match="B-scan"):
         reflective_layers(np.zeros((2, 3, 4, 5)))
 

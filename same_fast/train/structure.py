@@ -31,18 +31,19 @@ MIN_COMPONENT = 0.05        # components smaller than this share of the largest 
 
 def reflective_layers(scan: np.ndarray) -> np.ndarray:
     """The hyper-reflective layers of a clean grey B-scan ``(H, W)`` (or ``(H, W, C)``, averaged)
-    as a bool mask ``(H, W)``; all False for a flat image."""
+    as a bool mask ``(H, W)``; all False for a flat image. Integer scans are scaled by their
+    type's range (uint8, uint16), float ones taken as values in [0, 1]."""
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
 
     x = np.asarray(scan)
+    # integer scans by their type's range; float ones are taken as values in [0, 1]
+    scale = float(np.iinfo(x.dtype).max) if np.issubdtype(x.dtype, np.integer) else 1.0
+    x = x.astype(np.float32) / scale
     if x.ndim == 3:
         x = x.mean(-1)
     if x.ndim != 2:
         raise ValueError(f"expected a (H, W) B-scan, got shape {np.asarray(scan).shape}")
-    x = x.astype(np.float32)
-    peak = 65535.0 if x.max() > 255 else 255.0 if x.max() > 1 else 1.0
-    x = x / peak
     pad = ndi.binary_opening(x >= SATURATED, iterations=2)
     s = ndi.gaussian_filter(x, SIGMA)
     inside = s[~pad]
