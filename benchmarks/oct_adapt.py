@@ -129,6 +129,38 @@ def run_online(model: torch.nn.Module, scans: list[dict[str, Any]],
             "min_gain_ssim": min(c["gain_ssim"] for c in curve)}
 
 
+def grid(path: Path, src: list[dict[str, Any]], ada: list[dict[str, Any]],
+         src_trios: list[np.ndarray], ada_trios: list[np.ndarray], label: str) -> None:
+    """One row per class, its scan of median adaptation gain: clean (reference), shifted input,
+    oct-lite, adapted; each titled with its SSIM and PSNR against the clean scan."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    classes = [c for c in CLASSES if any(r["class"] == c for r in src)]
+    fig, axes = plt.subplots(len(classes), 4, figsize=(16, 3.3 * len(classes)), squeeze=False)
+    for i, cls in enumerate(classes):
+        idx = [k for k, r in enumerate(src) if r["class"] == cls]
+        gains = np.array([ada[k]["ssim"] - src[k]["ssim"] for k in idx])
+        k = idx[int(np.argsort(gains)[len(gains) // 2])]
+        s, a = src[k], ada[k]
+        panels = [(src_trios[k][0], f"{cls} {s['file']}: clean (reference)"),
+                  (src_trios[k][1], f"shifted input: SSIM {s['ssim_input']:.3f}, "
+                                    f"{s['psnr_input']:.1f} dB"),
+                  (src_trios[k][2], f"oct-lite: SSIM {s['ssim']:.3f}, {s['psnr']:.1f} dB"),
+                  (ada_trios[k][2], f"adapted ({label}): SSIM {a['ssim']:.3f}, "
+                                    f"{a['psnr']:.1f} dB")]
+        for j, (img, title) in enumerate(panels):
+            axes[i, j].imshow(img, cmap="gray", vmin=0, vmax=255)
+            axes[i, j].set_title(title, fontsize=9)
+            axes[i, j].axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def contaminate(scans: list[dict[str, Any]], share: float, seed: int) -> list[dict[str, Any]]:
     """Mark ``round(share x n)`` scans (drawn with ``seed``) ungradable: their ``degraded`` is
     replaced by a planted beyond-rescue version (noise, scramble, washout in turn). Returns
@@ -191,6 +223,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-per-class", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--grid", default=None, metavar="PNG",
+                    help="offline: per class, the scan of median adaptation gain as clean, "
+                         "shifted, oct-lite and adapted, labelled (matplotlib)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     info = run_info(args.model, argv)  # the commit the run starts from
@@ -203,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     junk = contaminate(scans, args.ungradable, args.seed)
     frames = [sc["degraded"] for sc in scans]  # what the clinic's folder holds
     scans = [sc for sc in scans if "ungradable" not in sc]  # what is scored
-    src, _ = score_model(model, scans, identity=False)
+    src, src_trios = score_model(model, scans, identity=False)
     base = ADAPT if args.recipe == "fixed" else DEFAULT
     cfg = AdaptConfig(**base)
     if args.steps is not None:
@@ -236,7 +271,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         with _redegradation(view):
             result = adapt_offline(model, frames, picker, cfg)
-    ada, _ = score_model(result.student, scans, identity=False)
+    ada, ada_trios = score_model(result.student, scans, identity=False)
+    if args.grid:
+        grid(Path(args.grid), src, ada, src_trios, ada_trios,
+             "ORACLE view" if args.recipe == "oracle" else f"{args.recipe} recipe")
     summary = compare(src, ada, args.boot, 0)
     a = summary["all"]
     res = {**info, "data": args.data,
