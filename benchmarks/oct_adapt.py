@@ -5,8 +5,8 @@ The shift (``SHIFT``, fixed before any adaptation run): fewer looks and coarser 
 than the ``oct`` preset draws, and a lateral blur always on and wider than its range; the other
 families as in ``oct``. The student's re-degraded view uses the ``oct`` preset itself (the
 training preset, which does not know the shift). ``--recipe fixed``: no picker (mean teacher
-with the re-degraded view), settings fixed in advance (``ADAPT``), no oracle: the clean scans are read
-only to score. Reports the SSIM/PSNR of oct-lite and of the adapted student on the same shifted
+with the re-degraded view), settings fixed in advance (``ADAPT``), no oracle: the clean scans
+are read only to score. Reports the SSIM/PSNR of oct-lite and of the adapted student on the same shifted
 scans (paper protocol, grey), per class, and the share of scans the adaptation makes worse.
 
     .venv/bin/python benchmarks/oct_adapt.py --out benchmarks/results/2026-12-06-cpu-oct-adapt.json
@@ -94,13 +94,16 @@ def compare(src: list[dict[str, Any]], ada: list[dict[str, Any]], n_boot: int, s
 
 def run_online(model: torch.nn.Module, scans: list[dict[str, Any]],
                src: list[dict[str, Any]], frames_n: int, every: int, seed: int,
-               picker_spec: str | None = None) -> dict[str, Any]:
+               picker_spec: str | None = None, calibrate: float | None = None
+               ) -> dict[str, Any]:
     """Online adaptation (``AdaptConfig(mode="online")``'s defaults, its picker unless
-    ``picker_spec`` names one) over a stream of ``frames_n`` scans drawn with replacement; the
-    curve of the served model's gain."""
+    ``picker_spec`` names one; ``calibrate``: its share, as ``--picker-calibrate``) over a
+    stream of ``frames_n`` scans drawn with replacement; the curve of the served model's gain."""
     from same_fast.adapt.online import OnlineAdapter
 
     cfg = AdaptConfig(mode="online", modality="oct", seed=seed)
+    if calibrate is not None:
+        cfg = dataclasses.replace(cfg, picker_calibrate=calibrate)
     picker = resolve(picker_spec, cfg)
     ad = OnlineAdapter(model, picker, cfg)
     order = torch.randint(0, len(scans), (frames_n,),
@@ -210,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--picker-calibrate", type=float, default=None, metavar="SHARE",
                     help="as same-fast adapt's flag: the picker also accepts the best SHARE of "
                          "the target's pseudo-labels; 0 = its absolute thresholds alone "
-                         "(default: the share set from the target's own scores)")
+                         "(default: adapt's; offline, a share set from the target's own scores "
+                         "unless the picker keeps its thresholds, as oct-picker does)")
     ap.add_argument("--ungradable", type=float, default=0.0, metavar="SHARE",
                     help="a contaminated clinic: this share of the target scans (drawn with "
                          "the seed) is replaced, before adaptation, by beyond-rescue versions "
@@ -253,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "shift": None if args.shift == "none" else dataclasses.asdict(shift),
                "seeds": {"degrade": args.seed, "adapt": 0, "stream": 1},
                **run_online(model, scans, src, args.online_frames, args.online_eval_every, 0,
-                            args.picker)}
+                            args.picker, args.picker_calibrate)}
         save(res, args.out)
         return res
     view: Any = None  # the student's view replaced for this run (None: adapt's own)
