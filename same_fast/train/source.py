@@ -627,6 +627,10 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
                        desc="train-source", unit="step")
     model.train()
     learnt = [p for p in model.parameters() if p.requires_grad]
+    # the EMA averages only what learns: a frozen weight averaged with itself could move by a
+    # rounding (--train-only structure promises the image path unchanged)
+    ema_learnt = [e for e, m in zip(ema.parameters(), model.parameters(), strict=True)
+                  if m.requires_grad] if ema is not None else []
     losses: list[float] = []
     first_losses: list[float] = []
     t0 = time.perf_counter()
@@ -639,9 +643,7 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
             loss.backward()
             opt.step()
             if ema is not None:
-                # only what learns: a frozen weight averaged with itself could move by a rounding
-                ema_([e for e, m in zip(ema.parameters(), model.parameters(), strict=True)
-                      if m.requires_grad], learnt, cfg.ema)
+                ema_(ema_learnt, learnt, cfg.ema)
             losses.append(parts["loss"])
             if len(first_losses) < 20:
                 first_losses.append(parts["loss"])
