@@ -112,11 +112,28 @@ def paper_network(model: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
-def arm_setup(arm: str, shift: str, steps: int, view: int, seed: int) -> tuple[Any, bool]:
-    """(AdaptConfig, uses the picker) of an arm."""
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``--set FIELD=VALUE`` pairs as AdaptConfig field values (typed like the field)."""
     from same_fast.adapt.loop import AdaptConfig
 
-    base = AdaptConfig(steps=steps, size=view, seed=seed, modality="fundus")
+    types = {f.name: type(f.default) for f in dataclasses.fields(AdaptConfig)}
+    out: dict[str, Any] = {}
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep or k not in types or types[k] not in (int, float, bool, str):
+            raise SystemExit(f"--set wants FIELD=VALUE with a scalar AdaptConfig field, got '{item}'")
+        t = types[k]
+        out[k] = v.lower() in ("1", "true", "yes") if t is bool else t(v)
+    return out
+
+
+def arm_setup(arm: str, shift: str, steps: int, view: int, seed: int,
+              overrides: dict[str, Any] | None = None) -> tuple[Any, bool]:
+    """(AdaptConfig, uses the picker) of an arm; ``overrides`` (``--set``) apply to every arm."""
+    from same_fast.adapt.loop import AdaptConfig
+
+    base = AdaptConfig(steps=steps, size=view, seed=seed, modality="fundus",
+                       **(overrides or {}))
     if arm == "mean-teacher":
         return dataclasses.replace(base, redegrade=False), False
     if arm == "default":
@@ -221,7 +238,8 @@ def run_case(model: torch.nn.Module, picker_name: str, camera: str, shift: str, 
             info: dict[str, Any] = {}
             nr = no_reference(picker, model, degraded)
         else:
-            cfg, use_picker = arm_setup(arm, shift, a.steps, a.view, a.seed)
+            cfg, use_picker = arm_setup(arm, shift, a.steps, a.view, a.seed,
+                                        parse_overrides(a.set))
             if cfg is None:
                 continue
             pick = None
@@ -298,11 +316,13 @@ def run_online(model: torch.nn.Module, picker_name: str, camera: str, shift: str
     if a.online_config == "adapt":  # same-fast adapt --mode online / enhance --adapt
         pick = load_picker(picker_name)
         share = auto_calibrate(pick, model, degraded, fov)
-        cfg = AdaptConfig(mode="online", size=a.view, seed=a.seed, modality="fundus")
+        cfg = AdaptConfig(mode="online", size=a.view, seed=a.seed, modality="fundus",
+                          **parse_overrides(a.set))
     else:  # same-fast serve --adapt online: no picker; with or without the re-degraded view
         pick, share = None, None
-        cfg = AdaptConfig.serving(size=a.view, seed=a.seed, modality="fundus",
-                                  redegrade=a.online_config == "serve-redegrade")
+        cfg = AdaptConfig.serving(**{"size": a.view, "seed": a.seed, "modality": "fundus",
+                                     "redegrade": a.online_config == "serve-redegrade",
+                                     **parse_overrides(a.set)})
     ad = OnlineAdapter(model, pick, cfg)
     g = torch.Generator().manual_seed(a.seed + 1)
     order = torch.randint(0, len(degraded), (a.online_frames,), generator=g).tolist()
@@ -342,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-images", type=int, default=0)
     p.add_argument("--blur-gain", type=float, default=1.0,
                    help="arm default-blur: times the blur read beyond a sharp frame's")
+    p.add_argument("--set", action="append", default=None, metavar="FIELD=VALUE",
+                   help="an AdaptConfig field for every adapting arm (e.g. lr=5e-4; the "
+                        "arm's own settings win where they name the same field)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--online-frames", type=int, default=0,
@@ -363,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                                                       "bootstrap": a.seed}),
                            "model": a.model, "picker": a.picker, "steps": a.steps,
                            "size": a.size, "view": a.view, "oracle_arms": list(ORACLE_ARMS),
-                           "blur_gain": a.blur_gain, "cases": {}}
+                           "blur_gain": a.blur_gain, "overrides": parse_overrides(a.set),
+                           "cases": {}}
     for camera in a.camera or TEST_CAMERAS:
         for shift in a.shift or TEST_SHIFTS:
             if a.online_frames:
