@@ -116,7 +116,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """``--set FIELD=VALUE`` pairs as AdaptConfig field values (typed like the field)."""
     from same_fast.adapt.loop import AdaptConfig
 
-    types = {f.name: type(f.default) for f in dataclasses.fields(AdaptConfig)}
+    named = {"int": int, "float": float, "bool": bool, "str": str}
+    types = {f.name: named.get(str(f.type).split(" ")[0]) for f in dataclasses.fields(AdaptConfig)}
     out: dict[str, Any] = {}
     for item in items or []:
         k, sep, v = item.partition("=")

@@ -146,8 +146,7 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
     probe that switches it to eval mode must restore its mode (``train(was_training)``).
     The audit log's hashes are of that model too.
     """
-    cfg = config or AdaptConfig()
-    cfg.check()
+    cfg = (config or AdaptConfig()).check().resolved()
     if len(images) == 0:
         raise InputError("adaptation needs at least one image")
     total = cfg.epochs * math.ceil(len(images) / cfg.batch) if cfg.epochs else cfg.steps

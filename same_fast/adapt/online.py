@@ -48,8 +48,7 @@ class OnlineAdapter:
     def __init__(self, model: nn.Module, picker: Picker | None = None,
                  config: AdaptConfig | None = None, safety: SafetyConfig | None = None,
                  audit: AuditLog | None = None) -> None:
-        self.config = cfg = config or AdaptConfig(mode="online")
-        cfg.check()
+        self.config = cfg = (config or AdaptConfig(mode="online")).check().resolved()
         if cfg.every < 1 or cfg.buffer < 1 or cfg.steps_per_update < 1:
             raise InputError("online adaptation needs every >= 1, buffer >= 1, steps_per_update >= 1")
         self._lock = threading.RLock()

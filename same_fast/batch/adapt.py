@@ -34,7 +34,7 @@ def adapt_folder(model: str, folder: str, output: str, config: AdaptConfig | Non
     net, meta = load_model(model, device)
     modality = str(meta.get("modality", "fundus"))
     cfg = dataclasses.replace(config or AdaptConfig(), mode="offline", modality=modality)
-    cfg.check()
+    cfg = cfg.check().resolved()
     chosen = resolve_picker(picker, modality, device)
     skipped: list[dict[str, str]] = []
     frames, fovs, _ = load_frames(folder, net.in_channels, mask, device, skipped)

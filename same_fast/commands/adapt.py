@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_args(args, flags, AdaptConfig()).check(flags)
     model, meta = load_model(args.model, args.device)
     modality = str(meta.get("modality", "fundus"))
-    cfg = dataclasses.replace(cfg, modality=modality)
+    cfg = dataclasses.replace(cfg, modality=modality).resolved()
     picker = resolve_picker(cfg.picker, modality, args.device,
                             PickerConfig(p_good=args.p_good, soft=args.soft_picker,
                                          calibrate=cfg.picker_calibrate))

@@ -86,7 +86,7 @@ def adapter_config(cfg: AdaptConfig, module: torch.nn.Module, modality: str) -> 
     modality, the view side rounded down to the model's multiple (at least 8 px)."""
     mult = int(getattr(module, "multiple", 1) or 1)
     return dataclasses.replace(cfg, mode="online", modality=modality,
-                               size=max(8, mult, cfg.size // mult * mult))
+                               size=max(8, mult, cfg.size // mult * mult)).resolved()
 
 
 def load_serving_picker(cfg: AdaptConfig, modality: str) -> Any:
@@ -103,6 +103,9 @@ AUDITED = ("batch", "every", "buffer", "size", "lr", "ema", "serve", "picker", "
 
 
 def audit_context(served: ServedModel, cfg: AdaptConfig, runs_in: str) -> dict[str, Any]:
-    """The audit log's ``serve`` record: the model, where the adapter runs, the settings."""
+    """The audit log's ``serve`` record: the model, where the adapter runs, the settings (the
+    learning rate as it runs for the model's modality)."""
+    run = dataclasses.replace(cfg, modality=str(served.metadata.get("modality") or "fundus")
+                              ).resolved()
     return {"model": served.name, "runs_in": runs_in, "source_weights_hash": served.weights_hash,
-            "settings": {k: getattr(cfg, k) for k in AUDITED}}
+            "settings": {k: getattr(run, k) for k in AUDITED}}
