@@ -51,7 +51,7 @@ def test_ultrasound_report_matches_the_stored_run(bench_script, tmp_path):
 def test_adaptation_on_the_fixed_shifts_matches_the_stored_run(bench_script, tmp_path):
     # docs/RESULTS.md's adaptation table: the default's gain on DRIVE test noise+JPEG (the whole
     # case: 20 images, 300 steps, about a minute) and its skip on haze+gamma
-    stored = json.loads((RESULTS / "2026-12-06-cpu-adaptation-shifts-drive-final.json")
+    stored = json.loads((RESULTS / "2026-12-06-cpu-adaptation-shifts-drive-lr.json")
                         .read_text())["cases"]
     out = tmp_path / "quick.json"
     bench_script("adaptation_shifts").main([
@@ -64,7 +64,7 @@ def test_adaptation_on_the_fixed_shifts_matches_the_stored_run(bench_script, tmp
         for key in ("gain_ssim", "gain_psnr"):
             assert new["default"][key]["mean"] == pytest.approx(old["default"][key]["mean"],
                                                                 abs=2e-3 if key == "gain_ssim" else 0.05)
-    assert quick["DRIVE-test/shift-noise-jpeg"]["arms"]["default"]["gain_ssim"]["mean"] > 0.005
+    assert quick["DRIVE-test/shift-noise-jpeg"]["arms"]["default"]["gain_ssim"]["mean"] > 0.03
     assert quick["DRIVE-test/shift-haze-gamma"]["arms"]["default"]["gain_ssim"]["mean"] == 0.0
 
 
