@@ -224,9 +224,12 @@ def test_every_adaptation_flag_sets_its_adaptconfig_field_and_names_it_in_errors
              "hash_every": 4, "picker": "p.safetensors", "seed": 9,
              "redegrade_preset": "sensor-noise", "redegrade_strength": 0.5,
              "picker_calibrate": 0.25}
-    assert set(given) | {"redegrade"} == set(ADAPT_FLAGS)  # the one switch, checked below
+    assert set(given) | {"redegrade", "skip_unmeasured"} == set(ADAPT_FLAGS)  # the switches
     off = config_from_args(p.parse_args(["--adapt", "online", "--adapt-no-redegrade"]))
     assert off.adaptation.redegrade is False and ServeConfig().adaptation.redegrade is True
+    always = config_from_args(p.parse_args(["--adapt", "online", "--adapt-always"]))
+    assert always.adaptation.skip_unmeasured is False
+    assert ServeConfig().adaptation.skip_unmeasured is True
     argv = ["--adapt", "online", "--adapt-in", "thread"]
     for name, value in given.items():
         argv += [ADAPT_FLAGS[name], str(value)]

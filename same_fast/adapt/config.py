@@ -119,12 +119,12 @@ class AdaptConfig(StepConfig):
                                    "(Otsu's split of the source model's pseudo-labels; 0.9 "
                                    "when they form one group); a picker whose thresholds were "
                                    "set on the scanner it adapts to (oct-picker) keeps them")
-    skip_unmeasured: bool = _opt(True, "offline, with the automatic re-degradation: when the "
-                                 "target images show nothing it models (no JPEG lattice, noise "
+    skip_unmeasured: bool = _opt(True, "with the automatic re-degradation: when the target "
+                                 "images show nothing it models (no JPEG lattice, noise "
                                  "below the estimator's floor, OCT speckle no coarser than the "
-                                 "source's), keep the source weights instead "
-                                 "of adapting, and say so (measured: there adaptation drifts "
-                                 "below the source model)")
+                                 "source's), keep the source weights instead of adapting, and "
+                                 "say so; online, hold until the recent frames show some "
+                                 "(measured: there adaptation drifts below the source model)")
     safety: str = _opt("freeze", "what to do when acceptance collapses or outputs drift from "
                        "the source model (off = nothing)", choices=SAFETY_ACTIONS)
     min_acceptance: float = _opt(0.05, "safety: mean picker acceptance over the last 8 steps "

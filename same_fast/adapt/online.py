@@ -8,6 +8,9 @@ resets to the source weights when picker acceptance collapses or the output drif
 the source model's output. All public methods take one lock, so a server thread can call
 ``enhance`` while another calls ``observe``.
 
+A stream that shows nothing the automatic student view models is left alone (``holding``),
+as offline adaptation keeps the source weights there, and read again every ``buffer`` frames.
+
 ``enhance_adaptive(model, frames)`` is the library form of ``same-fast enhance --adapt``.
 """
 from __future__ import annotations
@@ -37,6 +40,11 @@ from same_fast.nn import enhance as nn_enhance
 
 Picker = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+HOLD_REASON = ("the recent frames show no JPEG compression, no noise above the estimator's floor "
+               "and (OCT) no speckle coarser than the source's training scans: nothing the "
+               "automatic re-degradation models, so the source weights keep serving until the "
+               "stream shows some (skip_unmeasured=False adapts anyway)")
+
 
 class OnlineAdapter:
     """Adapt a source enhancer to a stream of frames, serving the latest weights.
@@ -65,6 +73,10 @@ class OnlineAdapter:
                                        bool(getattr(model, "config", {}).get("context", False)))
         self._preset: Any = None  # the re-degradation, estimated from the first buffer
         self._view: str | None = None  # its one-line description (describe_view)
+        # Holding: the buffer showed nothing the automatic view models (cfg.skip_unmeasured);
+        # no step is taken and the buffer is read again once it has been refilled.
+        self.holding: str | None = None
+        self._reread_at = 0
         self.safety = SafetyMonitor(safety)
         self.audit = audit
         self._buffer: deque[tuple[torch.Tensor, torch.Tensor | None]] = deque(maxlen=cfg.buffer)
@@ -118,10 +130,36 @@ class OnlineAdapter:
                 if self._since_update >= self.config.every and not self.frozen:
                     self._since_update = 0
                     for _ in range(self.config.steps_per_update):
-                        if self.frozen:
+                        if self.frozen or not self._view_ready():
                             break
                         records.append(self._adapt_once(x[i:i + 1]))
         return records
+
+    def _view_ready(self) -> bool:
+        """Read the student's view off the buffer once (automatic view): True when steps may
+        run. A buffer that shows nothing the view models (no JPEG lattice, noise below the
+        estimator's floor, OCT speckle no coarser than the source's) holds the adapter, as
+        offline keeps the source weights; it is read again after ``buffer`` more frames."""
+        cfg = self.config
+        if not cfg.redegrade or self._preset is not None:
+            return True
+        if self.frames_seen < self._reread_at:
+            return False
+        preset = redegradation(cfg, [f for f, _ in self._buffer], [m for _, m in self._buffer])
+        view = describe_view(preset)
+        if cfg.skip_unmeasured and preset is not None and not getattr(preset, "measured", True):
+            self._reread_at = self.frames_seen + cfg.buffer
+            if self.holding is None and self.audit is not None:
+                self.audit.event("hold", self.steps, served=self.served, student_view=view,
+                                 reason=HOLD_REASON)
+            self.holding, self._view = HOLD_REASON, view
+            return False
+        if self.holding is not None and self.audit is not None:
+            self.audit.event("resume", self.steps, served=self.served, student_view=view)
+        self._preset, self._view, self.holding = preset, view, None  # read once
+        if self.audit is not None:
+            self.audit.event("view", self.steps, served=self.served, student_view=view)
+        return True
 
     def _adapt_once(self, probe: torch.Tensor) -> dict[str, float]:
         cfg = self.config
@@ -132,12 +170,6 @@ class OnlineAdapter:
         has_fov = any(f is not None for f in fovs)
         views, masks = random_views([f for f, _ in items], self._aug, self._g,
                                     fovs if has_fov else None, with_masks=True)
-        if cfg.redegrade and self._preset is None:
-            self._preset = redegradation(cfg, [f for f, _ in self._buffer],
-                                         [m for _, m in self._buffer])
-            self._view = describe_view(self._preset)  # what the first buffer read: once
-            if self.audit is not None:
-                self.audit.event("view", self.steps, served=self.served, student_view=self._view)
         xs = redegrade(views, self._preset, cfg.redegrade_strength, self._g) if cfg.redegrade \
             else None
         out = self._step(views * 2 - 1, None if xs is None else xs * 2 - 1,
@@ -211,7 +243,7 @@ class OnlineAdapter:
                     "frozen": self.frozen, "resets": self.resets, "reason": self.last_reason,
                     "acceptance": acc / n if n else None,
                     "last_loss": self.history[-1]["loss"] if self.history else None,
-                    "student_view": self._view}
+                    "student_view": self._view, "holding": self.holding}
 
 
 def _batch(x: torch.Tensor) -> tuple[torch.Tensor, bool]:

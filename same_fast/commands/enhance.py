@@ -42,7 +42,7 @@ ADAPT_FLAGS = {
     "redegrade": "--adapt-no-redegrade", "redegrade_preset": "--adapt-redegrade",
     "redegrade_strength": "--adapt-redegrade-strength", "safety": "--adapt-safety",
     "min_acceptance": "--adapt-min-acceptance", "max_drift": "--adapt-max-drift",
-    "seed": "--seed",
+    "seed": "--seed", "skip_unmeasured": "--adapt-always",
 }
 
 

@@ -26,7 +26,7 @@ ADAPT_FLAGS = {
     "max_drift": "--adapt-max-drift", "audit": "--audit", "hash_every": "--audit-hash-every",
     "picker": "--picker", "seed": "--seed", "redegrade_preset": "--adapt-redegrade",
     "redegrade_strength": "--adapt-redegrade-strength", "redegrade": "--adapt-no-redegrade",
-    "picker_calibrate": "--adapt-picker-calibrate",
+    "picker_calibrate": "--adapt-picker-calibrate", "skip_unmeasured": "--adapt-always",
 }
 
 
