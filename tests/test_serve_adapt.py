@@ -73,6 +73,29 @@ def _wait_steps_settle(url):
 
 
 @pytest.mark.parametrize("adapt_in", ["process", "thread"])
+def test_a_stream_with_nothing_to_undo_holds_the_adapter_and_says_so(tiny_model, adapt_in):
+    # smooth frames: no noise above the estimator's floor, no JPEG lattice, no coarse speckle
+    svc = _online_service(tiny_model, adapt_in, buffer=4)
+    yy, xx = np.mgrid[0:32, 0:32]
+    smooth = (60 + 2 * yy + 3 * xx).astype(np.uint8)[..., None]
+    with ServerThread(svc) as srv, connect(srv.ws_url) as ws:
+        for _ in range(24):
+            ws.send(_png(smooth))
+        got = 0
+        while got < 24:
+            m = ws.recv(timeout=30)
+            got += not isinstance(m, str)
+        for _ in range(100):
+            a = httpx.get(srv.url + "/v1/model").json()["adaptation"]
+            if a["state"] == "holding":
+                break
+            time.sleep(0.1)
+        assert a["state"] == "holding" and a["steps"] == 0, a
+        assert "nothing the automatic re-degradation models" in a["holding"]
+        assert httpx.get(srv.url + "/v1/model").json()["weights_version"] == 0
+
+
+@pytest.mark.parametrize("adapt_in", ["process", "thread"])
 def test_online_adaptation_publishes_freezes_and_resets(tiny_model, adapt_in):
     # Every step publishes (no --adapt-publish-every-s interval): the loop below waits for two.
     svc = _online_service(tiny_model, adapt_in, safety="off", publish_every_s=0)

@@ -191,7 +191,8 @@ class OnlineAdaptation:
 
     def describe(self) -> dict[str, Any]:
         s = self.adapter.stats()
-        return {"mode": "online", "state": "frozen" if s["frozen"] else "adapting",
+        state = "frozen" if s["frozen"] else "holding" if s.get("holding") else "adapting"
+        return {"mode": "online", "state": state, "holding": s.get("holding"),
                 "steps": s["steps"], "adapter_version": s["version"],
                 "observed_frames": self.inbox.observed,
                 "skipped_frames": self.inbox.skipped,

@@ -222,8 +222,10 @@ class ProcessAdaptation:
     def describe(self) -> dict[str, Any]:
         s = self._stats
         frozen = self.frozen or bool(s.get("frozen"))
-        state = "frozen" if frozen else "adapting" if self.ready.is_set() else "starting"
+        state = ("frozen" if frozen else "starting" if not self.ready.is_set()
+                 else "holding" if s.get("holding") else "adapting")
         return {"mode": "online", "runs_in": "process", "state": state, "steps": s.get("steps"),
+                "holding": s.get("holding"),
                 "adapter_version": s.get("version"),
                 "observed_frames": self.inbox.observed,
                 "skipped_frames": self.inbox.skipped,

@@ -16,8 +16,9 @@ without them, payload float16 (N, C, H, W) in [0, 1]), ``publish`` (send weights
 ``publish_every_s`` now; no ack), ``freeze``, ``resume``, ``reset``, ``stop`` (each control
 header carries an ``id`` echoed in an ``ack``).
 Child -> parent: ``ready`` (after init), ``weights`` (header: version, hash, stats; payload:
-safetensors state of the served model), ``ack`` (header: id, stats), ``error`` (header:
-message).
+safetensors state of the served model), ``ack`` (header: id, stats), ``stats`` (header:
+stats; sent when the adapter starts or stops holding, since no weights go out then),
+``error`` (header: message).
 
 With ``audit`` in the init config the child appends the audit log itself (it runs the adapter:
 ``same_fast.serve.adapter_setup.ServeAudit``), flushing every record; it writes the ``end`` record
@@ -207,6 +208,7 @@ def _serve(adapter: Any, inp: BinaryIO, out: BinaryIO, short_hash: Any, st_save:
     import time
 
     published = adapter.version
+    holding = adapter.holding
     last = float("-inf")
     history_cap = 1024
 
@@ -242,6 +244,9 @@ def _serve(adapter: Any, inp: BinaryIO, out: BinaryIO, short_hash: Any, st_save:
                     del adapter.history[:-history_cap]
                 # A safety freeze or reset is served (and reported) at once.
                 publish(force=(adapter.frozen, adapter.resets) != safety)
+                if adapter.holding != holding:  # a hold publishes nothing: say so
+                    holding = adapter.holding
+                    write_msg(out, {"type": "stats", "stats": _stats(adapter)})
             elif kind == "publish":
                 publish(force=True)
             elif kind in ("freeze", "resume", "reset"):
