@@ -84,6 +84,9 @@ def test_adapt_returns_a_new_enhancer_and_leaves_the_source(fundus, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in fundus.network.state_dict().items())
     assert any(not torch.equal(before[k], v) for k, v in adapted.network.state_dict().items())
     assert adapted.metadata["adaptation"]["config"]["steps"] == 2
+    assert adapted.metadata["adaptation"]["config"]["lr"] == 1e-3
+    assert fundus.adapt(scans, picker="none", steps=1, batch=2, size=64
+                        ).metadata["adaptation"]["config"]["lr"] == 2e-3  # fundus's rate
     # random pixels read as strong noise: the view says so
     assert "the student's view gets noise" in adapted.metadata["adaptation"]["student_view"]
     back = same_fast.load_model(adapted.save(tmp_path / "a.safetensors"))
