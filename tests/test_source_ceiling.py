@@ -91,3 +91,19 @@ def test_heldout_set_links_what_the_shipped_model_held_out(tmp_path, bench_scrip
     assert all(p.is_symlink() and p.resolve().is_file() for p in links)
     assert mod.main(["-m", "ultrasound-lite", "--set", "DRIVE", "-o", str(tmp_path / "d")]) == 2
     assert "no held-out images of DRIVE" in capsys.readouterr().err
+
+
+def test_fundus_targets_reads_where_the_ceiling_itself_is_below_the_input(bench_script, tmp_path):
+    # issue #20's per-image target, read off the stored cross-camera runs (no data folder): under
+    # fundus-shen2020 the keep-colour ceiling scores below the degraded input on 4 of the 20
+    # DRIVE test images, and 4 of the 6 that fundus-lite leaves below are among them
+    res = bench_script("fundus_targets").main(["--json", str(tmp_path / "t.json")])
+    drive = res["cases"]["DRIVE-test/fundus-shen2020"]
+    assert drive["n"] == 20 and len(drive["ceiling_below_input"]) == 4
+    assert len(drive["arm_below_input"]) == 6 and len(drive["arm_below_where_ceiling_below"]) == 4
+    fam = drive["families"]
+    assert {f: s["n"] for f, s in fam.items()} == {"blur": 8, "cataract": 4, "other": 8}
+    assert fam["cataract"]["ceiling_gain_ssim"] > 10 * fam["cataract"]["arm_gain_ssim"] > 0
+    assert res["cases"]["DRIVE-test/fundus-local"]["share_ceiling_below_input"] == 0.05
+    assert "IDRiD-test/fundus-shen2020" in res["cases"]  # both stored runs are read
+    assert (tmp_path / "t.json").is_file()
