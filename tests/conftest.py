@@ -56,6 +56,22 @@ def dicom_file():
     return get
 
 
+@pytest.fixture(scope="session")
+def toy_bscan():
+    """A toy OCT B-scan, no data needed: two bright layers (``thick`` px, ``gap`` px apart)
+    over a dim retina, a layer top that waves by ``wave`` px (default h / 20) across the width
+    (``phase`` shifts it), speckle of 4 looks. Returns (float (H, W) in [0, 1], the bright-layer mask)."""
+    def make(h: int, w: int, rng: np.random.Generator, top: float, thick: int, gap: int,
+             phase: float = 0.0, wave: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        yy, xx = np.mgrid[:h, :w]
+        t = top + (h / 20 if wave is None else wave) * np.sin(xx / w * 3 + phase)
+        layers = ((yy > t) & (yy < t + thick)) | ((yy > t + gap) & (yy < t + gap + thick))
+        lin = 0.08 + 0.15 * ((yy > t) & (yy < t + gap + thick)) + 0.5 * layers
+        return np.clip(lin * rng.gamma(4.0, 1 / 4.0, (h, w)), 0, 1), layers
+
+    return make
+
+
 @pytest.fixture
 def bench_script():
     """Load ``benchmarks/<name>.py`` as a module (the scripts are not a package)."""

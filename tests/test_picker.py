@@ -1,6 +1,7 @@
 """The pseudo-label picker: per-sample device weights, thresholds, all-rejected batches, files."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.utils._python_dispatch
@@ -167,7 +168,8 @@ def _calibrated_weights(p: Picker, s: dict) -> torch.Tensor:
     return w
 
 
-def _shipped_inputs(name: str, retina, dicom_file) -> tuple[torch.Tensor, torch.Tensor]:
+def _shipped_inputs(name: str, retina, dicom_file, toy_bscan
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher outputs (image in [-1, 1], structure logits) of the shipped enhancer of the
     picker's modality on real scans, clean and degraded, plus planted bad ones."""
     import torch.nn.functional as F
@@ -186,15 +188,10 @@ def _shipped_inputs(name: str, retina, dicom_file) -> tuple[torch.Tensor, torch.
         preset, model_name = "fundus-shen2020", "fundus-lite"
     elif name == "oct-picker":
         # toy B-scans (no shared data needed): two bright layers over a dim retina, speckled
-        yy, xx = torch.meshgrid(torch.arange(128.), torch.arange(192.), indexing="ij")
-        scans = []
-        for k in range(4):
-            top = 40 + 6 * torch.sin(xx / 192 * 3 + k)
-            layers = ((yy > top) & (yy < top + 10)) | ((yy > top + 32) & (yy < top + 42))
-            lin = 0.08 + 0.15 * ((yy > top) & (yy < top + 42)) + 0.5 * layers
-            speckle = -torch.log(torch.rand(4, *lin.shape, generator=g)).mean(0)  # 4 looks
-            scans.append((lin * speckle).clamp(0, 1)[None])
-        clean = torch.stack(scans)
+        rng = np.random.default_rng(0)
+        clean = torch.stack([torch.from_numpy(toy_bscan(128, 192, rng, top=40, thick=10, gap=32,
+                                                        phase=k, wave=6)[0]).float()[None]
+                             for k in range(4)])
         preset, model_name = "oct", "oct-lite"
     else:
         frames = io.load(dicom_file("examples_ybr_color.dcm")).frames[::6]  # (5, 240, 320, 3)
@@ -218,14 +215,14 @@ def _shipped_inputs(name: str, retina, dicom_file) -> tuple[torch.Tensor, torch.
 
 
 @pytest.mark.parametrize("name", ["fundus-picker", "ultrasound-picker", "oct-picker"])
-def test_shipped_pickers_keep_their_calibrated_decisions(name, retina, dicom_file):
+def test_shipped_pickers_keep_their_calibrated_decisions(name, retina, dicom_file, toy_bscan):
     """Scores through ops.picker_weights equal the formulas the shipped thresholds were
     calibrated on (bit for bit), and the weights are identical: hard, soft, either assessor
     alone, and at thresholds moved into the batch (so accept and reject both occur) including a
     threshold exactly on a sample's score (the strict rule rejects it)."""
     import dataclasses
 
-    image, logits = _shipped_inputs(name, retina, dicom_file)
+    image, logits = _shipped_inputs(name, retina, dicom_file, toy_bscan)
     shipped = load_picker(name)
     ref = _calibrated_scores(shipped, image, logits)
     mid_p = float(ref["p_good"].median())

@@ -7,25 +7,24 @@ from same_fast.io import read_image, write_image
 from same_fast.train.structure import reflective_layers, write_structure_folder
 
 
-def _bscan(h=160, w=240, seed=0, pad=False):
-    """A toy B-scan: two bright layers over a dim retina, speckled; optionally a white export
-    wedge in the top-left corner. Returns (uint8 scan, the true bright-layer mask)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    top = 50 + 8 * np.sin(xx / w * 3)
-    layers = ((yy > top) & (yy < top + 12)) | ((yy > top + 40) & (yy < top + 52))
-    retina = (yy > top) & (yy < top + 52)
-    lin = 0.08 + 0.15 * retina + 0.5 * layers
-    scan = lin * rng.gamma(4.0, 1 / 4.0, (h, w))
-    out = (np.clip(scan, 0, 1) * 255).astype(np.uint8)
-    if pad:
-        out[(xx + yy) < 40] = 255
-    return out, layers
+@pytest.fixture()
+def bscan(toy_bscan):
+    """(uint8 scan 160 x 240, its bright-layer mask); optionally a white export wedge in the
+    top-left corner."""
+    def make(seed=0, pad=False):
+        scan, layers = toy_bscan(160, 240, np.random.default_rng(seed), top=50, thick=12, gap=40)
+        out = (scan * 255).astype(np.uint8)
+        if pad:
+            yy, xx = np.mgrid[:160, :240]
+            out[(xx + yy) < 40] = 255
+        return out, layers
+
+    return make
 
 
 @pytest.mark.parametrize("pad", [False, True])
-def test_reflective_layers_finds_the_bright_bands_and_skips_export_padding(pad):
-    scan, truth = _bscan(pad=pad)
+def test_reflective_layers_finds_the_bright_bands_and_skips_export_padding(pad, bscan):
+    scan, truth = bscan(pad=pad)
     m = reflective_layers(scan)
     assert m.shape == scan.shape and m.dtype == bool
     dice = 2 * (m & truth).sum() / (m.sum() + truth.sum())
@@ -35,9 +34,9 @@ def test_reflective_layers_finds_the_bright_bands_and_skips_export_padding(pad):
     assert not m[:30].any() and not m[-30:].any()  # vitreous and choroid floor stay out
 
 
-def test_reflective_layers_of_a_flat_or_16_bit_scan():
+def test_reflective_layers_of_a_flat_or_16_bit_scan(bscan):
     assert not reflective_layers(np.full((64, 64), 90, np.uint8)).any()
-    scan, truth = _bscan()
+    scan, truth = bscan()
     m16 = reflective_layers(scan.astype(np.uint16) * 257)
     assert np.array_equal(m16, reflective_layers(scan))
     assert np.array_equal(reflective_layers(scan / 255.0), reflective_layers(scan))
@@ -47,13 +46,13 @@ def test_reflective_layers_of_a_flat_or_16_bit_scan():
         reflective_layers(np.zeros((2, 3, 4, 5)))
 
 
-def test_write_structure_folder_is_what_train_picker_reads(tmp_path):
+def test_write_structure_folder_is_what_train_picker_reads(tmp_path, bscan):
     from same_fast.train.picker import load_structure_set
 
     src = tmp_path / "src"
     src.mkdir()
     for i in range(3):
-        write_image(src / f"scan{i}.png", _bscan(seed=i)[0])
+        write_image(src / f"scan{i}.png", bscan(seed=i)[0])
     out = tmp_path / "set"
     assert write_structure_folder(sorted(src.glob("*.png")), out) == 3
     assert write_structure_folder(sorted(src.glob("*.png")), out) == 3  # a rerun replaces
