@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,7 @@ def bench_script():
         path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
         spec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # dataclasses in the script look their module up there
         spec.loader.exec_module(mod)
         return mod
     return load

@@ -287,3 +287,19 @@ def test_offline_oct_adaptation_runs_only_on_coarser_speckle():
     assert kept.skipped and kept.history == [] and "speckle" in kept.view
     ran = adapt_offline(net, list(_speckled(1.4, n=2)), None, cfg)
     assert ran.skipped is None and len(ran.history) == 2 and "correlated over" in ran.view
+
+
+def test_adaptation_benchmark_arms_and_overrides(bench_script):
+    # benchmarks/adaptation_shifts.py: the paper arm is faithful (its Adam rate is the paper's
+    # 2e-4, not fundus's 2e-3); --set types each field and refuses what is not a scalar field
+    mod = bench_script("adaptation_shifts")
+    paper, _ = mod.arm_setup("paper", "shift-noise-jpeg", 300, 128, 0)
+    default, uses_picker = mod.arm_setup("default", "shift-noise-jpeg", 300, 128, 0)
+    assert paper.learning_rate() == 2e-4 and default.learning_rate() == 2e-3 and uses_picker
+    assert mod.parse_overrides(["lr=5e-4", "skip_unmeasured=false", "batch=8"]) == \
+        {"lr": 5e-4, "skip_unmeasured": False, "batch": 8}
+    mt, _ = mod.arm_setup("mean-teacher", "none", 300, 128, 0, {"lr": 5e-4})
+    assert mt.learning_rate() == 5e-4 and mt.redegrade is False
+    for bad in (["nope=1"], ["lr"], ["betas=1"]):
+        with pytest.raises(SystemExit, match="--set wants FIELD=VALUE"):
+            mod.parse_overrides(bad)
