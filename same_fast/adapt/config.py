@@ -146,8 +146,9 @@ class AdaptConfig(StepConfig):
     def serving(cls, **overrides: Any) -> AdaptConfig:
         """The defaults of a server adapting online to a stream (``same-fast serve --adapt
         online``): online mode, a 64-frame buffer, the student's view re-degraded as the
-        stream's first frames tell (as ``adapt``; ``--adapt-no-redegrade`` turns it off), no
-        picker unless one is named."""
+        stream's frames tell (as ``adapt``; ``--adapt-no-redegrade`` turns it off), holding
+        while they show nothing that view models (``--adapt-always`` adapts anyway), no picker
+        unless one is named."""
         return cls(**{"mode": "online", "buffer": 64, "picker": None, **overrides})
 
     @classmethod
