@@ -122,10 +122,12 @@ class AdaptResult:
         return sum(h["accepted"] for h in self.history) / n if n else float("nan")
 
 
-SKIP_REASON = ("the target images show no JPEG compression, no noise above the estimator's floor "
-               "and (OCT) no speckle coarser than the source's training scans: nothing the "
-               "automatic re-degradation models, so the source weights are kept (--always-adapt, "
-               "or AdaptConfig(skip_unmeasured=False), adapts anyway)")
+# What images show when the automatic view finds nothing to teach (offline skip, online hold).
+NOTHING_MODELLED = ("no JPEG compression, no noise above the estimator's floor and (OCT) no "
+                    "speckle coarser than the source's training scans: nothing the automatic "
+                    "re-degradation models")
+SKIP_REASON = (f"the target images show {NOTHING_MODELLED}, so the source weights are kept "
+               "(--always-adapt, or AdaptConfig(skip_unmeasured=False), adapts anyway)")
 
 StepCallback = Callable[[int, int, dict[str, float], nn.Module], None]
 

@@ -28,6 +28,7 @@ from same_fast.adapt.audit import AuditLog
 from same_fast.adapt.augment import random_views, redegrade
 from same_fast.adapt.config import AdaptConfig
 from same_fast.adapt.loop import (
+    NOTHING_MODELLED,
     describe_view,
     make_pair,
     make_step,
@@ -40,10 +41,8 @@ from same_fast.nn import enhance as nn_enhance
 
 Picker = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-HOLD_REASON = ("the recent frames show no JPEG compression, no noise above the estimator's floor "
-               "and (OCT) no speckle coarser than the source's training scans: nothing the "
-               "automatic re-degradation models, so the source weights keep serving until the "
-               "stream shows some (skip_unmeasured=False adapts anyway)")
+HOLD_REASON = (f"the recent frames show {NOTHING_MODELLED}, so the source weights keep serving "
+               "until the stream shows some (skip_unmeasured=False adapts anyway)")
 
 
 class OnlineAdapter:
