@@ -55,16 +55,28 @@ TEST_CAMERAS = ("DRIVE-test", "IDRiD-test", "FIVES")
 IDRID_TEST_IMAGES = 24  # the first 24 of IDRiD's test split by name: fixed before any result
 
 
-def load_target(camera: str, size: int, n: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Clean images (N, 3, S, S) in [0, 1] times their FOV, FOVs (N, 1, S, S), names."""
+def load_target(camera: str, size: int, n: int, skip: int = 0
+                ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Clean images (N, 3, S, S) in [0, 1] times their FOV, FOVs (N, 1, S, S), names: ``n``
+    images (0: all) after the first ``skip`` by name."""
     from same_fast.train.source import load_samples
 
     (_, samples), *_ = load_samples(camera, 3, size, "fundus")
+    samples = samples[skip:]
+    if not samples:
+        raise SystemExit(f"{camera}: no images after the first {skip}")
     if n:
         samples = samples[:n]
     x = torch.stack([s.image for s in samples]).float() / 255
     fov = torch.stack([s.fov for s in samples]).float()
     return x * fov, fov, [s.name for s in samples]
+
+
+def target_of(camera: str, a: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The command line's images of ``camera`` (``--max-images``, ``--skip-images``; IDRiD
+    test: its first 24 unless told otherwise)."""
+    n = a.max_images or (IDRID_TEST_IMAGES if camera == "IDRiD-test" else 0)
+    return load_target(camera, a.size, n, a.skip_images)
 
 
 def _scores(pred: torch.Tensor, clean: torch.Tensor, fov: torch.Tensor) -> np.ndarray:
@@ -221,8 +233,7 @@ def run_case(model: torch.nn.Module, picker_name: str, camera: str, shift: str, 
     from same_fast.eval import bootstrap_ci
     from same_fast.picker import load_picker
 
-    n = a.max_images or (IDRID_TEST_IMAGES if camera == "IDRiD-test" else 0)
-    clean, fov, names = load_target(camera, a.size, n)
+    clean, fov, names = target_of(camera, a)
     if shift == "none":
         degraded = clean
     else:
@@ -312,8 +323,7 @@ def run_online(model: torch.nn.Module, picker_name: str, camera: str, shift: str
     from same_fast.degrade import degrade
     from same_fast.picker import auto_calibrate, load_picker
 
-    n = a.max_images or (IDRID_TEST_IMAGES if camera == "IDRiD-test" else 0)
-    clean, fov, names = load_target(camera, a.size, n)
+    clean, fov, names = target_of(camera, a)
     degraded = clean if shift == "none" else (
         degrade(clean, shift, torch.Generator().manual_seed(a.seed), fov) * 255).round() / 255
     src = _scores(_enhance(model, degraded, fov), clean, fov).mean(0)
@@ -364,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=256, help="image side (the paper protocol's)")
     p.add_argument("--view", type=int, default=128, help="adaptation view side")
     p.add_argument("--max-images", type=int, default=0)
+    p.add_argument("--skip-images", type=int, default=0,
+                   help="leave out the first N images by name (a fresh set: e.g. IDRiD test "
+                        "images 25-48 with --skip-images 24)")
     p.add_argument("--blur-gain", type=float, default=1.0,
                    help="arm default-blur: times the blur read beyond a sharp frame's")
     p.add_argument("--set", action="append", default=None, metavar="FIELD=VALUE",
@@ -389,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {"provenance": provenance({"degradation": a.seed, "adaptation": a.seed,
                                                       "bootstrap": a.seed}),
                            "model": a.model, "picker": a.picker, "steps": a.steps,
-                           "size": a.size, "view": a.view, "oracle_arms": list(ORACLE_ARMS),
+                           "size": a.size, "view": a.view, "skip_images": a.skip_images,
+                           "oracle_arms": list(ORACLE_ARMS),
                            "blur_gain": a.blur_gain, "overrides": parse_overrides(a.set),
                            "cases": {}}
     for camera in a.camera or TEST_CAMERAS:

@@ -296,6 +296,13 @@ def test_adaptation_benchmark_arms_and_overrides(bench_script):
     paper, _ = mod.arm_setup("paper", "shift-noise-jpeg", 300, 128, 0)
     default, uses_picker = mod.arm_setup("default", "shift-noise-jpeg", 300, 128, 0)
     assert paper.learning_rate() == 2e-4 and default.learning_rate() == 2e-3 and uses_picker
+    oracle, _ = mod.arm_setup("oracle-redegrade", "shift-noise-jpeg", 300, 128, 0)
+    assert default.view_strength() == 1.5 and oracle.view_strength() == 1.0
+    assert mod.parse_overrides(["redegrade_strength=1"]) == {"redegrade_strength": 1.0}
+    # --skip-images gives a fresh set after the first N; past the end is a clear exit
+    assert mod.load_target("skimage-retina", 64, 0)[2] == ["skimage-retina/retina.jpg"]
+    with pytest.raises(SystemExit, match="no images after the first 1"):
+        mod.load_target("skimage-retina", 64, 0, skip=1)
     assert mod.parse_overrides(["lr=5e-4", "skip_unmeasured=false", "batch=8"]) == \
         {"lr": 5e-4, "skip_unmeasured": False, "batch": 8}
     mt, _ = mod.arm_setup("mean-teacher", "none", 300, 128, 0, {"lr": 5e-4})
