@@ -51,7 +51,7 @@ def test_ultrasound_report_matches_the_stored_run(bench_script, tmp_path):
 def test_adaptation_on_the_fixed_shifts_matches_the_stored_run(bench_script, tmp_path):
     # docs/RESULTS.md's adaptation table: the default's gain on DRIVE test noise+JPEG (the whole
     # case: 20 images, 300 steps, about a minute) and its skip on haze+gamma
-    stored = json.loads((RESULTS / "2026-12-06-cpu-adaptation-shifts-drive-lr.json")
+    stored = json.loads((RESULTS / "2026-12-06-cpu-adaptation-shifts-drive-view.json")
                         .read_text())["cases"]
     out = tmp_path / "quick.json"
     bench_script("adaptation_shifts").main([
