@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "select-oct-speckle: the selection shift; oct: the training preset; none: "
                     "the clean scans")
     ap.add_argument("--steps", type=int, default=None, help="default: the recipe's")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="offline: the student's Adam rate (default: the modality's, AdaptConfig)")
     ap.add_argument("--view-gain", type=float, default=1.0,
                     help="recipe default: the speckle view at this times the strength read "
                          "(a selection probe; the product uses 1)")
@@ -247,6 +249,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = AdaptConfig(**base)
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, steps=args.steps)
+    if args.lr is not None:
+        cfg = dataclasses.replace(cfg, lr=args.lr)
     if args.picker_calibrate is not None:  # naming it turns the automatic share off
         cfg = dataclasses.replace(cfg, picker_calibrate=args.picker_calibrate,
                                   picker_share_auto=False)
@@ -287,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
            "view_gain": args.view_gain, "ignore_floor": args.ignore_floor,
            "ungradable": junk or None,
            "student_view": result.view, "skipped": result.skipped,
-           "adapt": dataclasses.asdict(cfg),
+           "adapt": dataclasses.asdict(cfg.resolved()),
            "picker": None if picker is None else picker_config_dict(picker),
            "seeds": {"degrade": args.seed, "adapt": cfg.seed, "bootstrap": 0},
            "summary": summary,

@@ -57,12 +57,13 @@ def test_oct_adapt_zero_steps_changes_nothing(tmp_path, bench_script, data_dir):
     assert mod.SHIFT.looks[1] < mod.SHIFT.looks[0] * 2 < 16  # fewer looks than oct draws
     res = mod.main(["--model", _passthrough(tmp_path / "m.safetensors"), "--max-per-class", "1",
                     "--steps", "0", "--boot", "20", "--out", str(tmp_path / "a.json"),
-                    "--grid", str(tmp_path / "g.png")])
+                    "--grid", str(tmp_path / "g.png"), "--lr", "1e-3"])
     assert (tmp_path / "g.png").stat().st_size > 10_000  # four labelled panels per class
     a = res["summary"]["all"]
     assert a["n"] == 4 and a["ssim_gain"] == 0.0 and a["share_worse"] == 0.0  # the same net
     assert abs(a["ssim_source"] - a["ssim_input"]) < 1e-4  # the passthrough returns its input
     assert res["adapt"]["redegrade_preset"] == "oct" and res["shift"]["name"] == "oct-shift"
+    assert res["adapt"]["lr"] == 1e-3  # --lr is recorded as run (default: the modality's)
     assert json.loads((tmp_path / "a.json").read_text())["targets"] == res["targets"]
 
 
