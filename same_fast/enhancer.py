@@ -177,7 +177,7 @@ class Enhancer:
         if not images:
             raise InputError("adapt needs at least one image")
         cfg = dataclasses.replace(config or AdaptConfig(), modality=self.modality, **settings)
-        cfg = cfg.check().resolved()  # the metadata records the learning rate used
+        cfg = cfg.check().resolved()  # the metadata records the rate and view strength used
         channels = int(getattr(self.network, "config", {}).get("in_channels", 3))
         xs, fovs = [], []
         for k, image in enumerate(images):
