@@ -165,7 +165,7 @@ def test_publish_gil_benchmark_measures_every_piece(tmp_path, bench_script):
     mod = bench_script("publish_gil")
     out = tmp_path / "gil.json"
     before = (os.sched_getaffinity(0), torch.get_num_threads(), sys.getswitchinterval())
-    assert mod.main(["--seconds", "0.4", "--rate", "20", "--size", "16", "--only", "idle",
+    assert mod.main(["--seconds", "1.0", "--rate", "20", "--size", "16", "--only", "idle",
                      "ort-publish", "views-load", "--json", str(out)]) == 0
     # run in this process, it leaves the caller's CPUs and settings as they were (it once left
     # the test process on the serving CPU alone, failing a later CPU-placement test)
@@ -173,6 +173,8 @@ def test_publish_gil_benchmark_measures_every_piece(tmp_path, bench_script):
     res = json.loads(out.read_text())["results"]
     assert set(res) == {"idle", "ort-publish", "views-load"}
     assert res["idle"]["pieces"] == 0 and res["views-load"]["pieces"] >= 2
+    # about 70 steps a second when idle; a second (not less) so that one slow first piece on a
+    # loaded CI machine (another job on the other core) cannot leave fewer than 10
     assert all(r["steps"] > 10 and r["step_p99_ms"] >= r["step_p50_ms"] > 0
                for r in res.values())
 
