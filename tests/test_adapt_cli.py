@@ -71,13 +71,16 @@ def test_adapt_runs_at_the_modality_learning_rate_unless_one_is_named(tmp_path, 
 @pytest.mark.parametrize("modality, flags, expected", [
     ("fundus", [], 1.5), ("ultrasound", [], 1.0), ("fundus", ["--redegrade-strength", "0.8"], 0.8),
     ("fundus", ["--redegrade-preset", "sensor-noise"], 1.0)])
-def test_adapt_views_at_the_modality_strength_unless_one_is_named(tmp_path, modality, flags,
-                                                                 expected):
+def test_adapt_views_at_the_modality_strength_unless_one_is_named(tmp_path, monkeypatch,
+                                                                 modality, flags, expected):
     # fundus's automatic view runs at 1.5x what the target reads (chosen on DRIVE and IDRiD
-    # training under the selection shifts); OCT, ultrasound and named presets at 1; the
-    # strength used is written into the checkpoint and the audit log
+    # training under the selection shifts); OCT, ultrasound and named presets at 1; the loop
+    # views at that strength, and it is written into the checkpoint and the audit log
+    import same_fast.adapt.loop as loop
     from same_fast.adapt.augment import redegrade
 
+    used = []
+    monkeypatch.setattr(loop, "redegrade", lambda v, p, s, g: used.append(s) or redegrade(v, p, s, g))
     torch.manual_seed(0)
     model = save_model(tmp_path / "m.safetensors", SAMENet(1, "lite", base=4, max_channels=8,
                                                            levels=3), modality=modality)
@@ -85,6 +88,7 @@ def test_adapt_views_at_the_modality_strength_unless_one_is_named(tmp_path, moda
     assert main(["adapt", "-m", str(model), "-i", str(_folder(tmp_path / "in")), "-o", str(out),
                  "--steps", "1", "--size", "16", "--picker", "none", "--always-adapt",
                  *flags]) == 0
+    assert used == [expected]
     assert load_model(out)[1]["adaptation"]["config"]["redegrade_strength"] == expected
     assert read_audit(tmp_path / "a.audit.jsonl")[0]["config"]["redegrade_strength"] == expected
     # and the strength scales what the view adds: 1.5x the change of strength 1, same draw
