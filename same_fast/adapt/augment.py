@@ -146,9 +146,10 @@ def redegrade(x01: torch.Tensor, preset: Any, strength: float, g: torch.Generato
               ) -> torch.Tensor:
     """A mild re-degradation of a view for the student (the SRTTA-style option of SPEC section 5).
 
-    Returns x + strength * (degrade(x, preset) - x): the preset's corruption scaled down, so the
-    student learns to undo a little more than the clinic's own degradation. Background (pixels
-    that are black in every channel) stays black.
+    Returns x + strength * (degrade(x, preset) - x): the preset's corruption scaled (below 1
+    milder, above 1 stronger: fundus's automatic view runs at 1.5, ``AdaptConfig.view_strength``),
+    so the student learns to undo a little more than the clinic's own degradation. Background
+    (pixels that are black in every channel) stays black.
     """
     from same_fast.degrade import degrade
 
