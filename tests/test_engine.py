@@ -44,6 +44,14 @@ def _lite_context() -> SAMENet:
     return m
 
 
+def _lite_field() -> SAMENet:
+    torch.manual_seed(4)
+    m = SAMENet(3, "lite", base=8, levels=3, field=True).eval()
+    with torch.no_grad():  # the block starts at zero; make it matter
+        m.field.out.weight.normal_(0, 0.3)
+    return m
+
+
 def _paper() -> SAMENet:
     torch.manual_seed(1)
     # The paper preset's layers (instance norm, stem 1, tanh) at toy width and depth.
@@ -55,8 +63,8 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("engine-cache"))
 
 
-@pytest.mark.parametrize("make", [_lite, _lite_context, _paper],
-                         ids=["lite", "lite-context", "paper"])
+@pytest.mark.parametrize("make", [_lite, _lite_context, _lite_field, _paper],
+                         ids=["lite", "lite-context", "lite-field", "paper"])
 def test_onnxruntime_matches_eager_before_and_after_update(make, cache: str) -> None:
     model = make()
     c = model.config["in_channels"]
@@ -273,7 +281,8 @@ def test_channels_last_matches_eager_before_and_after_update(cache: str) -> None
     assert (cl.enhance(x) - after).abs().max().item() < TOL
 
 
-@pytest.mark.parametrize("make", [_paper, _lite_context], ids=["paper", "lite-context"])
+@pytest.mark.parametrize("make", [_paper, _lite_context, _lite_field],
+                         ids=["paper", "lite-context", "lite-field"])
 def test_refit_mapping_covers_every_parameter_once(make) -> None:
     """The ONNX graph TensorRT parses holds every trainable weight as its own initializer."""
     model = make()
@@ -372,8 +381,9 @@ def _ints(shape: tuple[int, ...], dtype, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, hi + 1, shape).astype(dtype)
 
 
-@pytest.mark.parametrize("make", [_lite, _lite_context, _paper, lambda: TinyEnhancer(width=4)],
-                         ids=["lite", "lite-context", "paper", "stand-in"])
+@pytest.mark.parametrize("make", [_lite, _lite_context, _lite_field, _paper,
+                                  lambda: TinyEnhancer(width=4)],
+                         ids=["lite", "lite-context", "lite-field", "paper", "stand-in"])
 def test_enhance_frames_equals_the_float_path_in_every_backend(make, cache: str) -> None:
     """Integer frames in, integer frames out: ONNX Runtime converts, pads, rounds and crops
     inside its graph; the result is the float path's, rounded the same way."""

@@ -1,5 +1,6 @@
 """Model files: save/load round trip, shipped names, clear errors for bad checkpoints."""
 import json
+import math
 
 import pytest
 import torch
@@ -120,6 +121,46 @@ def test_context_round_trips_and_older_checkpoints_load_without_it(tmp_path):
     checkpoint.save(p, tensors, meta)
     old, _ = load_model(p)
     assert old.context is None and old.config["context"] is False
+
+
+def test_light_field_round_trips_starts_as_identity_and_applies_a_smooth_gain(tmp_path):
+    """``field=True``: a zero-started block that seeds from a network without it (same output),
+    saves and loads, and when it predicts a gain and an offset applies them in [0, 1] before the
+    U-Net, smoothly (bilinear from a coarse grid)."""
+    torch.manual_seed(0)
+    plain = SAMENet(3, "lite", base=8, levels=4).eval()
+    m = SAMENet(3, "lite", base=8, levels=4, field=True).eval()
+    missing, _ = m.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all(k.startswith("field.") for k in missing)
+    x = torch.rand(2, 3, 64, 96) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(m(x)[0], plain(x)[0])
+        assert m.whole_image and not plain.whole_image and m.field.factor == 16
+        # a constant log-gain of 0.5 on every channel and no offset: the field doubles as
+        # exp(0.5) x in [0, 1], clamped
+        m.field.out.bias[:3] = math.atanh(0.5 / m.field.max_log_gain)
+        corrected = m.field(x)
+        want = ((x + 1) / 2 * math.exp(0.5)).clamp(0, 1) * 2 - 1
+        assert (corrected - want).abs().max().item() < 1e-5
+        assert not torch.allclose(m(x)[0], plain(x)[0], atol=1e-2)
+        # a learnt (non-constant) field is smooth: neighbouring pixels differ little
+        m.field.out.weight.normal_(0, 0.3)
+        for f in m.field.fields(torch.rand(1, 3, 64, 96) * 2 - 1):
+            assert f.abs().max() > 0.05  # it does something
+            step = max((f[..., 1:] - f[..., :-1]).abs().max(),
+                       (f[..., 1:, :] - f[..., :-1, :]).abs().max())
+            assert step < f.abs().max() / 4
+    m2, meta = load_model(save_model(tmp_path / "f.safetensors", m))
+    assert meta["config"]["field"] is True and m2.field is not None
+    with torch.no_grad():
+        assert torch.equal(m(x)[0], m2(x)[0])
+    # a checkpoint written before the option existed has no "field" in its config
+    p = save_model(tmp_path / "old.safetensors", plain)
+    tensors, meta = checkpoint.load(p)
+    del meta["config"]["field"]
+    checkpoint.save(p, tensors, meta)
+    old, _ = load_model(p)
+    assert old.field is None and old.config["field"] is False and not old.whole_image
 
 
 def _cli_scores(tmp_path, name, *args):

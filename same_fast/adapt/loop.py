@@ -158,7 +158,7 @@ def adapt_offline(model: nn.Module, images: Sequence[torch.Tensor],
     student, teacher = make_pair(model)
     step = make_step(student, teacher, cfg, picker)
     served = student if cfg.serve == "student" else teacher
-    aug = cfg.augment_config(int(getattr(model, "multiple", 1)), _has_context(model))
+    aug = cfg.augment_config(int(getattr(model, "multiple", 1)), reads_whole_frame(model))
     preset = redegradation(cfg, images, fovs) if cfg.redegrade else None
     view = describe_view(preset)
     history: list[dict[str, float]] = []
@@ -216,8 +216,10 @@ def _auto_share(model: nn.Module, images: Sequence[torch.Tensor], picker: Any,
     return auto_calibrate(picker, model, list(images), None if fovs is None else list(fovs))
 
 
-def _has_context(model: nn.Module) -> bool:
-    return bool(getattr(model, "config", {}).get("context", False))
+def reads_whole_frame(model: nn.Module) -> bool:
+    """Whether the network reads more of the frame than its convolutions reach (SAMENet
+    ``whole_image``: whole-image context or a light field), so its views are whole frames."""
+    return bool(getattr(model, "whole_image", False))
 
 
 def picker_json(picker: Any) -> dict[str, Any] | None:

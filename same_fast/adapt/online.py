@@ -33,6 +33,7 @@ from same_fast.adapt.loop import (
     make_pair,
     make_step,
     picker_json,
+    reads_whole_frame,
     redegradation,
 )
 from same_fast.adapt.safety import SafetyConfig, SafetyMonitor, clone_state, restore_
@@ -69,7 +70,7 @@ class OnlineAdapter:
         self._step = make_step(self.student, self.teacher, cfg, picker)
         self._picker = picker
         self._aug = cfg.augment_config(int(getattr(model, "multiple", 1)),
-                                       bool(getattr(model, "config", {}).get("context", False)))
+                                       reads_whole_frame(model))
         self._preset: Any = None  # the re-degradation, estimated from the first buffer
         self._view: str | None = None  # its one-line description (describe_view)
         # Holding: the buffer showed nothing the automatic view models (cfg.skip_unmeasured);

@@ -20,6 +20,7 @@ Presets (named configurations of the one class, not subclasses):
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -32,9 +33,9 @@ from same_fast.nn.dropout import Dropout
 # Named configurations; every key is a SAMENet constructor argument.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(base=64, max_channels=512, levels=8, stem=1, norm="instance",
-                  dropout=0.5, dropout_levels=3, residual=False, context=False),
+                  dropout=0.5, dropout_levels=3, residual=False, context=False, field=False),
     "lite": dict(base=16, max_channels=128, levels=5, stem=2, norm="none",
-                 dropout=0.1, dropout_levels=2, residual=True, context=False),
+                 dropout=0.1, dropout_levels=2, residual=True, context=False, field=False),
 }
 
 _NORMS = ("instance", "group", "none")
@@ -83,6 +84,51 @@ class _Context(nn.Module):
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         pooled = torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1)
         return f + self.fc2(F.relu(self.fc1(pooled)))[:, :, None, None]
+
+
+class _Field(nn.Module):
+    """A smooth per-pixel gain and offset, read from a coarse copy of the whole input.
+
+    Uneven light, a dark hole, bright spots and a cataract veil all act on a photograph as
+    ``y = a(p) x + b(p)`` with fields ``a``, ``b`` that vary slowly over the image (a halo
+    brightens toward white, a veil adds light and takes contrast), which a U-Net with a
+    receptive field of ~190 px cannot read on a 500-1000 px frame, and which convolutions
+    approximate badly since they must multiply the input by a field. This block averages the
+    input down by ``factor``, runs dilated convolutions whose reach covers a whole frame at that
+    scale, and predicts per channel a log-gain (bounded to +-``max_log_gain``) and an offset at
+    the coarse grid, up-sampled bilinearly to full size and applied in [0, 1]:
+    ``x01' = x01 * exp(g) + o``. The last layer starts at zero, so adding the block to a trained
+    network leaves its output unchanged until it learns; it reads no global statistic (no
+    pooling over the frame), so it answers the local shape of the light rather than the
+    photograph's overall tone.
+    """
+
+    def __init__(self, channels: int, width: int = 32, factor: int = 16,
+                 max_log_gain: float = 2.5) -> None:
+        super().__init__()
+        self.factor = factor
+        self.max_log_gain = max_log_gain
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, 1, 1), nn.LeakyReLU(0.2)]
+        for dilation in (2, 4, 8, 1):
+            layers += [nn.Conv2d(width, width, 3, 1, dilation, dilation=dilation),
+                       nn.LeakyReLU(0.2)]
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(width, 2 * channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def fields(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log_gain, offset)``, each ``(N, C, H, W)``, for ``x`` in [-1, 1]."""
+        c = x.shape[1]
+        g, o = self.out(self.body(F.avg_pool2d(x, self.factor))).split(c, 1)
+        fields = torch.cat([self.max_log_gain * torch.tanh(g), torch.tanh(o)], 1)
+        fields = F.interpolate(fields, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        g, o = fields.split(c, 1)
+        return g, o
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, o = self.fields(x)
+        return ((x + 1.0) * 0.5 * torch.exp(g) + o).clamp(0.0, 1.0) * 2.0 - 1.0
 
 
 class _Decoder(nn.Module):
@@ -164,6 +210,12 @@ class SAMENet(nn.Module):
             ))
         self.downs = nn.ModuleList(downs)
         self.context = _Context(widths[-1]) if cfg["context"] else None
+        # the light field's coarse grid: 1/16 of the input (or the network's multiple if smaller)
+        self.field = (_Field(in_channels, factor=math.gcd(16, self.multiple)) if cfg["field"]
+                      else None)
+        #: whether the output depends on more of the frame than a convolution's reach (context
+        #: or field): such a network is best run on whole frames at their own scale.
+        self.whole_image = bool(cfg["context"] or cfg["field"])
         dec = dict(stem=stem, norm=norm, dropout=float(cfg["dropout"]),
                    dropout_levels=int(cfg["dropout_levels"]))
         self.image_decoder = _Decoder(widths, in_channels, **dec)
@@ -195,6 +247,8 @@ class SAMENet(nn.Module):
         if x.shape[-1] % self.multiple or x.shape[-2] % self.multiple:
             raise InputError(f"SAMENet input H, W must be multiples of {self.multiple}, got "
                              f"{tuple(x.shape[-2:])} (use same_fast.nn.enhance, which pads)")
+        if self.field is not None:
+            x = self.field(x)
         feats = self._encode(x)
         levels = len(feats)
         # Image decoder; keep each stage's output (before the skip concat) for the structure path.

@@ -570,15 +570,17 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
         from same_fast.models import load_model
 
         init_model, init_meta = load_model(cfg.init)
-        # A network without whole-image context may seed one with it: the context block starts
-        # at zero, so the new network begins with the old one's output.
-        adds_context = model.config["context"] and not init_model.config["context"]
-        if {**init_model.config, "context": model.config["context"]} != model.config or (
-                init_model.config["context"] and not model.config["context"]):
+        # A network without whole-image context or a light field may seed one with them: both
+        # blocks start at zero, so the new network begins with the old one's output.
+        added = [k for k in ("context", "field")
+                 if model.config[k] and not init_model.config.get(k, False)]
+        dropped = [k for k in ("context", "field")
+                   if init_model.config.get(k, False) and not model.config[k]]
+        if {**init_model.config, **{k: model.config[k] for k in added}} != model.config or dropped:
             raise CheckpointError(f"--init: {cfg.init} has config {init_model.config}, not "
                                   f"{model.config}")
-        missing, _ = model.load_state_dict(init_model.state_dict(), strict=not adds_context)
-        assert all(k.startswith("context.") for k in missing), missing
+        missing, _ = model.load_state_dict(init_model.state_dict(), strict=not added)
+        assert all(k.split(".")[0] in added for k in missing), missing
     if cfg.ema:
         # The averaged weights are what is validated and saved (BasicSR's net_g_ema); dropout
         # is off in them, as in any evaluated model.
