@@ -203,7 +203,7 @@ def test_split_seed_keeps_the_parents_hold_out(tmp_path):
     assert held["c"] == held["a"] != held["b"]
 
 
-def test_init_adds_context_and_ema_is_what_is_validated_and_saved(tmp_path):
+def test_init_adds_context_or_a_field_and_ema_is_what_is_validated_and_saved(tmp_path):
     data = _folder(tmp_path, n=3, size=48)
     base = _cfg(data, steps=2, size=32, load_size=48, val_every=2)
     train_source(base)
@@ -217,10 +217,23 @@ def test_init_adds_context_and_ema_is_what_is_validated_and_saved(tmp_path):
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert torch.equal(child(x)[0], parent(x)[0])
+    # and a light field on top of that (the field's grid: the toy network's multiple, 8)
+    fld = _cfg(data, out=str(tmp_path / "fld.safetensors"), steps=2, size=32, load_size=48,
+               val_every=2, init=ctx.out, lr=0.0,
+               net={"base": 8, "levels": 3, "context": True, "field": True})
+    train_source(fld)
+    child2, meta2 = load_model(fld.out)
+    assert meta2["config"]["field"] is True and child2.field is not None
+    with torch.no_grad():
+        assert torch.equal(child2(x)[0], parent(x)[0])
     # but not the other way round
     with pytest.raises(CheckpointError, match="--init"):
         train_source(_cfg(data, out=str(tmp_path / "back.safetensors"), steps=1, size=32,
                           load_size=48, init=ctx.out))
+    with pytest.raises(CheckpointError, match="--init"):
+        train_source(_cfg(data, out=str(tmp_path / "back2.safetensors"), steps=1, size=32,
+                          load_size=48, init=fld.out, net={"base": 8, "levels": 3,
+                                                           "context": True}))
     with pytest.raises(InputError, match="--ema"):
         train_source(_cfg(data, ema=1.0))
     # --ema: the average (not the raw weights) is validated, saved, and what .last loads as
