@@ -36,6 +36,7 @@ from same_fast.errors import InputError
 from same_fast.serve.adaptation_process import ProcessAdaptation
 from same_fast.serve.adapter_setup import (
     adapter_config,
+    adapter_state,
     audit_context,
     load_serving_picker,
     open_audit,
@@ -191,8 +192,8 @@ class OnlineAdaptation:
 
     def describe(self) -> dict[str, Any]:
         s = self.adapter.stats()
-        state = "frozen" if s["frozen"] else "holding" if s.get("holding") else "adapting"
-        return {"mode": "online", "state": state, "holding": s.get("holding"),
+        return {"mode": "online", "state": adapter_state(s["frozen"], s.get("holding")),
+                "holding": s.get("holding"),
                 "steps": s["steps"], "adapter_version": s["version"],
                 "observed_frames": self.inbox.observed,
                 "skipped_frames": self.inbox.skipped,

@@ -18,7 +18,12 @@ import torch
 from same_fast.adapt.config import AdaptConfig
 from same_fast.errors import InputError
 from same_fast.serve import adapter_proc
-from same_fast.serve.adapter_setup import adapter_config, audit_context, check_audit_path
+from same_fast.serve.adapter_setup import (
+    adapter_config,
+    adapter_state,
+    audit_context,
+    check_audit_path,
+)
 from same_fast.serve.cpus import adapter_work, confine_thread, plan_adapter_cpus
 from same_fast.serve.inbox import FrameInbox, served_frames
 from same_fast.serve.model import ServedModel
@@ -221,9 +226,8 @@ class ProcessAdaptation:
 
     def describe(self) -> dict[str, Any]:
         s = self._stats
-        frozen = self.frozen or bool(s.get("frozen"))
-        state = ("frozen" if frozen else "starting" if not self.ready.is_set()
-                 else "holding" if s.get("holding") else "adapting")
+        state = adapter_state(self.frozen or bool(s.get("frozen")), s.get("holding"),
+                              started=self.ready.is_set())
         return {"mode": "online", "runs_in": "process", "state": state, "steps": s.get("steps"),
                 "holding": s.get("holding"),
                 "adapter_version": s.get("version"),

@@ -62,6 +62,17 @@ class ServeAudit(AuditLog):
         return rec
 
 
+def adapter_state(frozen: bool, holding: Any, started: bool = True) -> str:
+    """The online adapter's state as ``/status`` reports it, for either front (thread or
+    process): ``frozen`` (no more steps), ``starting`` (a process adapter not yet ready),
+    ``holding`` (the stream shows nothing to undo) or ``adapting``."""
+    if frozen:
+        return "frozen"
+    if not started:
+        return "starting"
+    return "holding" if holding else "adapting"
+
+
 def open_audit(path: str, hash_every: int, context: dict[str, Any]) -> ServeAudit:
     """Open (append to) a server's audit log and write its ``serve`` record."""
     audit = ServeAudit(path, hash_every)
