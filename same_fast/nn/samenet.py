@@ -95,9 +95,11 @@ class _Field(nn.Module):
     receptive field of ~190 px cannot read on a 500-1000 px frame, and which convolutions
     approximate badly since they must multiply the input by a field. This block averages the
     input down by ``factor``, runs dilated convolutions whose reach covers a whole frame at that
-    scale, and predicts per channel a log-gain (bounded to +-``max_log_gain``) and an offset at
-    the coarse grid, up-sampled bilinearly to full size and applied in [0, 1]:
-    ``x01' = x01 * exp(g) + o``. The last layer starts at zero, so adding the block to a trained
+    scale, and predicts per channel a log-gain ``g`` (bounded to +-``max_log_gain``) and an
+    offset ``o`` (bounded to +-1) at the coarse grid, up-sampled bilinearly to full size and
+    applied in [0, 1] as ``x01' = (x01 - o) * exp(g)``: the light a veil or halo adds is taken
+    away first, then the contrast it took is given back (an offset added after the gain would
+    need values far outside [-1, 1] to undo a thick veil). The last layer starts at zero, so adding the block to a trained
     network leaves its output unchanged until it learns; it reads no global statistic (no
     pooling over the frame), so it answers the local shape of the light rather than the
     photograph's overall tone.
@@ -128,7 +130,7 @@ class _Field(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g, o = self.fields(x)
-        return ((x + 1.0) * 0.5 * torch.exp(g) + o).clamp(0.0, 1.0) * 2.0 - 1.0
+        return (((x + 1.0) * 0.5 - o) * torch.exp(g)).clamp(0.0, 1.0) * 2.0 - 1.0
 
 
 class _Decoder(nn.Module):
