@@ -226,6 +226,16 @@ def test_init_adds_context_or_a_field_and_ema_is_what_is_validated_and_saved(tmp
     assert meta2["config"]["field"] is True and child2.field is not None
     with torch.no_grad():
         assert torch.equal(child2(x)[0], parent(x)[0])
+    # --block-lr: the added blocks learn at their own rate (here alone: lr 0 for the rest)
+    fast = _cfg(data, out=str(tmp_path / "fast.safetensors"), steps=3, size=32, load_size=48,
+                val_every=3, init=base.out, lr=0.0, block_lr=1e-2,
+                net={"base": 8, "levels": 3, "field": True})
+    train_source(fast)
+    moved = load_model(fast.out)[0].state_dict()
+    assert all(torch.equal(moved[k], v) for k, v in parent.state_dict().items())
+    assert moved["field.out.weight"].abs().max() > 1e-3
+    with pytest.raises(InputError, match="--block-lr"):
+        train_source(_cfg(data, block_lr=-1.0))
     # but not the other way round
     with pytest.raises(CheckpointError, match="--init"):
         train_source(_cfg(data, out=str(tmp_path / "back.safetensors"), steps=1, size=32,

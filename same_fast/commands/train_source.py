@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zoom", type=float, nargs=2, default=d.zoom, metavar=("LOW", "HIGH"),
                    help="crops are zoomed by U(LOW, HIGH) (1 1: pixels kept at their scale)")
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--block-lr", type=float, default=d.block_lr,
+                   help="learning rate of the zero-started blocks (--net context=true, "
+                        "field=true), which a short fine-tune otherwise barely moves (0: --lr)")
     p.add_argument("--lambda-s", type=float, default=d.lambda_s, help="structure loss weight")
     p.add_argument("--lambda-ssim", type=float, default=d.lambda_ssim,
                    help="weight of an optional (1 - SSIM) image loss")

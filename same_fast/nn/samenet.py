@@ -99,10 +99,10 @@ class _Field(nn.Module):
     offset ``o`` (bounded to +-1) at the coarse grid, up-sampled bilinearly to full size and
     applied in [0, 1] as ``x01' = (x01 - o) * exp(g)``: the light a veil or halo adds is taken
     away first, then the contrast it took is given back (an offset added after the gain would
-    need values far outside [-1, 1] to undo a thick veil). The last layer starts at zero, so adding the block to a trained
-    network leaves its output unchanged until it learns; it reads no global statistic (no
-    pooling over the frame), so it answers the local shape of the light rather than the
-    photograph's overall tone.
+    need values far outside [-1, 1] to undo a thick veil). The last layer starts at zero, so
+    adding the block to a trained network leaves its output unchanged until it learns; it reads
+    no global statistic (no pooling over the frame), so it answers the local shape of the light
+    rather than the photograph's overall tone.
     """
 
     def __init__(self, channels: int, width: int = 32, factor: int = 16,

@@ -73,6 +73,8 @@ class SourceConfig:
     #                                loaded (speckle at its own scale: OCT, whose clean
     #                                reference keeps its speckle)
     lr: float = 2e-4
+    block_lr: float = 0.0          # learning rate of the zero-started blocks (context, field),
+    #                                which a short fine-tune otherwise barely moves (0: ``lr``)
     lambda_s: float = 0.1          # weight of the structure loss
     lambda_ssim: float = 0.0       # weight of the optional (1 - SSIM) image term (SPEC 3)
     init: str | None = None        # start from this checkpoint's weights (fine-tuning)
@@ -561,8 +563,15 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
             p.requires_grad_(name.startswith("structure_decoder."))
     # foreach: one fused update over all parameters (the per-tensor loop costs more than the
     # small network's backward pass on a CPU)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                           betas=(0.9, 0.999), foreach=True)
+    if cfg.block_lr < 0:
+        raise InputError(f"--block-lr must be >= 0, got {cfg.block_lr}")
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    blocks = [p for n, p in trainable if cfg.block_lr and n.split(".")[0] in ("context", "field")]
+    groups = [{"params": [p for n, p in trainable
+                          if not (cfg.block_lr and n.split(".")[0] in ("context", "field"))]}]
+    if blocks:
+        groups.append({"params": blocks, "lr": cfg.block_lr})
+    opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999), foreach=True)
     start = 0
     best = -1.0
     ema: SAMENet | None = None
