@@ -212,6 +212,10 @@ def test_context_networks_adapt_on_whole_frames():
     with pytest.raises(InputError, match="views"):
         AdaptConfig(views="tiles").check()
     net = SAMENet(3, "lite", base=4, levels=3, context=True)
+    # a light field pools nothing over the frame: crops, like a plain network
+    from same_fast.adapt.loop import reads_whole_frame
+    assert reads_whole_frame(net)
+    assert not reads_whole_frame(SAMENet(3, "lite", base=4, levels=3, field=True))
     imgs = list(_smooth(n=2, size=64))
     res = adapt_offline(net, imgs, None, AdaptConfig(steps=2, size=32, batch=2,
                                                      skip_unmeasured=False),

@@ -91,8 +91,7 @@ class AdaptConfig(StepConfig):
                          "3/4 of the steps, then a linear decay)", choices=("constant", "paper"))
     scale: tuple[float, float] = (1.1, 1.35)
     views: str = _opt("auto", "training views: crop, whole (frames padded square) or auto "
-                      "(whole frames for networks that read the whole frame: context or a "
-                      "light field)",
+                      "(whole frames for networks with whole-image context)",
                       choices=("auto", "crop", "whole"))
     frame_fraction: float = _opt(0.0, "> 0: crops of this fraction of the short side instead "
                                  "(the paper's views: 0.8)")

@@ -217,9 +217,11 @@ def _auto_share(model: nn.Module, images: Sequence[torch.Tensor], picker: Any,
 
 
 def reads_whole_frame(model: nn.Module) -> bool:
-    """Whether the network reads more of the frame than its convolutions reach (SAMENet
-    ``whole_image``: whole-image context or a light field), so its views are whole frames."""
-    return bool(getattr(model, "whole_image", False))
+    """Whether the network summarises the whole frame (SAMENet ``context``: a pooled summary),
+    so its views are whole frames: a crop would change the summary it learnt from. A light
+    field (``field``) pools nothing over the frame; like the U-Net it is convolutional, so crops
+    are views of the same kind as the frames it serves."""
+    return bool(getattr(model, "config", {}).get("context", False))
 
 
 def picker_json(picker: Any) -> dict[str, Any] | None:

@@ -215,9 +215,6 @@ class SAMENet(nn.Module):
         # the light field's coarse grid: 1/16 of the input (or the network's multiple if smaller)
         self.field = (_Field(in_channels, factor=math.gcd(16, self.multiple)) if cfg["field"]
                       else None)
-        #: whether the output depends on more of the frame than a convolution's reach (context
-        #: or field): such a network is best run on whole frames at their own scale.
-        self.whole_image = bool(cfg["context"] or cfg["field"])
         dec = dict(stem=stem, norm=norm, dropout=float(cfg["dropout"]),
                    dropout_levels=int(cfg["dropout_levels"]))
         self.image_decoder = _Decoder(widths, in_channels, **dec)
