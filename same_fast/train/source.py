@@ -52,6 +52,8 @@ from same_fast.ops.ema import ema_
 SKIMAGE_RETINA = "skimage-retina"  # data-spec name of scikit-image's CC0 retina photograph
 TARGETS = ("clean", "tone")
 TRAIN_ONLY = ("", "structure")
+#: SAMENet blocks that start at zero (``--init`` may add them; ``--block-lr`` sets their rate)
+ZERO_STARTED = ("context", "field")
 MODALITIES = {"fundus": (3, "fundus-shen2020"), "oct": (1, "gray"),
               "ultrasound": (1, "ultrasound-speckle")}
 
@@ -566,11 +568,11 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     if cfg.block_lr < 0:
         raise InputError(f"--block-lr must be >= 0, got {cfg.block_lr}")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    blocks = [p for n, p in trainable if cfg.block_lr and n.split(".")[0] in ("context", "field")]
-    groups = [{"params": [p for n, p in trainable
-                          if not (cfg.block_lr and n.split(".")[0] in ("context", "field"))]}]
-    if blocks:
-        groups.append({"params": blocks, "lr": cfg.block_lr})
+    in_block = [bool(cfg.block_lr) and n.split(".")[0] in ZERO_STARTED for n, _ in trainable]
+    groups = [{"params": [p for (_, p), b in zip(trainable, in_block, strict=True) if not b]}]
+    if any(in_block):
+        groups.append({"params": [p for (_, p), b in zip(trainable, in_block, strict=True) if b],
+                       "lr": cfg.block_lr})
     opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999), foreach=True)
     start = 0
     best = -1.0
@@ -581,10 +583,8 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
         init_model, init_meta = load_model(cfg.init)
         # A network without whole-image context or a light field may seed one with them: both
         # blocks start at zero, so the new network begins with the old one's output.
-        added = [k for k in ("context", "field")
-                 if model.config[k] and not init_model.config.get(k, False)]
-        dropped = [k for k in ("context", "field")
-                   if init_model.config.get(k, False) and not model.config[k]]
+        added = [k for k in ZERO_STARTED if model.config[k] and not init_model.config.get(k, False)]
+        dropped = [k for k in ZERO_STARTED if init_model.config.get(k, False) and not model.config[k]]
         if {**init_model.config, **{k: model.config[k] for k in added}} != model.config or dropped:
             raise CheckpointError(f"--init: {cfg.init} has config {init_model.config}, not "
                                   f"{model.config}")
