@@ -36,20 +36,21 @@ def _lite() -> SAMENet:
     return SAMENet(3, "lite", base=8, levels=3).eval()  # multiple 8, ~30k parameters
 
 
-def _lite_context() -> SAMENet:
-    torch.manual_seed(2)
-    m = SAMENet(3, "lite", base=8, levels=3, context=True).eval()
+def _lite_with(block: str, last_layer: str, seed: int) -> SAMENet:
+    """A toy lite network with a zero-started ``block`` whose ``last_layer`` is made non-zero."""
+    torch.manual_seed(seed)
+    m = SAMENet(3, "lite", base=8, levels=3, **{block: True}).eval()
     with torch.no_grad():  # the block starts at zero; make it matter
-        m.context.fc2.weight.normal_(0, 0.3)
+        m.get_submodule(f"{block}.{last_layer}").weight.normal_(0, 0.3)
     return m
+
+
+def _lite_context() -> SAMENet:
+    return _lite_with("context", "fc2", seed=2)
 
 
 def _lite_field() -> SAMENet:
-    torch.manual_seed(4)
-    m = SAMENet(3, "lite", base=8, levels=3, field=True).eval()
-    with torch.no_grad():  # the block starts at zero; make it matter
-        m.field.out.weight.normal_(0, 0.3)
-    return m
+    return _lite_with("field", "out", seed=4)
 
 
 def _paper() -> SAMENet:

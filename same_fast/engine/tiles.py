@@ -6,10 +6,10 @@ copies of a frame. ``enhance_in_tiles`` cuts integer frames ``(F, H, W, C)`` ove
 into overlapping tiles, hands each tile (still integer) to the enhancing function and stitches
 the tile centres back, so that neither the network nor a float copy ever holds more than the
 budget. Tiles start on multiples of the network's ``multiple`` so their down-sampling grid is
-the whole frame's; the overlap (``margin``) hides the tile borders. A network that reads
-the whole frame (``context=True`` or ``field=True``) sees each tile's own context, so a tiled
-frame can differ slightly from an untiled one. ``batch_within`` sizes batches of whole frames
-to the same budget.
+the whole frame's; the overlap (``margin``) hides the tile borders. A network that reaches
+past the margin (whole-image ``context=True``, or the ~530 px light field of ``field=True``)
+sees each tile's own context, so a tiled frame can differ slightly from an untiled one.
+``batch_within`` sizes batches of whole frames to the same budget.
 """
 from __future__ import annotations
 
