@@ -59,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambda-s", type=float, default=d.lambda_s, help="structure loss weight")
     p.add_argument("--lambda-ssim", type=float, default=d.lambda_ssim,
                    help="weight of an optional (1 - SSIM) image loss")
+    p.add_argument("--lambda-field", type=float, default=d.lambda_field,
+                   help="weight of an L1 loss on the light field's own output (--net "
+                        "field=true) against the target, which teaches it the gain and offset")
     p.add_argument("--init", default=None,
                    help="start from this checkpoint's weights (same preset and --net)")
     p.add_argument("--color-aug", type=float, default=d.color_aug,

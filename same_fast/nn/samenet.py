@@ -93,9 +93,10 @@ class _Field(nn.Module):
     ``y = a(p) x + b(p)`` with fields ``a``, ``b`` that vary slowly over the image (a halo
     brightens toward white, a veil adds light and takes contrast), which a U-Net with a
     receptive field of ~190 px cannot read on a 500-1000 px frame, and which convolutions
-    approximate badly since they must multiply the input by a field. This block averages the
-    input down by ``factor``, runs dilated convolutions whose reach covers a whole frame at that
-    scale, and predicts per channel a log-gain ``g`` (bounded to +-``max_log_gain``) and an
+    approximate badly since they must multiply the input by a field. This block reads the input
+    down by ``factor`` as each cell's mean and its spread (the spread tells how much contrast a
+    veil took, which a mean alone cannot), runs dilated convolutions whose reach covers a whole
+    frame at that scale, and predicts per channel a log-gain ``g`` (bounded to +-``max_log_gain``) and an
     offset ``o`` (bounded to +-1) at the coarse grid, up-sampled bilinearly to full size and
     applied in [0, 1] as ``x01' = (x01 - o) * exp(g)``: the light a veil or halo adds is taken
     away first, then the contrast it took is given back (an offset added after the gain would
@@ -110,7 +111,7 @@ class _Field(nn.Module):
         super().__init__()
         self.factor = factor
         self.max_log_gain = max_log_gain
-        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, 1, 1), nn.LeakyReLU(0.2)]
+        layers: list[nn.Module] = [nn.Conv2d(2 * channels, width, 3, 1, 1), nn.LeakyReLU(0.2)]
         for dilation in (2, 4, 8, 1):
             layers += [nn.Conv2d(width, width, 3, 1, dilation, dilation=dilation),
                        nn.LeakyReLU(0.2)]
@@ -122,7 +123,9 @@ class _Field(nn.Module):
     def fields(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log_gain, offset)``, each ``(N, C, H, W)``, for ``x`` in [-1, 1]."""
         c = x.shape[1]
-        g, o = self.out(self.body(F.avg_pool2d(x, self.factor))).split(c, 1)
+        mean = F.avg_pool2d(x, self.factor)
+        spread = torch.sqrt((F.avg_pool2d(x * x, self.factor) - mean * mean).clamp_min(1e-6))
+        g, o = self.out(self.body(torch.cat([mean, spread], 1))).split(c, 1)
         fields = torch.cat([self.max_log_gain * torch.tanh(g), torch.tanh(o)], 1)
         fields = F.interpolate(fields, size=x.shape[-2:], mode="bilinear", align_corners=False)
         g, o = fields.split(c, 1)

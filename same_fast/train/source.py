@@ -79,6 +79,9 @@ class SourceConfig:
     #                                which a short fine-tune otherwise barely moves (0: ``lr``)
     lambda_s: float = 0.1          # weight of the structure loss
     lambda_ssim: float = 0.0       # weight of the optional (1 - SSIM) image term (SPEC 3)
+    lambda_field: float = 0.0      # weight of an L1 loss on the light field's own output (the
+    #                                input after its gain and offset) against the target: the
+    #                                field is taught the smooth gain and offset directly
     init: str | None = None        # start from this checkpoint's weights (fine-tuning)
     color_aug: float = 0.0         # per-channel gain exp(U(-a, a)) on the clean image (0: off)
     gamma_aug: float = 0.0         # per-image gamma exp(U(-a, a)) on the clean image (0: off)
@@ -344,9 +347,13 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
 
 
 def source_loss(model: SAMENet, batch: dict[str, torch.Tensor], lambda_s: float,
-                lambda_ssim: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+                lambda_ssim: float = 0.0, lambda_field: float = 0.0
+                ) -> tuple[torch.Tensor, dict[str, float]]:
     """L1 on the image + lambda_s x (BCE + Dice) on structure (only samples that have masks)
-    + lambda_ssim x (1 - SSIM) on the image in [0, 1] (11x11 Gaussian window, when > 0)."""
+    + lambda_ssim x (1 - SSIM) on the image in [0, 1] (11x11 Gaussian window, when > 0)
+    + lambda_field x L1 of the light field's output against the target (when > 0: the best
+    smooth gain and offset that take the input toward the target, which the image loss alone,
+    passed back through the U-Net, does not teach it)."""
     x = batch["degraded"] * 2 - 1
     target = batch["clean"] * 2 - 1
     image, logits = model(x)
@@ -363,6 +370,10 @@ def source_loss(model: SAMENet, batch: dict[str, torch.Tensor], lambda_s: float,
         s_loss = ssim_loss((image + 1) * 0.5, batch["clean"], 1.0)
         loss = loss + lambda_ssim * s_loss
         parts.update(loss=loss, ssim_loss=s_loss)
+    if lambda_field > 0 and model.field is not None:
+        f_loss = (model.field(x) - target).abs().mean()
+        loss = loss + lambda_field * f_loss
+        parts.update(loss=loss, field_l1=f_loss)
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
@@ -568,6 +579,13 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     if cfg.block_lr < 0:
         raise InputError(f"--block-lr must be >= 0, got {cfg.block_lr}")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.block_lr and not any(n.split(".")[0] in ZERO_STARTED for n, _ in trainable):
+        raise InputError("--block-lr sets the rate of a zero-started block, and this network "
+                         "has none (add --net context=true or --net field=true)")
+    if cfg.lambda_field < 0 or (cfg.lambda_field and model.field is None):
+        raise InputError(f"--lambda-field must be >= 0 and needs --net field=true, got "
+                         f"{cfg.lambda_field} on a network "
+                         f"{'with' if model.field is not None else 'without'} a light field")
     in_block = [bool(cfg.block_lr) and n.split(".")[0] in ZERO_STARTED for n, _ in trainable]
     groups = [{"params": [p for (_, p), b in zip(trainable, in_block, strict=True) if not b]}]
     if any(in_block):
@@ -623,6 +641,7 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     meta = {"modality": cfg.modality, "provenance": provenance,
             "training": {"size": cfg.size, "load_size": cfg.load_size, "batch": cfg.batch,
                          "lr": cfg.lr, "lambda_s": cfg.lambda_s, "lambda_ssim": cfg.lambda_ssim,
+                         "lambda_field": cfg.lambda_field,
                          "init": cfg.init, "color_aug": cfg.color_aug,
                          "gamma_aug": cfg.gamma_aug, "clean_prob": cfg.clean_prob,
                          "ema": cfg.ema, "target": cfg.target, "val_data": cfg.val_data}}
@@ -649,7 +668,8 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     with open(log, "a") as logf:
         for step in range(start + 1, cfg.steps + 1):
             batch = make_batch(train, cfg, g, device)
-            loss, parts = source_loss(model, batch, cfg.lambda_s, cfg.lambda_ssim)
+            loss, parts = source_loss(model, batch, cfg.lambda_s, cfg.lambda_ssim,
+                                      cfg.lambda_field)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
