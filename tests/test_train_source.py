@@ -236,6 +236,10 @@ def test_init_adds_context_or_a_field_and_ema_is_what_is_validated_and_saved(tmp
     assert moved["field.out.weight"].abs().max() > 1e-3
     with pytest.raises(InputError, match="--block-lr"):
         train_source(_cfg(data, block_lr=-1.0))
+    with pytest.raises(InputError, match="--block-lr .* has none"):
+        train_source(_cfg(data, block_lr=1e-3))
+    with pytest.raises(InputError, match="--lambda-field .* without a light field"):
+        train_source(_cfg(data, lambda_field=1.0))
     # but not the other way round
     with pytest.raises(CheckpointError, match="--init"):
         train_source(_cfg(data, out=str(tmp_path / "back.safetensors"), steps=1, size=32,
@@ -443,3 +447,27 @@ def test_train_only_structure_keeps_the_image_output_and_chooses_by_dice(tmp_pat
     _, val = split(sets, cfg.holdout, cfg.seed)
     vs = validation_set(val, cfg, torch.device("cpu"))
     assert validate_structure(child, vs)["val_dice"] > 0.5 > validate_structure(parent, vs)["val_dice"]
+
+
+def test_lambda_field_teaches_the_field_a_veils_gain_and_offset():
+    """A veil that halves the contrast and adds light (``y = 0.5 x + 0.3``): the field's own
+    loss takes its output to the clean image; with the weight at 0 the term is absent."""
+    torch.manual_seed(0)
+    model = SAMENet(3, "lite", base=8, levels=3, field=True)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")
+    clean = torch.stack([0.5 + 0.3 * torch.sin(6 * xx + k) * torch.cos(5 * yy) for k in range(3)])
+    clean = clean.unsqueeze(0).repeat(2, 1, 1, 1)
+    batch = {"clean": clean, "degraded": 0.5 * clean + 0.3, "mask": torch.zeros(2, 1, 32, 32),
+             "has_mask": torch.zeros(2)}
+    assert "field_l1" not in source_loss(model, batch, 0.1)[1]
+    start = source_loss(model, batch, 0.1, lambda_field=1.0)[1]["field_l1"]
+    opt = torch.optim.Adam(model.field.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss, parts = source_loss(model, batch, 0.1, lambda_field=1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert parts["field_l1"] < 0.2 * start
+    with torch.no_grad():
+        g, o = model.field.fields(batch["degraded"] * 2 - 1)
+    assert abs(float(g.exp().mean()) - 2.0) < 0.3 and abs(float(o.mean()) - 0.3) < 0.1
