@@ -21,8 +21,13 @@ ranges scale with the image, as ``synth`` does. The FOV is the set's mask where 
 (DRIVE), else estimated by thresholding (``train.source.estimate_fov``), and the enhancer gets it
 as a user's ``--mask`` would give it. Arms are ``LABEL=MODEL`` (a shipped name or a checkpoint);
 ``LABEL=MODEL+input-tone`` also puts the input's per-channel mean and spread (inside the FOV)
-back on the output, a post-hoc do-no-harm variant. Each mean carries a bootstrap 95 % interval
-over images; the JSON records the git commit, the seeds and the command.
+back on the output, a post-hoc do-no-harm variant. ``oracle-field=oracle-field:CELL`` is an
+oracle arm (it reads the reference, so its label must begin with ``oracle``): the best smooth
+per-channel gain and offset, fitted by least squares per ``CELL``-pixel cell from the degraded
+input to the keep-colour ceiling (the clean image under ``identity``) and interpolated
+bilinearly, which bounds what a light-field block (``SAMENet(field=True)``) can reach on its
+own. Each mean carries a bootstrap 95 % interval over images; the JSON records the git commit,
+the seeds and the command.
 """
 from __future__ import annotations
 
@@ -114,6 +119,21 @@ def _input_tone(y: torch.Tensor, x: torch.Tensor, fov: torch.Tensor) -> torch.Te
     return (out.clamp(0, 1) * fov)
 
 
+def oracle_field(y: torch.Tensor, ref: torch.Tensor, fov: torch.Tensor, cell: int) -> torch.Tensor:
+    """The best per-cell affine map ``a y + b`` (least squares per channel over ``cell``-pixel
+    cells, bilinear between cell centres) from ``y`` toward ``ref``: an oracle, it reads ``ref``."""
+    def pool(t: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(t, cell, ceil_mode=True)
+
+    my, mr = pool(y), pool(ref)
+    a = (pool(y * ref) - my * mr) / (pool(y * y) - my * my + 1e-4)
+    b = mr - a * my
+    h, w = y.shape[-2:]
+    a, b = (F.interpolate(t, size=(t.shape[-2] * cell, t.shape[-1] * cell), mode="bilinear",
+                          align_corners=False)[..., :h, :w] for t in (a, b))
+    return (a * y + b).clamp(0, 1) * fov
+
+
 def _arms(specs: list[str]) -> list[tuple[str, Any, bool]]:
     from same_fast.models import load_model
 
@@ -122,6 +142,14 @@ def _arms(specs: list[str]) -> list[tuple[str, Any, bool]]:
         label, _, model = spec.partition("=")
         if not model:
             raise SystemExit(f"--arm expects LABEL=MODEL, got '{spec}'")
+        if model.startswith("oracle-field:"):
+            if not label.startswith("oracle"):
+                raise SystemExit(f"--arm {spec}: an oracle arm's label must begin with 'oracle'")
+            cell = model.partition(":")[2]
+            if not cell.isdigit() or int(cell) < 2:
+                raise SystemExit(f"--arm {spec}: oracle-field:CELL needs a cell of >= 2 pixels")
+            arms.append((label, int(cell), False))
+            continue
         tone = model.endswith("+input-tone")
         net, _meta = load_model(model.removesuffix("+input-tone"))
         arms.append((label, net, tone))
@@ -167,8 +195,12 @@ def score_camera(images: list[dict[str, Any]], arms: list[tuple[str, Any, bool]]
             # what an enhancer sees: the degraded image as an 8-bit file
             inp = torch.from_numpy(_u8(variants["degraded"])).movedim(-1, 0)[None].float() / 255
             for label, net, tone in arms:
-                with torch.no_grad():
-                    y = enhance(net, inp, fov)
+                if isinstance(net, int):  # the oracle field, toward the keep-colour reference
+                    ref = variants.get("ceiling_keep_colour", x)
+                    y = oracle_field(inp, ref, fov, net)
+                else:
+                    with torch.no_grad():
+                        y = enhance(net, inp, fov)
                 if tone:
                     y = _input_tone(y, inp, fov)
                 s = score_pair(_u8(y), gt, m, "paper")

@@ -107,3 +107,25 @@ def test_fundus_targets_reads_where_the_ceiling_itself_is_below_the_input(bench_
     assert res["cases"]["DRIVE-test/fundus-local"]["share_ceiling_below_input"] == 0.05
     assert "IDRiD-test/fundus-shen2020" in res["cases"]  # both stored runs are read
     assert (tmp_path / "t.json").is_file()
+
+
+def test_the_oracle_field_undoes_a_smooth_veil_and_is_labelled(bench_script):
+    """fundus_cross_camera's oracle arm: a smooth gain and offset (a veil) is undone by the
+    per-cell least-squares fit; a sharp local change (a vessel drawn in) is not; an oracle arm's
+    label must say it is one."""
+    import torch
+
+    mod = bench_script("fundus_cross_camera")
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 96), torch.linspace(0, 1, 128), indexing="ij")
+    x = torch.stack([0.4 + 0.2 * torch.sin(9 * xx + k) * torch.cos(7 * yy) for k in range(3)])[None]
+    fov = torch.ones(1, 1, 96, 128)
+    veil = 0.3 * xx  # light added toward the right, contrast taken with it
+    y = x * (1 - veil) + veil
+    fixed = mod.oracle_field(y, x, fov, 16)
+    assert (fixed - x).abs().mean() < 0.15 * (y - x).abs().mean()
+    line = x.clone()
+    line[..., 40:42, :] = 0.05
+    assert (mod.oracle_field(x, line, fov, 16) - line).abs().amax() > 0.1
+    with pytest.raises(SystemExit, match="oracle"):
+        mod._arms(["mine=oracle-field:16"])
+    assert mod._arms(["oracle16=oracle-field:16"]) == [("oracle16", 16, False)]
