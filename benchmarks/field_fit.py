@@ -4,7 +4,8 @@
         --val IDRiD-test [--steps 4000] [--size 256] [--max-images 80] [--json FILE]
 
 The light-field block alone (``SAMENet(field=True)``'s ``_Field``, no U-Net) is trained under
-direct supervision, as ``train-source --lambda-field`` teaches it: whole frames of the
+direct supervision (the loss ``train-source --lambda-field`` adds, here counted inside the FOV
+only, and nothing else): whole frames of the
 ``--train`` cameras at ``--size`` px, degraded as ``train-source``'s fundus recipe degrades them
 (``fundus-shen2020``, the tone target, palette and gamma augmentation, identity pairs), loss =
 L1 inside the FOV between the field's output and the target; Adam with a cosine rate, and the
