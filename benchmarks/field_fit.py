@@ -41,7 +41,7 @@ def _oracle_field() -> Any:
     return mod.oracle_field
 
 
-def _config(size: int, clean_prob: float) -> Any:
+def _config(size: int, clean_prob: float, shading_aug: float = 0.0) -> Any:
     import json
 
     from same_fast.train.source import SourceConfig
@@ -50,7 +50,8 @@ def _config(size: int, clean_prob: float) -> Any:
                          / "fundus-lite.recipe.json").read_text())
     return SourceConfig(data="", out="", size=size, load_size=size, zoom=(1.0, 1.0), batch=8,
                         target=recipe["target"], color_aug=recipe["color_aug"],
-                        gamma_aug=recipe["gamma_aug"], clean_prob=clean_prob)
+                        gamma_aug=recipe["gamma_aug"], clean_prob=clean_prob,
+                        shading_aug=shading_aug)
 
 
 def _field_l1(out01: torch.Tensor, ref: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--frames", type=int, default=64, help="scored frames per camera")
+    p.add_argument("--shading-aug", type=float, default=0.0,
+                   help="train-source's --shading-aug in training (scoring frames never have it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path)
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ema = copy.deepcopy(field)
     opt = torch.optim.Adam(field.parameters(), lr=a.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, a.steps)
-    cfg = _config(a.size, 0.2)
+    cfg = _config(a.size, 0.2, a.shading_aug)
     g = torch.Generator().manual_seed(a.seed)
     t0, curve, run = time.perf_counter(), [], 0.0
     for step in range(1, a.steps + 1):

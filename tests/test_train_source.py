@@ -183,6 +183,26 @@ def test_gamma_aug_and_identity_pairs(tmp_path):
                               atol=1e-3)
 
 
+def test_shading_aug_is_a_smooth_grey_shading_carried_by_input_and_target(tmp_path):
+    (tmp_path / "images").mkdir()
+    for i in range(2):  # flat grey frames: whatever varies in a batch is the shading
+        write_image(tmp_path / "images" / f"g{i}.png", np.full((64, 64, 3), 100, np.uint8))
+    train, _ = split(load_samples(str(tmp_path), 3, 64, "ultrasound"), 0.0, 0)
+    cfg = _cfg(tmp_path, size=64, load_size=64, zoom=(1.0, 1.0), clean_prob=1.0,
+               shading_aug=0.5, modality="ultrasound")
+    b = make_batch(train, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+    x = b["clean"]
+    assert torch.equal(b["degraded"], x)  # identity pairs: the shading is in both
+    assert torch.allclose(x[:, 0], x[:, 1]) and torch.allclose(x[:, 0], x[:, 2])  # grey
+    assert float(x.amax() / x.amin()) > 1.3  # it shades ...
+    step = (x[..., 1:, :] - x[..., :-1, :]).abs().amax()
+    assert float(step) < 0.05 * float(x.amax() - x.amin()) * 4  # ... smoothly
+    flat = make_batch(train, _cfg(tmp_path, size=64, load_size=64, zoom=(1.0, 1.0),
+                                  clean_prob=1.0, modality="ultrasound"),
+                      torch.Generator().manual_seed(0), torch.device("cpu"))["clean"]
+    assert float(flat.amax() - flat.amin()) < 1e-6
+
+
 def test_skimage_retina_set():
     sets = load_samples("skimage-retina", 3, 128, "fundus")
     assert [name for name, _ in sets] == ["skimage-retina"]

@@ -8,7 +8,8 @@ batch, degrades the whole frames on the device (so halo, hole and blur have the 
 image), then takes random crops zoomed by U(``zoom``) (default 1.1-1.35) to ``size`` with
 independent horizontal and vertical flips.
 
-Clean-image augmentation (off by default): per-channel gain (``color_aug``), gamma (``gamma_aug``);
+Clean-image augmentation (off by default): per-channel gain (``color_aug``), gamma (``gamma_aug``),
+a smooth grey shading (``shading_aug``);
 ``clean_prob`` leaves a sample undegraded so that the pair is an identity.
 Loss: L1(image, clean) + ``lambda_s`` x (BCE + Dice)(structure logits, mask); Adam.
 A held-out split (``holdout`` fraction per set, chosen by name with the seed) is degraded once
@@ -85,6 +86,8 @@ class SourceConfig:
     init: str | None = None        # start from this checkpoint's weights (fine-tuning)
     color_aug: float = 0.0         # per-channel gain exp(U(-a, a)) on the clean image (0: off)
     gamma_aug: float = 0.0         # per-image gamma exp(U(-a, a)) on the clean image (0: off)
+    shading_aug: float = 0.0       # smooth shading exp(a N(0, 1)) on a 4x4 grid, bilinear, on the
+    #                                clean image (a camera's own falloff, not a degradation: 0 off)
     clean_prob: float = 0.0        # probability that a sample is left undegraded (identity pair)
     target: str = "clean"          # clean: undo everything; tone: keep the input's global colour
     #                                (the clean image through the degradation's global colour
@@ -302,6 +305,14 @@ def make_batch(train: list[Sample], cfg: SourceConfig, g: torch.Generator, devic
         a = cfg.gamma_aug
         gamma = torch.exp((torch.rand(cfg.batch, 1, 1, 1, generator=g) * 2 - 1) * a)
         x = x.clamp_min(0).pow(gamma.to(device))
+    if cfg.shading_aug > 0:
+        # a camera's own smooth shading (light falloff toward the rim, a brighter side) is part
+        # of the clean photograph: input and target both carry it, so the network learns that
+        # shading alone is no degradation (a veil also takes contrast, shading keeps it)
+        grid = torch.randn(cfg.batch, 1, 4, 4, generator=g) * cfg.shading_aug
+        shade = F.interpolate(grid.to(device), size=x.shape[-2:], mode="bilinear",
+                              align_corners=True)
+        x = (x * torch.exp(shade)).clamp(0, 1)
     x = x * fov
     y, tone = degrade_with_tone(x, cfg.degrade or MODALITIES[cfg.modality][1], g, fov)
     if cfg.target == "tone":
@@ -643,7 +654,8 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
                          "lr": cfg.lr, "lambda_s": cfg.lambda_s, "lambda_ssim": cfg.lambda_ssim,
                          "lambda_field": cfg.lambda_field,
                          "init": cfg.init, "color_aug": cfg.color_aug,
-                         "gamma_aug": cfg.gamma_aug, "clean_prob": cfg.clean_prob,
+                         "gamma_aug": cfg.gamma_aug, "shading_aug": cfg.shading_aug,
+                         "clean_prob": cfg.clean_prob,
                          "ema": cfg.ema, "target": cfg.target, "val_data": cfg.val_data}}
     vs = validation_set(val, cfg, device)
     g = torch.Generator().manual_seed(cfg.seed + start)  # resumed runs continue a fresh stream
