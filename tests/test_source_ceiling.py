@@ -129,3 +129,21 @@ def test_the_oracle_field_undoes_a_smooth_veil_and_is_labelled(bench_script):
     with pytest.raises(SystemExit, match="oracle"):
         mod._arms(["mine=oracle-field:16"])
     assert mod._arms(["oracle16=oracle-field:16"]) == [("oracle16", 16, False)]
+
+
+def test_field_fit_scores_the_learned_field_beside_identity_and_the_oracle(bench_script, tmp_path):
+    """benchmarks/field_fit.py end to end on scikit-image's retina (no data folder needed): the
+    JSON carries provenance and, per camera, the three errors; the oracle removes most of it."""
+    import json
+
+    out = tmp_path / "fit.json"
+    bench_script("field_fit").main(["--train", "skimage-retina", "--val", "skimage-retina",
+                                    "--steps", "10", "--size", "128", "--frames", "8",
+                                    "--width", "8", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert res["provenance"]["seeds"] == {"training": 0, "scoring": 1000, "bootstrap": 1000}
+    assert [c["step"] for c in res["curve"]] == [10]
+    cam = res["cameras"]["skimage-retina"]
+    assert cam["n"] == 8 and cam["identity"]["mean"] > 0
+    assert cam["oracle"]["mean"] < 0.5 * cam["identity"]["mean"]
+    assert 0.0 <= cam["share_of_frames_worse"] <= 1.0 and cam["clean_change"]["mean"] >= 0
