@@ -367,7 +367,12 @@ def source_loss(model: SAMENet, batch: dict[str, torch.Tensor], lambda_s: float,
     passed back through the U-Net, does not teach it)."""
     x = batch["degraded"] * 2 - 1
     target = batch["clean"] * 2 - 1
+    lit: list[torch.Tensor] = []  # the light field's output, as the U-Net received it
+    hook = (model.field.register_forward_hook(lambda _m, _i, out: lit.append(out))
+            if lambda_field > 0 and model.field is not None else None)
     image, logits = model(x)
+    if hook is not None:
+        hook.remove()
     l1 = (image - target).abs().mean()
     w = batch["has_mask"]
     bce = F.binary_cross_entropy_with_logits(logits, batch["mask"], reduction="none")
@@ -381,8 +386,8 @@ def source_loss(model: SAMENet, batch: dict[str, torch.Tensor], lambda_s: float,
         s_loss = ssim_loss((image + 1) * 0.5, batch["clean"], 1.0)
         loss = loss + lambda_ssim * s_loss
         parts.update(loss=loss, ssim_loss=s_loss)
-    if lambda_field > 0 and model.field is not None:
-        f_loss = (model.field(x) - target).abs().mean()
+    if lit:
+        f_loss = (lit[0] - target).abs().mean()
         loss = loss + lambda_field * f_loss
         parts.update(loss=loss, field_l1=f_loss)
     return loss, {k: float(v.detach()) for k, v in parts.items()}
@@ -590,14 +595,15 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     if cfg.block_lr < 0:
         raise InputError(f"--block-lr must be >= 0, got {cfg.block_lr}")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if cfg.block_lr and not any(n.split(".")[0] in ZERO_STARTED for n, _ in trainable):
+    is_block = [n.split(".")[0] in ZERO_STARTED for n, _ in trainable]
+    if cfg.block_lr and not any(is_block):
         raise InputError("--block-lr sets the rate of a zero-started block, and this network "
                          "has none (add --net context=true or --net field=true)")
     if cfg.lambda_field < 0 or (cfg.lambda_field and model.field is None):
         raise InputError(f"--lambda-field must be >= 0 and needs --net field=true, got "
                          f"{cfg.lambda_field} on a network "
                          f"{'with' if model.field is not None else 'without'} a light field")
-    in_block = [bool(cfg.block_lr) and n.split(".")[0] in ZERO_STARTED for n, _ in trainable]
+    in_block = [bool(cfg.block_lr) and b for b in is_block]
     groups = [{"params": [p for (_, p), b in zip(trainable, in_block, strict=True) if not b]}]
     if any(in_block):
         groups.append({"params": [p for (_, p), b in zip(trainable, in_block, strict=True) if b],
