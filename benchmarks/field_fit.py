@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def _oracle_field() -> Any:
@@ -59,6 +60,17 @@ def _field_l1(out01: torch.Tensor, ref: torch.Tensor, fov: torch.Tensor) -> torc
     return ((out01 - ref).abs() * fov).sum((1, 2, 3)) / (fov.sum((1, 2, 3)) * ref.shape[1])
 
 
+def regions(fov: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(interior, rim)`` masks of the FOV: interior pixels lie in a ``factor``-px cell that,
+    with its eight neighbours, is wholly inside the FOV (a field read there never sees the
+    black outside); the rim is the rest of the FOV."""
+    outside = 1.0 - F.avg_pool2d(fov, factor, ceil_mode=True).eq(1.0).float()
+    near = F.max_pool2d(outside, 3, 1, 1)
+    h, w = fov.shape[-2:]
+    interior = (1.0 - F.interpolate(near, scale_factor=factor, mode="nearest")[..., :h, :w]) * fov
+    return interior, fov - interior
+
+
 def score(field: torch.nn.Module, samples: list, size: int, frames: int, seed: int,
           factor: int, oracle: Any) -> dict[str, Any]:
     from same_fast.eval import bootstrap_ci
@@ -70,13 +82,20 @@ def score(field: torch.nn.Module, samples: list, size: int, frames: int, seed: i
 
     g = torch.Generator().manual_seed(seed)
     cols: dict[str, list[float]] = {"identity": [], "field": [], "oracle": [], "clean_change": []}
+    # pixel sums per region, so the interior/rim split is an error per pixel of that region
+    parts = {f"{r}_{k}": 0.0 for r in ("interior", "rim")
+             for k in ("pixels", "identity", "field", "oracle")}
     cfg = _config(size, 0.0)
     for _ in range(max(1, frames // cfg.batch)):
         b = make_batch(samples, cfg, g, torch.device("cpu"))
         y, ref, fov = b["degraded"], b["clean"], b["fov"]
-        cols["identity"] += _field_l1(y, ref, fov).tolist()
-        cols["field"] += _field_l1(run(field, y, fov), ref, fov).tolist()
-        cols["oracle"] += _field_l1(oracle(y, ref, fov, factor), ref, fov).tolist()
+        outs = {"identity": y, "field": run(field, y, fov), "oracle": oracle(y, ref, fov, factor)}
+        for k, o in outs.items():
+            cols[k] += _field_l1(o, ref, fov).tolist()
+        for name, m in zip(("interior", "rim"), regions(fov, factor), strict=True):
+            parts[f"{name}_pixels"] += float(m.sum()) * ref.shape[1]
+            for k, o in outs.items():
+                parts[f"{name}_{k}"] += float(((o - ref).abs() * m).sum())
         cols["clean_change"] += _field_l1(run(field, ref, fov), ref, fov).tolist()
     out = {k: bootstrap_ci(np.array(v), seed=seed) for k, v in cols.items()}
     ident, fld, orc = (np.array(cols[k]) for k in ("identity", "field", "oracle"))
@@ -84,6 +103,11 @@ def score(field: torch.nn.Module, samples: list, size: int, frames: int, seed: i
     out["oracle_share_of_error_removed"] = float(1 - orc.mean() / ident.mean())
     out["share_of_frames_worse"] = float(np.mean(fld > ident))
     out["n"] = len(ident)
+    for name in ("interior", "rim"):
+        px = max(parts[f"{name}_pixels"], 1.0)
+        out[name] = {"share_of_fov": parts[f"{name}_pixels"]
+                     / max(parts["interior_pixels"] + parts["rim_pixels"], 1.0)}
+        out[name] |= {k: parts[f"{name}_{k}"] / px for k in ("identity", "field", "oracle")}
     return out
 
 
@@ -105,13 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=64, help="scored frames per camera")
     p.add_argument("--shading-aug", type=float, default=0.0,
                    help="train-source's --shading-aug in training (scoring frames never have it)")
+    p.add_argument("--frame", default="crop", choices=["crop", "pad"],
+                   help="train-source's --frame for the training frames (scored frames are "
+                        "always centre squares, so that runs compare on the same frames)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path)
+    p.add_argument("--save", type=Path, help="also write the scored (EMA) field's weights here")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    train = [s for _, grp in load_samples(a.train, 3, a.size, "fundus", a.max_images) for s in grp]
+    train = [s for _, grp in load_samples(a.train, 3, a.size, "fundus", a.max_images, a.frame)
+             for s in grp]
     field = _Field(3, width=a.width, factor=a.factor)
     ema = copy.deepcopy(field)
     opt = torch.optim.Adam(field.parameters(), lr=a.lr)
@@ -152,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
               f"(oracle {r['oracle_share_of_error_removed']:.0%}), worse "
               f"{r['share_of_frames_worse']:.0%}, clean change {r['clean_change']['mean']:.4f}",
               flush=True)
+        print(f"{'':12s} interior ({r['interior']['share_of_fov']:.0%} of the FOV): identity "
+              f"{r['interior']['identity']:.4f} field {r['interior']['field']:.4f} oracle "
+              f"{r['interior']['oracle']:.4f};  rim: identity {r['rim']['identity']:.4f} field "
+              f"{r['rim']['field']:.4f} oracle {r['rim']['oracle']:.4f}", flush=True)
+    if a.save:
+        torch.save({"state_dict": ema.state_dict(), "settings": vars(a) | {"json": str(a.json),
+                    "save": str(a.save)}}, a.save)
     write_json(a.json, res)
     return 0
 

@@ -3,6 +3,7 @@ they say (only blur left: images of a blur-free type score perfectly)."""
 
 import numpy as np
 import pytest
+import torch
 
 from same_fast.commands.synth import SynthConfig, synth
 from same_fast.eval.protocol import score_pair
@@ -139,7 +140,8 @@ def test_field_fit_scores_the_learned_field_beside_identity_and_the_oracle(bench
     out = tmp_path / "fit.json"
     bench_script("field_fit").main(["--train", "skimage-retina", "--val", "skimage-retina",
                                     "--steps", "10", "--size", "128", "--frames", "8",
-                                    "--width", "8", "--json", str(out)])
+                                    "--width", "8", "--frame", "pad", "--json", str(out),
+                                    "--save", str(tmp_path / "field.pt")])
     res = json.loads(out.read_text())
     assert res["provenance"]["seeds"] == {"training": 0, "scoring": 1000, "bootstrap": 1000}
     assert [c["step"] for c in res["curve"]] == [10]
@@ -147,3 +149,14 @@ def test_field_fit_scores_the_learned_field_beside_identity_and_the_oracle(bench
     assert cam["n"] == 8 and cam["identity"]["mean"] > 0
     assert cam["oracle"]["mean"] < 0.5 * cam["identity"]["mean"]
     assert 0.0 <= cam["share_of_frames_worse"] <= 1.0 and cam["clean_change"]["mean"] >= 0
+    # the error split by region: cells wholly inside the FOV, and the rim (the photograph is a
+    # disc on black, so both are there), their shares of the FOV summing to one
+    assert 0.2 < cam["interior"]["share_of_fov"] < 0.95
+    assert abs(cam["interior"]["share_of_fov"] + cam["rim"]["share_of_fov"] - 1) < 1e-9
+    for region in ("interior", "rim"):
+        assert cam[region]["identity"] > 0 and cam[region]["oracle"] < cam[region]["identity"]
+    assert res["settings"]["frame"] == "pad"
+    from same_fast.nn.samenet import _Field
+
+    saved = torch.load(tmp_path / "field.pt")
+    _Field(3, width=8).load_state_dict(saved["state_dict"])

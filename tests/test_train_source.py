@@ -482,7 +482,7 @@ def test_lambda_field_teaches_the_field_a_veils_gain_and_offset():
     assert "field_l1" not in source_loss(model, batch, 0.1)[1]
     start = source_loss(model, batch, 0.1, lambda_field=1.0)[1]["field_l1"]
     opt = torch.optim.Adam(model.field.parameters(), lr=1e-2)
-    for _ in range(150):
+    for _ in range(300):
         loss, parts = source_loss(model, batch, 0.1, lambda_field=1.0)
         opt.zero_grad()
         loss.backward()
@@ -491,3 +491,35 @@ def test_lambda_field_teaches_the_field_a_veils_gain_and_offset():
     with torch.no_grad():
         g, o = model.field.fields(batch["degraded"] * 2 - 1)
     assert abs(float(g.exp().mean()) - 2.0) < 0.3 and abs(float(o.mean()) - 0.3) < 0.1
+
+
+def test_frame_pad_keeps_the_whole_photograph_with_its_rim(tmp_path):
+    """``frame="pad"``: a wide photograph lands whole on a black square, its FOV and masks with
+    it (a camera's rim is in training), where ``crop`` keeps the centre square; train-source
+    records the choice; an unknown frame is a one-line error."""
+    for d in ("images", "fov", "masks"):
+        (tmp_path / d).mkdir()
+    img = np.full((40, 80, 3), 200, np.uint8)
+    img[:, :20] = 50  # the left quarter differs: crop drops it, pad keeps it
+    mask = np.zeros((40, 80), np.uint8)
+    mask[:, 60:] = 255
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / "images" / name, img)
+        write_image(tmp_path / "fov" / name, np.full((40, 80), 255, np.uint8))
+        write_image(tmp_path / "masks" / name, mask)
+    (_, [crop, _]), = load_samples(str(tmp_path), 3, 40, "fundus", frame="crop")
+    (_, [pad, _]), = load_samples(str(tmp_path), 3, 40, "fundus", frame="pad")
+    assert crop.image.shape == pad.image.shape == (3, 40, 40)
+    assert (crop.image == 200).all() and crop.fov.all()
+    # 80 wide -> 40: the photograph fills rows 10..29, black above and below, outside the FOV
+    assert (pad.image[:, :10] == 0).all() and (pad.image[:, 30:] == 0).all()
+    assert (pad.image[:, 10:30, :10] == 50).all() and (pad.image[:, 10:30, 10:] == 200).all()
+    assert pad.fov[0, 10:30].all() and not pad.fov[0, :10].any() and not pad.fov[0, 30:].any()
+    assert pad.mask[0, 10:30, 30:].all() and not pad.mask[0, :, :30].any()
+    with pytest.raises(InputError, match="frame 'fit'"):
+        load_samples(str(tmp_path), 3, 40, "fundus", frame="fit")
+    out = tmp_path / "out" / "m.safetensors"
+    train_source(_cfg(tmp_path, steps=1, size=32, load_size=40, frame="pad", val_every=1))
+    recipe = json.loads((tmp_path / "out" / "m.recipe.json").read_text())
+    assert recipe["frame"] == "pad"
+    assert load_model(out)[1]["training"]["frame"] == "pad"

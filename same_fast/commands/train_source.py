@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=d.size, help="training crop side (pixels)")
     p.add_argument("--load-size", type=int, default=d.load_size,
                    help="side of the full frames the crops come from (pixels)")
+    p.add_argument("--frame", default=d.frame, choices=["crop", "pad"],
+                   help="crop: train on each photograph's centre square; pad: on the whole "
+                        "photograph on a black square (its field-of-view rim included)")
     p.add_argument("--zoom", type=float, nargs=2, default=d.zoom, metavar=("LOW", "HIGH"),
                    help="crops are zoomed by U(LOW, HIGH) (1 1: pixels kept at their scale)")
     p.add_argument("--lr", type=float, default=d.lr)

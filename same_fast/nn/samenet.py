@@ -104,14 +104,23 @@ class _Field(nn.Module):
     adding the block to a trained network leaves its output unchanged until it learns; it reads
     no global statistic (no pooling over the frame), so it answers the local shape of the light
     rather than the photograph's overall tone.
+
+    The field of view: a fundus photograph is a lit disc on black, and cells on its rim would
+    mix the black outside into their mean and spread (and a bilinear field would carry what the
+    block predicts there into the disc). The block reads the FOV off the input (pixels whose
+    brightest channel is above ``fov_threshold``), takes each cell's mean and spread over its
+    lit pixels only, is told each cell's lit share, and up-samples its fields weighted by that
+    share, so a pixel's field comes from the lit cells around it. A frame lit everywhere (OCT,
+    ultrasound, a crop inside the disc) reads as before.
     """
 
     def __init__(self, channels: int, width: int = 32, factor: int = 16,
-                 max_log_gain: float = 2.5) -> None:
+                 max_log_gain: float = 2.5, fov_threshold: float = 0.04) -> None:
         super().__init__()
         self.factor = factor
         self.max_log_gain = max_log_gain
-        layers: list[nn.Module] = [nn.Conv2d(2 * channels, width, 3, 1, 1), nn.LeakyReLU(0.2)]
+        self.fov_threshold = fov_threshold
+        layers: list[nn.Module] = [nn.Conv2d(2 * channels + 1, width, 3, 1, 1), nn.LeakyReLU(0.2)]
         for dilation in (2, 4, 8, 1):
             layers += [nn.Conv2d(width, width, 3, 1, dilation, dilation=dilation),
                        nn.LeakyReLU(0.2)]
@@ -120,14 +129,26 @@ class _Field(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    def lit(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, H, W)``: 1 where ``x`` (in [-1, 1]) is inside the lit field of view."""
+        return ((x.amax(1, keepdim=True) + 1.0) * 0.5 > self.fov_threshold).to(x.dtype)
+
     def fields(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log_gain, offset)``, each ``(N, C, H, W)``, for ``x`` in [-1, 1]."""
         c = x.shape[1]
-        mean = F.avg_pool2d(x, self.factor)
-        spread = torch.sqrt((F.avg_pool2d(x * x, self.factor) - mean * mean).clamp_min(1e-6))
-        g, o = self.out(self.body(torch.cat([mean, spread], 1))).split(c, 1)
+        w = self.lit(x)
+        share = F.avg_pool2d(w, self.factor)
+        den = share.clamp_min(1e-3)
+        mean = F.avg_pool2d(x * w, self.factor) / den
+        spread = torch.sqrt((F.avg_pool2d(x * x * w, self.factor) / den - mean * mean)
+                            .clamp_min(1e-6))
+        g, o = self.out(self.body(torch.cat([mean, spread, share], 1))).split(c, 1)
         fields = torch.cat([self.max_log_gain * torch.tanh(g), torch.tanh(o)], 1)
-        fields = F.interpolate(fields, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        size = x.shape[-2:]
+        up = F.interpolate(torch.cat([fields * share, share], 1), size=size, mode="bilinear",
+                           align_corners=False)
+        # a pixel with no lit cell around it (far outside the disc) gets gain 1 and offset 0
+        fields = up[:, :-1] / up[:, -1:].clamp_min(1e-3)
         g, o = fields.split(c, 1)
         return g, o
 

@@ -3,7 +3,9 @@
 Data: a folder with ``images/`` and optional ``masks/`` (structure) and ``fov/``, or names from
 ``same_fast.data.DATASETS`` joined by commas (``HRF,FIVES``), or ``skimage-retina`` (scikit-image's
 CC0 retina photograph, shipped in its wheel; never held out, as a set of one image). Images are
-loaded once, square-cropped and resized so that their side is ``load_size``; each step takes a
+loaded once, square-cropped (``frame="crop"``, the centre square) or padded to a square with black
+(``frame="pad"``: the whole field of view with its rim, as the camera framed it) and resized so
+that their side is ``load_size``; each step takes a
 batch, degrades the whole frames on the device (so halo, hole and blur have the scale of the full
 image), then takes random crops zoomed by U(``zoom``) (default 1.1-1.35) to ``size`` with
 independent horizontal and vertical flips.
@@ -72,6 +74,8 @@ class SourceConfig:
     batch: int = 4
     size: int = 256                # training crop (pixels)
     load_size: int = 512           # side of the full frames before zoom and crop
+    frame: str = "crop"            # crop: the centre square of each photograph; pad: the whole
+    #                                photograph on a black square (its FOV rim included)
     zoom: tuple[float, float] = (1.1, 1.35)  # crop zoom range; (1, 1) keeps the pixels as
     #                                loaded (speckle at its own scale: OCT, whose clean
     #                                reference keeps its speckle)
@@ -123,11 +127,20 @@ class Sample:
     fov: torch.Tensor | None       # (1, S, S) bool field of view
 
 
-def _square(t: torch.Tensor, side: int, mode: str) -> torch.Tensor:
-    """Centre square crop of ``(C, H, W)`` then resize to ``side`` (area for images)."""
+FRAMES = ("crop", "pad")
+
+
+def _square(t: torch.Tensor, side: int, mode: str, frame: str = "crop") -> torch.Tensor:
+    """Centre square crop (``frame="crop"``) or centred zero padding to a square
+    (``frame="pad"``) of ``(C, H, W)``, then resize to ``side`` (area for images)."""
     h, w = t.shape[-2:]
-    s = min(h, w)
-    t = t[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s].float()
+    if frame == "pad":
+        s = max(h, w)
+        top, left = (s - h) // 2, (s - w) // 2
+        t = F.pad(t.float(), (left, s - w - left, top, s - h - top))
+    else:
+        s = min(h, w)
+        t = t[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s].float()
     if mode == "nearest":
         return F.interpolate(t[None], size=(side, side), mode="nearest")[0]
     return F.interpolate(t[None], size=(side, side), mode="area" if s > side else "bilinear")[0]
@@ -221,9 +234,12 @@ def sample_name(set_name: str, path: Path) -> str:
             else f"{set_name}/{path.name}")
 
 
-def load_samples(spec: str, channels: int, load_size: int, modality: str, max_images: int = 0
-                 ) -> list[tuple[str, list[Sample]]]:
-    """Load every set of ``spec`` into memory at ``load_size``; returns [(set, samples)]."""
+def load_samples(spec: str, channels: int, load_size: int, modality: str, max_images: int = 0,
+                 frame: str = "crop") -> list[tuple[str, list[Sample]]]:
+    """Load every set of ``spec`` into memory at ``load_size`` (``frame``: see ``_square``);
+    returns [(set, samples)]."""
+    if frame not in FRAMES:
+        raise InputError(f"frame '{frame}': expected one of {', '.join(FRAMES)}")
     sets: dict[str, list[Sample]] = {}
     for set_name, _root, files, masks_dir, fov_dir in data_folders(spec):
         chosen = files[:max_images] if max_images else files
@@ -235,16 +251,16 @@ def load_samples(spec: str, channels: int, load_size: int, modality: str, max_im
                 t = t.mean(0, keepdim=True)  # grey content stored as RGB (BUSI, CCAUS)
             elif channels == 3 and t.shape[0] == 1:
                 t = t.expand(3, -1, -1)
-            img = _square(t, load_size, "area")
+            img = _square(t, load_size, "area", frame)
             mask = None
             m = structure_mask(masks_dir, f.stem, arr.shape[:2])
             if m is not None:
-                mask = _square(torch.from_numpy(m)[None], load_size, "nearest") > 0.5
+                mask = _square(torch.from_numpy(m)[None], load_size, "nearest", frame) > 0.5
             fov = None
             ffiles = _partner(fov_dir, f.stem)
             if ffiles:
                 fm = torch.from_numpy(load_mask(ffiles[0]))[None]
-                fov = _square(fm, load_size, "nearest") > 0.5
+                fov = _square(fm, load_size, "nearest", frame) > 0.5
             elif modality == "fundus":
                 fov = estimate_fov(img)
             sets.setdefault(set_name, []).append(Sample(
@@ -572,13 +588,14 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     channels = MODALITIES[cfg.modality][0]
-    sets = load_samples(cfg.data, channels, cfg.load_size, cfg.modality, cfg.max_images)
+    sets = load_samples(cfg.data, channels, cfg.load_size, cfg.modality, cfg.max_images,
+                        cfg.frame)
     train, val = split(sets, cfg.holdout, _split_seed(cfg))
     if cfg.val_data:
         # Selection on a camera the model does not train on: the held-out split (if any) stays
         # out of training, and the validation frames come from ``val_data``.
         val = [s for _name, group in load_samples(cfg.val_data, channels, cfg.load_size,
-                                                  cfg.modality) for s in group]
+                                                  cfg.modality, frame=cfg.frame) for s in group]
     out = Path(cfg.out)
     last = _last_path(out)
     model = SAMENet(channels, cfg.preset, **cfg.net).to(device)
@@ -656,7 +673,8 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
         provenance["resumed"] = [*before.get("resumed", []),
                                  {"step": start, "command": before.get("command")}]
     meta = {"modality": cfg.modality, "provenance": provenance,
-            "training": {"size": cfg.size, "load_size": cfg.load_size, "batch": cfg.batch,
+            "training": {"size": cfg.size, "load_size": cfg.load_size, "frame": cfg.frame,
+                         "batch": cfg.batch,
                          "lr": cfg.lr, "lambda_s": cfg.lambda_s, "lambda_ssim": cfg.lambda_ssim,
                          "lambda_field": cfg.lambda_field,
                          "init": cfg.init, "color_aug": cfg.color_aug,
