@@ -42,7 +42,8 @@ def _oracle_field() -> Any:
     return mod.oracle_field
 
 
-def _config(size: int, clean_prob: float, shading_aug: float = 0.0) -> Any:
+def _config(size: int, clean_prob: float, shading_aug: float = 0.0, contrast_aug: float = 0.0
+            ) -> Any:
     import json
 
     from same_fast.train.source import SourceConfig
@@ -52,7 +53,7 @@ def _config(size: int, clean_prob: float, shading_aug: float = 0.0) -> Any:
     return SourceConfig(data="", out="", size=size, load_size=size, zoom=(1.0, 1.0), batch=8,
                         target=recipe["target"], color_aug=recipe["color_aug"],
                         gamma_aug=recipe["gamma_aug"], clean_prob=clean_prob,
-                        shading_aug=shading_aug)
+                        shading_aug=shading_aug, contrast_aug=contrast_aug)
 
 
 def _field_l1(out01: torch.Tensor, ref: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
@@ -129,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=64, help="scored frames per camera")
     p.add_argument("--shading-aug", type=float, default=0.0,
                    help="train-source's --shading-aug in training (scoring frames never have it)")
+    p.add_argument("--contrast-aug", type=float, default=0.0,
+                   help="train-source's --contrast-aug in training (scoring frames never have it)")
     p.add_argument("--frame", default="crop", choices=["crop", "pad"],
                    help="train-source's --frame for the training frames (scored frames are "
                         "always centre squares, so that runs compare on the same frames)")
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ema = copy.deepcopy(field)
     opt = torch.optim.Adam(field.parameters(), lr=a.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, a.steps)
-    cfg = _config(a.size, 0.2, a.shading_aug)
+    cfg = _config(a.size, 0.2, a.shading_aug, a.contrast_aug)
     g = torch.Generator().manual_seed(a.seed)
     t0, curve, run = time.perf_counter(), [], 0.0
     for step in range(1, a.steps + 1):

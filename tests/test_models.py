@@ -163,37 +163,46 @@ def test_light_field_round_trips_starts_as_identity_and_applies_a_smooth_gain(tm
     assert old.field is None and old.config["field"] is False
 
 
-def test_light_field_reads_the_lit_disc_only_and_leaves_the_black_outside_alone():
+def test_light_field_reads_the_lit_disc_only_relative_to_its_level():
     """A fundus photograph is a lit disc on black. The light field takes each rim cell's mean
-    and spread over its lit pixels (the black outside does not dilute them), tells its body the
-    lit share of each cell, and gives pixels with no lit cell near them gain 1 and offset 0."""
+    and spread over its lit pixels (the black outside does not dilute them), relative to the
+    frame's own level per channel, tells its body the lit share of each cell, and gives pixels
+    with no lit cell near them gain 1 and offset 0. Reading relative to the level makes it
+    equivariant to a per-channel gain: field(k x) = k field(x), so it cannot carry a camera's
+    brightness or palette."""
     from same_fast.nn.samenet import _Field
 
     torch.manual_seed(0)
     f = _Field(3, width=8, factor=16).eval()
     yy, xx = torch.meshgrid(torch.arange(160.0), torch.arange(160.0), indexing="ij")
     disc = (((yy - 79.5) ** 2 + (xx - 79.5) ** 2) < 56.0 ** 2).float()[None, None]
-    x = (0.2 + 0.1 * torch.rand(1, 3, 160, 160)) * disc * 2 - 1  # in [-1, 1], black outside
+    x01 = (0.2 + 0.1 * torch.rand(1, 3, 160, 160)) * disc  # level 0.25, black outside
     seen = {}
     f.body[0].register_forward_hook(lambda _m, i, _o: seen.update(inp=i[0]))
     with torch.no_grad():
         f.out.weight.normal_(0, 0.3)
         f.out.bias.normal_(0, 0.3)
-        g, o = f.fields(x)
+        g, o = f.fields(x01 * 2 - 1)
     mean, spread, share = seen["inp"][:, :3], seen["inp"][:, 3:6], seen["inp"][:, 6:]
     want_share = torch.nn.functional.avg_pool2d(disc, 16)
     assert torch.allclose(share, want_share)
     rim = (want_share > 0.05) & (want_share < 0.95)
     assert rim.sum() >= 8
-    # the lit pixels have a mean of 0.25 in [0, 1] (-0.5 in [-1, 1]) and a spread of ~0.06 in
-    # [-1, 1]; a rim cell reads that, not a mix with the black outside
-    assert (mean[rim.expand_as(mean)] - (-0.5)).abs().max() < 0.03
-    assert (spread[rim.expand_as(spread)] - 0.0577).abs().max() < 0.02
+    # lit pixels: mean 0.25 (1 in units of the level), spread 0.1 / sqrt(12) (0.115 in those
+    # units); a rim cell reads that, not a mix with the black outside
+    assert (mean[rim.expand_as(mean)] - 1.0).abs().max() < 0.06
+    assert (spread[rim.expand_as(spread)] - 0.1155).abs().max() < 0.04
     assert (mean[(want_share == 0).expand_as(mean)] == 0).all()
     # a corner far from the disc (no lit cell within reach of the bilinear up-sampling) is left
     # as it is, while the disc gets the field the block predicts
     assert g[..., :8, :8].abs().max() == 0 and o[..., :8, :8].abs().max() == 0
     assert g[..., 72:88, 72:88].abs().min() > 0
+    k = torch.tensor([0.6, 1.3, 0.9]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        a = (f(x01 * 2 - 1) + 1) / 2
+        b = (f(x01 * k * 2 - 1) + 1) / 2
+    assert a.sub(x01).abs().max() > 0.05  # it acts
+    assert (a.clamp(0, 1) * k - b).abs()[(a * k < 0.99).expand_as(b)].max() < 1e-4
 
 
 def _cli_scores(tmp_path, name, *args):

@@ -356,9 +356,10 @@ def test_val_data_chooses_on_another_set_and_recipe_round_trips(tmp_path):
     out2 = tmp_path / "again.safetensors"
     recipe_file = tmp_path / "a" / "out" / "m.recipe.json"
     assert main(["train-source", "--config", str(recipe_file), "-o", str(out2), "--steps", "2",
-                 "--no-progress"]) == 0
+                 "--no-progress", "--contrast-aug", "0.3", "--frame", "pad"]) == 0
     _, meta2 = load_model(out2)
     assert meta2["training"]["target"] == "tone" and meta2["step"] == 2
+    assert meta2["training"]["contrast_aug"] == 0.3 and meta2["training"]["frame"] == "pad"
     assert meta2["provenance"]["config"]["net"] == {"base": 8, "levels": 3}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"stepz": 3}))
@@ -523,3 +524,28 @@ def test_frame_pad_keeps_the_whole_photograph_with_its_rim(tmp_path):
     recipe = json.loads((tmp_path / "out" / "m.recipe.json").read_text())
     assert recipe["frame"] == "pad"
     assert load_model(out)[1]["training"]["frame"] == "pad"
+
+
+def test_contrast_aug_scales_local_contrast_about_the_local_mean_in_input_and_target(tmp_path):
+    """``contrast_aug``: a camera's own local contrast, carried by input and target alike. Per
+    sample, the detail about a blurred copy is scaled by one factor within exp(+-a), while the
+    frame's level stays."""
+    from same_fast.degrade.ops import blur
+
+    data = _folder(tmp_path, n=2, size=64)
+    train, _ = split(load_samples(str(data), 3, 64, "fundus"), 0.0, 0)
+    cpu = torch.device("cpu")
+    kw = dict(clean_prob=1.0, batch=8, zoom=(1.0, 1.0))
+    plain = make_batch(train, _cfg(data, **kw), torch.Generator().manual_seed(0), cpu)
+    aug = make_batch(train, _cfg(data, contrast_aug=0.5, **kw), torch.Generator().manual_seed(0),
+                     cpu)
+    assert torch.equal(aug["degraded"], aug["clean"])  # identity pairs: the input carries it too
+
+    def detail(t):
+        return (t - blur(t, torch.full((t.shape[0],), 2.0))).flatten(1).std(1)
+
+    ratio = detail(aug["clean"]) / detail(plain["clean"])  # flips do not change either
+    assert ratio.min() > 0.55 and ratio.max() < 1.75
+    assert ratio.max() - ratio.min() > 0.2  # one factor per sample, not one for the batch
+    level = aug["clean"].mean((1, 2, 3)) / plain["clean"].mean((1, 2, 3))
+    assert (level - 1).abs().max() < 0.03

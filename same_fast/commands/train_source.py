@@ -74,6 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shading-aug", type=float, default=d.shading_aug,
                    help="smooth shading exp(a N(0, 1)) on a coarse grid on clean images (a "
                         "camera's own light falloff, kept in the target: 0 off)")
+    p.add_argument("--contrast-aug", type=float, default=d.contrast_aug,
+                   help="local contrast exp(U(-a, a)) about a blurred copy, on clean images (a "
+                        "camera's own contrast, kept in the target: 0 off)")
     p.add_argument("--clean-prob", type=float, default=d.clean_prob,
                    help="probability that a sample is left undegraded (identity pairs: inputs "
                         "that need no enhancement come back unchanged)")

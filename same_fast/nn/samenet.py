@@ -96,14 +96,16 @@ class _Field(nn.Module):
     approximate badly since they must multiply the input by a field. This block reads the input
     down by ``factor`` as each cell's mean and its spread (the spread tells how much contrast a
     veil took, which a mean alone cannot), runs dilated convolutions whose reach covers a whole
-    frame at that scale, and predicts per channel a log-gain ``g`` (bounded to +-``max_log_gain``) and an
-    offset ``o`` (bounded to +-1) at the coarse grid, up-sampled bilinearly to full size and
-    applied in [0, 1] as ``x01' = (x01 - o) * exp(g)``: the light a veil or halo adds is taken
-    away first, then the contrast it took is given back (an offset added after the gain would
+    frame at that scale, and predicts per channel a log-gain ``g`` (bounded to
+    +-``max_log_gain``) and an offset ``o`` (bounded to +-1 level) at the coarse grid,
+    up-sampled bilinearly to full size and applied in [0, 1] as ``x01' = (x01 - o) * exp(g)``:
+    the light a veil or halo adds is taken away first, then the contrast it took is given back (an offset added after the gain would
     need values far outside [-1, 1] to undo a thick veil). The last layer starts at zero, so
-    adding the block to a trained network leaves its output unchanged until it learns; it reads
-    no global statistic (no pooling over the frame), so it answers the local shape of the light
-    rather than the photograph's overall tone.
+    adding the block to a trained network leaves its output unchanged until it learns. It reads
+    its cells relative to the frame's own level (the mean of each channel over the lit disc) and
+    gives its offset in units of that level, so ``field(k x) = k field(x)`` for any per-channel
+    gain ``k``: it answers the shape of the light, and cannot carry a camera's brightness or
+    palette into its output.
 
     The field of view: a fundus photograph is a lit disc on black, and cells on its rim would
     mix the black outside into their mean and spread (and a bilinear field would carry what the
@@ -111,7 +113,7 @@ class _Field(nn.Module):
     brightest channel is above ``fov_threshold``), takes each cell's mean and spread over its
     lit pixels only, is told each cell's lit share, and up-samples its fields weighted by that
     share, so a pixel's field comes from the lit cells around it. A frame lit everywhere (OCT,
-    ultrasound, a crop inside the disc) reads as before.
+    ultrasound, a crop inside the disc) has every cell lit.
     """
 
     def __init__(self, channels: int, width: int = 32, factor: int = 16,
@@ -134,15 +136,21 @@ class _Field(nn.Module):
         return ((x.amax(1, keepdim=True) + 1.0) * 0.5 > self.fov_threshold).to(x.dtype)
 
     def fields(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(log_gain, offset)``, each ``(N, C, H, W)``, for ``x`` in [-1, 1]."""
+        """``(log_gain, offset)``, each ``(N, C, H, W)``, for ``x`` in [-1, 1]; the offset is
+        in [0, 1] units."""
         c = x.shape[1]
+        x01 = (x + 1.0) * 0.5
         w = self.lit(x)
+        # the frame's own per-channel level: statistics are read relative to it and the offset
+        # is given in its units, so field(k x) = k field(x) for a per-channel gain k
+        level = ((x01 * w).sum((2, 3), keepdim=True)
+                 / w.sum((2, 3), keepdim=True).clamp_min(1.0)).clamp_min(0.02)
         share = F.avg_pool2d(w, self.factor)
         den = share.clamp_min(1e-3)
-        mean = F.avg_pool2d(x * w, self.factor) / den
-        spread = torch.sqrt((F.avg_pool2d(x * x * w, self.factor) / den - mean * mean)
-                            .clamp_min(1e-6))
-        g, o = self.out(self.body(torch.cat([mean, spread, share], 1))).split(c, 1)
+        mean = F.avg_pool2d(x01 * w, self.factor) / den
+        spread = torch.sqrt((F.avg_pool2d(x01 * x01 * w, self.factor) / den - mean * mean)
+                            .clamp_min(1e-8))
+        g, o = self.out(self.body(torch.cat([mean / level, spread / level, share], 1))).split(c, 1)
         fields = torch.cat([self.max_log_gain * torch.tanh(g), torch.tanh(o)], 1)
         size = x.shape[-2:]
         up = F.interpolate(torch.cat([fields * share, share], 1), size=size, mode="bilinear",
@@ -150,7 +158,7 @@ class _Field(nn.Module):
         # a pixel with no lit cell around it (far outside the disc) gets gain 1 and offset 0
         fields = up[:, :-1] / up[:, -1:].clamp_min(1e-3)
         g, o = fields.split(c, 1)
-        return g, o
+        return g, o * level
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g, o = self.fields(x)

@@ -11,7 +11,7 @@ image), then takes random crops zoomed by U(``zoom``) (default 1.1-1.35) to ``si
 independent horizontal and vertical flips.
 
 Clean-image augmentation (off by default): per-channel gain (``color_aug``), gamma (``gamma_aug``),
-a smooth grey shading (``shading_aug``);
+a smooth grey shading (``shading_aug``), local contrast about a blurred copy (``contrast_aug``);
 ``clean_prob`` leaves a sample undegraded so that the pair is an identity.
 Loss: L1(image, clean) + ``lambda_s`` x (BCE + Dice)(structure logits, mask); Adam.
 A held-out split (``holdout`` fraction per set, chosen by name with the seed) is degraded once
@@ -46,6 +46,7 @@ from torch.nn import functional as F
 from same_fast import checkpoint
 from same_fast.data import DATASETS, data_root, split_files
 from same_fast.degrade import degrade_with_tone, get_preset
+from same_fast.degrade.ops import blur
 from same_fast.errors import CheckpointError, InputError
 from same_fast.io import list_images, load, load_mask, to_tensor
 from same_fast.models import save_model
@@ -92,6 +93,9 @@ class SourceConfig:
     gamma_aug: float = 0.0         # per-image gamma exp(U(-a, a)) on the clean image (0: off)
     shading_aug: float = 0.0       # smooth shading exp(a N(0, 1)) on a 4x4 grid, bilinear, on the
     #                                clean image (a camera's own falloff, not a degradation: 0 off)
+    contrast_aug: float = 0.0      # local contrast c = exp(U(-a, a)) about the clean image's own
+    #                                blurred copy (sigma 1/32 of the side): a camera's own
+    #                                sharpness and contrast, not a veil (0: off)
     clean_prob: float = 0.0        # probability that a sample is left undegraded (identity pair)
     target: str = "clean"          # clean: undo everything; tone: keep the input's global colour
     #                                (the clean image through the degradation's global colour
@@ -329,6 +333,17 @@ def make_batch(train: list[Sample], cfg: SourceConfig, g: torch.Generator, devic
         shade = F.interpolate(grid.to(device), size=x.shape[-2:], mode="bilinear",
                               align_corners=True)
         x = (x * torch.exp(shade)).clamp(0, 1)
+    if cfg.contrast_aug > 0:
+        # cameras differ in how much local contrast their photographs hold (optics, JPEG,
+        # processing): input and target both carry it, so a low-contrast camera is not read as
+        # a veil to lift, nor a crisp one as a photograph to soften
+        a = cfg.contrast_aug
+        c = torch.exp((torch.rand(cfg.batch, 1, 1, 1, generator=g) * 2 - 1) * a).to(device)
+        sig = torch.full((cfg.batch,), x.shape[-1] / 32.0, device=device)
+        # the blurred copy of the lit disc alone (normalised), so the black outside the FOV
+        # does not darken its rim
+        base = blur(x * fov, sig) / blur(fov, sig).clamp_min(1e-3)
+        x = (base + c * (x - base)).clamp(0, 1)
     x = x * fov
     y, tone = degrade_with_tone(x, cfg.degrade or MODALITIES[cfg.modality][1], g, fov)
     if cfg.target == "tone":
@@ -679,6 +694,7 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
                          "lambda_field": cfg.lambda_field,
                          "init": cfg.init, "color_aug": cfg.color_aug,
                          "gamma_aug": cfg.gamma_aug, "shading_aug": cfg.shading_aug,
+                         "contrast_aug": cfg.contrast_aug,
                          "clean_prob": cfg.clean_prob,
                          "ema": cfg.ema, "target": cfg.target, "val_data": cfg.val_data}}
     vs = validation_set(val, cfg, device)
