@@ -99,8 +99,9 @@ class _Field(nn.Module):
     frame at that scale, and predicts per channel a log-gain ``g`` (bounded to
     +-``max_log_gain``) and an offset ``o`` (bounded to +-1 level) at the coarse grid,
     up-sampled bilinearly to full size and applied in [0, 1] as ``x01' = (x01 - o) * exp(g)``:
-    the light a veil or halo adds is taken away first, then the contrast it took is given back (an offset added after the gain would
-    need values far outside [-1, 1] to undo a thick veil). The last layer starts at zero, so
+    the light a veil or halo adds is taken away first, then the contrast it took is given back
+    (an offset added after the gain would need values far outside [-1, 1] to undo a thick
+    veil). The last layer starts at zero, so
     adding the block to a trained network leaves its output unchanged until it learns. It reads
     its cells relative to the frame's own level (the mean of each channel over the lit disc) and
     gives its offset in units of that level, so ``field(k x) = k field(x)`` for any per-channel
