@@ -205,6 +205,22 @@ def test_light_field_reads_the_lit_disc_only_relative_to_its_level():
     assert (a.clamp(0, 1) * k - b).abs()[(a * k < 0.99).expand_as(b)].max() < 1e-4
 
 
+def test_a_light_field_checkpoint_of_an_older_block_is_refused_in_one_line(tmp_path):
+    """Sessions 18 and 19 wrote field checkpoints whose first layer read 3 (mean) or 6 (mean and
+    spread) channels; the block now reads 7 (with the lit share). None was shipped; loading one
+    is a CheckpointError that names the tensor and both shapes, not a crash."""
+    m = SAMENet(3, "lite", base=8, levels=4, field=True)
+    p = save_model(tmp_path / "f.safetensors", m)
+    tensors, meta = checkpoint.load(p)
+    w = tensors["field.body.0.weight"]
+    assert w.shape[1] == 7
+    tensors["field.body.0.weight"] = w[:, :6].contiguous()
+    checkpoint.save(p, tensors, meta)
+    with pytest.raises(CheckpointError, match=r"field\.body\.0\.weight.*\[32, 6, 3, 3\]") as e:
+        load_model(p)
+    assert "\n" not in str(e.value)
+
+
 def _cli_scores(tmp_path, name, *args):
     import json
 
