@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from same_fast.benchsuites.common import write_json
     from same_fast.eval import provenance
     from same_fast.nn.samenet import _Field
-    from same_fast.train.source import load_samples, make_batch
+    from same_fast.train.source import FRAMES, load_samples, make_batch
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train", required=True, help="data spec of the training cameras")
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="train-source's --shading-aug in training (scoring frames never have it)")
     p.add_argument("--contrast-aug", type=float, default=0.0,
                    help="train-source's --contrast-aug in training (scoring frames never have it)")
-    p.add_argument("--frame", default="crop", choices=["crop", "pad"],
+    p.add_argument("--frame", default="crop", choices=FRAMES,
                    help="train-source's --frame for the training frames (scored frames are "
                         "always centre squares, so that runs compare on the same frames)")
     p.add_argument("--seed", type=int, default=0)

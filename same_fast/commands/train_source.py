@@ -5,7 +5,7 @@ import argparse
 import json
 
 from same_fast.errors import InputError
-from same_fast.train.source import MODALITIES, SourceConfig
+from same_fast.train.source import FRAMES, MODALITIES, SourceConfig
 
 HELP = "train the source enhancer on degraded/clean pairs made on the fly"
 
@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=d.size, help="training crop side (pixels)")
     p.add_argument("--load-size", type=int, default=d.load_size,
                    help="side of the full frames the crops come from (pixels)")
-    p.add_argument("--frame", default=d.frame, choices=["crop", "pad"],
+    p.add_argument("--frame", default=d.frame, choices=FRAMES,
                    help="crop: train on each photograph's centre square; pad: on the whole "
                         "photograph on a black square (its field-of-view rim included)")
     p.add_argument("--zoom", type=float, nargs=2, default=d.zoom, metavar=("LOW", "HIGH"),

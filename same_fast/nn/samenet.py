@@ -101,20 +101,20 @@ class _Field(nn.Module):
     up-sampled bilinearly to full size and applied in [0, 1] as ``x01' = (x01 - o) * exp(g)``:
     the light a veil or halo adds is taken away first, then the contrast it took is given back
     (an offset added after the gain would need values far outside [-1, 1] to undo a thick
-    veil). The last layer starts at zero, so
-    adding the block to a trained network leaves its output unchanged until it learns. It reads
-    its cells relative to the frame's own level (the mean of each channel over the lit disc) and
-    gives its offset in units of that level, so ``field(k x) = k field(x)`` for any per-channel
-    gain ``k``: it answers the shape of the light, and cannot carry a camera's brightness or
-    palette into its output.
+    veil). The last layer starts at zero, so adding the block to a trained network leaves its
+    output unchanged until it learns. It reads its cells relative to the frame's own level (the
+    mean of each channel over the lit disc) and gives its offset in units of that level, so
+    ``field(k x) = k field(x)`` for any per-channel gain ``k``: it answers the shape of the
+    light, and cannot carry a camera's brightness or palette into its output.
 
     The field of view: a fundus photograph is a lit disc on black, and cells on its rim would
     mix the black outside into their mean and spread (and a bilinear field would carry what the
     block predicts there into the disc). The block reads the FOV off the input (pixels whose
     brightest channel is above ``fov_threshold``), takes each cell's mean and spread over its
     lit pixels only, is told each cell's lit share, and up-samples its fields weighted by that
-    share, so a pixel's field comes from the lit cells around it. A frame lit everywhere (OCT,
-    ultrasound, a crop inside the disc) has every cell lit.
+    share, so a pixel's field comes from the lit cells around it. (The block was built for
+    fundus photographs; in a grey scan, OCT's dark background or the black around an ultrasound
+    sector would read as unlit in the same way.)
     """
 
     def __init__(self, channels: int, width: int = 32, factor: int = 16,
