@@ -1,6 +1,8 @@
 """benchmarks/source_ceiling.py: it degrades exactly as synth does, and its ceilings are what
 they say (only blur left: images of a blur-free type score perfectly)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -160,3 +162,32 @@ def test_field_fit_scores_the_learned_field_beside_identity_and_the_oracle(bench
 
     saved = torch.load(tmp_path / "field.pt")
     _Field(3, width=8).load_state_dict(saved["state_dict"])
+
+
+def test_camera_stats_describes_the_fov_its_rim_and_the_local_detail(bench_script, tmp_path):
+    """benchmarks/camera_stats.py: on a synthetic camera (a lit disc on black whose detail is
+    known) the FOV share, the share of 16-px cells on its rim and the per-cell spread/mean come
+    out as constructed; end to end on scikit-image's retina, with provenance."""
+    import json
+
+    from same_fast.train.source import Sample
+
+    mod = bench_script("camera_stats")
+    yy, xx = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    disc = ((yy - 63.5) ** 2 + (xx - 63.5) ** 2) < 48.0 ** 2
+    g = torch.Generator().manual_seed(0)
+    img = (0.4 + 0.2 * torch.rand(3, 128, 128, generator=g)) * disc  # spread/mean 0.0577/0.5
+    s = Sample("synthetic/a.png", (img * 255).round().to(torch.uint8), None, disc[None])
+    r = mod.camera_stats([s, s], 16)
+    assert r["n"] == 2 and abs(r["fov_share"]["mean"] - math.pi * 48 ** 2 / 128 ** 2) < 0.01
+    cover = torch.nn.functional.avg_pool2d(disc[None, None].float(), 16)
+    want = float(((cover > 0) & (cover < 1)).float().mean())
+    assert 0.2 < want < 0.8 and abs(r["rim_cell_share"]["mean"] - want) < 1e-9
+    for ch in "RGB":
+        assert abs(r["spread_over_mean"][ch]["mean"] - 0.1155) < 0.01
+    out = tmp_path / "cs.json"
+    assert mod.main(["--camera", "skimage-retina", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["provenance"]["git"] is not None
+    retina = res["cameras"]["skimage-retina"]
+    assert 0.5 < retina["fov_share"]["mean"] < 1 and retina["rim_cell_share"]["mean"] > 0.05
