@@ -13,7 +13,10 @@ EMA of the weights is what is scored. Each ``--val`` camera is then scored on fi
 (seed ``--seed`` + 1000): the mean L1 to the target of the degraded input itself (identity),
 of the learned field's output, and of the oracle field (the best per-cell gain and offset,
 fitted with the target known: ``fundus_cross_camera.oracle_field``), and the learned field's
-change to clean frames. The question it answers is whether the field can *infer* the smooth
+change to clean frames; each error is also split into cells wholly inside the FOV and the rim
+(``regions``). ``--frame pad`` trains on whole photographs padded to a square, ``--shading-aug``
+and ``--contrast-aug`` add train-source's augmentations, ``--save`` keeps the scored field's
+weights. The question it answers is whether the field can *infer* the smooth
 part of a degradation from the image on a camera it did not train on (the oracle says how much
 of the error that part is). Means carry bootstrap 95 % intervals over frames; the JSON records
 the git commit, the seeds and the command.
