@@ -356,10 +356,11 @@ def test_val_data_chooses_on_another_set_and_recipe_round_trips(tmp_path):
     out2 = tmp_path / "again.safetensors"
     recipe_file = tmp_path / "a" / "out" / "m.recipe.json"
     assert main(["train-source", "--config", str(recipe_file), "-o", str(out2), "--steps", "2",
-                 "--no-progress", "--contrast-aug", "0.3", "--frame", "pad"]) == 0
+                 "--no-progress", "--contrast-aug", "0.3", "--frame", "pad", "--camera-balance", "0.5"]) == 0
     _, meta2 = load_model(out2)
     assert meta2["training"]["target"] == "tone" and meta2["step"] == 2
     assert meta2["training"]["contrast_aug"] == 0.3 and meta2["training"]["frame"] == "pad"
+    assert meta2["training"]["camera_balance"] == 0.5
     assert meta2["provenance"]["config"]["net"] == {"base": 8, "levels": 3}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"stepz": 3}))
@@ -549,3 +550,36 @@ def test_contrast_aug_scales_local_contrast_about_the_local_mean_in_input_and_ta
     assert ratio.max() - ratio.min() > 0.2  # one factor per sample, not one for the batch
     level = aug["clean"].mean((1, 2, 3)) / plain["clean"].mean((1, 2, 3))
     assert (level - 1).abs().max() < 0.03
+
+
+def test_camera_balance_draws_each_camera_by_its_count_to_a_power(tmp_path):
+    """``camera_balance``: a camera of 6 images beside one of 2 is drawn 6:2 under 1 (every
+    image alike: the old draw, which the same seed still gives), 1:1 under 0, sqrt(3):1 under
+    0.5; a value outside [0, 1] is a one-line error before any data is read."""
+    from same_fast.train.source import camera_weights
+
+    for name, n, level in (("big", 6, 60), ("small", 2, 200)):
+        (tmp_path / name / "images").mkdir(parents=True)
+        for i in range(n):
+            write_image(tmp_path / name / "images" / f"im{i}.png", np.full((32, 32, 3), level, np.uint8))
+    spec = f"{tmp_path / 'big'},{tmp_path / 'small'}"
+    train, _ = split(load_samples(spec, 3, 32, "fundus"), 0.0, 0)
+    assert [s.name.split("/")[0] for s in train] == ["big"] * 6 + ["small"] * 2
+    for b, share in ((1.0, 2 / 8), (0.0, 0.5), (0.5, 1 / (1 + 3 ** 0.5))):
+        w = camera_weights(train, b)
+        assert float(w[6:].sum() / w.sum()) == pytest.approx(share)
+    cpu = torch.device("cpu")
+    kw = dict(data=spec, clean_prob=1.0, batch=2000, zoom=(1.0, 1.0), size=32, load_size=32)
+    for b, share in ((0.0, 0.5), (0.5, 1 / (1 + 3 ** 0.5)), (1.0, 0.25)):
+        clean = make_batch(train, _cfg(tmp_path, camera_balance=b, **kw),
+                           torch.Generator().manual_seed(0), cpu)["clean"]
+        drawn_small = float((clean.mean((1, 2, 3)) > 0.5).float().mean())
+        assert abs(drawn_small - share) < 0.04, (b, drawn_small)
+    # balance 1 draws exactly as before the option existed (runs of older recipes reproduce)
+    g = torch.Generator().manual_seed(3)
+    idx = torch.randint(len(train), (4,), generator=g).tolist()
+    clean = make_batch(train, _cfg(tmp_path, **{**kw, "batch": 4}), torch.Generator().manual_seed(3),
+                       cpu)["clean"]
+    assert ((clean.mean((1, 2, 3)) > 0.5).tolist() == [i >= 6 for i in idx])
+    with pytest.raises(InputError, match="camera-balance"):
+        train_source(_cfg(tmp_path, data=spec, camera_balance=1.5))

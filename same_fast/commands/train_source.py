@@ -80,6 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clean-prob", type=float, default=d.clean_prob,
                    help="probability that a sample is left undegraded (identity pairs: inputs "
                         "that need no enhancement come back unchanged)")
+    p.add_argument("--camera-balance", type=float, default=d.camera_balance,
+                   help="draw each set (camera) with probability ~ (its image count) ** B: 1 "
+                        "every image alike (the largest camera dominates), 0 every camera alike")
     p.add_argument("--target", default=d.target, choices=["clean", "tone"],
                    help="clean: undo every degradation; tone: keep the input's global colour "
                         "(the degradation's brightness/contrast/saturation stay in the target)")

@@ -12,7 +12,9 @@ independent horizontal and vertical flips.
 
 Clean-image augmentation (off by default): per-channel gain (``color_aug``), gamma (``gamma_aug``),
 a smooth grey shading (``shading_aug``), local contrast about a blurred copy (``contrast_aug``);
-``clean_prob`` leaves a sample undegraded so that the pair is an identity.
+``clean_prob`` leaves a sample undegraded so that the pair is an identity; ``camera_balance``
+draws each set (camera) with probability proportional to its image count to that power (1: every
+image alike, so the largest camera dominates; 0: every camera alike).
 Loss: L1(image, clean) + ``lambda_s`` x (BCE + Dice)(structure logits, mask); Adam.
 A held-out split (``holdout`` fraction per set, chosen by name with the seed) is degraded once
 with a fixed seed and scored every ``val_every`` steps under the paper protocol (SSIM/PSNR).
@@ -35,6 +37,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +100,9 @@ class SourceConfig:
     #                                blurred copy (sigma 1/32 of the side): a camera's own
     #                                sharpness and contrast, not a veil (0: off)
     clean_prob: float = 0.0        # probability that a sample is left undegraded (identity pair)
+    camera_balance: float = 1.0    # a batch draws each set (camera) with probability ~ n ** b,
+    #                                n its image count (1: every image alike; 0: every camera
+    #                                alike; 0.5: between), then an image of it uniformly
     target: str = "clean"          # clean: undo everything; tone: keep the input's global colour
     #                                (the clean image through the degradation's global colour
     #                                factors is the target), so no camera palette is learnt
@@ -305,6 +311,16 @@ def _stack(samples: list[Sample], device: torch.device
     return x, mask, fov, has_mask
 
 
+def camera_weights(train: list[Sample], balance: float) -> torch.Tensor:
+    """Per-image draw weights under which set (camera) ``c`` of ``n_c`` images is drawn with
+    probability ``n_c ** balance / sum_k n_k ** balance`` (the set is the name's ``SET/`` part)."""
+    if balance < 0 or balance > 1:
+        raise InputError(f"camera balance {balance}: expected a value in [0, 1]")
+    sets = [s.name.split("/", 1)[0] for s in train]
+    count = Counter(sets)
+    return torch.tensor([count[c] ** (balance - 1.0) for c in sets], dtype=torch.double)
+
+
 def make_batch(train: list[Sample], cfg: SourceConfig, g: torch.Generator, device: torch.device
                ) -> dict[str, torch.Tensor]:
     """One training batch: degrade full frames, zoom by U(cfg.zoom) into random crops, flips.
@@ -312,7 +328,11 @@ def make_batch(train: list[Sample], cfg: SourceConfig, g: torch.Generator, devic
     The zoom is applied after degradation (a crop of side ``size / zoom`` resized to ``size``),
     which keeps the degradation at full-frame scale and costs a fraction of resizing the frames.
     """
-    idx = torch.randint(len(train), (cfg.batch,), generator=g).tolist()
+    if cfg.camera_balance == 1.0:
+        idx = torch.randint(len(train), (cfg.batch,), generator=g).tolist()
+    else:
+        idx = torch.multinomial(camera_weights(train, cfg.camera_balance), cfg.batch,
+                                replacement=True, generator=g).tolist()
     x, mask, fov, has_mask = _stack([train[i] for i in idx], device)
     if cfg.color_aug > 0:
         # Vary the palette of the clean images themselves, so the network learns to undo the
@@ -586,6 +606,8 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
             raise InputError(f"--{name} must be >= 1")
     if not 0.0 <= cfg.ema < 1.0:
         raise InputError(f"--ema must be in [0, 1), got {cfg.ema}")
+    if not 0.0 <= cfg.camera_balance <= 1.0:
+        raise InputError(f"--camera-balance must be in [0, 1], got {cfg.camera_balance}")
     if cfg.target not in TARGETS:
         raise InputError(f"--target must be one of {', '.join(TARGETS)}, got '{cfg.target}'")
     if cfg.train_only not in TRAIN_ONLY:
@@ -695,7 +717,7 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
                          "init": cfg.init, "color_aug": cfg.color_aug,
                          "gamma_aug": cfg.gamma_aug, "shading_aug": cfg.shading_aug,
                          "contrast_aug": cfg.contrast_aug,
-                         "clean_prob": cfg.clean_prob,
+                         "clean_prob": cfg.clean_prob, "camera_balance": cfg.camera_balance,
                          "ema": cfg.ema, "target": cfg.target, "val_data": cfg.val_data}}
     vs = validation_set(val, cfg, device)
     g = torch.Generator().manual_seed(cfg.seed + start)  # resumed runs continue a fresh stream
