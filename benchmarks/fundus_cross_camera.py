@@ -26,8 +26,9 @@ oracle arm (it reads the reference, so its label must begin with ``oracle``): th
 per-channel gain and offset, fitted by least squares per ``CELL``-pixel cell from the degraded
 input to the keep-colour ceiling (the clean image under ``identity``) and interpolated
 bilinearly, which bounds what a light-field block (``SAMENet(field=True)``) can reach on its
-own. Each mean carries a bootstrap 95 % interval over images; the JSON records the git commit,
-the seeds and the command.
+own. ``LABEL=mix:W:A,B`` scores the weights ``(1 - W) A + W B`` of two checkpoints of one
+architecture (weight-space ensembling of a model and its fine-tune). Each mean carries a
+bootstrap 95 % interval over images; the JSON records the git commit, the seeds and the command.
 """
 from __future__ import annotations
 
@@ -151,9 +152,35 @@ def _arms(specs: list[str]) -> list[tuple[str, Any, bool]]:
             arms.append((label, int(cell), False))
             continue
         tone = model.endswith("+input-tone")
-        net, _meta = load_model(model.removesuffix("+input-tone"))
+        model = model.removesuffix("+input-tone")
+        if model.startswith("mix:"):
+            net = _mix(spec, model)
+        else:
+            net, _meta = load_model(model)
         arms.append((label, net, tone))
     return arms
+
+
+def _mix(spec: str, model: str) -> Any:
+    """``mix:W:A,B``: the weights ``(1 - W) A + W B`` of two checkpoints of one architecture
+    (B fine-tuned from A or A from B: weight-space ensembling, Wortsman et al.'s WiSE-FT)."""
+    from same_fast.models import load_model
+
+    w, _, pair = model.removeprefix("mix:").partition(":")
+    names = pair.split(",")
+    try:
+        wf = float(w)
+    except ValueError:
+        wf = -1.0
+    if len(names) != 2 or not 0.0 <= wf <= 1.0:
+        raise SystemExit(f"--arm {spec}: mix:W:A,B needs a weight W in [0, 1] and two models")
+    (net, _), (other, _) = load_model(names[0]), load_model(names[1])
+    sa, sb = net.state_dict(), other.state_dict()
+    if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
+        raise SystemExit(f"--arm {spec}: {names[0]} and {names[1]} differ in architecture")
+    net.load_state_dict({k: torch.lerp(v.float(), sb[k].float(), wf).to(v.dtype)
+                         if v.is_floating_point() else v for k, v in sa.items()})
+    return net
 
 
 def _u8(t: torch.Tensor) -> np.ndarray:

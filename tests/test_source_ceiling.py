@@ -134,6 +134,35 @@ def test_the_oracle_field_undoes_a_smooth_veil_and_is_labelled(bench_script):
     assert mod._arms(["oracle16=oracle-field:16"]) == [("oracle16", 16, False)]
 
 
+
+def test_a_mix_arm_scores_the_weights_between_two_checkpoints(bench_script, tmp_path):
+    """fundus_cross_camera's ``mix:W:A,B`` arm: the weights (1 - W) A + W B of two checkpoints
+    of one architecture (W = 0 is A, W = 1 is B, W = 0.5 halfway); a weight outside [0, 1] or
+    two architectures are a one-line refusal."""
+    import torch
+
+    from same_fast.models import save_model
+    from same_fast.nn import SAMENet
+
+    mod = bench_script("fundus_cross_camera")
+    paths = []
+    for seed, base in ((0, 8), (1, 8), (2, 16)):
+        torch.manual_seed(seed)
+        net = SAMENet(3, base=base, levels=3)
+        paths.append(tmp_path / f"m{seed}_{base}.safetensors")
+        save_model(paths[-1], net, modality="fundus")
+    a, b, other = (str(p) for p in paths)
+    (_, m0, _), (_, m1, _), (_, half, _) = mod._arms([f"a=mix:0:{a},{b}", f"b=mix:1:{a},{b}",
+                                                      f"h=mix:0.5:{a},{b}"])
+    (_, na, _), (_, nb, _) = mod._arms([f"a={a}", f"b={b}"])
+    for k, v in na.state_dict().items():
+        assert torch.equal(m0.state_dict()[k], v) and torch.equal(m1.state_dict()[k], nb.state_dict()[k])
+        if v.is_floating_point():
+            assert torch.allclose(half.state_dict()[k], (v + nb.state_dict()[k]) / 2, atol=1e-6)
+    for bad in (f"x=mix:1.5:{a},{b}", f"x=mix:0.5:{a}", f"x=mix:0.5:{a},{other}"):
+        with pytest.raises(SystemExit, match="mix"):
+            mod._arms([bad])
+
 def test_field_fit_scores_the_learned_field_beside_identity_and_the_oracle(bench_script, tmp_path):
     """benchmarks/field_fit.py end to end on scikit-image's retina (no data folder needed): the
     JSON carries provenance and, per camera, the three errors; the oracle removes most of it."""
