@@ -15,11 +15,11 @@ of the learned field's output, and of the oracle field (the best per-cell gain a
 fitted with the target known: ``fundus_cross_camera.oracle_field``), and the learned field's
 change to clean frames; each error is also split into cells wholly inside the FOV and the rim
 (``regions``). ``--frame pad`` trains on whole photographs padded to a square, ``--shading-aug``
-and ``--contrast-aug`` add train-source's augmentations, ``--save`` keeps the scored field's
-weights. The question it answers is whether the field can *infer* the smooth
-part of a degradation from the image on a camera it did not train on (the oracle says how much
-of the error that part is). Means carry bootstrap 95 % intervals over frames; the JSON records
-the git commit, the seeds and the command.
+and ``--contrast-aug`` add train-source's augmentations, ``--camera-balance`` its draw of the
+cameras, ``--save`` keeps the scored field's weights. The question it answers is whether the
+field can *infer* the smooth part of a degradation from the image on a camera it did not train
+on (the oracle says how much of the error that part is). Means carry bootstrap 95 % intervals
+over frames; the JSON records the git commit, the seeds and the command.
 """
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ def _oracle_field() -> Any:
     return mod.oracle_field
 
 
-def _config(size: int, clean_prob: float, shading_aug: float = 0.0, contrast_aug: float = 0.0
-            ) -> Any:
+def _config(size: int, clean_prob: float, shading_aug: float = 0.0, contrast_aug: float = 0.0,
+            camera_balance: float = 1.0) -> Any:
     import json
 
     from same_fast.train.source import SourceConfig
@@ -56,7 +56,8 @@ def _config(size: int, clean_prob: float, shading_aug: float = 0.0, contrast_aug
     return SourceConfig(data="", out="", size=size, load_size=size, zoom=(1.0, 1.0), batch=8,
                         target=recipe["target"], color_aug=recipe["color_aug"],
                         gamma_aug=recipe["gamma_aug"], clean_prob=clean_prob,
-                        shading_aug=shading_aug, contrast_aug=contrast_aug)
+                        shading_aug=shading_aug, contrast_aug=contrast_aug,
+                        camera_balance=camera_balance)
 
 
 def _field_l1(out01: torch.Tensor, ref: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="train-source's --shading-aug in training (scoring frames never have it)")
     p.add_argument("--contrast-aug", type=float, default=0.0,
                    help="train-source's --contrast-aug in training (scoring frames never have it)")
+    p.add_argument("--camera-balance", type=float, default=1.0,
+                   help="train-source's --camera-balance in training (1: every image alike)")
     p.add_argument("--frame", default="crop", choices=FRAMES,
                    help="train-source's --frame for the training frames (scored frames are "
                         "always centre squares, so that runs compare on the same frames)")
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ema = copy.deepcopy(field)
     opt = torch.optim.Adam(field.parameters(), lr=a.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, a.steps)
-    cfg = _config(a.size, 0.2, a.shading_aug, a.contrast_aug)
+    cfg = _config(a.size, 0.2, a.shading_aug, a.contrast_aug, a.camera_balance)
     g = torch.Generator().manual_seed(a.seed)
     t0, curve, run = time.perf_counter(), [], 0.0
     for step in range(1, a.steps + 1):

@@ -171,11 +171,13 @@ def test_field_fit_scores_the_learned_field_beside_identity_and_the_oracle(bench
     out = tmp_path / "fit.json"
     bench_script("field_fit").main(["--train", "skimage-retina", "--val", "skimage-retina",
                                     "--steps", "10", "--size", "128", "--frames", "8",
-                                    "--width", "8", "--frame", "pad", "--json", str(out),
+                                    "--width", "8", "--frame", "pad", "--camera-balance", "0.5",
+                                    "--json", str(out),
                                     "--save", str(tmp_path / "field.pt")])
     res = json.loads(out.read_text())
     assert res["provenance"]["seeds"] == {"training": 0, "scoring": 1000, "bootstrap": 1000}
     assert [c["step"] for c in res["curve"]] == [10]
+    assert res["settings"]["camera_balance"] == 0.5
     cam = res["cameras"]["skimage-retina"]
     assert cam["n"] == 8 and cam["identity"]["mean"] > 0
     assert cam["oracle"]["mean"] < 0.5 * cam["identity"]["mean"]
