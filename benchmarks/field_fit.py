@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--save", type=Path, help="also write the scored (EMA) field's weights here")
     a = p.parse_args(argv)
+    if not 0.0 <= a.camera_balance <= 1.0:
+        p.error(f"--camera-balance must be in [0, 1], got {a.camera_balance}")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     train = [s for _, grp in load_samples(a.train, 3, a.size, "fundus", a.max_images, a.frame)

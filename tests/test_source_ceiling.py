@@ -178,6 +178,10 @@ def test_field_fit_scores_the_learned_field_beside_identity_and_the_oracle(bench
     assert res["provenance"]["seeds"] == {"training": 0, "scoring": 1000, "bootstrap": 1000}
     assert [c["step"] for c in res["curve"]] == [10]
     assert res["settings"]["camera_balance"] == 0.5
+    with pytest.raises(SystemExit) as e:  # a draw outside [0, 1]: argparse's one-line error
+        bench_script("field_fit").main(["--train", "skimage-retina", "--val", "skimage-retina",
+                                        "--camera-balance", "2"])
+    assert e.value.code == 2
     cam = res["cameras"]["skimage-retina"]
     assert cam["n"] == 8 and cam["identity"]["mean"] > 0
     assert cam["oracle"]["mean"] < 0.5 * cam["identity"]["mean"]
