@@ -134,7 +134,6 @@ def test_the_oracle_field_undoes_a_smooth_veil_and_is_labelled(bench_script):
     assert mod._arms(["oracle16=oracle-field:16"]) == [("oracle16", 16, False)]
 
 
-
 def test_a_mix_arm_scores_the_weights_between_two_checkpoints(bench_script, tmp_path):
     """fundus_cross_camera's ``mix:W:A,B`` arm: the weights (1 - W) A + W B of two checkpoints
     of one architecture (W = 0 is A, W = 1 is B, W = 0.5 halfway); a weight outside [0, 1] or
@@ -162,6 +161,7 @@ def test_a_mix_arm_scores_the_weights_between_two_checkpoints(bench_script, tmp_
     for bad in (f"x=mix:1.5:{a},{b}", f"x=mix:0.5:{a}", f"x=mix:0.5:{a},{other}"):
         with pytest.raises(SystemExit, match="mix"):
             mod._arms([bad])
+
 
 def test_field_fit_scores_the_learned_field_beside_identity_and_the_oracle(bench_script, tmp_path):
     """benchmarks/field_fit.py end to end on scikit-image's retina (no data folder needed): the

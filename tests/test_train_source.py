@@ -558,10 +558,11 @@ def test_camera_balance_draws_each_camera_by_its_count_to_a_power(tmp_path):
     0.5; a value outside [0, 1] is a one-line error before any data is read."""
     from same_fast.train.source import camera_weights
 
-    for name, n, level in (("big", 6, 60), ("small", 2, 200)):
+    for name, n, level in (("big", 6, 20), ("small", 2, 200)):  # one grey level per image
         (tmp_path / name / "images").mkdir(parents=True)
         for i in range(n):
-            write_image(tmp_path / name / "images" / f"im{i}.png", np.full((32, 32, 3), level, np.uint8))
+            write_image(tmp_path / name / "images" / f"im{i}.png",
+                        np.full((32, 32, 3), level + 10 * i, np.uint8))
     spec = f"{tmp_path / 'big'},{tmp_path / 'small'}"
     train, _ = split(load_samples(spec, 3, 32, "fundus"), 0.0, 0)
     assert [s.name.split("/")[0] for s in train] == ["big"] * 6 + ["small"] * 2
@@ -580,6 +581,7 @@ def test_camera_balance_draws_each_camera_by_its_count_to_a_power(tmp_path):
     idx = torch.randint(len(train), (4,), generator=g).tolist()
     clean = make_batch(train, _cfg(tmp_path, **{**kw, "batch": 4}), torch.Generator().manual_seed(3),
                        cpu)["clean"]
-    assert ((clean.mean((1, 2, 3)) > 0.5).tolist() == [i >= 6 for i in idx])
+    levels = [round(float(v) * 255) for v in clean.mean((1, 2, 3))]
+    assert levels == [20 + 10 * i if i < 6 else 200 + 10 * (i - 6) for i in idx]
     with pytest.raises(InputError, match="camera-balance"):
         train_source(_cfg(tmp_path, data=spec, camera_balance=1.5))
