@@ -226,3 +226,47 @@ def test_camera_stats_describes_the_fov_its_rim_and_the_local_detail(bench_scrip
     assert res["provenance"]["git"] is not None
     retina = res["cameras"]["skimage-retina"]
     assert 0.5 < retina["fov_share"]["mean"] < 1 and retina["rim_cell_share"]["mean"] > 0.05
+
+
+def test_structure_head_reports_per_frame_dice_with_intervals(bench_script, tmp_path):
+    """benchmarks/structure_head.py on a tiny folder with vessel masks: each arm's per-frame Dice
+    on train-source's validation frames with a bootstrap interval, a second arm as a paired
+    difference (zero for the same model), provenance in the JSON; frames without masks are a
+    one-line error."""
+    import json
+
+    import numpy as np
+
+    from same_fast.io import write_image
+    from same_fast.models import save_model
+    from same_fast.nn import SAMENet
+
+    data = tmp_path / "cam"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    for i in range(3):
+        img = np.full((48, 48, 3), 120, np.uint8)
+        mask = np.zeros((48, 48), np.uint8)
+        mask[10 + 5 * i:13 + 5 * i] = 255
+        img[mask > 0] = 40
+        write_image(data / "images" / f"im{i}.png", img)
+        write_image(data / "masks" / f"im{i}.png", mask[..., None])
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"modality": "fundus", "load_size": 48, "degrade": "gray",
+                                  "target": "clean", "seed": 0}))
+    model = tmp_path / "m.safetensors"
+    save_model(model, SAMENet(3, base=8, levels=3), modality="fundus")
+    out = tmp_path / "s.json"
+    res = bench_script("structure_head").main(["--arm", f"a={model}", "--arm", f"b={model}",
+                                               "--val", str(data), "--recipe", str(recipe),
+                                               "--json", str(out)])
+    a, b = res["arms"]["a"], res["arms"]["b"]
+    assert len(a["per_frame"]) == 3 and 0 <= a["dice"]["lo"] <= a["dice"]["mean"] <= a["dice"]["hi"] <= 1
+    assert b["minus_first"]["mean"] == 0 and "minus_first" not in a
+    assert json.loads(out.read_text())["provenance"]["git"]["commit"]
+    for f in (data / "masks").iterdir():
+        f.unlink()
+    with pytest.raises(SystemExit) as e:
+        bench_script("structure_head").main(["--arm", f"a={model}", "--val", str(data),
+                                             "--recipe", str(recipe)])
+    assert e.value.code == 2

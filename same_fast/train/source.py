@@ -463,14 +463,12 @@ def validation_set(val: list[Sample], cfg: SourceConfig, device: torch.device
     return {"clean": ref, "degraded": y, "fov": fov, "mask": mask, "has_mask": has_mask}
 
 
-def validate_structure(model: SAMENet, vs: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Mean Dice (threshold 0.5) of the structure head on the degraded validation frames that
-    have masks: ``{"val_dice": ...}``, or ``{}`` when none has one."""
+def structure_dice(model: SAMENet, vs: dict[str, torch.Tensor]) -> list[float]:
+    """Per-frame Dice (threshold 0.5) of the structure head on the degraded validation frames
+    that have masks (in frame order; empty when none has one)."""
     from same_fast.nn import pad_to_multiple
 
     idx = [i for i in range(vs["degraded"].shape[0]) if float(vs["has_mask"][i]) > 0]
-    if not idx:
-        return {}
     was_training = model.training
     model.eval()
     dice = []
@@ -482,7 +480,14 @@ def validate_structure(model: SAMENet, vs: dict[str, torch.Tensor]) -> dict[str,
             t = vs["mask"][i:i + 1]
             dice.append(float((2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)))
     model.train(was_training)
-    return {"val_dice": float(np.mean(dice))}
+    return dice
+
+
+def validate_structure(model: SAMENet, vs: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean Dice (threshold 0.5) of the structure head on the degraded validation frames that
+    have masks: ``{"val_dice": ...}``, or ``{}`` when none has one."""
+    dice = structure_dice(model, vs)
+    return {"val_dice": float(np.mean(dice))} if dice else {}
 
 
 def validate(model: SAMENet, vs: dict[str, torch.Tensor]) -> dict[str, float]:
