@@ -27,7 +27,10 @@ per-channel gain and offset, fitted by least squares per ``CELL``-pixel cell fro
 input to the keep-colour ceiling (the clean image under ``identity``) and interpolated
 bilinearly, which bounds what a light-field block (``SAMENet(field=True)``) can reach on its
 own. ``LABEL=mix:W:A,B`` scores the weights ``(1 - W) A + W B`` of two checkpoints of one
-architecture (weight-space ensembling of a model and its fine-tune). Each mean carries a
+architecture (weight-space ensembling of a model and its fine-tune). ``LABEL=MODEL+camera-pool``
+pulls each output's smooth light toward the camera's own, pooled (per-cell median) over all of
+the camera's outputs under the condition (``camera_pool``: a folder-level step that reads no
+reference; one image alone passes unchanged). Each mean carries a
 bootstrap 95 % interval over images; the JSON records the git commit, the seeds and the command.
 """
 from __future__ import annotations
@@ -42,6 +45,11 @@ import torch
 from torch.nn import functional as F
 
 CONDITIONS = ("fundus-shen2020", "fundus-local", "identity")
+# what an arm's ``+SUFFIX`` does to its outputs afterwards (``_input_tone``, ``camera_pool``)
+POSTS = ("input-tone", "camera-pool")
+# camera_pool's settings, read off DRIVE *training* (the selection camera) in session 22 before
+# any test camera was scored with them
+POOL_SIGMA, POOL_SHRINK, POOL_TAU = 0.028, 0.5, 0.04
 DEFAULT_CAMERAS = ("DRIVE-test", "FIVES", "IDRiD-test", "HRF", "DRIVE", "skimage-retina")
 
 
@@ -135,7 +143,43 @@ def oracle_field(y: torch.Tensor, ref: torch.Tensor, fov: torch.Tensor, cell: in
     return (a * y + b).clamp(0, 1) * fov
 
 
-def _arms(specs: list[str]) -> list[tuple[str, Any, bool]]:
+def camera_pool(ys: list[torch.Tensor], fovs: list[torch.Tensor], sigma: float = POOL_SIGMA,
+                shrink: float = POOL_SHRINK, tau: float = POOL_TAU) -> list[torch.Tensor]:
+    """Each frame's smooth light pulled toward its camera's, pooled over the frames.
+
+    Per frame: the per-channel light map (a Gaussian of ``sigma`` times the longer side,
+    normalised inside the FOV), in log units relative to the frame's own mean level, on a 64x64
+    grid. The camera's map is the per-cell median over the frames; each frame's deviation from
+    it is soft-thresholded by ``tau`` (small differences are the photograph's own) and
+    ``shrink`` of the rest is divided out. Its global level (and so its tone) is the frame's own;
+    one frame alone is its own median, so it passes unchanged. It reads no reference."""
+    def blur(t: torch.Tensor, s: float) -> torch.Tensor:
+        k = int(3 * s) * 2 + 1
+        g1 = torch.exp(-(torch.arange(k) - k // 2).float() ** 2 / (2 * s * s))
+        g1 = (g1 / g1.sum()).to(t.dtype)
+        c = t.shape[1]
+        t = F.conv2d(F.pad(t, (k // 2, k // 2, 0, 0)), g1.view(1, 1, 1, k).repeat(c, 1, 1, 1), groups=c)
+        return F.conv2d(F.pad(t, (0, 0, k // 2, k // 2)), g1.view(1, 1, k, 1).repeat(c, 1, 1, 1), groups=c)
+
+    def light(y: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
+        s = sigma * max(y.shape[-2:])
+        lit = blur(y * fov, s) / blur(fov, s).clamp_min(1e-3)
+        level = (y * fov).sum((2, 3), keepdim=True) / fov.sum((2, 3), keepdim=True).clamp_min(1)
+        rel = torch.log((lit / level.clamp_min(1e-3)).clamp_min(1e-3))
+        return F.interpolate(rel, size=(64, 64), mode="bilinear", align_corners=False)
+
+    maps = [light(y, f) for y, f in zip(ys, fovs, strict=True)]
+    camera = torch.stack(maps).median(0).values
+    out = []
+    for y, f, m in zip(ys, fovs, maps, strict=True):
+        d = camera - m
+        d = shrink * torch.sign(d) * (d.abs() - tau).clamp_min(0)
+        gain = torch.exp(F.interpolate(d, size=y.shape[-2:], mode="bilinear", align_corners=False))
+        out.append((y * gain).clamp(0, 1) * f)
+    return out
+
+
+def _arms(specs: list[str]) -> list[tuple[str, Any, str]]:
     from same_fast.models import load_model
 
     arms = []
@@ -149,15 +193,15 @@ def _arms(specs: list[str]) -> list[tuple[str, Any, bool]]:
             cell = model.partition(":")[2]
             if not cell.isdigit() or int(cell) < 2:
                 raise SystemExit(f"--arm {spec}: oracle-field:CELL needs a cell of >= 2 pixels")
-            arms.append((label, int(cell), False))
+            arms.append((label, int(cell), ""))
             continue
-        tone = model.endswith("+input-tone")
-        model = model.removesuffix("+input-tone")
+        post = next((p for p in POSTS if model.endswith("+" + p)), "")
+        model = model.removesuffix("+" + post) if post else model
         if model.startswith("mix:"):
             net = _mix(spec, model)
         else:
             net, _meta = load_model(model)
-        arms.append((label, net, tone))
+        arms.append((label, net, post))
     return arms
 
 
@@ -187,20 +231,30 @@ def _u8(t: torch.Tensor) -> np.ndarray:
     return (t[0].clamp(0, 1).movedim(0, -1).numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def score_camera(images: list[dict[str, Any]], arms: list[tuple[str, Any, bool]], seed: int,
+def score_camera(images: list[dict[str, Any]], arms: list[tuple[str, Any, str]], seed: int,
                  conditions: tuple[str, ...] = CONDITIONS, segmenter: Any = None
                  ) -> dict[str, list[dict[str, Any]]]:
     """Per condition, one row per image: the input's, the ceilings' and each arm's scores (and
-    with a ``segmenter``, the vessel Dice of the input, the clean image and each output)."""
+    with a ``segmenter``, the vessel Dice of the input, the clean image and each output). A
+    ``+camera-pool`` arm is scored once all of the camera's images are through its model."""
     from same_fast.degrade import get_preset
     from same_fast.eval import score_pair
     from same_fast.nn import enhance
 
     ceil = _ceiling_module()
     rows: dict[str, list[dict[str, Any]]] = {}
+
+    def put(row: dict[str, Any], label: str, y: torch.Tensor, im: dict[str, Any]) -> None:
+        fov = im["fov"]
+        s = score_pair(_u8(y), _u8(im["clean"]), fov[0, 0].numpy() > 0.5, "paper")
+        row[label] = {"ssim": s.ssim, "psnr": min(s.psnr, 100.0)}
+        if "vessel_dice" in row:
+            row["vessel_dice"][label] = vessel_dice(segmenter, y, im["vessels"], fov)
+
     for cond in conditions:
         g = torch.Generator().manual_seed(seed)
         rows[cond] = []
+        pooled: dict[str, list[torch.Tensor]] = {}
         for im in images:
             x, fov = im["clean"], im["fov"]
             gt, m = _u8(x), fov[0, 0].numpy() > 0.5
@@ -221,20 +275,24 @@ def score_camera(images: list[dict[str, Any]], arms: list[tuple[str, Any, bool]]
                                                               im["vessels"], fov)}
             # what an enhancer sees: the degraded image as an 8-bit file
             inp = torch.from_numpy(_u8(variants["degraded"])).movedim(-1, 0)[None].float() / 255
-            for label, net, tone in arms:
+            for label, net, post in arms:
                 if isinstance(net, int):  # the oracle field, toward the keep-colour reference
                     ref = variants.get("ceiling_keep_colour", x)
                     y = oracle_field(inp, ref, fov, net)
                 else:
                     with torch.no_grad():
                         y = enhance(net, inp, fov)
-                if tone:
+                if post == "input-tone":
                     y = _input_tone(y, inp, fov)
-                s = score_pair(_u8(y), gt, m, "paper")
-                row[label] = {"ssim": s.ssim, "psnr": min(s.psnr, 100.0)}
-                if seg:
-                    row["vessel_dice"][label] = vessel_dice(segmenter, y, im["vessels"], fov)
+                if post == "camera-pool":
+                    pooled.setdefault(label, []).append(y)
+                    continue
+                put(row, label, y, im)
             rows[cond].append(row)
+        for label, ys in pooled.items():
+            outs = camera_pool(ys, [im["fov"] for im in images])
+            for row, y, im in zip(rows[cond], outs, images, strict=True):
+                put(row, label, y, im)
     return rows
 
 

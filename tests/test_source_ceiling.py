@@ -131,7 +131,7 @@ def test_the_oracle_field_undoes_a_smooth_veil_and_is_labelled(bench_script):
     assert (mod.oracle_field(x, line, fov, 16) - line).abs().amax() > 0.1
     with pytest.raises(SystemExit, match="oracle"):
         mod._arms(["mine=oracle-field:16"])
-    assert mod._arms(["oracle16=oracle-field:16"]) == [("oracle16", 16, False)]
+    assert mod._arms(["oracle16=oracle-field:16"]) == [("oracle16", 16, "")]
 
 
 def test_a_mix_arm_scores_the_weights_between_two_checkpoints(bench_script, tmp_path):
@@ -270,3 +270,37 @@ def test_structure_head_reports_per_frame_dice_with_intervals(bench_script, tmp_
         bench_script("structure_head").main(["--arm", f"a={model}", "--val", str(data),
                                              "--recipe", str(recipe)])
     assert e.value.code == 2
+
+
+def test_camera_pool_divides_out_a_frame_light_that_its_camera_lacks(bench_script):
+    """fundus_cross_camera's ``+camera-pool``: frames of one camera share a smooth light profile;
+    one frame also carries a strong smooth gain (uneven light) that the others lack. Pooling
+    takes more than a quarter of that excess light off the frame (a half at most: the shrink),
+    lowers its error over the whole FOV, leaves the frames that match the camera as they were,
+    and leaves a frame alone unchanged (its own median)."""
+    import torch
+
+    mod = bench_script("fundus_cross_camera")
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 128), torch.linspace(-1, 1, 128), indexing="ij")
+    fov = ((xx ** 2 + yy ** 2) < 0.9).float()[None, None]
+    profile = 1.0 - 0.25 * (xx ** 2 + yy ** 2)  # the camera's own fall-off, in every frame
+    clean = [((0.45 + 0.05 * torch.rand(1, 3, 128, 128, generator=g)) * profile).clamp(0, 1) * fov
+             for _ in range(7)]
+    light = 1.0 + 0.45 * torch.exp(-((xx - 0.4) ** 2 + (yy + 0.3) ** 2) / 0.15)
+    seen = [c.clone() for c in clean]
+    seen[3] = (seen[3] * light).clamp(0, 1) * fov
+    out = mod.camera_pool(seen, [fov] * 7)
+    bump = (light > 1.2).float() * fov
+
+    def excess(a, b, m):
+        return float(((a - b) * m).sum() / (3 * m.sum()))
+
+    before, after = excess(seen[3], clean[3], bump), excess(out[3], clean[3], bump)
+    assert 0.5 * before < after < 0.75 * before
+    assert excess((out[3] - clean[3]).abs(), 0, fov) < 0.95 * excess((seen[3] - clean[3]).abs(), 0, fov)
+    for i in (0, 1, 2, 4, 5, 6):
+        assert excess((out[i] - clean[i]).abs(), 0, fov) < 1e-3
+    assert torch.equal(mod.camera_pool([seen[3]], [fov])[0], seen[3])
+    assert mod._arms(["p=fundus-lite+camera-pool"])[0][2] == "camera-pool"
+    assert mod._arms(["t=fundus-lite+input-tone"])[0][2] == "input-tone"
