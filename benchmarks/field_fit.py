@@ -16,15 +16,19 @@ fitted with the target known: ``fundus_cross_camera.oracle_field``), and the lea
 change to clean frames; each error is also split into cells wholly inside the FOV and the rim
 (``regions``). ``--frame pad`` trains on whole photographs padded to a square, ``--shading-aug``
 and ``--contrast-aug`` add train-source's augmentations, ``--camera-balance`` its draw of the
-cameras, ``--save`` keeps the scored field's weights. The question it answers is whether the
-field can *infer* the smooth part of a degradation from the image on a camera it did not train
-on (the oracle says how much of the error that part is). Means carry bootstrap 95 % intervals
-over frames; the JSON records the git commit, the seeds and the command.
+cameras, ``--save`` keeps the scored field's weights. ``--pool`` gives the field its batch's
+per-cell median as well (``_Field(pool=True)``: a camera's own light, which one frame does not
+tell); each batch is then one camera's frames, distinct images where it has enough, in training
+(``--by-camera`` draws so without the pool: the control) and in scoring. The question it
+answers is whether the field can *infer* the smooth part of a degradation from the image on a
+camera it did not train on (the oracle says how much of the error that part is). Means carry
+bootstrap 95 % intervals over frames; the JSON records the git commit, the seeds and the command.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import importlib.util
 import sys
 import time
@@ -76,6 +80,19 @@ def regions(fov: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]
     return interior, fov - interior
 
 
+def camera_batch(group: list, cfg: Any, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """One batch of a camera's frames, each degraded as ``make_batch`` degrades it: distinct
+    images where the camera has enough (a pooled field must not read one image twice)."""
+    from same_fast.train.source import make_batch
+
+    n = len(group)
+    idx = (torch.randperm(n, generator=g)[:cfg.batch] if n >= cfg.batch
+           else torch.randint(n, (cfg.batch,), generator=g)).tolist()
+    one = dataclasses.replace(cfg, batch=1, camera_balance=1.0)
+    parts = [make_batch([group[i]], one, g, torch.device("cpu")) for i in idx]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
 def score(field: torch.nn.Module, samples: list, size: int, frames: int, seed: int,
           factor: int, oracle: Any) -> dict[str, Any]:
     from same_fast.eval import bootstrap_ci
@@ -92,7 +109,8 @@ def score(field: torch.nn.Module, samples: list, size: int, frames: int, seed: i
              for k in ("pixels", "identity", "field", "oracle")}
     cfg = _config(size, 0.0)
     for _ in range(max(1, frames // cfg.batch)):
-        b = make_batch(samples, cfg, g, torch.device("cpu"))
+        b = (camera_batch(samples, cfg, g) if getattr(field, "pool", False)
+             else make_batch(samples, cfg, g, torch.device("cpu")))
         y, ref, fov = b["degraded"], b["clean"], b["fov"]
         outs = {"identity": y, "field": run(field, y, fov), "oracle": oracle(y, ref, fov, factor)}
         for k, o in outs.items():
@@ -141,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frame", default="crop", choices=FRAMES,
                    help="train-source's --frame for the training frames (scored frames are "
                         "always centre squares, so that runs compare on the same frames)")
+    p.add_argument("--by-camera", action="store_true",
+                   help="each training batch from one camera (drawn as --camera-balance says)")
+    p.add_argument("--pool", action="store_true",
+                   help="the field is also told the per-cell median over its batch (one camera's "
+                        "frames; implies --by-camera; scored batches are one camera's frames)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path)
@@ -150,9 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--camera-balance must be in [0, 1], got {a.camera_balance}")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    train = [s for _, grp in load_samples(a.train, 3, a.size, "fundus", a.max_images, a.frame)
-             for s in grp]
-    field = _Field(3, width=a.width, factor=a.factor)
+    groups = [grp for _, grp in load_samples(a.train, 3, a.size, "fundus", a.max_images, a.frame)]
+    train = [s for grp in groups for s in grp]
+    by_camera = a.by_camera or a.pool
+    # a camera is drawn with probability proportional to its number of images ** balance
+    draw = torch.tensor([len(grp) ** a.camera_balance for grp in groups], dtype=torch.float64)
+    field = _Field(3, width=a.width, factor=a.factor, pool=a.pool)
     ema = copy.deepcopy(field)
     opt = torch.optim.Adam(field.parameters(), lr=a.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, a.steps)
@@ -160,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(a.seed)
     t0, curve, run = time.perf_counter(), [], 0.0
     for step in range(1, a.steps + 1):
-        b = make_batch(train, cfg, g, torch.device("cpu"))
+        if by_camera:
+            b = camera_batch(groups[int(torch.multinomial(draw, 1, generator=g))], cfg, g)
+        else:
+            b = make_batch(train, cfg, g, torch.device("cpu"))
         out = (field(b["degraded"] * 2 - 1) + 1) * 0.5 * b["fov"]
         loss = (out - b["clean"]).abs().mean()
         opt.zero_grad(set_to_none=True)

@@ -205,6 +205,42 @@ def test_light_field_reads_the_lit_disc_only_relative_to_its_level():
     assert (a.clamp(0, 1) * k - b).abs()[(a * k < 0.99).expand_as(b)].max() < 1e-4
 
 
+def test_a_pooled_light_field_also_reads_its_camera_median_over_the_batch():
+    """``_Field(pool=True)``: a batch is frames of one camera, and each frame is also told the
+    per-cell median of the frames' statistics, so one frame's field depends on the others in
+    its batch (the plain block reads each frame alone). A batch's common per-channel gain still
+    comes out as that gain (the median is read relative to each frame's level)."""
+    from same_fast.nn.samenet import _Field
+
+    torch.manual_seed(0)
+    frames = 0.2 + 0.3 * torch.rand(5, 3, 64, 64)
+    for pool in (False, True):
+        f = _Field(3, width=8, factor=16, pool=pool).eval()
+        assert f.body[0].in_channels == (13 if pool else 7)
+        seen: list[torch.Tensor] = []
+        f.body[0].register_forward_hook(lambda _m, i, _o, seen=seen: seen.append(i[0]))
+        with torch.no_grad():
+            f.out.weight.normal_(0, 0.3)
+            f.out.bias.normal_(0, 0.3)
+            a = f(frames * 2 - 1)
+            other = frames.clone()
+            other[1:] = (other[1:] * torch.linspace(0.5, 1.5, 64).view(1, 1, 1, 64)).clamp(0, 1)
+            b = f(other * 2 - 1)
+            k = torch.tensor([0.7, 1.2, 0.9]).view(1, 3, 1, 1)
+            c = (f(frames * k * 2 - 1) + 1) / 2
+        moved = (a[0] - b[0]).abs().max()
+        assert (moved > 0) if pool else (moved == 0)
+        if pool:  # every frame reads the same median of the frames' own mean and spread
+            for inp in seen[:2]:
+                own, med = inp[:, :6], inp[:, 6:12]
+                assert torch.allclose(med, own.median(0, keepdim=True).values.expand_as(own))
+            assert (seen[0][0, 6:12] - seen[1][0, 6:12]).abs().max() > 0.3  # the ramp
+        a01 = (a + 1) / 2
+        inside = (a01 > 0.01) & (a01 < 0.99) & (a01 * k < 0.99)  # neither side clamped
+        assert inside.float().mean() > 0.5
+        assert (a01 * k - c).abs()[inside].max() < 1e-4
+
+
 def test_a_light_field_checkpoint_of_an_older_block_is_refused_in_one_line(tmp_path):
     """Sessions 18 and 19 wrote field checkpoints whose first layer read 3 (mean) or 6 (mean and
     spread) channels; the block now reads 7 (with the lit share). None was shipped; loading one

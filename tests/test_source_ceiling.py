@@ -199,6 +199,34 @@ def test_field_fit_scores_the_learned_field_beside_identity_and_the_oracle(bench
     _Field(3, width=8).load_state_dict(saved["state_dict"])
 
 
+def test_field_fit_pools_one_camera_of_distinct_images_per_batch(bench_script, tmp_path):
+    """field_fit --pool: the field reads its batch's per-cell median, so a batch is one camera's
+    frames, distinct images where the camera has enough (one image twice would pull the median
+    toward it); the setting is recorded and the pooled field is what is saved."""
+    import dataclasses
+    import json
+
+    from same_fast.train.source import Sample
+
+    mod = bench_script("field_fit")
+    group = [Sample(f"cam/{i}.png", torch.full((3, 32, 32), 10 * i, dtype=torch.uint8), None, None)
+             for i in range(1, 13)]
+    cfg = dataclasses.replace(mod._config(32, 0.0), batch=8)
+    b = mod.camera_batch(group, cfg, torch.Generator().manual_seed(0))
+    levels = (b["clean"].mean((1, 2, 3)) * 255 / 10).round().tolist()
+    assert len(levels) == 8 and len(set(levels)) == 8  # eight different images
+    few = mod.camera_batch(group[:3], cfg, torch.Generator().manual_seed(0))
+    assert few["clean"].shape[0] == 8  # fewer images than the batch: drawn again
+    out = tmp_path / "pool.json"
+    mod.main(["--train", "skimage-retina", "--val", "skimage-retina", "--steps", "4", "--size", "96",
+              "--frames", "8", "--width", "8", "--pool", "--json", str(out),
+              "--save", str(tmp_path / "pool.pt")])
+    assert json.loads(out.read_text())["settings"]["pool"] is True
+    from same_fast.nn.samenet import _Field
+
+    _Field(3, width=8, pool=True).load_state_dict(torch.load(tmp_path / "pool.pt")["state_dict"])
+
+
 def test_camera_stats_describes_the_fov_its_rim_and_the_local_detail(bench_script, tmp_path):
     """benchmarks/camera_stats.py: on a synthetic camera (a lit disc on black whose detail is
     known) the FOV share, the share of 16-px cells on its rim and the per-cell spread/mean come

@@ -118,12 +118,16 @@ class _Field(nn.Module):
     """
 
     def __init__(self, channels: int, width: int = 32, factor: int = 16,
-                 max_log_gain: float = 2.5, fov_threshold: float = 0.04) -> None:
+                 max_log_gain: float = 2.5, fov_threshold: float = 0.04, pool: bool = False) -> None:
         super().__init__()
         self.factor = factor
         self.max_log_gain = max_log_gain
         self.fov_threshold = fov_threshold
-        layers: list[nn.Module] = [nn.Conv2d(2 * channels + 1, width, 3, 1, 1), nn.LeakyReLU(0.2)]
+        # pool: the batch is frames of one camera, and each frame is also told the per-cell
+        # median of their statistics (the camera's own light, which one frame does not tell)
+        self.pool = pool
+        inputs = (4 if pool else 2) * channels + 1
+        layers: list[nn.Module] = [nn.Conv2d(inputs, width, 3, 1, 1), nn.LeakyReLU(0.2)]
         for dilation in (2, 4, 8, 1):
             layers += [nn.Conv2d(width, width, 3, 1, dilation, dilation=dilation),
                        nn.LeakyReLU(0.2)]
@@ -151,7 +155,10 @@ class _Field(nn.Module):
         mean = F.avg_pool2d(x01 * w, self.factor) / den
         spread = torch.sqrt((F.avg_pool2d(x01 * x01 * w, self.factor) / den - mean * mean)
                             .clamp_min(1e-8))
-        g, o = self.out(self.body(torch.cat([mean / level, spread / level, share], 1))).split(c, 1)
+        stats = torch.cat([mean / level, spread / level], 1)
+        if self.pool:
+            stats = torch.cat([stats, stats.median(0, keepdim=True).values.expand_as(stats)], 1)
+        g, o = self.out(self.body(torch.cat([stats, share], 1))).split(c, 1)
         fields = torch.cat([self.max_log_gain * torch.tanh(g), torch.tanh(o)], 1)
         size = x.shape[-2:]
         up = F.interpolate(torch.cat([fields * share, share], 1), size=size, mode="bilinear",
