@@ -94,7 +94,7 @@ def camera_batch(group: list, cfg: Any, g: torch.Generator) -> dict[str, torch.T
 
 
 def score(field: torch.nn.Module, samples: list, size: int, frames: int, seed: int,
-          factor: int, oracle: Any) -> dict[str, Any]:
+          factor: int, oracle: Any, distinct: bool = False) -> dict[str, Any]:
     from same_fast.eval import bootstrap_ci
     from same_fast.train.source import make_batch
 
@@ -109,7 +109,7 @@ def score(field: torch.nn.Module, samples: list, size: int, frames: int, seed: i
              for k in ("pixels", "identity", "field", "oracle")}
     cfg = _config(size, 0.0)
     for _ in range(max(1, frames // cfg.batch)):
-        b = (camera_batch(samples, cfg, g) if getattr(field, "pool", False)
+        b = (camera_batch(samples, cfg, g) if distinct
              else make_batch(samples, cfg, g, torch.device("cpu")))
         y, ref, fov = b["degraded"], b["clean"], b["fov"]
         outs = {"identity": y, "field": run(field, y, fov), "oracle": oracle(y, ref, fov, factor)}
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     for cam in a.val:
         samples = [s for _, grp in load_samples(cam, 3, a.size, "fundus", a.max_images)
                    for s in grp]
-        r = score(ema, samples, a.size, a.frames, a.seed + 1000, a.factor, oracle)
+        r = score(ema, samples, a.size, a.frames, a.seed + 1000, a.factor, oracle, by_camera)
         res["cameras"][cam] = r
         print(f"{cam:12s} n={r['n']:3d}  L1 identity {r['identity']['mean']:.4f}  field "
               f"{r['field']['mean']:.4f} [{r['field']['lo']:.4f}, {r['field']['hi']:.4f}]  "

@@ -221,7 +221,13 @@ def test_field_fit_pools_one_camera_of_distinct_images_per_batch(bench_script, t
     mod.main(["--train", "skimage-retina", "--val", "skimage-retina", "--steps", "4", "--size", "96",
               "--frames", "8", "--width", "8", "--pool", "--json", str(out),
               "--save", str(tmp_path / "pool.pt")])
-    assert json.loads(out.read_text())["settings"]["pool"] is True
+    pooled = json.loads(out.read_text())
+    assert pooled["settings"]["pool"] is True
+    # the control (--by-camera: the same batches, no pool) is scored on the very same frames
+    mod.main(["--train", "skimage-retina", "--val", "skimage-retina", "--steps", "4", "--size", "96",
+              "--frames", "8", "--width", "8", "--by-camera", "--json", str(tmp_path / "c.json")])
+    control = json.loads((tmp_path / "c.json").read_text())["cameras"]["skimage-retina"]
+    assert control["identity"] == pooled["cameras"]["skimage-retina"]["identity"]
     from same_fast.nn.samenet import _Field
 
     _Field(3, width=8, pool=True).load_state_dict(torch.load(tmp_path / "pool.pt")["state_dict"])
