@@ -153,16 +153,10 @@ def camera_pool(ys: list[torch.Tensor], fovs: list[torch.Tensor], sigma: float =
     it is soft-thresholded by ``tau`` (small differences are the photograph's own) and
     ``shrink`` of the rest is divided out. Its global level (and so its tone) is the frame's own;
     one frame alone is its own median, so it passes unchanged. It reads no reference."""
-    def blur(t: torch.Tensor, s: float) -> torch.Tensor:
-        k = int(3 * s) * 2 + 1
-        g1 = torch.exp(-(torch.arange(k) - k // 2).float() ** 2 / (2 * s * s))
-        g1 = (g1 / g1.sum()).to(t.dtype)
-        c = t.shape[1]
-        t = F.conv2d(F.pad(t, (k // 2, k // 2, 0, 0)), g1.view(1, 1, 1, k).repeat(c, 1, 1, 1), groups=c)
-        return F.conv2d(F.pad(t, (0, 0, k // 2, k // 2)), g1.view(1, 1, k, 1).repeat(c, 1, 1, 1), groups=c)
+    from same_fast.degrade.ops import blur
 
     def light(y: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
-        s = sigma * max(y.shape[-2:])
+        s = torch.full((y.shape[0],), sigma * max(y.shape[-2:]))
         lit = blur(y * fov, s) / blur(fov, s).clamp_min(1e-3)
         level = (y * fov).sum((2, 3), keepdim=True) / fov.sum((2, 3), keepdim=True).clamp_min(1)
         rel = torch.log((lit / level.clamp_min(1e-3)).clamp_min(1e-3))
