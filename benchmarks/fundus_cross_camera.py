@@ -47,8 +47,8 @@ from torch.nn import functional as F
 CONDITIONS = ("fundus-shen2020", "fundus-local", "identity")
 # what an arm's ``+SUFFIX`` does to its outputs afterwards (``_input_tone``, ``camera_pool``)
 POSTS = ("input-tone", "camera-pool")
-# camera_pool's settings, read off DRIVE *training* (the selection camera) in session 22 before
-# any test camera was scored with them
+# camera_pool's settings, read off the selection cameras (DRIVE training, 24 IDRiD training
+# photographs) in session 22; no test camera has been scored with them
 POOL_SIGMA, POOL_SHRINK, POOL_TAU = 0.028, 0.5, 0.04
 DEFAULT_CAMERAS = ("DRIVE-test", "FIVES", "IDRiD-test", "HRF", "DRIVE", "skimage-retina")
 
