@@ -314,3 +314,31 @@ def test_adaptation_benchmark_arms_and_overrides(bench_script):
     for bad in (["nope=1"], ["lr"], ["betas=1"]):
         with pytest.raises(SystemExit, match="--set wants FIELD=VALUE"):
             mod.parse_overrides(bad)
+
+
+def test_adaptation_benchmark_over_seeds_keeps_each_run_and_their_mean(bench_script, tmp_path):
+    # benchmarks/adaptation_shifts.py --seeds: one whole run per seed (degradation, adaptation,
+    # bootstrap) and per case and arm every seed's gain and their mean, in one JSON; arms of
+    # one seed differ by more than their intervals over images, so arms are compared this way
+    import json
+
+    mod = bench_script("adaptation_shifts")
+    out = tmp_path / "seeds.json"
+    common = ["--camera", "skimage-retina", "--shift", "sensor-noise", "--arm", "mean-teacher",
+              "--steps", "2", "--size", "64", "--view", "32"]
+    mod.main(common + ["--seeds", "0,1", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert list(res["runs"]) == ["seed0", "seed1"] and res["provenance"]["seeds"] == {"seeds": [0, 1]}
+    case = "skimage-retina/sensor-noise"
+    per = []
+    for s in (0, 1):
+        run = res["runs"][f"seed{s}"]
+        assert run["provenance"]["seeds"] == {"degradation": s, "adaptation": s, "bootstrap": s}
+        per.append(run["cases"][case]["arms"]["mean-teacher"]["gain_ssim"]["mean"])
+    v = res["mean_over_seeds"][case]["mean-teacher"]["gain_ssim"]
+    assert v["per_seed"] == per and v["mean"] == pytest.approx(sum(per) / 2)
+    assert v["min"] == min(per) and v["max"] == max(per)
+    source = [res["runs"][f"seed{s}"]["cases"][case]["arms"]["source"]["ssim"]["mean"] for s in (0, 1)]
+    assert source[0] != source[1]  # a seed draws its own degradation
+    with pytest.raises(SystemExit):
+        mod.main(common + ["--seeds", "0,x"])
