@@ -143,31 +143,48 @@ def oracle_field(y: torch.Tensor, ref: torch.Tensor, fov: torch.Tensor, cell: in
     return (a * y + b).clamp(0, 1) * fov
 
 
-def camera_pool(ys: list[torch.Tensor], fovs: list[torch.Tensor], sigma: float = POOL_SIGMA,
-                shrink: float = POOL_SHRINK, tau: float = POOL_TAU) -> list[torch.Tensor]:
-    """Each frame's smooth light pulled toward its camera's, pooled over the frames.
-
-    Per frame: the per-channel light map (a Gaussian of ``sigma`` times the longer side,
-    normalised inside the FOV), in log units relative to the frame's own mean level, on a 64x64
-    grid. The camera's map is the per-cell median over the frames; each frame's deviation from
-    it is soft-thresholded by ``tau`` (small differences are the photograph's own) and
-    ``shrink`` of the rest is divided out. Its global level (and so its tone) is the frame's own;
-    one frame alone is its own median, so it passes unchanged. It reads no reference."""
+def light_map(y: torch.Tensor, fov: torch.Tensor, sigma: float = POOL_SIGMA) -> torch.Tensor:
+    """A frame's smooth light per channel: a Gaussian of ``sigma`` times the longer side,
+    normalised inside the FOV, in log units relative to the frame's own mean level, on a 64x64
+    grid, (1, C, 64, 64). Its global level (and so its tone) is divided out."""
     from same_fast.degrade.ops import blur
 
-    def light(y: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
-        s = torch.full((y.shape[0],), sigma * max(y.shape[-2:]))
-        lit = blur(y * fov, s) / blur(fov, s).clamp_min(1e-3)
-        level = (y * fov).sum((2, 3), keepdim=True) / fov.sum((2, 3), keepdim=True).clamp_min(1)
-        rel = torch.log((lit / level.clamp_min(1e-3)).clamp_min(1e-3))
-        return F.interpolate(rel, size=(64, 64), mode="bilinear", align_corners=False)
+    s = torch.full((y.shape[0],), sigma * max(y.shape[-2:]))
+    lit = blur(y * fov, s) / blur(fov, s).clamp_min(1e-3)
+    level = (y * fov).sum((2, 3), keepdim=True) / fov.sum((2, 3), keepdim=True).clamp_min(1)
+    rel = torch.log((lit / level.clamp_min(1e-3)).clamp_min(1e-3))
+    return F.interpolate(rel, size=(64, 64), mode="bilinear", align_corners=False)
 
-    maps = [light(y, f) for y, f in zip(ys, fovs, strict=True)]
-    camera = torch.stack(maps).median(0).values
+
+def light_spread(maps: torch.Tensor) -> torch.Tensor:
+    """The spread of light maps over frames, per channel and cell: the mean squared deviation
+    of ``maps`` (N, 1, C, 64, 64) from their per-cell median, as (1, C, 64, 64)."""
+    return ((maps - maps.median(0).values) ** 2).mean(0)
+
+
+def camera_pool(ys: list[torch.Tensor], fovs: list[torch.Tensor], sigma: float = POOL_SIGMA,
+                shrink: float = POOL_SHRINK, tau: float = POOL_TAU,
+                prior: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Each frame's smooth light pulled toward its camera's, pooled over the frames.
+
+    Per frame, its ``light_map``; the camera's map is the per-cell median over the frames; each
+    frame's deviation ``d`` from it is soft-thresholded by ``tau`` (small differences are the
+    photograph's own) and ``shrink`` of the rest is divided out. With ``prior`` (per channel, the
+    spread a camera's clean frames show on their own: ``benchmarks/camera_light_spread.py``)
+    the deviation is instead shrunk by the non-negative garrote, ``d max(0, 1 - prior / d^2)``
+    per channel and cell: a deviation within the natural spread is left alone, and the larger
+    one is, the more of it is taken for degradation and divided out. Its global level (and so
+    its tone) is the frame's own; one frame alone is its own median, so it passes unchanged. It
+    reads no reference."""
+    maps = torch.stack([light_map(y, f, sigma) for y, f in zip(ys, fovs, strict=True)])
+    camera = maps.median(0).values
     out = []
     for y, f, m in zip(ys, fovs, maps, strict=True):
         d = camera - m
-        d = shrink * torch.sign(d) * (d.abs() - tau).clamp_min(0)
+        if prior is None:
+            d = shrink * torch.sign(d) * (d.abs() - tau).clamp_min(0)
+        else:
+            d = d * (1 - prior.view(1, -1, 1, 1) / (d * d).clamp_min(1e-12)).clamp_min(0)
         gain = torch.exp(F.interpolate(d, size=y.shape[-2:], mode="bilinear", align_corners=False))
         out.append((y * gain).clamp(0, 1) * f)
     return out

@@ -1,0 +1,107 @@
+"""How much a camera's clean photographs differ in their own smooth light (issue #20).
+
+    python benchmarks/camera_light_spread.py --camera IDRiD --camera HRF --camera FIVES \\
+        --prior-from IDRiD,HRF,FIVES [--max-side 1024] [--seed 0] [--json FILE]
+
+Per camera, every clean photograph's ``light_map`` (fundus_cross_camera: a per-channel Gaussian
+light map in log units relative to the frame's own level, 64x64) and their ``light_spread`` (the
+mean squared deviation from the per-cell median over frames, per channel and cell). A camera's
+natural spread, per channel, is the mean of that over the cells inside every frame's FOV, with a
+bootstrap 95 % interval over frames (frames resampled, the spread recomputed). It is what the
+camera pool's garrote (``camera_pool(prior=...)``) must not take for degradation.
+``--prior-from`` names the cameras whose largest spread, per channel, is the prior (the cameras
+a shipped model trained on: never a selection or test camera). Nothing here is degraded or
+enhanced.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+
+def _cross_camera() -> Any:
+    path = Path(__file__).resolve().parent / "fundus_cross_camera.py"
+    spec = importlib.util.spec_from_file_location("fundus_cross_camera", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def natural_spread(maps: torch.Tensor, inside: torch.Tensor, resamples: int = 200,
+                   seed: int = 0) -> dict[str, Any]:
+    """Per channel, the mean over ``inside`` cells of ``light_spread(maps)``, with a bootstrap
+    95 % interval over frames. ``maps`` is (N, 1, C, 64, 64), ``inside`` a (64, 64) bool."""
+    mod = _cross_camera()
+
+    def per_channel(m: torch.Tensor) -> np.ndarray:
+        return mod.light_spread(m)[0][:, inside].mean(1).numpy()
+
+    est = per_channel(maps)
+    rng = np.random.default_rng(seed)
+    n = maps.shape[0]
+    boot = np.stack([per_channel(maps[torch.from_numpy(rng.integers(0, n, n))])
+                     for _ in range(resamples)])
+    lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
+    return {"frames": n, "cells": int(inside.sum()),
+            "per_channel": [{"mean": float(e), "lo": float(a), "hi": float(b)}
+                            for e, a, b in zip(est, lo, hi, strict=True)]}
+
+
+def camera_maps(images: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frames' light maps (N, 1, C, 64, 64) and the cells inside every frame's FOV."""
+    mod = _cross_camera()
+    maps = torch.stack([mod.light_map(im["clean"], im["fov"]) for im in images])
+    inside = torch.stack([F.interpolate(im["fov"], size=(64, 64), mode="area")[0, 0] > 0.99
+                          for im in images]).all(0)
+    return maps, inside
+
+
+def main(argv: list[str] | None = None) -> int:
+    from same_fast.benchsuites.common import write_json
+    from same_fast.eval import provenance
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--camera", action="append", required=True)
+    p.add_argument("--prior-from", default="", help="comma-separated cameras (training cameras)")
+    p.add_argument("--max-side", type=int, default=1024)
+    p.add_argument("--max-images", type=int, default=0, help="per camera (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path)
+    a = p.parse_args(argv)
+    prior_from = [c for c in a.prior_from.split(",") if c]
+    if missing := [c for c in prior_from if c not in a.camera]:
+        raise SystemExit(f"--prior-from names cameras not measured: {', '.join(missing)}")
+    mod = _cross_camera()
+    res: dict[str, Any] = {"provenance": provenance({"bootstrap": a.seed}),
+                           "max_side": a.max_side, "cameras": {}}
+    for cam in a.camera:
+        images = mod.load_camera(cam, a.max_side)
+        if a.max_images:
+            images = images[:a.max_images]
+        if len(images) < 3:
+            raise SystemExit(f"camera {cam}: a spread needs at least 3 photographs, got {len(images)}")
+        maps, inside = camera_maps(images)
+        res["cameras"][cam] = s = natural_spread(maps, inside, seed=a.seed)
+        print(f"{cam:12s} n={s['frames']:3d} cells={s['cells']:4d}  " + "  ".join(
+            f"{c} {v['mean']:.5f} [{v['lo']:.5f}, {v['hi']:.5f}]"
+            for c, v in zip("RGB", s["per_channel"], strict=False)), flush=True)
+    if prior_from:
+        prior = [max(res["cameras"][c]["per_channel"][k]["mean"] for c in prior_from)
+                 for k in range(len(res["cameras"][prior_from[0]]["per_channel"]))]
+        res["prior"] = {"from": prior_from, "rule": "per channel, the largest camera's spread",
+                        "per_channel": prior}
+        print("prior (largest of " + ", ".join(prior_from) + "): "
+              + "  ".join(f"{v:.5f}" for v in prior), flush=True)
+    write_json(a.json, res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
