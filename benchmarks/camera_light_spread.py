@@ -6,12 +6,13 @@
 Per camera, every clean photograph's ``light_map`` (fundus_cross_camera: a per-channel Gaussian
 light map in log units relative to the frame's own level, 64x64) and their ``light_spread`` (the
 mean squared deviation from the per-cell median over frames, per channel and cell). A camera's
-natural spread, per channel, is the mean of that over the cells inside every frame's FOV, with a
-bootstrap 95 % interval over frames (frames resampled, the spread recomputed). It is what the
-camera pool's garrote (``camera_pool(prior=...)``) must not take for degradation.
-``--prior-from`` names the cameras whose largest spread, per channel, is the prior (the cameras
-a shipped model trained on: never a selection or test camera). Nothing here is degraded or
-enhanced.
+natural spread, per channel and ring of the FOV's radius (``cell_radius``: a share of it, so
+common to cameras whose FOVs differ; a photograph's rim varies more than its centre), is the
+mean of that over the ring's cells inside every frame's FOV, with a bootstrap 95 % interval over
+frames (frames resampled, the spread recomputed). It is what the camera pool's garrote
+(``camera_pool(prior=...)``) must not take for degradation. ``--prior-from`` names the cameras
+whose largest spread, per channel and ring, is the prior (the cameras a shipped model trained
+on: never a selection or test camera). Nothing here is degraded or enhanced.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 
 def _cross_camera() -> Any:
@@ -34,33 +34,36 @@ def _cross_camera() -> Any:
     return mod
 
 
-def natural_spread(maps: torch.Tensor, inside: torch.Tensor, resamples: int = 200,
-                   seed: int = 0) -> dict[str, Any]:
-    """Per channel, the mean over ``inside`` cells of ``light_spread(maps)``, with a bootstrap
-    95 % interval over frames. ``maps`` is (N, 1, C, 64, 64), ``inside`` a (64, 64) bool."""
+def natural_spread(maps: torch.Tensor, radius: torch.Tensor, inside: torch.Tensor,
+                   resamples: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Per channel and ring of the FOV's radius, the mean over the inside cells of
+    ``light_spread(maps)``, with a bootstrap 95 % interval over frames. ``maps`` is
+    (N, 1, C, 64, 64); ``radius`` and ``inside`` as ``cell_radius`` gives them."""
     mod = _cross_camera()
 
-    def per_channel(m: torch.Tensor) -> np.ndarray:
-        return mod.light_spread(m)[0][:, inside].mean(1).numpy()
+    def rings(m: torch.Tensor) -> np.ndarray:
+        return mod.radial_spread(mod.light_spread(m), radius, inside).numpy()
 
-    est = per_channel(maps)
+    est = rings(maps)
     rng = np.random.default_rng(seed)
     n = maps.shape[0]
-    boot = np.stack([per_channel(maps[torch.from_numpy(rng.integers(0, n, n))])
+    boot = np.stack([rings(maps[torch.from_numpy(rng.integers(0, n, n))])
                      for _ in range(resamples)])
     lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
-    return {"frames": n, "cells": int(inside.sum()),
-            "per_channel": [{"mean": float(e), "lo": float(a), "hi": float(b)}
+    return {"frames": n, "cells": int(inside.sum()), "rings": est.shape[1],
+            "per_channel": [{"mean": e.tolist(), "lo": a.tolist(), "hi": b.tolist()}
                             for e, a, b in zip(est, lo, hi, strict=True)]}
 
 
-def camera_maps(images: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frames' light maps (N, 1, C, 64, 64) and the cells inside every frame's FOV."""
+def camera_maps(images: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The frames' light maps (N, 1, C, 64, 64), each cell's share of the FOV's radius and the
+    cells inside every frame's FOV."""
     mod = _cross_camera()
     maps = torch.stack([mod.light_map(im["clean"], im["fov"]) for im in images])
-    inside = torch.stack([F.interpolate(im["fov"], size=(64, 64), mode="area")[0, 0] > 0.99
-                          for im in images]).all(0)
-    return maps, inside
+    radius, inside = mod.cell_radius([im["fov"] for im in images])
+    if not inside.any():
+        raise SystemExit("no cell lies inside every frame's FOV")
+    return maps, radius, inside
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,18 +90,19 @@ def main(argv: list[str] | None = None) -> int:
             images = images[:a.max_images]
         if len(images) < 3:
             raise SystemExit(f"camera {cam}: a spread needs at least 3 photographs, got {len(images)}")
-        maps, inside = camera_maps(images)
-        res["cameras"][cam] = s = natural_spread(maps, inside, seed=a.seed)
-        print(f"{cam:12s} n={s['frames']:3d} cells={s['cells']:4d}  " + "  ".join(
-            f"{c} {v['mean']:.5f} [{v['lo']:.5f}, {v['hi']:.5f}]"
-            for c, v in zip("RGB", s["per_channel"], strict=False)), flush=True)
+        maps, radius, inside = camera_maps(images)
+        res["cameras"][cam] = s = natural_spread(maps, radius, inside, seed=a.seed)
+        print(f"{cam:12s} n={s['frames']:3d} cells={s['cells']:4d}", flush=True)
+        for c, v in zip("RGB", s["per_channel"], strict=False):
+            print(f"  {c} by ring: " + " ".join(f"{m:.4f}" for m in v["mean"]), flush=True)
     if prior_from:
-        prior = [max(res["cameras"][c]["per_channel"][k]["mean"] for c in prior_from)
-                 for k in range(len(res["cameras"][prior_from[0]]["per_channel"]))]
-        res["prior"] = {"from": prior_from, "rule": "per channel, the largest camera's spread",
-                        "per_channel": prior}
-        print("prior (largest of " + ", ".join(prior_from) + "): "
-              + "  ".join(f"{v:.5f}" for v in prior), flush=True)
+        prior = np.max([[v["mean"] for v in res["cameras"][c]["per_channel"]]
+                        for c in prior_from], axis=0)
+        res["prior"] = {"from": prior_from, "rule": "per channel and ring, the largest camera's",
+                        "per_channel": prior.tolist()}
+        print("prior (largest of " + ", ".join(prior_from) + "):", flush=True)
+        for c, v in zip("RGB", prior, strict=False):
+            print(f"  {c} by ring: " + " ".join(f"{m:.4f}" for m in v), flush=True)
     write_json(a.json, res)
     return 0
 

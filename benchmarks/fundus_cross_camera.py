@@ -30,7 +30,9 @@ own. ``LABEL=mix:W:A,B`` scores the weights ``(1 - W) A + W B`` of two checkpoin
 architecture (weight-space ensembling of a model and its fine-tune). ``LABEL=MODEL+camera-pool``
 pulls each output's smooth light toward the camera's own, pooled (per-cell median) over all of
 the camera's outputs under the condition (``camera_pool``: a folder-level step that reads no
-reference; one image alone passes unchanged). Each mean carries a
+reference; one image alone passes unchanged). ``LABEL=MODEL+camera-garrote`` does the same,
+taking off only what exceeds the natural spread of clean photographs' light (``POOL_PRIOR_JSON``,
+measured by ``camera_light_spread.py`` on training cameras). Each mean carries a
 bootstrap 95 % interval over images; the JSON records the git commit, the seeds and the command.
 """
 from __future__ import annotations
@@ -46,10 +48,25 @@ from torch.nn import functional as F
 
 CONDITIONS = ("fundus-shen2020", "fundus-local", "identity")
 # what an arm's ``+SUFFIX`` does to its outputs afterwards (``_input_tone``, ``camera_pool``)
-POSTS = ("input-tone", "camera-pool")
+POSTS = ("input-tone", "camera-pool", "camera-garrote")
 # camera_pool's settings, read off the selection cameras (DRIVE training, 24 IDRiD training
 # photographs) in session 22; no test camera has been scored with them
 POOL_SIGMA, POOL_SHRINK, POOL_TAU = 0.028, 0.5, 0.04
+# rings of the FOV's radius over which a camera's natural spread of light is measured, and how
+# many of its standard deviations a deviation must pass before the garrote takes any of it
+# (three: natural deviations seldom do); fixed before any selection run
+POOL_BINS, POOL_SIGMAS = 8, 3.0
+# the natural spread ``+camera-garrote`` is told: the prior that camera_light_spread.py measured
+# on the clean photographs of fundus-lite's training cameras (IDRiD training, HRF, FIVES)
+POOL_PRIOR_JSON = (Path(__file__).resolve().parent / "results"
+                   / "2026-12-07-cpu-fundus-camera-light-spread.json")
+
+
+def pool_prior(path: Path = POOL_PRIOR_JSON) -> torch.Tensor:
+    """The garrote's prior (C, rings) from a ``camera_light_spread.py`` JSON."""
+    import json
+
+    return torch.tensor(json.loads(path.read_text())["prior"]["per_channel"])
 DEFAULT_CAMERAS = ("DRIVE-test", "FIVES", "IDRiD-test", "HRF", "DRIVE", "skimage-retina")
 
 
@@ -158,33 +175,72 @@ def light_map(y: torch.Tensor, fov: torch.Tensor, sigma: float = POOL_SIGMA) -> 
 
 def light_spread(maps: torch.Tensor) -> torch.Tensor:
     """The spread of light maps over frames, per channel and cell: the mean squared deviation
-    of ``maps`` (N, 1, C, 64, 64) from their per-cell median, as (1, C, 64, 64)."""
-    return ((maps - maps.median(0).values) ** 2).mean(0)
+    of ``maps`` (N, 1, C, 64, 64) from their per-cell median, as (C, 64, 64)."""
+    return ((maps - maps.median(0).values) ** 2).mean(0)[0]
+
+
+def cell_radius(fovs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each cell's distance from the centre of the frames' FOV on the 64x64 grid (in the
+    images' own proportions), as a share of the largest distance of a cell inside it, and the
+    cells inside every frame's FOV: (64, 64) float, (64, 64) bool. Cameras' FOVs differ in
+    size and shape (a cut disc, a full one); the share of the radius is common to them."""
+    inside = torch.stack([F.interpolate(f, size=(64, 64), mode="area")[0, 0] > 0.99
+                          for f in fovs]).all(0)
+    h, w = fovs[0].shape[-2:]
+    yy, xx = torch.meshgrid((torch.arange(64) + 0.5) * h / 64, (torch.arange(64) + 0.5) * w / 64,
+                            indexing="ij")
+    if not inside.any():
+        return torch.ones(64, 64), inside
+    cy, cx = yy[inside].mean(), xx[inside].mean()
+    r = ((yy - cy) ** 2 + (xx - cx) ** 2).sqrt()
+    return r / r[inside].max(), inside
+
+
+def radial_spread(spread: torch.Tensor, radius: torch.Tensor, inside: torch.Tensor,
+                  bins: int = POOL_BINS) -> torch.Tensor:
+    """``spread`` (C, 64, 64) averaged over the inside cells in each of ``bins`` rings of equal
+    width in ``radius``, (C, bins); a ring with no cell takes its inner neighbour's value."""
+    ring = (radius * bins).long().clamp(0, bins - 1)
+    out = torch.full((spread.shape[0], bins), float("nan"))
+    for k in range(bins):
+        sel = inside & (ring == k)
+        if sel.any():
+            out[:, k] = spread[:, sel].mean(1)
+    for k in range(bins):
+        if torch.isnan(out[:, k]).any():
+            out[:, k] = out[:, k - 1] if k else out[:, ~torch.isnan(out[0])][:, 0]
+    return out
 
 
 def camera_pool(ys: list[torch.Tensor], fovs: list[torch.Tensor], sigma: float = POOL_SIGMA,
                 shrink: float = POOL_SHRINK, tau: float = POOL_TAU,
-                prior: torch.Tensor | None = None) -> list[torch.Tensor]:
+                prior: torch.Tensor | None = None, sigmas: float = POOL_SIGMAS
+                ) -> list[torch.Tensor]:
     """Each frame's smooth light pulled toward its camera's, pooled over the frames.
 
     Per frame, its ``light_map``; the camera's map is the per-cell median over the frames; each
     frame's deviation ``d`` from it is soft-thresholded by ``tau`` (small differences are the
-    photograph's own) and ``shrink`` of the rest is divided out. With ``prior`` (per channel, the
-    spread a camera's clean frames show on their own: ``benchmarks/camera_light_spread.py``)
-    the deviation is instead shrunk by the non-negative garrote, ``d max(0, 1 - prior / d^2)``
-    per channel and cell: a deviation within the natural spread is left alone, and the larger
-    one is, the more of it is taken for degradation and divided out. Its global level (and so
-    its tone) is the frame's own; one frame alone is its own median, so it passes unchanged. It
-    reads no reference."""
+    photograph's own) and ``shrink`` of the rest is divided out. With ``prior`` ((C, rings):
+    the spread that clean photographs show on their own, per channel and ring of the FOV's
+    radius, ``benchmarks/camera_light_spread.py``) the deviation is instead shrunk by the
+    non-negative garrote, ``d max(0, 1 - k^2 v / d^2)`` with ``v`` the prior of the cell's ring
+    and ``k = sigmas``: a deviation within ``k`` natural standard deviations is left alone, and
+    the larger one is, the more of it is taken for degradation and divided out. Its global
+    level (and so its tone) is the frame's own; one frame alone is its own median, so it passes
+    unchanged. It reads no reference."""
     maps = torch.stack([light_map(y, f, sigma) for y, f in zip(ys, fovs, strict=True)])
     camera = maps.median(0).values
+    if prior is not None:
+        radius, _ = cell_radius(fovs)
+        ring = (radius * prior.shape[1]).long().clamp(0, prior.shape[1] - 1)
+        v = sigmas ** 2 * prior[:, ring][None]
     out = []
     for y, f, m in zip(ys, fovs, maps, strict=True):
         d = camera - m
         if prior is None:
             d = shrink * torch.sign(d) * (d.abs() - tau).clamp_min(0)
         else:
-            d = d * (1 - prior.view(1, -1, 1, 1) / (d * d).clamp_min(1e-12)).clamp_min(0)
+            d = d * (1 - v / (d * d).clamp_min(1e-12)).clamp_min(0)
         gain = torch.exp(F.interpolate(d, size=y.shape[-2:], mode="bilinear", align_corners=False))
         out.append((y * gain).clamp(0, 1) * f)
     return out
@@ -265,7 +321,7 @@ def score_camera(images: list[dict[str, Any]], arms: list[tuple[str, Any, str]],
     for cond in conditions:
         g = torch.Generator().manual_seed(seed)
         rows[cond] = []
-        pooled: dict[str, list[torch.Tensor]] = {}
+        pooled: dict[str, tuple[str, list[torch.Tensor]]] = {}
         for im in images:
             x, fov = im["clean"], im["fov"]
             gt, m = _u8(x), fov[0, 0].numpy() > 0.5
@@ -295,13 +351,14 @@ def score_camera(images: list[dict[str, Any]], arms: list[tuple[str, Any, str]],
                         y = enhance(net, inp, fov)
                 if post == "input-tone":
                     y = _input_tone(y, inp, fov)
-                if post == "camera-pool":
-                    pooled.setdefault(label, []).append(y)
+                if post.startswith("camera-"):
+                    pooled.setdefault(label, (post, []))[1].append(y)
                     continue
                 put(row, label, y, im)
             rows[cond].append(row)
-        for label, ys in pooled.items():
-            outs = camera_pool(ys, [im["fov"] for im in images])
+        for label, (post, ys) in pooled.items():
+            prior = pool_prior() if post == "camera-garrote" else None
+            outs = camera_pool(ys, [im["fov"] for im in images], prior=prior)
             for row, y, im in zip(rows[cond], outs, images, strict=True):
                 put(row, label, y, im)
     return rows

@@ -338,3 +338,54 @@ def test_camera_pool_divides_out_a_frame_light_that_its_camera_lacks(bench_scrip
     assert torch.equal(mod.camera_pool([seen[3]], [fov])[0], seen[3])
     assert mod._arms(["p=fundus-lite+camera-pool"])[0][2] == "camera-pool"
     assert mod._arms(["t=fundus-lite+input-tone"])[0][2] == "input-tone"
+    assert mod._arms(["g=fundus-lite+camera-garrote"])[0][2] == "camera-garrote"
+
+
+def test_camera_pool_with_a_natural_spread_leaves_a_clean_camera_alone(bench_script):
+    """``camera_pool(prior=...)``: the frames of one camera differ a little in their own light
+    (a natural spread, larger at the rim); one also carries a strong smooth gain. Told the
+    natural spread per ring that ``camera_light_spread`` measures on clean frames, the garrote
+    takes most of the strong gain
+    off, and changes a clean folder far less than the fixed pool does (which takes the natural
+    differences for degradation); a lone frame passes unchanged."""
+    import torch
+
+    mod = bench_script("fundus_cross_camera")
+    spread = bench_script("camera_light_spread")
+    g = torch.Generator().manual_seed(1)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 128), torch.linspace(-1, 1, 128), indexing="ij")
+    fov = ((xx ** 2 + yy ** 2) < 0.9).float()[None, None]
+
+    def frame(i):  # the camera's fall-off, tilted a little differently in every photograph
+        t = 0.12 * (torch.rand(2, generator=g) - 0.5)
+        profile = (1.0 - 0.25 * (xx ** 2 + yy ** 2)) * torch.exp(t[0] * xx + t[1] * yy)
+        return ((0.45 + 0.05 * torch.rand(1, 3, 128, 128, generator=g)) * profile).clamp(0, 1) * fov
+
+    clean = [frame(i) for i in range(9)]
+    maps, radius, inside = spread.camera_maps([{"clean": c, "fov": fov} for c in clean])
+    nat = spread.natural_spread(maps, radius, inside, resamples=50)
+    prior = torch.tensor([c["mean"] for c in nat["per_channel"]])
+    assert nat["frames"] == 9 and prior.shape == (3, mod.POOL_BINS)
+    assert all(0 < lo <= m <= hi for c in nat["per_channel"]
+               for lo, m, hi in zip(c["lo"], c["mean"], c["hi"], strict=True))
+    assert (prior[:, -2:].mean() > 3 * prior[:, :2].mean())  # a tilt moves the rim, not the centre
+
+    def err(a, b, m):
+        return float(((a - b).abs() * m).sum() / (3 * m.sum()))
+
+    # a clean folder: the garrote moves it far less than the fixed pool
+    moved_fixed = max(err(o, c, fov) for o, c in zip(mod.camera_pool(clean, [fov] * 9), clean, strict=True))
+    pooled = mod.camera_pool(clean, [fov] * 9, prior=prior)
+    moved = max(err(o, c, fov) for o, c in zip(pooled, clean, strict=True))
+    assert moved < 0.5 * moved_fixed
+    # a strong light on one frame: most of it comes off
+    light = 1.0 + 0.6 * torch.exp(-((xx - 0.4) ** 2 + (yy + 0.3) ** 2) / 0.15)
+    seen = [c.clone() for c in clean]
+    seen[4] = (seen[4] * light).clamp(0, 1) * fov
+    out = mod.camera_pool(seen, [fov] * 9, prior=prior)
+    bump = (light > 1.3).float() * fov
+    before = float(((seen[4] - clean[4]) * bump).sum() / (3 * bump.sum()))
+    after = float(((out[4] - clean[4]) * bump).sum() / (3 * bump.sum()))
+    assert abs(after) < 0.5 * before
+    assert err(out[4], clean[4], fov) < 0.85 * err(seen[4], clean[4], fov)  # its faint flanks stay
+    assert torch.equal(mod.camera_pool([seen[4]], [fov], prior=prior)[0], seen[4])
