@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from same_fast.train.source import (
         MODALITIES,
         SourceConfig,
-        _split_seed,
+        holdout_seed,
         load_samples,
         structure_dice,
         validation_set,
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     channels = MODALITIES[cfg.modality][0]
     val = [s for _, grp in load_samples(a.val, channels, cfg.load_size, cfg.modality) for s in grp]
     vs = validation_set(val, cfg, torch.device("cpu"))
-    seed = _split_seed(cfg)
+    seed = holdout_seed(cfg)
     res: dict[str, Any] = {"provenance": provenance({"validation_degradation": seed + 1000,
                                                      "bootstrap": 0}),
                            "recipe": str(a.recipe), "val": a.val, "arms": {}}

@@ -279,7 +279,7 @@ def load_samples(spec: str, channels: int, load_size: int, modality: str, max_im
     return list(sets.items())
 
 
-def _split_seed(cfg: SourceConfig) -> int:
+def holdout_seed(cfg: SourceConfig) -> int:
     """The hold-out split's seed: ``split_seed``, else the training ``seed``."""
     return cfg.seed if cfg.split_seed is None else cfg.split_seed
 
@@ -455,7 +455,7 @@ def validation_set(val: list[Sample], cfg: SourceConfig, device: torch.device
         return None
     x, mask, fov, has_mask = _stack(val, device)
     x = x * fov
-    g = torch.Generator().manual_seed(_split_seed(cfg) + 1000)
+    g = torch.Generator().manual_seed(holdout_seed(cfg) + 1000)
     pairs = [degrade_with_tone(x[i:i + 1], cfg.degrade or MODALITIES[cfg.modality][1], g,
                                fov[i:i + 1]) for i in range(len(val))]
     y = torch.cat([p[0] for p in pairs])
@@ -632,7 +632,7 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
     channels = MODALITIES[cfg.modality][0]
     sets = load_samples(cfg.data, channels, cfg.load_size, cfg.modality, cfg.max_images,
                         cfg.frame)
-    train, val = split(sets, cfg.holdout, _split_seed(cfg))
+    train, val = split(sets, cfg.holdout, holdout_seed(cfg))
     if cfg.val_data:
         # Selection on a camera the model does not train on: the held-out split (if any) stays
         # out of training, and the validation frames come from ``val_data``.
