@@ -389,3 +389,25 @@ def test_camera_pool_with_a_natural_spread_leaves_a_clean_camera_alone(bench_scr
     assert abs(after) < 0.5 * before
     assert err(out[4], clean[4], fov) < 0.85 * err(seen[4], clean[4], fov)  # its faint flanks stay
     assert torch.equal(mod.camera_pool([seen[4]], [fov], prior=prior)[0], seen[4])
+
+
+def test_vessel_dice_gain_is_paired_per_image_over_the_degraded_input(bench_script):
+    """fundus_cross_camera's summary gives, per arm, the mean vessel Dice gain over the degraded
+    input's segmentation, paired per image with a bootstrap interval; images without a vessel
+    mask are left out of it; the FIVES segmenter never trains on FIVES."""
+    mod = bench_script("fundus_cross_camera")
+    rows = []
+    for i in range(12):
+        deg = 0.3 + 0.02 * i  # the images differ much more than the arm's gain
+        rows.append({"name": f"f{i}", "type": "blur",
+                     "degraded": {"ssim": 0.8, "psnr": 20.0}, "a": {"ssim": 0.81, "psnr": 21.0},
+                     "vessel_dice": {"clean": 0.7, "degraded": deg, "a": deg + 0.01 * (1 + i % 2)}})
+    rows.append({"name": "no-mask", "type": "blur", "degraded": {"ssim": 0.8, "psnr": 20.0},
+                 "a": {"ssim": 0.81, "psnr": 21.0}})
+    s = mod.summarise(rows, "fundus-local", ["a"], seed=0)
+    g = s["vessel_dice_gain"]["a"]
+    assert set(s["vessel_dice_gain"]) == {"a"}
+    assert abs(g["mean"] - 0.015) < 1e-9 and 0.01 <= g["lo"] < g["mean"] < g["hi"] <= 0.02
+    assert abs(s["vessel_dice"]["degraded"]["mean"] - (0.3 + 0.02 * 5.5)) < 1e-9
+    for cam, sets in mod.SEGMENTER_SETS.items():
+        assert cam.split("-")[0] not in sets
