@@ -32,7 +32,8 @@ pulls each output's smooth light toward the camera's own, pooled (per-cell media
 the camera's outputs under the condition (``camera_pool``: a folder-level step that reads no
 reference; one image alone passes unchanged). ``LABEL=MODEL+camera-garrote`` does the same,
 taking off only what exceeds the natural spread of clean photographs' light (``POOL_PRIOR_JSON``,
-measured by ``camera_light_spread.py`` on training cameras). Each mean carries a
+measured by ``camera_light_spread.py`` on training cameras); ``+camera-pool-shared`` pools the
+light of the channels' mean and applies one gain to every channel. Each mean carries a
 bootstrap 95 % interval over images; the JSON records the git commit, the seeds and the command.
 """
 from __future__ import annotations
@@ -48,7 +49,7 @@ from torch.nn import functional as F
 
 CONDITIONS = ("fundus-shen2020", "fundus-local", "identity")
 # what an arm's ``+SUFFIX`` does to its outputs afterwards (``_input_tone``, ``camera_pool``)
-POSTS = ("input-tone", "camera-pool", "camera-garrote")
+POSTS = ("input-tone", "camera-pool-shared", "camera-pool", "camera-garrote")
 # camera_pool's settings, read off the selection cameras (DRIVE training, 24 IDRiD training
 # photographs) in session 22; no test camera has been scored with them
 POOL_SIGMA, POOL_SHRINK, POOL_TAU = 0.028, 0.5, 0.04
@@ -217,8 +218,8 @@ def radial_spread(spread: torch.Tensor, radius: torch.Tensor, inside: torch.Tens
 
 def camera_pool(ys: list[torch.Tensor], fovs: list[torch.Tensor], sigma: float = POOL_SIGMA,
                 shrink: float = POOL_SHRINK, tau: float = POOL_TAU,
-                prior: torch.Tensor | None = None, sigmas: float = POOL_SIGMAS
-                ) -> list[torch.Tensor]:
+                prior: torch.Tensor | None = None, sigmas: float = POOL_SIGMAS,
+                shared: bool = False) -> list[torch.Tensor]:
     """Each frame's smooth light pulled toward its camera's, pooled over the frames.
 
     Per frame, its ``light_map``; the camera's map is the per-cell median over the frames; each
@@ -230,7 +231,14 @@ def camera_pool(ys: list[torch.Tensor], fovs: list[torch.Tensor], sigma: float =
     and ``k = sigmas``: a deviation within ``k`` natural standard deviations is left alone, and
     the larger one is, the more of it is taken for degradation and divided out. Its global
     level (and so its tone) is the frame's own; one frame alone is its own median, so it passes
-    unchanged. It reads no reference."""
+    unchanged. It reads no reference. ``shared``: the light of the channels' mean, one gain for
+    every channel (a dark channel's own light, blue in a fundus photograph, is not divided out
+    on its own)."""
+    if shared:
+        lum = camera_pool([y.mean(1, keepdim=True) for y in ys], fovs, sigma, shrink, tau, prior,
+                          sigmas)
+        return [(y * (o / y.mean(1, keepdim=True).clamp_min(1e-4))).clamp(0, 1) * f
+                for y, o, f in zip(ys, lum, fovs, strict=True)]
     maps = torch.stack([light_map(y, f, sigma) for y, f in zip(ys, fovs, strict=True)])
     camera = maps.median(0).values
     if prior is not None:
@@ -361,7 +369,8 @@ def score_camera(images: list[dict[str, Any]], arms: list[tuple[str, Any, str]],
             rows[cond].append(row)
         for label, (post, ys) in pooled.items():
             prior = pool_prior() if post == "camera-garrote" else None
-            outs = camera_pool(ys, [im["fov"] for im in images], prior=prior)
+            outs = camera_pool(ys, [im["fov"] for im in images], prior=prior,
+                               shared=post == "camera-pool-shared")
             for row, y, im in zip(rows[cond], outs, images, strict=True):
                 put(row, label, y, im)
     return rows

@@ -336,6 +336,13 @@ def test_camera_pool_divides_out_a_frame_light_that_its_camera_lacks(bench_scrip
     for i in (0, 1, 2, 4, 5, 6):
         assert excess((out[i] - clean[i]).abs(), 0, fov) < 1e-3
     assert torch.equal(mod.camera_pool([seen[3]], [fov])[0], seen[3])
+    # one gain for every channel: the light of the channels' mean
+    shared = mod.camera_pool(seen, [fov] * 7, shared=True)
+    assert 0.5 * before < excess(shared[3], clean[3], bump) < 0.75 * before
+    inner = (fov[0, 0] > 0) & (seen[3][0].min(0).values > 0.05)
+    ratio = shared[3][0][:, inner] / seen[3][0][:, inner]
+    assert float((ratio - ratio.mean(0)).abs().max()) < 1e-4
+    assert mod._arms(["p=fundus-lite+camera-pool-shared"])[0][2] == "camera-pool-shared"
     assert mod._arms(["p=fundus-lite+camera-pool"])[0][2] == "camera-pool"
     assert mod._arms(["t=fundus-lite+input-tone"])[0][2] == "input-tone"
     assert mod._arms(["g=fundus-lite+camera-garrote"])[0][2] == "camera-garrote"
