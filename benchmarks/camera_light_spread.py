@@ -17,7 +17,6 @@ on: never a selection or test camera). Nothing here is degraded or enhanced.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,9 @@ import torch
 
 
 def _cross_camera() -> Any:
-    path = Path(__file__).resolve().parent / "fundus_cross_camera.py"
-    spec = importlib.util.spec_from_file_location("fundus_cross_camera", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from same_fast.benchsuites.common import sibling_script
+
+    return sibling_script(__file__, "fundus_cross_camera")
 
 
 def natural_spread(maps: torch.Tensor, radius: torch.Tensor, inside: torch.Tensor,

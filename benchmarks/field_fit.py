@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -41,12 +40,9 @@ import torch.nn.functional as F
 
 
 def _oracle_field() -> Any:
-    path = Path(__file__).resolve().parent / "fundus_cross_camera.py"
-    spec = importlib.util.spec_from_file_location("fundus_cross_camera", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["fundus_cross_camera"] = mod
-    spec.loader.exec_module(mod)
-    return mod.oracle_field
+    from same_fast.benchsuites.common import sibling_script
+
+    return sibling_script(__file__, "fundus_cross_camera").oracle_field
 
 
 def _config(size: int, clean_prob: float, shading_aug: float = 0.0, contrast_aug: float = 0.0,

@@ -72,13 +72,9 @@ DEFAULT_CAMERAS = ("DRIVE-test", "FIVES", "IDRiD-test", "HRF", "DRIVE", "skimage
 
 
 def _ceiling_module() -> Any:
-    import importlib.util
+    from same_fast.benchsuites.common import sibling_script
 
-    path = Path(__file__).resolve().parent / "source_ceiling.py"
-    spec = importlib.util.spec_from_file_location("source_ceiling", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return sibling_script(__file__, "source_ceiling")
 
 
 # The vessel segmenter for a camera is trained on clean images of other cameras only. FIVES's

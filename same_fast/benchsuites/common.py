@@ -1,19 +1,41 @@
-"""Shared benchmark helpers: interleaved timing, JSON output (the machine description is
-``same_fast.engine.machine.environment``, re-exported here)."""
+"""Shared benchmark helpers: interleaved timing, JSON output, loading a sibling benchmark
+script (the machine description is ``same_fast.engine.machine.environment``, re-exported
+here)."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from same_fast.engine.machine import environment
 
-__all__ = ["environment", "interleaved", "serving_settings", "time_serving_step", "write_json"]
+__all__ = ["environment", "interleaved", "serving_settings", "sibling_script", "time_serving_step",
+           "write_json"]
+
+
+def sibling_script(anchor: str, name: str) -> ModuleType:
+    """The benchmark script ``name``.py in the folder of ``anchor`` (a script's ``__file__``),
+    loaded once as a module named ``name`` (the scripts are not a package; dataclasses in a
+    script look their module up in ``sys.modules``)."""
+    path = Path(anchor).resolve().parent / f"{name}.py"
+    mod = sys.modules.get(name)
+    if mod is not None and Path(getattr(mod, "__file__", "") or "").resolve() == path:
+        return mod
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"no benchmark script at {path}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def interleaved(cases: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2,
