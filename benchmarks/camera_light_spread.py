@@ -17,7 +17,9 @@ on: never a selection or test camera). Nothing here is degraded or enhanced.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +54,21 @@ def natural_spread(maps: torch.Tensor, radius: torch.Tensor, inside: torch.Tenso
                             for e, a, b in zip(est, lo, hi, strict=True)]}
 
 
-def camera_maps(images: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def camera_maps(images: Iterable[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The frames' light maps (N, 1, C, 64, 64), each cell's share of the FOV's radius and the
-    cells inside every frame's FOV."""
+    cells inside every frame's FOV; ``images`` is read once, one at a time (only each frame's
+    map and FOV are kept)."""
     mod = _cross_camera()
-    maps = torch.stack([mod.light_map(im["clean"], im["fov"]) for im in images])
-    radius, inside = mod.cell_radius([im["fov"] for im in images])
+    maps, fovs = [], []
+    for im in images:
+        maps.append(mod.light_map(im["clean"], im["fov"]))
+        fovs.append(im["fov"].to(torch.bool))
+    if not maps:
+        raise SystemExit("no photographs")
+    radius, inside = mod.cell_radius([f.float() for f in fovs])
     if not inside.any():
         raise SystemExit("no cell lies inside every frame's FOV")
-    return maps, radius, inside
+    return torch.stack(maps), radius, inside
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {"provenance": provenance({"bootstrap": a.seed}),
                            "max_side": a.max_side, "cameras": {}}
     for cam in a.camera:
-        images = mod.load_camera(cam, a.max_side)
+        images = mod.iter_camera(cam, a.max_side)
         if a.max_images:
-            images = images[:a.max_images]
-        if len(images) < 3:
-            raise SystemExit(f"camera {cam}: a spread needs at least 3 photographs, got {len(images)}")
+            images = itertools.islice(images, a.max_images)
         maps, radius, inside = camera_maps(images)
+        if maps.shape[0] < 3:
+            raise SystemExit(f"camera {cam}: a spread needs at least 3 photographs, got {maps.shape[0]}")
         res["cameras"][cam] = s = natural_spread(maps, radius, inside, seed=a.seed)
         print(f"{cam:12s} n={s['frames']:3d} cells={s['cells']:4d}", flush=True)
         for c, v in zip("RGB", s["per_channel"], strict=False):

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +88,14 @@ SEGMENTER_SETS = {"DRIVE-test": ("HRF", "FIVES"), "FIVES": ("HRF", "DRIVE"), "HR
 def load_camera(name: str, max_side: int) -> list[dict[str, Any]]:
     """The camera's clean images as (1, 3, H, W) in [0, 1] with a (1, 1, H, W) FOV and, where
     the set has them, a (1, 1, H, W) vessel mask."""
+    return list(iter_camera(name, max_side))
+
+
+def iter_camera(name: str, max_side: int) -> Iterator[dict[str, Any]]:
+    """``load_camera``'s images one at a time (a camera of hundreds need not be held at once)."""
     from same_fast.io import load, load_mask, to_tensor
     from same_fast.train.source import _partner, data_folders, estimate_fov, structure_mask
 
-    out = []
     for _set, _root, files, masks_dir, fov_dir in data_folders(name):
         for f in files:
             arr = load(f).frames[0][..., :3]
@@ -110,8 +115,7 @@ def load_camera(name: str, max_side: int) -> list[dict[str, Any]]:
             x = (x * 255).round() / 255  # an 8-bit photograph, as a user's file would be
             if fov is None:
                 fov = estimate_fov(x[0])[None].float()
-            out.append({"name": f.stem, "clean": x * fov, "fov": fov, "vessels": ves})
-    return out
+            yield {"name": f.stem, "clean": x * fov, "fov": fov, "vessels": ves}
 
 
 def _letterbox(t: torch.Tensor, size: int) -> torch.Tensor:
