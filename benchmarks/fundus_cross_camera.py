@@ -235,10 +235,12 @@ def camera_pool(ys: list[torch.Tensor], fovs: list[torch.Tensor], sigma: float =
     every channel (a dark channel's own light, blue in a fundus photograph, is not divided out
     on its own)."""
     if shared:
-        lum = camera_pool([y.mean(1, keepdim=True) for y in ys], fovs, sigma, shrink, tau, prior,
-                          sigmas)
-        return [(y * (o / y.mean(1, keepdim=True).clamp_min(1e-4))).clamp(0, 1) * f
-                for y, o, f in zip(ys, lum, fovs, strict=True)]
+        if prior is not None and prior.shape[0] != 1:
+            raise ValueError("a shared pool's prior is the channels' mean light's: one channel")
+        lums = [y.mean(1, keepdim=True) for y in ys]
+        pooled = camera_pool(lums, fovs, sigma, shrink, tau, prior, sigmas)
+        return [(y * (o / lum.clamp_min(1e-4))).clamp(0, 1) * f
+                for y, lum, o, f in zip(ys, lums, pooled, fovs, strict=True)]
     maps = torch.stack([light_map(y, f, sigma) for y, f in zip(ys, fovs, strict=True)])
     camera = maps.median(0).values
     if prior is not None:
