@@ -33,7 +33,10 @@ the camera's outputs under the condition (``camera_pool``: a folder-level step t
 reference; one image alone passes unchanged). ``LABEL=MODEL+camera-garrote`` does the same,
 taking off only what exceeds the natural spread of clean photographs' light (``POOL_PRIOR_JSON``,
 measured by ``camera_light_spread.py`` on training cameras); ``+camera-pool-shared`` pools the
-light of the channels' mean and applies one gain to every channel. Each mean carries a
+light of the channels' mean and applies one gain to every channel. ``LABEL=MODEL+coarse`` runs
+the model on a half-size copy first and puts the smooth light it gives there on the full-size
+input before the model sees it (``coarse_light``: the model's reach doubled for smooth light);
+``LABEL=MODEL+twice`` runs the model on its own output. Each mean carries a
 bootstrap 95 % interval over images; the JSON records the git commit, the seeds and the command.
 """
 from __future__ import annotations
@@ -51,6 +54,11 @@ from torch.nn import functional as F
 CONDITIONS = ("fundus-shen2020", "fundus-local", "identity")
 # what an arm's ``+SUFFIX`` does to its outputs afterwards (``_input_tone``, ``camera_pool``)
 POSTS = ("input-tone", "camera-pool-shared", "camera-pool", "camera-garrote")
+# how an arm's ``+SUFFIX`` runs its model instead of once on the frame (``run_arm``)
+RUNS = ("coarse", "twice")
+# ``+coarse``: the size of the coarse copy, and the range its light gain is clamped to (fixed
+# in session 24's rule before any run)
+COARSE_FACTOR, COARSE_CLAMP = 2, (0.5, 2.0)
 # camera_pool's settings, read off the selection cameras (DRIVE training, 24 IDRiD training
 # photographs) in session 22; no test camera has been scored with them
 POOL_SIGMA, POOL_SHRINK, POOL_TAU = 0.028, 0.5, 0.04
@@ -164,14 +172,19 @@ def oracle_field(y: torch.Tensor, ref: torch.Tensor, fov: torch.Tensor, cell: in
     return (a * y + b).clamp(0, 1) * fov
 
 
+def _lit_blur(y: torch.Tensor, fov: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A Gaussian of ``sigma`` times the longer side, normalised over the lit pixels."""
+    from same_fast.degrade.ops import blur
+
+    s = torch.full((y.shape[0],), sigma * max(y.shape[-2:]))
+    return blur(y * fov, s) / blur(fov, s).clamp_min(1e-3)
+
+
 def light_map(y: torch.Tensor, fov: torch.Tensor, sigma: float = POOL_SIGMA) -> torch.Tensor:
     """A frame's smooth light per channel: a Gaussian of ``sigma`` times the longer side,
     normalised inside the FOV, in log units relative to the frame's own mean level, on a 64x64
     grid, (1, C, 64, 64). Its global level (and so its tone) is divided out."""
-    from same_fast.degrade.ops import blur
-
-    s = torch.full((y.shape[0],), sigma * max(y.shape[-2:]))
-    lit = blur(y * fov, s) / blur(fov, s).clamp_min(1e-3)
+    lit = _lit_blur(y, fov, sigma)
     level = (y * fov).sum((2, 3), keepdim=True) / fov.sum((2, 3), keepdim=True).clamp_min(1)
     rel = torch.log((lit / level.clamp_min(1e-3)).clamp_min(1e-3))
     return F.interpolate(rel, size=(64, 64), mode="bilinear", align_corners=False)
@@ -259,6 +272,43 @@ def camera_pool(ys: list[torch.Tensor], fovs: list[torch.Tensor], sigma: float =
     return out
 
 
+def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: int = COARSE_FACTOR,
+                 clamp: tuple[float, float] = COARSE_CLAMP, sigma: float = POOL_SIGMA
+                 ) -> torch.Tensor:
+    """The model's smooth light correction read at ``1 / factor`` of the size, applied to ``x``.
+
+    The model enhances an area-resized copy (its reach then spans ``factor`` times as much of
+    the frame); the per-channel ratio of its output's smooth light to its input's (a Gaussian of
+    ``sigma`` times the longer side over the lit pixels, clamped to ``clamp``) is up-sampled and
+    multiplied into ``x``. What the model does not change at the coarse size passes unchanged
+    (gain 1); it reads no reference. Returns the corrected input (1, C, H, W), not enhanced."""
+    from same_fast.nn import enhance
+
+    h, w = x.shape[-2:]
+    size = (max(1, round(h / factor)), max(1, round(w / factor)))
+    xs = F.interpolate(x, size=size, mode="area")
+    fs = (F.interpolate(fov.float(), size=size, mode="area") > 0.5).float()
+    with torch.no_grad():
+        ys = enhance(net, xs, fs)
+    gain = (_lit_blur(ys, fs, sigma) / _lit_blur(xs, fs, sigma).clamp_min(2 / 255)).clamp(*clamp)
+    gain = F.interpolate(gain, size=(h, w), mode="bilinear", align_corners=False)
+    return (x * gain).clamp(0, 1) * fov
+
+
+def run_arm(net: Any, x: torch.Tensor, fov: torch.Tensor, run: str = "") -> torch.Tensor:
+    """The arm's model on one frame: once, on the ``coarse_light``-corrected frame
+    (``coarse``), or on its own output (``twice``)."""
+    from same_fast.nn import enhance
+
+    if run not in ("", *RUNS):
+        raise ValueError(f"unknown run mode '{run}' (expected one of {RUNS})")
+    with torch.no_grad():
+        if run == "coarse":
+            x = coarse_light(net, x, fov)
+        y = enhance(net, x, fov)
+        return enhance(net, y, fov) if run == "twice" else y
+
+
 def _arms(specs: list[str]) -> list[tuple[str, Any, str]]:
     from same_fast.models import load_model
 
@@ -275,7 +325,7 @@ def _arms(specs: list[str]) -> list[tuple[str, Any, str]]:
                 raise SystemExit(f"--arm {spec}: oracle-field:CELL needs a cell of >= 2 pixels")
             arms.append((label, int(cell), ""))
             continue
-        post = next((p for p in POSTS if model.endswith("+" + p)), "")
+        post = next((p for p in POSTS + RUNS if model.endswith("+" + p)), "")
         model = model.removesuffix("+" + post) if post else model
         if model.startswith("mix:"):
             net = _mix(spec, model)
@@ -319,7 +369,6 @@ def score_camera(images: list[dict[str, Any]], arms: list[tuple[str, Any, str]],
     ``+camera-pool`` arm is scored once all of the camera's images are through its model."""
     from same_fast.degrade import get_preset
     from same_fast.eval import score_pair
-    from same_fast.nn import enhance
 
     ceil = _ceiling_module()
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -360,8 +409,7 @@ def score_camera(images: list[dict[str, Any]], arms: list[tuple[str, Any, str]],
                     ref = variants.get("ceiling_keep_colour", x)
                     y = oracle_field(inp, ref, fov, net)
                 else:
-                    with torch.no_grad():
-                        y = enhance(net, inp, fov)
+                    y = run_arm(net, inp, fov, post if post in RUNS else "")
                 if post == "input-tone":
                     y = _input_tone(y, inp, fov)
                 if post.startswith("camera-"):

@@ -418,3 +418,46 @@ def test_vessel_dice_gain_is_paired_per_image_over_the_degraded_input(bench_scri
     assert abs(s["vessel_dice"]["degraded"]["mean"] - (0.3 + 0.02 * 5.5)) < 1e-9
     for cam, sets in mod.SEGMENTER_SETS.items():
         assert cam.split("-")[0] not in sets
+
+
+def test_coarse_light_carries_the_models_smooth_light_from_a_half_size_copy(bench_script):
+    """fundus_cross_camera's ``+coarse``: the model runs on a half-size copy and the ratio of
+    its smooth light to the input's multiplies the full-size frame before the model sees it. A
+    model that changes nothing leaves the frame as it was; one that brightens by 1.2 has its
+    gain carried over once (1.2) and then applied again by the full-size pass (1.44), as
+    ``+twice`` applies it twice; a gain past the clamp is clamped; black stays black outside
+    the FOV."""
+    import torch
+
+    mod = bench_script("fundus_cross_camera")
+
+    class Gain(torch.nn.Module):
+        multiple = 1
+
+        def __init__(self, k: float) -> None:
+            super().__init__()
+            self.k = k
+
+        def forward(self, x, structure=False):  # [-1, 1] in and out, as SAMENet
+            return ((x + 1) / 2 * self.k).clamp(0, 1) * 2 - 1, None
+
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 96), torch.linspace(-1, 1, 112), indexing="ij")
+    fov = ((xx ** 2 + yy ** 2) < 0.8).float()[None, None]
+    x = (0.25 + 0.2 * torch.rand(1, 3, 96, 112, generator=g)) * fov
+    inner = ((xx ** 2 + yy ** 2) < 0.5)[None, None].expand_as(x)
+    assert torch.allclose(mod.coarse_light(Gain(1.0), x, fov), x, atol=1e-5)
+    assert torch.allclose(mod.run_arm(Gain(1.0), x, fov, "twice"), x, atol=1e-5)
+    once = mod.coarse_light(Gain(1.2), x, fov)
+    assert torch.allclose(once[inner], 1.2 * x[inner], atol=2e-3)
+    assert float(once[fov.expand_as(x) == 0].abs().max()) == 0.0
+    for run in ("coarse", "twice"):
+        y = mod.run_arm(Gain(1.2), x, fov, run)
+        assert torch.allclose(y[inner], 1.44 * x[inner], atol=3e-3)
+    assert torch.allclose(mod.run_arm(Gain(1.2), x, fov)[inner], 1.2 * x[inner], atol=1e-5)
+    strong = mod.coarse_light(Gain(3.0), x, fov)  # the coarse output saturates at 1 anyway
+    assert float((strong[inner] / x[inner]).max()) <= 2.0 + 1e-5
+    with pytest.raises(ValueError, match="run mode"):
+        mod.run_arm(Gain(1.0), x, fov, "thrice")
+    assert mod._arms(["c=fundus-lite+coarse"])[0][2] == "coarse"
+    assert mod._arms(["t=fundus-lite+twice"])[0][2] == "twice"
