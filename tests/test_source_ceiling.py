@@ -109,6 +109,15 @@ def test_fundus_targets_reads_where_the_ceiling_itself_is_below_the_input(bench_
     assert fam["cataract"]["ceiling_gain_ssim"] > 10 * fam["cataract"]["arm_gain_ssim"] > 0
     assert res["cases"]["DRIVE-test/fundus-local"]["share_ceiling_below_input"] == 0.05
     assert "IDRiD-test/fundus-shen2020" in res["cases"]  # both stored runs are read
+    # the fixed +0.03 under fundus-local asks 84 % of DRIVE test's ceiling (everything but blur
+    # undone), about a quarter of IDRiD test's; fundus-lite reaches a fifth of DRIVE's
+    local = res["cases"]["DRIVE-test/fundus-local"]
+    assert 0.80 < local["target_share_of_ceiling"] < 0.88
+    assert res["cases"]["IDRiD-test/fundus-local"]["target_share_of_ceiling"] < 0.30
+    assert local["arm_share_of_ceiling"] == pytest.approx(
+        local["arm_gain_ssim"] / local["ceiling_gain_ssim"])
+    assert 0.15 < local["arm_share_of_ceiling"] < 0.25
+    assert drive["target_share_of_ceiling"] is None  # no fixed target under fundus-shen2020
     assert (tmp_path / "t.json").is_file()
 
 
