@@ -36,7 +36,9 @@ measured by ``camera_light_spread.py`` on training cameras); ``+camera-pool-shar
 light of the channels' mean and applies one gain to every channel. ``LABEL=MODEL+coarse`` runs
 the model on a half-size copy first and puts the smooth light it gives there on the full-size
 input before the model sees it (``coarse_light``: the model's reach doubled for smooth light);
-``LABEL=MODEL+twice`` runs the model on its own output. Each mean carries a
+``LABEL=MODEL+twice`` runs the model on its own output; ``LABEL=coarse:SIDE:COARSE,FINE`` reads
+the smooth light with another model (``COARSE``, trained on whole frames of side ``SIDE``) on a
+copy whose shorter side is ``SIDE``, and ``FINE`` enhances the corrected input. Each mean carries a
 bootstrap 95 % interval over images; the JSON records the git commit, the seeds and the command.
 """
 from __future__ import annotations
@@ -44,6 +46,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -272,19 +275,33 @@ def camera_pool(ys: list[torch.Tensor], fovs: list[torch.Tensor], sigma: float =
     return out
 
 
-def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: int = COARSE_FACTOR,
-                 clamp: tuple[float, float] = COARSE_CLAMP, sigma: float = POOL_SIGMA
-                 ) -> torch.Tensor:
+@dataclass(frozen=True)
+class CoarseFine:
+    """A ``coarse:SIDE:COARSE,FINE`` arm: ``coarse`` reads the smooth light on a copy whose
+    shorter side is ``side``, ``fine`` enhances the corrected full-size input."""
+
+    coarse: Any
+    fine: Any
+    side: int
+
+
+def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = COARSE_FACTOR,
+                 clamp: tuple[float, float] = COARSE_CLAMP, sigma: float = POOL_SIGMA,
+                 side: int = 0) -> torch.Tensor:
     """The model's smooth light correction read at ``1 / factor`` of the size, applied to ``x``.
 
     The model enhances an area-resized copy (its reach then spans ``factor`` times as much of
-    the frame); the per-channel ratio of its output's smooth light to its input's (a Gaussian of
-    ``sigma`` times the longer side over the lit pixels, clamped to ``clamp``) is up-sampled and
-    multiplied into ``x``. What the model does not change at the coarse size passes unchanged
-    (gain 1); it reads no reference. Returns the corrected input (1, C, H, W), not enhanced."""
+    the frame; with ``side``, the copy's shorter side is ``side`` pixels instead, the frame size a
+    model trained on whole frames knows); the per-channel ratio of its output's smooth light to
+    its input's (a Gaussian of ``sigma`` times the longer side over the lit pixels, clamped to
+    ``clamp``) is up-sampled and multiplied into ``x``. What the model does not change at the
+    coarse size passes unchanged (gain 1); it reads no reference. Returns the corrected input
+    (1, C, H, W), not enhanced."""
     from same_fast.nn import enhance
 
     h, w = x.shape[-2:]
+    if side:
+        factor = min(h, w) / side
     size = (max(1, round(h / factor)), max(1, round(w / factor)))
     xs = F.interpolate(x, size=size, mode="area")
     fs = (F.interpolate(fov.float(), size=size, mode="area") > 0.5).float()
@@ -297,9 +314,13 @@ def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: int = COA
 
 def run_arm(net: Any, x: torch.Tensor, fov: torch.Tensor, run: str = "") -> torch.Tensor:
     """The arm's model on one frame: once, on the ``coarse_light``-corrected frame
-    (``coarse``), or on its own output (``twice``)."""
+    (``coarse``), or on its own output (``twice``); a ``CoarseFine`` pair, its fine model on
+    the frame its coarse model corrected."""
     from same_fast.nn import enhance
 
+    if isinstance(net, CoarseFine):
+        with torch.no_grad():
+            return enhance(net.fine, coarse_light(net.coarse, x, fov, side=net.side), fov)
     if run not in ("", *RUNS):
         raise ValueError(f"unknown run mode '{run}' (expected one of {RUNS})")
     with torch.no_grad():
@@ -327,7 +348,14 @@ def _arms(specs: list[str]) -> list[tuple[str, Any, str]]:
             continue
         post = next((p for p in POSTS + RUNS if model.endswith("+" + p)), "")
         model = model.removesuffix("+" + post) if post else model
-        if model.startswith("mix:"):
+        if model.startswith("coarse:"):
+            side, _, pair = model.removeprefix("coarse:").partition(":")
+            names = pair.split(",")
+            if not side.isdigit() or int(side) < 16 or len(names) != 2 or post:
+                raise SystemExit(f"--arm {spec}: coarse:SIDE:COARSE,FINE needs a side of >= 16 "
+                                 "pixels and two models (and no +suffix)")
+            net = CoarseFine(load_model(names[0])[0], load_model(names[1])[0], int(side))
+        elif model.startswith("mix:"):
             net = _mix(spec, model)
         else:
             net, _meta = load_model(model)

@@ -468,5 +468,16 @@ def test_coarse_light_carries_the_models_smooth_light_from_a_half_size_copy(benc
     assert float((strong[inner] / x[inner]).max()) <= 2.0 + 1e-5
     with pytest.raises(ValueError, match="run mode"):
         mod.run_arm(Gain(1.0), x, fov, "thrice")
+    # a coarse model's light on a copy of a given shorter side, a fine model's enhancement after
+    pair = mod.CoarseFine(Gain(1.2), Gain(1.0), side=48)
+    assert torch.allclose(mod.run_arm(pair, x, fov)[inner], 1.2 * x[inner], atol=2e-3)
+    pair = mod.CoarseFine(Gain(1.0), Gain(1.2), side=24)
+    assert torch.allclose(mod.run_arm(pair, x, fov)[inner], 1.2 * x[inner], atol=1e-5)
+    label, net, post = mod._arms(["h=coarse:280:fundus-lite,fundus-lite"])[0]
+    assert (label, post, net.side) == ("h", "", 280) and net.coarse is not net.fine
+    for bad in ("coarse:8:fundus-lite,fundus-lite", "coarse:280:fundus-lite",
+                "coarse:280:fundus-lite,fundus-lite+twice"):
+        with pytest.raises(SystemExit, match="coarse:SIDE"):
+            mod._arms([f"h={bad}"])
     assert mod._arms(["c=fundus-lite+coarse"])[0][2] == "coarse"
     assert mod._arms(["t=fundus-lite+twice"])[0][2] == "twice"
