@@ -38,7 +38,8 @@ the model on a half-size copy first and puts the smooth light it gives there on 
 input before the model sees it (``coarse_light``: the model's reach doubled for smooth light);
 ``LABEL=MODEL+twice`` runs the model on its own output; ``LABEL=coarse:SIDE:COARSE,FINE`` reads
 the smooth light with another model (``COARSE``, trained on whole frames of side ``SIDE``) on a
-copy whose shorter side is ``SIDE``, and ``FINE`` enhances the corrected input. Each mean carries a
+copy whose shorter side is ``SIDE``, and ``FINE`` enhances the corrected input
+(``coarse-level:SIDE:COARSE,FINE``: the correction keeps each channel's mean level). Each mean carries a
 bootstrap 95 % interval over images; the JSON records the git commit, the seeds and the command.
 """
 from __future__ import annotations
@@ -283,11 +284,12 @@ class CoarseFine:
     coarse: Any
     fine: Any
     side: int
+    keep_level: bool = False
 
 
 def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = COARSE_FACTOR,
                  clamp: tuple[float, float] = COARSE_CLAMP, sigma: float = POOL_SIGMA,
-                 side: int = 0) -> torch.Tensor:
+                 side: int = 0, keep_level: bool = False) -> torch.Tensor:
     """The model's smooth light correction read at ``1 / factor`` of the size, applied to ``x``.
 
     The model enhances an area-resized copy (its reach then spans ``factor`` times as much of
@@ -295,7 +297,9 @@ def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = C
     model trained on whole frames knows); the per-channel ratio of its output's smooth light to
     its input's (a Gaussian of ``sigma`` times the longer side over the lit pixels, clamped to
     ``clamp``) is up-sampled and multiplied into ``x``. What the model does not change at the
-    coarse size passes unchanged (gain 1); it reads no reference. Returns the corrected input
+    coarse size passes unchanged (gain 1); it reads no reference. ``keep_level``: the corrected
+    input is rescaled per channel so that its mean inside the FOV is ``x``'s (the pass moves
+    light within the frame and changes no channel's level). Returns the corrected input
     (1, C, H, W), not enhanced."""
     from same_fast.nn import enhance
 
@@ -309,7 +313,13 @@ def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = C
         ys = enhance(net, xs, fs)
     gain = (_lit_blur(ys, fs, sigma) / _lit_blur(xs, fs, sigma).clamp_min(2 / 255)).clamp(*clamp)
     gain = F.interpolate(gain, size=(h, w), mode="bilinear", align_corners=False)
-    return (x * gain).clamp(0, 1) * fov
+    out = x * gain
+    if keep_level:
+        def level(t: torch.Tensor) -> torch.Tensor:
+            return (t * fov).sum((2, 3), keepdim=True)
+
+        out = out * level(x) / level(out).clamp_min(1e-6)
+    return out.clamp(0, 1) * fov
 
 
 def run_arm(net: Any, x: torch.Tensor, fov: torch.Tensor, run: str = "") -> torch.Tensor:
@@ -320,7 +330,8 @@ def run_arm(net: Any, x: torch.Tensor, fov: torch.Tensor, run: str = "") -> torc
 
     if isinstance(net, CoarseFine):
         with torch.no_grad():
-            return enhance(net.fine, coarse_light(net.coarse, x, fov, side=net.side), fov)
+            return enhance(net.fine, coarse_light(net.coarse, x, fov, side=net.side,
+                                                  keep_level=net.keep_level), fov)
     if run not in ("", *RUNS):
         raise ValueError(f"unknown run mode '{run}' (expected one of {RUNS})")
     with torch.no_grad():
@@ -348,13 +359,15 @@ def _arms(specs: list[str]) -> list[tuple[str, Any, str]]:
             continue
         post = next((p for p in POSTS + RUNS if model.endswith("+" + p)), "")
         model = model.removesuffix("+" + post) if post else model
-        if model.startswith("coarse:"):
-            side, _, pair = model.removeprefix("coarse:").partition(":")
+        if model.startswith(("coarse:", "coarse-level:")):
+            kind, _, rest = model.partition(":")
+            side, _, pair = rest.partition(":")
             names = pair.split(",")
             if not side.isdigit() or int(side) < 16 or len(names) != 2 or post:
                 raise SystemExit(f"--arm {spec}: coarse:SIDE:COARSE,FINE needs a side of >= 16 "
                                  "pixels and two models (and no +suffix)")
-            net = CoarseFine(load_model(names[0])[0], load_model(names[1])[0], int(side))
+            net = CoarseFine(load_model(names[0])[0], load_model(names[1])[0], int(side),
+                             keep_level=kind == "coarse-level")
         elif model.startswith("mix:"):
             net = _mix(spec, model)
         else:

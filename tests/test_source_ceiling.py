@@ -475,6 +475,23 @@ def test_coarse_light_carries_the_models_smooth_light_from_a_half_size_copy(benc
     assert torch.allclose(mod.run_arm(pair, x, fov)[inner], 1.2 * x[inner], atol=1e-5)
     label, net, post = mod._arms(["h=coarse:280:fundus-lite,fundus-lite"])[0]
     assert (label, post, net.side) == ("h", "", 280) and net.coarse is not net.fine
+    assert not net.keep_level and mod._arms(["h=coarse-level:280:fundus-lite,fundus-lite"])[0][1].keep_level
+    # keeping the level: a uniform gain changes nothing; a gain that varies across the frame
+    # moves light within it and leaves each channel's mean inside the FOV where it was
+    assert torch.allclose(mod.coarse_light(Gain(1.2), x, fov, keep_level=True), x, atol=1e-5)
+
+    class Ramp(Gain):
+        def forward(self, x, structure=False):
+            ramp = torch.linspace(0.8, 1.3, x.shape[-1]).view(1, 1, 1, -1)
+            return (((x + 1) / 2) * ramp).clamp(0, 1) * 2 - 1, None
+
+    moved = mod.coarse_light(Ramp(1.0), x, fov, keep_level=True)
+    assert float((moved - x)[inner].abs().mean()) > 0.02
+
+    def mean(t):
+        return (t * fov).sum((2, 3)) / fov.sum()
+
+    assert torch.allclose(mean(moved), mean(x), atol=1e-4)
     for bad in ("coarse:8:fundus-lite,fundus-lite", "coarse:280:fundus-lite",
                 "coarse:280:fundus-lite,fundus-lite+twice"):
         with pytest.raises(SystemExit, match="coarse:SIDE"):
