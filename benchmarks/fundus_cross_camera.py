@@ -39,7 +39,8 @@ input before the model sees it (``coarse_light``: the model's reach doubled for 
 ``LABEL=MODEL+twice`` runs the model on its own output; ``LABEL=coarse:SIDE:COARSE,FINE`` reads
 the smooth light with another model (``COARSE``, trained on whole frames of side ``SIDE``) on a
 copy whose shorter side is ``SIDE``, and ``FINE`` enhances the corrected input
-(``coarse-level:SIDE:COARSE,FINE``: the correction keeps each channel's mean level). Each mean carries a
+(``coarse-level:SIDE:COARSE,FINE``: the correction keeps each channel's mean level; ``COARSE``
+may be a ``mix:W:A,B``). Each mean carries a
 bootstrap 95 % interval over images; the JSON records the git commit, the seeds and the command.
 """
 from __future__ import annotations
@@ -362,11 +363,13 @@ def _arms(specs: list[str]) -> list[tuple[str, Any, str]]:
         if model.startswith(("coarse:", "coarse-level:")):
             kind, _, rest = model.partition(":")
             side, _, pair = rest.partition(":")
-            names = pair.split(",")
+            names = pair.rsplit(",", 1)  # COARSE may be a mix:W:A,B
             if not side.isdigit() or int(side) < 16 or len(names) != 2 or post:
                 raise SystemExit(f"--arm {spec}: coarse:SIDE:COARSE,FINE needs a side of >= 16 "
                                  "pixels and two models (and no +suffix)")
-            net = CoarseFine(load_model(names[0])[0], load_model(names[1])[0], int(side),
+            coarse = (_mix(spec, names[0]) if names[0].startswith("mix:")
+                      else load_model(names[0])[0])
+            net = CoarseFine(coarse, load_model(names[1])[0], int(side),
                              keep_level=kind == "coarse-level")
         elif model.startswith("mix:"):
             net = _mix(spec, model)

@@ -476,6 +476,8 @@ def test_coarse_light_carries_the_models_smooth_light_from_a_half_size_copy(benc
     label, net, post = mod._arms(["h=coarse:280:fundus-lite,fundus-lite"])[0]
     assert (label, post, net.side) == ("h", "", 280) and net.coarse is not net.fine
     assert not net.keep_level and mod._arms(["h=coarse-level:280:fundus-lite,fundus-lite"])[0][1].keep_level
+    mixed = mod._arms(["h=coarse:280:mix:0.5:fundus-lite,fundus-lite,fundus-lite"])[0][1]
+    assert torch.equal(next(mixed.coarse.parameters()), next(mixed.fine.parameters()))
     # keeping the level: a uniform gain changes nothing; a gain that varies across the frame
     # moves light within it and leaves each channel's mean inside the FOV where it was
     assert torch.allclose(mod.coarse_light(Gain(1.2), x, fov, keep_level=True), x, atol=1e-5)
