@@ -435,7 +435,9 @@ def test_coarse_light_carries_the_models_smooth_light_from_a_half_size_copy(benc
     model that changes nothing leaves the frame as it was; one that brightens by 1.2 has its
     gain carried over once (1.2) and then applied again by the full-size pass (1.44), as
     ``+twice`` applies it twice; a gain past the clamp is clamped; black stays black outside
-    the FOV."""
+    the FOV. A ``coarse:SIDE:COARSE,FINE`` pair takes its light from one model on a copy of
+    that shorter side and its enhancement from the other; ``coarse-level`` moves light within
+    the frame and keeps each channel's mean; the arm parser refuses a malformed pair."""
     import torch
 
     mod = bench_script("fundus_cross_camera")
