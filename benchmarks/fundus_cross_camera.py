@@ -39,8 +39,9 @@ input before the model sees it (``coarse_light``: the model's reach doubled for 
 ``LABEL=MODEL+twice`` runs the model on its own output; ``LABEL=coarse:SIDE:COARSE,FINE`` reads
 the smooth light with another model (``COARSE``, trained on whole frames of side ``SIDE``) on a
 copy whose shorter side is ``SIDE``, and ``FINE`` enhances the corrected input
-(``coarse-level:SIDE:COARSE,FINE``: the correction keeps each channel's mean level; ``COARSE``
-may be a ``mix:W:A,B``). Each mean carries a
+(``coarse-level:SIDE:COARSE,FINE``: the correction keeps each channel's mean level;
+``coarse-flip:``/``coarse-level-flip:``: ``COARSE`` reads the light on the copy's four mirror
+images; ``COARSE`` may be a ``mix:W:A,B``). Each mean carries a
 bootstrap 95 % interval over images; the JSON records the git commit, the seeds and the command.
 """
 from __future__ import annotations
@@ -61,6 +62,9 @@ CONDITIONS = ("fundus-shen2020", "fundus-local", "identity")
 POSTS = ("input-tone", "camera-pool-shared", "camera-pool", "camera-garrote")
 # how an arm's ``+SUFFIX`` runs its model instead of once on the frame (``run_arm``)
 RUNS = ("coarse", "twice")
+# two-model arms KIND:SIDE:COARSE,FINE (CoarseFine): -level keeps each channel's FOV mean, -flip
+# reads the coarse light on the copy's four mirror images
+COARSE_KINDS = ("coarse", "coarse-level", "coarse-flip", "coarse-level-flip")
 # ``+coarse``: the size of the coarse copy, and the range its light gain is clamped to (fixed
 # in session 24's rule before any run)
 COARSE_FACTOR, COARSE_CLAMP = 2, (0.5, 2.0)
@@ -286,11 +290,15 @@ class CoarseFine:
     fine: Any
     side: int
     keep_level: bool = False
+    flips: bool = False
+
+
+FLIPS = ((), (-1,), (-2,), (-2, -1))  # the copy's four mirror images: none, left-right, up-down, both
 
 
 def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = COARSE_FACTOR,
                  clamp: tuple[float, float] = COARSE_CLAMP, sigma: float = POOL_SIGMA,
-                 side: int = 0, keep_level: bool = False) -> torch.Tensor:
+                 side: int = 0, keep_level: bool = False, flips: bool = False) -> torch.Tensor:
     """The model's smooth light correction read at ``1 / factor`` of the size, applied to ``x``.
 
     The model enhances an area-resized copy (its reach then spans ``factor`` times as much of
@@ -300,8 +308,10 @@ def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = C
     ``clamp``) is up-sampled and multiplied into ``x``. What the model does not change at the
     coarse size passes unchanged (gain 1); it reads no reference. ``keep_level``: the corrected
     input is rescaled per channel so that its mean inside the FOV is ``x``'s (the pass moves
-    light within the frame and changes no channel's level). Returns the corrected input
-    (1, C, H, W), not enhanced."""
+    light within the frame and changes no channel's level). ``flips``: the correction is read on
+    the copy's four mirror images (``FLIPS``), each mirrored back, and their log gains averaged
+    (the model is not mirror-equivariant; the average is its reading with less of its own
+    noise). Returns the corrected input (1, C, H, W), not enhanced."""
     from same_fast.nn import enhance
 
     h, w = x.shape[-2:]
@@ -310,9 +320,14 @@ def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = C
     size = (max(1, round(h / factor)), max(1, round(w / factor)))
     xs = F.interpolate(x, size=size, mode="area")
     fs = (F.interpolate(fov.float(), size=size, mode="area") > 0.5).float()
-    with torch.no_grad():
-        ys = enhance(net, xs, fs)
-    gain = (_lit_blur(ys, fs, sigma) / _lit_blur(xs, fs, sigma).clamp_min(2 / 255)).clamp(*clamp)
+    log_gain = torch.zeros_like(xs)
+    for dims in FLIPS if flips else FLIPS[:1]:
+        xm, fm = (xs.flip(dims), fs.flip(dims)) if dims else (xs, fs)
+        with torch.no_grad():
+            ym = enhance(net, xm, fm)
+        g = (_lit_blur(ym, fm, sigma) / _lit_blur(xm, fm, sigma).clamp_min(2 / 255)).clamp(*clamp)
+        log_gain += (g.flip(dims) if dims else g).log()
+    gain = (log_gain / (len(FLIPS) if flips else 1)).exp()
     gain = F.interpolate(gain, size=(h, w), mode="bilinear", align_corners=False)
     out = x * gain
     if keep_level:
@@ -332,7 +347,8 @@ def run_arm(net: Any, x: torch.Tensor, fov: torch.Tensor, run: str = "") -> torc
     if isinstance(net, CoarseFine):
         with torch.no_grad():
             return enhance(net.fine, coarse_light(net.coarse, x, fov, side=net.side,
-                                                  keep_level=net.keep_level), fov)
+                                                  keep_level=net.keep_level, flips=net.flips),
+                           fov)
     if run not in ("", *RUNS):
         raise ValueError(f"unknown run mode '{run}' (expected one of {RUNS})")
     with torch.no_grad():
@@ -360,7 +376,7 @@ def _arms(specs: list[str]) -> list[tuple[str, Any, str]]:
             continue
         post = next((p for p in POSTS + RUNS if model.endswith("+" + p)), "")
         model = model.removesuffix("+" + post) if post else model
-        if model.startswith(("coarse:", "coarse-level:")):
+        if model.startswith(tuple(k + ":" for k in COARSE_KINDS)):
             kind, _, rest = model.partition(":")
             side, _, pair = rest.partition(":")
             names = pair.rsplit(",", 1)  # COARSE may be a mix:W:A,B
@@ -370,7 +386,7 @@ def _arms(specs: list[str]) -> list[tuple[str, Any, str]]:
             coarse = (_mix(spec, names[0]) if names[0].startswith("mix:")
                       else load_model(names[0])[0])
             net = CoarseFine(coarse, load_model(names[1])[0], int(side),
-                             keep_level=kind == "coarse-level")
+                             keep_level="-level" in kind, flips=kind.endswith("-flip"))
         elif model.startswith("mix:"):
             net = _mix(spec, model)
         else:

@@ -437,7 +437,9 @@ def test_coarse_light_carries_the_models_smooth_light_from_a_half_size_copy(benc
     ``+twice`` applies it twice; a gain past the clamp is clamped; black stays black outside
     the FOV. A ``coarse:SIDE:COARSE,FINE`` pair takes its light from one model on a copy of
     that shorter side and its enhancement from the other; ``coarse-level`` moves light within
-    the frame and keeps each channel's mean; the arm parser refuses a malformed pair."""
+    the frame and keeps each channel's mean; ``-flip`` reads the light on the copy's four mirror
+    images (a mirror-equivariant model reads what it reads once, a model that brightens one side
+    whatever it sees reads a mirror-symmetric light); the arm parser refuses a malformed pair."""
     import torch
 
     mod = bench_script("fundus_cross_camera")
@@ -496,6 +498,19 @@ def test_coarse_light_carries_the_models_smooth_light_from_a_half_size_copy(benc
         return (t * fov).sum((2, 3)) / fov.sum()
 
     assert torch.allclose(mean(moved), mean(x), atol=1e-4)
+    # four mirror images: the same for a model that commutes with them, symmetric for one that
+    # does not (the ramp read left-right and mirrored back is the opposite ramp)
+    assert torch.allclose(mod.coarse_light(Gain(1.2), x, fov, flips=True),
+                          mod.coarse_light(Gain(1.2), x, fov), atol=1e-5)
+    flat = torch.full_like(x, 0.4) * fov
+    one_way = mod.coarse_light(Ramp(1.0), flat, fov)
+    four_ways = mod.coarse_light(Ramp(1.0), flat, fov, flips=True)
+    lr = (slice(None), slice(None), slice(30, 66), slice(30, 82))  # a box symmetric about the centre
+    assert float((one_way - one_way.flip(-1))[lr].abs().max()) > 0.05
+    assert float((four_ways - four_ways.flip(-1))[lr].abs().max()) < 2e-3
+    flip_arm = mod._arms(["f=coarse-level-flip:280:fundus-lite,fundus-lite"])[0][1]
+    assert flip_arm.flips and flip_arm.keep_level
+    assert not net.flips and mod._arms(["f=coarse-flip:280:fundus-lite,fundus-lite"])[0][1].flips
     for bad in ("coarse:8:fundus-lite,fundus-lite", "coarse:280:fundus-lite",
                 "coarse:280:fundus-lite,fundus-lite+twice"):
         with pytest.raises(SystemExit, match="coarse:SIDE"):
