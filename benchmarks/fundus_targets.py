@@ -3,6 +3,10 @@
     python benchmarks/fundus_targets.py [benchmarks/results/2026-12-06-cpu-fundus-cross-camera.json ...]
         [--arm fundus-lite] [--json FILE]
 
+A file may also be a selection record that keeps several such runs under ``runs`` (as the
+2026-12-07 selection JSONs do); every run in it that has the arm is read, and a case (camera and
+condition) read twice keeps the later reading.
+
 For every camera and degraded condition of ``benchmarks/fundus_cross_camera.py``'s JSON:
 
 - ``ceiling_below_input``: the images whose keep-colour ceiling (blur and the global colour
@@ -92,7 +96,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             raise SystemExit(f"fundus_targets: cannot read {path} ({e})") from None
-        res["cases"].update(analyse(run, a.arm))
+        inner = run.get("runs") if "cameras" not in run else None
+        for one in inner.values() if isinstance(inner, dict) else [run]:
+            if not isinstance(one, dict) or "cameras" not in one:
+                raise SystemExit(f"fundus_targets: {path} holds no cross-camera run")
+            res["cases"].update(analyse(one, a.arm))
     for case, v in res["cases"].items():
         print(f"{case:30s} n={v['n']:3d}  ceiling below input {len(v['ceiling_below_input']):2d} "
               f"({v['share_ceiling_below_input']:.0%})  {a.arm} below {len(v['arm_below_input']):2d} "

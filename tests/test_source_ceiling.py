@@ -2,6 +2,7 @@
 they say (only blur left: images of a blur-free type score perfectly)."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,6 +120,21 @@ def test_fundus_targets_reads_where_the_ceiling_itself_is_below_the_input(bench_
     assert 0.15 < local["arm_share_of_ceiling"] < 0.25
     assert drive["target_share_of_ceiling"] is None  # no fixed target under fundus-shen2020
     assert (tmp_path / "t.json").is_file()
+    # a selection record keeps its runs under "runs": each run with the arm is read, and the
+    # same images read twice (fundus-lite in both coarse-model runs) give the same case
+    sel = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / (
+        "2026-12-07-cpu-fundus-selection-coarse-model-h2.json")
+    pair = bench_script("fundus_targets").main([str(sel), "--arm", "coarseH2"])["cases"]
+    assert sorted(pair) == ["DRIVE/fundus-local", "DRIVE/fundus-shen2020",
+                            "IDRiD/fundus-local", "IDRiD/fundus-shen2020"]
+    assert pair["DRIVE/fundus-local"]["arm_below_input"] == ["31_training", "40_training"]
+    lite = bench_script("fundus_targets").main([str(sel), "--arm", "fundus-lite"])["cases"]
+    assert lite["DRIVE/fundus-local"]["arm_below_input"] == ["40_training"]
+    assert lite["DRIVE/fundus-local"]["ceiling_gain_ssim"] == pair["DRIVE/fundus-local"]["ceiling_gain_ssim"]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"runs": {"x": {"rows": []}}}')
+    with pytest.raises(SystemExit, match="no cross-camera run"):
+        bench_script("fundus_targets").main([str(bad)])
 
 
 def test_the_oracle_field_undoes_a_smooth_veil_and_is_labelled(bench_script):
