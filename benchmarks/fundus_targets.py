@@ -1,11 +1,13 @@
 """What issue #20's per-image targets ask, read off a stored cross-camera run (no data needed).
 
     python benchmarks/fundus_targets.py [benchmarks/results/2026-12-06-cpu-fundus-cross-camera.json ...]
-        [--arm fundus-lite] [--json FILE]
+        [--arm fundus-lite] [--ceiling ceiling_keep_colour|ceiling_keep_level] [--json FILE]
 
 A file may also be a selection record that keeps several such runs under ``runs`` (as the
 2026-12-07 selection JSONs do); every run in it that has the arm is read, and a case (camera and
-condition) read twice keeps the later reading.
+condition) read twice keeps the later reading. ``--ceiling ceiling_keep_level`` measures against
+the keep-colour ceiling brought to each degraded image's per-channel level (runs scored from
+session 25 on carry it; see ``benchmarks/source_ceiling.py``).
 
 For every camera and degraded condition of ``benchmarks/fundus_cross_camera.py``'s JSON:
 
@@ -44,17 +46,17 @@ def _family(kind: str) -> str:
     return "cataract" if "cataract" in parts else "blur" if "blur" in parts else "other"
 
 
-def analyse(run: dict[str, Any], arm: str) -> dict[str, Any]:
+def analyse(run: dict[str, Any], arm: str, ceiling: str = "ceiling_keep_colour") -> dict[str, Any]:
     """Per camera and condition: the ceiling-below-input images, the arm's below-input images,
     and (when types are recorded) the arm's and the ceiling's mean SSIM gain per family."""
     out: dict[str, Any] = {}
     for camera, conditions in run["cameras"].items():
         for cond, block in conditions.items():
-            rows = [r for r in block.get("rows", []) if "ceiling_keep_colour" in r and arm in r]
+            rows = [r for r in block.get("rows", []) if ceiling in r and arm in r]
             if not rows:
                 continue
             gain = {r["name"]: r[arm]["ssim"] - r["degraded"]["ssim"] for r in rows}
-            ceil = {r["name"]: r["ceiling_keep_colour"]["ssim"] - r["degraded"]["ssim"] for r in rows}
+            ceil = {r["name"]: r[ceiling]["ssim"] - r["degraded"]["ssim"] for r in rows}
             below_ceiling = sorted(n for n, g in ceil.items() if g < 0)
             below_arm = sorted(n for n, g in gain.items() if g < 0)
             fam: dict[str, list[str]] = defaultdict(list)
@@ -87,10 +89,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("runs", nargs="*", type=Path,
                    help="cross-camera JSON files (default: the two stored runs of fundus-lite)")
     p.add_argument("--arm", default="fundus-lite", help="the arm to read (default: fundus-lite)")
+    p.add_argument("--ceiling", default="ceiling_keep_colour",
+                   choices=["ceiling_keep_colour", "ceiling_keep_level"],
+                   help="the ceiling to measure against (default: the issue's, ceiling_keep_colour)")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     runs = a.runs or [RESULTS / r for r in DEFAULT_RUNS]
-    res: dict[str, Any] = {"arm": a.arm, "runs": [str(r) for r in runs], "cases": {}}
+    res: dict[str, Any] = {"arm": a.arm, "ceiling": a.ceiling, "runs": [str(r) for r in runs],
+                           "cases": {}}
     for path in runs:
         try:
             run = json.loads(Path(path).read_text())
@@ -100,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for one in inner.values() if isinstance(inner, dict) else [run]:
             if not isinstance(one, dict) or "cameras" not in one:
                 raise SystemExit(f"fundus_targets: {path} holds no cross-camera run")
-            res["cases"].update(analyse(one, a.arm))
+            res["cases"].update(analyse(one, a.arm, a.ceiling))
     for case, v in res["cases"].items():
         print(f"{case:30s} n={v['n']:3d}  ceiling below input {len(v['ceiling_below_input']):2d} "
               f"({v['share_ceiling_below_input']:.0%})  {a.arm} below {len(v['arm_below_input']):2d} "

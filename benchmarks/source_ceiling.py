@@ -12,7 +12,12 @@ blur-only image's score is an optimistic ceiling for an enhancer that undoes eve
 perfectly and does not deblur. A second ceiling (``ceiling_keep_colour``) also keeps the global
 colour factors (brightness, contrast, saturation x U(0.5, 1.5)): one image alone does not tell
 how bright or saturated its clean version was, so an enhancer that knows no camera's palette
-undoes only the local families (halo, hole, spots, haze).
+undoes only the local families (halo, hole, spots, haze). A third fundus ceiling
+(``ceiling_keep_level``) is that one with each channel's mean inside the FOV brought to the
+degraded image's: what an enhancer that undoes every local family and keeps each channel's
+level (as ``fundus_cross_camera``'s ``coarse-level`` pairs do) reaches. The families also move
+the level (the cataract multiplies the blurred image by 0.8 under its haze; a halo brightens),
+and one image does not tell that part from its camera's exposure.
 
 ``--preset ultrasound-speckle`` (images in grey, as synth makes them): ``ceiling`` keeps the
 blur and the global tone (gain x U(0.7, 1.2), contrast x U(0.6, 1.1)) and removes the speckle;
@@ -168,7 +173,16 @@ def _variants(preset_name: str, x: torch.Tensor, g: torch.Generator, fov: Any) -
         out["ceiling_keep_colour"] = degrade(
             x, dataclasses.replace(preset, strength=(0.0, 0.0), p_blur=0.0), g, fov)
     g.set_state(state)
-    return {"degraded": degrade(x, preset, g, fov), **out}
+    deg = degrade(x, preset, g, fov)
+    if preset_name in ("fundus-shen2020", "fundus-local"):
+        f = torch.ones_like(x[:, :1]) if fov is None else fov.to(x.dtype)
+
+        def level(t: torch.Tensor) -> torch.Tensor:
+            return (t * f).sum((2, 3), keepdim=True) / f.sum((2, 3), keepdim=True).clamp_min(1)
+
+        kc = out["ceiling_keep_colour"]
+        out["ceiling_keep_level"] = (kc * level(deg) / level(kc).clamp_min(1e-6)).clamp(0, 1) * f
+    return {"degraded": deg, **out}
 
 
 def run(images: Path, fov_dir: Path | None, seed: int, preds: list[Path],
@@ -183,7 +197,7 @@ def run(images: Path, fov_dir: Path | None, seed: int, preds: list[Path],
     grey = preset_name == "ultrasound-speckle"
     files = list_images(images, dicom=False)
     fovs = {it.path: it.partner for it in pair_by_name(files, fov_dir)} if fov_dir else {}
-    own = ["degraded", "ceiling", "ceiling_keep_colour", "color_map_fit"]
+    own = ["degraded", "ceiling", "ceiling_keep_colour", "ceiling_keep_level", "color_map_fit"]
     # a --pred folder is named by its last part, or by its last two where that is taken
     last = [p.name for p in preds]
     names = [n if n not in own and last.count(n) == 1 else f"{p.parent.name}/{n}"
@@ -214,7 +228,7 @@ def run(images: Path, fov_dir: Path | None, seed: int, preds: list[Path],
             s = score_pair(_tone_match(out, arr, fov_arr), arr, fov_arr, "paper")
             row[f"{name}+tone"] = {"ssim": s.ssim, "psnr": s.psnr}
         rows.append(row)
-    cols = own + [c for n in names for c in (n, f"{n}+tone")]
+    cols = [c for c in own if c in rows[0]] + [c for n in names for c in (n, f"{n}+tone")]
     mean = {c: {m: float(np.mean([r[c][m] for r in rows])) for m in ("ssim", "psnr")}
             for c in cols}
     return {"images": str(images), "seed": seed, "preset": preset_name, "rows": rows,

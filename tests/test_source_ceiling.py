@@ -42,6 +42,8 @@ def test_ceiling_replays_synth(tmp_path, preset, bench_script):
     if preset == "fundus-shen2020":
         assert any("blur" not in r["type"] and r["type"] != "cataract" for r in res["rows"])
     assert res["mean"]["ceiling_keep_colour"]["ssim"] > res["mean"]["degraded"]["ssim"]
+    # a fundus set also gets the keep-colour ceiling at the degraded image's level
+    assert ("ceiling_keep_level" in res["mean"]) == (preset == "fundus-shen2020")
     # the colour-map fit: a smooth affine map of the saved degraded image, fitted to the clean
     for r in res["rows"]:
         assert r["color_map_fit"]["psnr"] > r["degraded"]["psnr"] + 2
@@ -78,6 +80,41 @@ def test_tone_match_undoes_a_global_tone_and_nothing_local(bench_script):
     hole[100:140, 100:140] = (hole[100:140, 100:140] * 0.4).astype(np.uint8)
     kept = tone(hole, clean, fov).astype(float)[100:140, 100:140]
     assert kept.mean() < clean[100:140, 100:140].mean() - 20  # undone would be 0
+
+
+def test_the_level_kept_ceiling_has_the_degraded_images_level(bench_script):
+    """``ceiling_keep_level``: the keep-colour ceiling with each channel's mean inside the FOV
+    brought to the degraded image's. The cataract darkens the blurred image under its haze by
+    a factor no single photograph tells from its camera's exposure: that ceiling keeps the
+    darker level, so it scores below the keep-colour one, and above the degraded input."""
+    from skimage import data
+
+    mod = bench_script("source_ceiling")
+    x = torch.from_numpy(np.ascontiguousarray(data.retina()[::4, ::4])).movedim(-1, 0)[None]
+    x = x.float() / 255
+    fov = (x.amax(1, keepdim=True) > 0.08).float()
+    seen = set()
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        from same_fast.degrade import get_preset
+
+        kind = mod._kind(get_preset("fundus-local"), g)
+        v = mod._variants("fundus-local", x, g, fov)
+
+        def level(t):
+            return (t * fov).sum((2, 3)) / fov.sum()
+
+        assert torch.allclose(level(v["ceiling_keep_level"]), level(v["degraded"]), atol=2e-3)
+        assert float(v["ceiling_keep_level"][(fov == 0).expand_as(x)].abs().max()) == 0.0
+        if kind == "cataract" and kind not in seen:
+            seen.add(kind)
+            u8 = {k: (t[0].movedim(0, -1).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+                  for k, t in v.items()}
+            m = fov[0, 0].numpy() > 0.5
+            gt = (x[0].movedim(0, -1).numpy() * 255 + 0.5).astype(np.uint8)
+            ssim = {k: score_pair(u, gt, m, "paper").ssim for k, u in u8.items()}
+            assert ssim["degraded"] < ssim["ceiling_keep_level"] < ssim["ceiling_keep_colour"] - 0.01
+    assert seen == {"cataract"}
 
 
 def test_heldout_set_links_what_the_shipped_model_held_out(tmp_path, bench_script, capsys):
