@@ -284,7 +284,8 @@ def camera_pool(ys: list[torch.Tensor], fovs: list[torch.Tensor], sigma: float =
 @dataclass(frozen=True)
 class CoarseFine:
     """A ``coarse:SIDE:COARSE,FINE`` arm: ``coarse`` reads the smooth light on a copy whose
-    shorter side is ``side``, ``fine`` enhances the corrected full-size input."""
+    shorter side is ``side`` (0: ``COARSE_FACTOR`` times smaller), ``fine`` enhances the
+    corrected full-size input. ``+coarse`` is the pair of a model with itself at side 0."""
 
     coarse: Any
     fine: Any
@@ -344,16 +345,15 @@ def run_arm(net: Any, x: torch.Tensor, fov: torch.Tensor, run: str = "") -> torc
     the frame its coarse model corrected."""
     from same_fast.nn import enhance
 
-    if isinstance(net, CoarseFine):
-        with torch.no_grad():
+    if run not in ("", *RUNS):
+        raise ValueError(f"unknown run mode '{run}' (expected one of {RUNS})")
+    if run == "coarse":  # the model as its own coarse model, on a copy of half the size
+        net = CoarseFine(net, net, side=0)
+    with torch.no_grad():
+        if isinstance(net, CoarseFine):
             return enhance(net.fine, coarse_light(net.coarse, x, fov, side=net.side,
                                                   keep_level=net.keep_level, flips=net.flips),
                            fov)
-    if run not in ("", *RUNS):
-        raise ValueError(f"unknown run mode '{run}' (expected one of {RUNS})")
-    with torch.no_grad():
-        if run == "coarse":
-            x = coarse_light(net, x, fov)
         y = enhance(net, x, fov)
         return enhance(net, y, fov) if run == "twice" else y
 
