@@ -64,6 +64,10 @@ POSTS = ("input-tone", "camera-pool-shared", "camera-pool", "camera-garrote")
 RUNS = ("coarse", "twice")
 # two-model arms KIND:SIDE:COARSE,FINE (CoarseFine): -level keeps each channel's FOV mean, -flip
 # reads the coarse light on the copy's four mirror images
+# the keep-colour ceiling at the degraded image's per-channel mean / median (source_ceiling), and
+# the key of each arm's share of its gain
+LEVEL_CEILINGS = {"ceiling_keep_level": "share_of_level_ceiling",
+                  "ceiling_keep_median": "share_of_median_ceiling"}
 COARSE_KINDS = ("coarse", "coarse-level", "coarse-flip", "coarse-level-flip")
 # ``+coarse``: the size of the coarse copy, and the range its light gain is clamped to (fixed
 # in session 24's rule before any run)
@@ -494,8 +498,7 @@ def summarise(rows: list[dict[str, Any]], cond: str, labels: list[str], seed: in
     def col(key: str, metric: str) -> np.ndarray:
         return np.array([r[key][metric] for r in rows])
 
-    own = [k for k in ("degraded", "ceiling", "ceiling_keep_colour", "ceiling_keep_level")
-           if k in rows[0]]
+    own = [k for k in ("degraded", "ceiling", "ceiling_keep_colour", *LEVEL_CEILINGS) if k in rows[0]]
     out: dict[str, Any] = {"n": len(rows), "mean": {}, "arms": {}}
     for key in own + labels:
         out["mean"][key] = {m: bootstrap_ci(col(key, m), seed=seed) for m in ("ssim", "psnr")}
@@ -514,12 +517,11 @@ def summarise(rows: list[dict[str, Any]], cond: str, labels: list[str], seed: in
             arm["target_met"] = bool(ssim.mean() >= 0.98 and ssim.min() >= 0.95)
         elif cond == "fundus-local":
             arm["target_met"] = bool(d_ssim.mean() >= 0.03 and d_psnr.mean() >= 1.5)
-        if "ceiling_keep_level" in rows[0]:  # a diagnostic beside the issue's targets
-            lvl = {m: col("ceiling_keep_level", m).mean() - col("degraded", m).mean()
-                   for m in ("ssim", "psnr")}
-            arm["share_of_level_ceiling"] = {
-                "ssim": float(d_ssim.mean() / lvl["ssim"]) if lvl["ssim"] > 0 else None,
-                "psnr": float(d_psnr.mean() / lvl["psnr"]) if lvl["psnr"] > 0 else None}
+        for ref, key in LEVEL_CEILINGS.items():  # diagnostics beside the issue's targets
+            if ref in rows[0]:
+                lvl = {m: col(ref, m).mean() - col("degraded", m).mean() for m in ("ssim", "psnr")}
+                arm[key] = {m: float((d_ssim if m == "ssim" else d_psnr).mean() / lvl[m])
+                            if lvl[m] > 0 else None for m in ("ssim", "psnr")}
         if cond == "fundus-shen2020":
             ref = "ceiling_keep_colour"
             halfway = {m: 0.5 * (col(ref, m).mean() - col("degraded", m).mean())
@@ -596,9 +598,11 @@ def main(argv: list[str] | None = None) -> int:
                 extra = (f" way {arm['fraction_of_way_to_ceiling']['ssim']:.2f}/"
                          f"{arm['fraction_of_way_to_ceiling']['psnr']:.2f}"
                          if "fraction_of_way_to_ceiling" in arm else "")
-                lv = arm.get("share_of_level_ceiling")
-                extra += (f" of level ceiling {lv['ssim']:.2f}/{lv['psnr']:.2f}"
-                          if lv and None not in lv.values() else "")
+                for key, word in (("share_of_level_ceiling", "level"),
+                                  ("share_of_median_ceiling", "median")):
+                    lv = arm.get(key)
+                    extra += (f" of {word} ceiling {lv['ssim']:.2f}/{lv['psnr']:.2f}"
+                              if lv and None not in lv.values() else "")
                 extra += f" min {arm['min_ssim']:.4f}" if "min_ssim" in arm else ""
                 print(f"{'':32s} {lab}: dSSIM {arm['gain_ssim']['mean']:+.4f} "
                       f"[{arm['gain_ssim']['lo']:+.4f}, {arm['gain_ssim']['hi']:+.4f}] dPSNR "

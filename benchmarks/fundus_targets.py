@@ -1,13 +1,14 @@
 """What issue #20's per-image targets ask, read off a stored cross-camera run (no data needed).
 
     python benchmarks/fundus_targets.py [benchmarks/results/2026-12-06-cpu-fundus-cross-camera.json ...]
-        [--arm fundus-lite] [--ceiling ceiling_keep_colour|ceiling_keep_level] [--json FILE]
+        [--arm fundus-lite] [--ceiling ceiling_keep_colour|ceiling_keep_level|ceiling_keep_median]
+        [--json FILE]
 
 A file may also be a selection record that keeps several such runs under ``runs`` (as the
 2026-12-07 selection JSONs do); every run in it that has the arm is read, and a case (camera and
-condition) read twice keeps the later reading. ``--ceiling ceiling_keep_level`` measures against
-the keep-colour ceiling brought to each degraded image's per-channel level (runs scored from
-session 25 on carry it; see ``benchmarks/source_ceiling.py``).
+condition) read twice keeps the later reading. ``--ceiling ceiling_keep_level`` (``_median``) measures
+against the keep-colour ceiling brought to each degraded image's per-channel mean (median) inside
+the FOV (runs scored from session 25 on carry them; see ``benchmarks/source_ceiling.py``).
 
 For every camera and degraded condition of ``benchmarks/fundus_cross_camera.py``'s JSON:
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="cross-camera JSON files (default: the two stored runs of fundus-lite)")
     p.add_argument("--arm", default="fundus-lite", help="the arm to read (default: fundus-lite)")
     p.add_argument("--ceiling", default="ceiling_keep_colour",
-                   choices=["ceiling_keep_colour", "ceiling_keep_level"],
+                   choices=["ceiling_keep_colour", "ceiling_keep_level", "ceiling_keep_median"],
                    help="the ceiling to measure against (default: the issue's, ceiling_keep_colour)")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)

@@ -17,7 +17,9 @@ undoes only the local families (halo, hole, spots, haze). A third fundus ceiling
 degraded image's: what an enhancer that undoes every local family and keeps each channel's
 level (as ``fundus_cross_camera``'s ``coarse-level`` pairs do) reaches. The families also move
 the level (the cataract multiplies the blurred image by 0.8 under its haze; a halo brightens),
-and one image does not tell that part from its camera's exposure.
+and one image does not tell that part from its camera's exposure. ``ceiling_keep_median`` brings
+each channel's *median* inside the FOV to the degraded image's instead: a level read robustly,
+which a halo on the rim or a few spots move less than the mean.
 
 ``--preset ultrasound-speckle`` (images in grey, as synth makes them): ``ceiling`` keeps the
 blur and the global tone (gain x U(0.7, 1.2), contrast x U(0.6, 1.1)) and removes the speckle;
@@ -180,8 +182,14 @@ def _variants(preset_name: str, x: torch.Tensor, g: torch.Generator, fov: Any) -
         def level(t: torch.Tensor) -> torch.Tensor:
             return (t * f).sum((2, 3), keepdim=True) / f.sum((2, 3), keepdim=True).clamp_min(1)
 
+        def median(t: torch.Tensor) -> torch.Tensor:
+            lit = f[:, 0] > 0.5
+            return torch.stack([torch.stack([t[i, ch][lit[i]].median() for ch in range(t.shape[1])])
+                                for i in range(t.shape[0])]).view(*t.shape[:2], 1, 1)
+
         kc = out["ceiling_keep_colour"]
         out["ceiling_keep_level"] = (kc * level(deg) / level(kc).clamp_min(1e-6)).clamp(0, 1) * f
+        out["ceiling_keep_median"] = (kc * median(deg) / median(kc).clamp_min(1e-6)).clamp(0, 1) * f
     return {"degraded": deg, **out}
 
 
@@ -197,7 +205,8 @@ def run(images: Path, fov_dir: Path | None, seed: int, preds: list[Path],
     grey = preset_name == "ultrasound-speckle"
     files = list_images(images, dicom=False)
     fovs = {it.path: it.partner for it in pair_by_name(files, fov_dir)} if fov_dir else {}
-    own = ["degraded", "ceiling", "ceiling_keep_colour", "ceiling_keep_level", "color_map_fit"]
+    own = ["degraded", "ceiling", "ceiling_keep_colour", "ceiling_keep_level", "ceiling_keep_median",
+           "color_map_fit"]
     # a --pred folder is named by its last part, or by its last two where that is taken
     last = [p.name for p in preds]
     names = [n if n not in own and last.count(n) == 1 else f"{p.parent.name}/{n}"

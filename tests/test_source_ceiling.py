@@ -43,7 +43,8 @@ def test_ceiling_replays_synth(tmp_path, preset, bench_script):
         assert any("blur" not in r["type"] and r["type"] != "cataract" for r in res["rows"])
     assert res["mean"]["ceiling_keep_colour"]["ssim"] > res["mean"]["degraded"]["ssim"]
     # a fundus set also gets the keep-colour ceiling at the degraded image's level
-    assert ("ceiling_keep_level" in res["mean"]) == (preset == "fundus-shen2020")
+    for key in ("ceiling_keep_level", "ceiling_keep_median"):
+        assert (key in res["mean"]) == (preset == "fundus-shen2020")
     # the colour-map fit: a smooth affine map of the saved degraded image, fitted to the clean
     for r in res["rows"]:
         assert r["color_map_fit"]["psnr"] > r["degraded"]["psnr"] + 2
@@ -84,7 +85,7 @@ def test_tone_match_undoes_a_global_tone_and_nothing_local(bench_script):
 
 def test_the_level_kept_ceiling_has_the_degraded_images_level(bench_script):
     """``ceiling_keep_level``: the keep-colour ceiling with each channel's mean inside the FOV
-    brought to the degraded image's. The cataract darkens the blurred image under its haze by
+    brought to the degraded image's (``_median``: its median). The cataract darkens the blurred image under its haze by
     a factor no single photograph tells from its camera's exposure: that ceiling keeps the
     darker level, so it scores below the keep-colour one, and above the degraded input."""
     from skimage import data
@@ -105,6 +106,12 @@ def test_the_level_kept_ceiling_has_the_degraded_images_level(bench_script):
             return (t * fov).sum((2, 3)) / fov.sum()
 
         assert torch.allclose(level(v["ceiling_keep_level"]), level(v["degraded"]), atol=2e-3)
+
+        def median(t):
+            return torch.stack([t[0, ch][fov[0, 0] > 0.5].median() for ch in range(3)])
+
+        # ``_median``: each channel's median, the level read robustly, instead of the mean
+        assert torch.allclose(median(v["ceiling_keep_median"]), median(v["degraded"]), atol=4e-3)
         assert float(v["ceiling_keep_level"][(fov == 0).expand_as(x)].abs().max()) == 0.0
         if kind == "cataract" and kind not in seen:
             seen.add(kind)
