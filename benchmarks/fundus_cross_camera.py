@@ -40,6 +40,7 @@ input before the model sees it (``coarse_light``: the model's reach doubled for 
 the smooth light with another model (``COARSE``, trained on whole frames of side ``SIDE``) on a
 copy whose shorter side is ``SIDE``, and ``FINE`` enhances the corrected input
 (``coarse-level:SIDE:COARSE,FINE``: the correction keeps each channel's mean level;
+``coarse-halflevel:``: halfway, in log terms, between keeping it and not;
 ``coarse-flip:``/``coarse-level-flip:``: ``COARSE`` reads the light on the copy's four mirror
 images; ``COARSE`` may be a ``mix:W:A,B``). Each mean carries a
 bootstrap 95 % interval over images; the JSON records the git commit, the seeds and the command.
@@ -62,13 +63,15 @@ CONDITIONS = ("fundus-shen2020", "fundus-local", "identity")
 POSTS = ("input-tone", "camera-pool-shared", "camera-pool", "camera-garrote")
 # how an arm's ``+SUFFIX`` runs its model instead of once on the frame (``run_arm``)
 RUNS = ("coarse", "twice")
-# two-model arms KIND:SIDE:COARSE,FINE (CoarseFine): -level keeps each channel's FOV mean, -flip
-# reads the coarse light on the copy's four mirror images
 # the keep-colour ceiling at the degraded image's per-channel mean / median (source_ceiling), and
 # the key of each arm's share of its gain
 LEVEL_CEILINGS = {"ceiling_keep_level": "share_of_level_ceiling",
                   "ceiling_keep_median": "share_of_median_ceiling"}
-COARSE_KINDS = ("coarse", "coarse-level", "coarse-flip", "coarse-level-flip")
+# two-model arms KIND:SIDE:COARSE,FINE (CoarseFine), and how much of each channel's FOV mean each
+# keeps (-level all of it, -halflevel the geometric halfway between the corrected input's mean
+# and the input's); -flip reads the coarse light on the copy's four mirror images
+COARSE_LEVELS = {"coarse": 0.0, "coarse-level": 1.0, "coarse-halflevel": 0.5}
+COARSE_KINDS = tuple(k + f for k in COARSE_LEVELS for f in ("", "-flip"))
 # ``+coarse``: the size of the coarse copy, and the range its light gain is clamped to (fixed
 # in session 24's rule before any run)
 COARSE_FACTOR, COARSE_CLAMP = 2, (0.5, 2.0)
@@ -294,7 +297,7 @@ class CoarseFine:
     coarse: Any
     fine: Any
     side: int
-    keep_level: bool = False
+    keep_level: float = 0.0
     flips: bool = False
 
 
@@ -303,7 +306,7 @@ FLIPS = ((), (-1,), (-2,), (-2, -1))  # the copy's four mirror images: none, lef
 
 def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = COARSE_FACTOR,
                  clamp: tuple[float, float] = COARSE_CLAMP, sigma: float = POOL_SIGMA,
-                 side: int = 0, keep_level: bool = False, flips: bool = False) -> torch.Tensor:
+                 side: int = 0, keep_level: float = 0.0, flips: bool = False) -> torch.Tensor:
     """The model's smooth light correction read at ``1 / factor`` of the size, applied to ``x``.
 
     The model enhances an area-resized copy (its reach then spans ``factor`` times as much of
@@ -313,10 +316,12 @@ def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = C
     ``clamp``) is up-sampled and multiplied into ``x``. What the model does not change at the
     coarse size passes unchanged (gain 1); it reads no reference. ``keep_level``: the corrected
     input is rescaled per channel so that its mean inside the FOV is ``x``'s (the pass moves
-    light within the frame and changes no channel's level). ``flips``: the correction is read on
-    the copy's four mirror images (``FLIPS``), each mirrored back, and their log gains averaged
-    (the model is not mirror-equivariant; the average is its reading with less of its own
-    noise). Returns the corrected input (1, C, H, W), not enhanced."""
+    light within the frame and changes no channel's level); a fraction keeps that share of it
+    in log terms (0.5: the geometric halfway between the corrected mean and ``x``'s).
+    ``flips``: the correction is read on the copy's four mirror images (``FLIPS``), each
+    mirrored back, and their log gains averaged (the model is not mirror-equivariant; the
+    average is its reading with less of its own noise). Returns the corrected input
+    (1, C, H, W), not enhanced."""
     from same_fast.nn import enhance
 
     h, w = x.shape[-2:]
@@ -339,7 +344,7 @@ def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = C
         def level(t: torch.Tensor) -> torch.Tensor:
             return (t * fov).sum((2, 3), keepdim=True)
 
-        out = out * level(x) / level(out).clamp_min(1e-6)
+        out = out * (level(x) / level(out).clamp_min(1e-6)) ** float(keep_level)
     return out.clamp(0, 1) * fov
 
 
@@ -390,7 +395,8 @@ def _arms(specs: list[str]) -> list[tuple[str, Any, str]]:
             coarse = (_mix(spec, names[0]) if names[0].startswith("mix:")
                       else load_model(names[0])[0])
             net = CoarseFine(coarse, load_model(names[1])[0], int(side),
-                             keep_level="-level" in kind, flips=kind.endswith("-flip"))
+                             keep_level=COARSE_LEVELS[kind.removesuffix("-flip")],
+                             flips=kind.endswith("-flip"))
         elif model.startswith("mix:"):
             net = _mix(spec, model)
         else:

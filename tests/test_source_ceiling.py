@@ -85,9 +85,10 @@ def test_tone_match_undoes_a_global_tone_and_nothing_local(bench_script):
 
 def test_the_level_kept_ceiling_has_the_degraded_images_level(bench_script):
     """``ceiling_keep_level``: the keep-colour ceiling with each channel's mean inside the FOV
-    brought to the degraded image's (``_median``: its median). The cataract darkens the blurred image under its haze by
-    a factor no single photograph tells from its camera's exposure: that ceiling keeps the
-    darker level, so it scores below the keep-colour one, and above the degraded input."""
+    brought to the degraded image's (``_median``: its median). The cataract darkens the blurred
+    image under its haze by a factor no single photograph tells from its camera's exposure:
+    that ceiling keeps the darker level, so it scores below the keep-colour one, and above the
+    degraded input."""
     from skimage import data
 
     mod = bench_script("source_ceiling")
@@ -497,7 +498,8 @@ def test_coarse_light_carries_the_models_smooth_light_from_a_half_size_copy(benc
     ``+twice`` applies it twice; a gain past the clamp is clamped; black stays black outside
     the FOV. A ``coarse:SIDE:COARSE,FINE`` pair takes its light from one model on a copy of
     that shorter side and its enhancement from the other; ``coarse-level`` moves light within
-    the frame and keeps each channel's mean; ``-flip`` reads the light on the copy's four mirror
+    the frame and keeps each channel's mean (``coarse-halflevel`` half of the way, in log
+    terms); ``-flip`` reads the light on the copy's four mirror
     images (a mirror-equivariant model reads what it reads once, a model that brightens one side
     whatever it sees reads a mirror-symmetric light); the arm parser refuses a malformed pair."""
     import torch
@@ -545,6 +547,10 @@ def test_coarse_light_carries_the_models_smooth_light_from_a_half_size_copy(benc
     # keeping the level: a uniform gain changes nothing; a gain that varies across the frame
     # moves light within it and leaves each channel's mean inside the FOV where it was
     assert torch.allclose(mod.coarse_light(Gain(1.2), x, fov, keep_level=True), x, atol=1e-5)
+    # half of it, in log terms: a uniform 1.2 becomes sqrt(1.2)
+    half = mod.coarse_light(Gain(1.2), x, fov, keep_level=0.5)
+    assert torch.allclose(half[inner], 1.2 ** 0.5 * x[inner], atol=2e-3)
+    assert mod._arms(["h=coarse-halflevel:280:fundus-lite,fundus-lite"])[0][1].keep_level == 0.5
 
     class Ramp(Gain):
         def forward(self, x, structure=False):
