@@ -15,6 +15,10 @@ condition fixed in advance:
 - ``identity``: the clean photograph itself through the enhancer, scored against itself
   (target: mean SSIM >= 0.98, no image below 0.95).
 
+Beside the targets, each arm's share of two diagnostic ceilings: the keep-colour ceiling at the
+degraded image's per-channel FOV mean (``ceiling_keep_level``) and median
+(``ceiling_keep_median``), what an enhancer that keeps each channel's level can reach.
+
 Scores follow the paper protocol (256x256, 8-bit, inside the FOV). Images are resized (area) so
 that their longer side is at most ``--max-side`` before degradation; the degradations' spatial
 ranges scale with the image, as ``synth`` does. The FOV is the set's mask where it has one

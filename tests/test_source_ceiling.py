@@ -91,6 +91,8 @@ def test_the_level_kept_ceiling_has_the_degraded_images_level(bench_script):
     degraded input."""
     from skimage import data
 
+    from same_fast.degrade import get_preset
+
     mod = bench_script("source_ceiling")
     x = torch.from_numpy(np.ascontiguousarray(data.retina()[::4, ::4])).movedim(-1, 0)[None]
     x = x.float() / 255
@@ -98,8 +100,6 @@ def test_the_level_kept_ceiling_has_the_degraded_images_level(bench_script):
     seen = set()
     for seed in range(40):
         g = torch.Generator().manual_seed(seed)
-        from same_fast.degrade import get_preset
-
         kind = mod._kind(get_preset("fundus-local"), g)
         v = mod._variants("fundus-local", x, g, fov)
 
@@ -165,8 +165,8 @@ def test_fundus_targets_reads_where_the_ceiling_itself_is_below_the_input(bench_
     assert 0.15 < local["arm_share_of_ceiling"] < 0.25
     assert drive["target_share_of_ceiling"] is None  # no fixed target under fundus-shen2020
     assert (tmp_path / "t.json").is_file()
-    # a selection record keeps its runs under "runs": each run with the arm is read, and the
-    # same images read twice (fundus-lite in both coarse-model runs) give the same case
+    # a selection record keeps its runs under "runs" (here one per camera): every run with the
+    # arm is read, and two arms of one run share its ceiling
     sel = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / (
         "2026-12-07-cpu-fundus-selection-coarse-model-h2.json")
     pair = bench_script("fundus_targets").main([str(sel), "--arm", "coarseH2"])["cases"]
