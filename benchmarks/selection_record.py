@@ -117,6 +117,7 @@ def add_to_index(index: Path, name: str, text: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from same_fast.errors import SameFastError
     from same_fast.files import atomic_path
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -139,8 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     except RecordError as e:
         print(f"selection_record: {e}", file=sys.stderr)
         return 2
-    with atomic_path(a.out) as tmp:
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
+    try:
+        with atomic_path(a.out) as tmp:
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
+    except SameFastError as e:  # a folder in the way, no permission, a full disk
+        print(f"selection_record: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {a.out} ({len(record['runs'])} runs)")
     if a.index and add_to_index(a.out.parent / "INDEX.md", a.out.name, a.index):
         print(f"added {a.out.name} to {a.out.parent / 'INDEX.md'}")

@@ -67,6 +67,7 @@ def test_a_record_keeps_the_rule_the_training_and_the_runs_whole(bench_script, p
     ("twice", "given twice"),
     ("no-run", "at least one run"),
     ("extra-clash", "already uses"),
+    ("out-is-folder", "exists as a folder"),
 ])
 def test_what_a_reader_could_not_trust_is_refused(bench_script, parts, capsys, case, message):
     tmp, rule, ckpt, run = parts
@@ -85,8 +86,10 @@ def test_what_a_reader_could_not_trust_is_refused(bench_script, parts, capsys, c
     if case == "extra-clash":
         runs += ["--extra", f"runs={run('B')}"]
     out = tmp / "r.json"
+    if case == "out-is-folder":
+        out.mkdir()
     assert mod.main(["--what", "w", "--rule", str(rule), "--training", f"H={ckpt}", *runs,
                      "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and err.startswith("selection_record: ") and "\n" not in err
-    assert not out.exists()
+    assert not out.is_file()
