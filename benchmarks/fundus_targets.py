@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             raise SystemExit(f"fundus_targets: cannot read {path} ({e})") from None
-        inner = run.get("runs") if "cameras" not in run else None
+        inner = run.get("runs") if isinstance(run, dict) and "cameras" not in run else None
         for one in inner.values() if isinstance(inner, dict) else [run]:
             if not isinstance(one, dict) or "cameras" not in one:
                 raise SystemExit(f"fundus_targets: {path} holds no cross-camera run")

@@ -177,9 +177,10 @@ def test_fundus_targets_reads_where_the_ceiling_itself_is_below_the_input(bench_
     assert lite["DRIVE/fundus-local"]["arm_below_input"] == ["40_training"]
     assert lite["DRIVE/fundus-local"]["ceiling_gain_ssim"] == pair["DRIVE/fundus-local"]["ceiling_gain_ssim"]
     bad = tmp_path / "bad.json"
-    bad.write_text('{"runs": {"x": {"rows": []}}}')
-    with pytest.raises(SystemExit, match="no cross-camera run"):
-        bench_script("fundus_targets").main([str(bad)])
+    for text in ('{"runs": {"x": {"rows": []}}}', '[1, 2]'):
+        bad.write_text(text)
+        with pytest.raises(SystemExit, match="no cross-camera run"):
+            bench_script("fundus_targets").main([str(bad)])
 
 
 def test_the_oracle_field_undoes_a_smooth_veil_and_is_labelled(bench_script):
