@@ -2,7 +2,8 @@
 
 A 62 KB 16-bit 4000x4000 PNG took ~1.8 s to decode (older Pillow; ~0.15 s now); on the event
 loop that stalled every other connection (health checks included) for as long. Every decode and
-encode runs here; the pool's size (``codec_threads``) also bounds how many decoded frames are being built at once.
+encode runs here; the pool's size (``codec_threads``) also bounds how many decoded frames are
+being built at once.
 """
 from __future__ import annotations
 
