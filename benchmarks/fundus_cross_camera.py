@@ -66,16 +66,18 @@ CONDITIONS = ("fundus-shen2020", "fundus-local", "identity")
 # what an arm's ``+SUFFIX`` does to its outputs afterwards (``_input_tone``, ``camera_pool``)
 POSTS = ("input-tone", "camera-pool-shared", "camera-pool", "camera-garrote")
 # how an arm's ``+SUFFIX`` runs its model instead of once on the frame (``run_arm``)
-RUNS = ("coarse", "twice")
+RUNS = ("coarse", "twice", "flips")
 # the keep-colour ceiling at the degraded image's per-channel mean / median (source_ceiling), and
 # the key of each arm's share of its gain
 LEVEL_CEILINGS = {"ceiling_keep_level": "share_of_level_ceiling",
                   "ceiling_keep_median": "share_of_median_ceiling"}
 # two-model arms KIND:SIDE:COARSE,FINE (CoarseFine), and how much of each channel's FOV mean each
 # keeps (-level all of it, -halflevel the geometric halfway between the corrected input's mean
-# and the input's); -flip reads the coarse light on the copy's four mirror images
+# and the input's); -flip reads the coarse light on the copy's four mirror images, -fineflip
+# runs the fine model on the frame's four mirror images (``enhance_flips``)
 COARSE_LEVELS = {"coarse": 0.0, "coarse-level": 1.0, "coarse-halflevel": 0.5}
-COARSE_KINDS = tuple(k + f for k in COARSE_LEVELS for f in ("", "-flip"))
+COARSE_FLIPS = {"": (False, False), "-flip": (True, False), "-fineflip": (False, True)}
+COARSE_KINDS = tuple(k + f for k in COARSE_LEVELS for f in COARSE_FLIPS)
 # ``+coarse``: the size of the coarse copy, and the range its light gain is clamped to (fixed
 # in session 24's rule before any run)
 COARSE_FACTOR, COARSE_CLAMP = 2, (0.5, 2.0)
@@ -303,9 +305,21 @@ class CoarseFine:
     side: int
     keep_level: float = 0.0
     flips: bool = False
+    fine_flips: bool = False
 
 
 FLIPS = ((), (-1,), (-2,), (-2, -1))  # the copy's four mirror images: none, left-right, up-down, both
+
+
+def enhance_flips(net: Any, x: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
+    """``net`` on the frame's four mirror images (``FLIPS``), each mirrored back, averaged: a
+    test-time ensemble for a model that is not mirror-equivariant (four times the work)."""
+    from same_fast.nn import enhance
+
+    with torch.no_grad():
+        outs = [enhance(net, x.flip(d), fov.flip(d)).flip(d) if d else enhance(net, x, fov)
+                for d in FLIPS]
+    return torch.stack(outs).mean(0)
 
 
 def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = COARSE_FACTOR,
@@ -354,8 +368,8 @@ def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = C
 
 def run_arm(net: Any, x: torch.Tensor, fov: torch.Tensor, run: str = "") -> torch.Tensor:
     """The arm's model on one frame: once, on the ``coarse_light``-corrected frame
-    (``coarse``), or on its own output (``twice``); a ``CoarseFine`` pair, its fine model on
-    the frame its coarse model corrected."""
+    (``coarse``), on its own output (``twice``) or on the frame's four mirror images, averaged
+    (``flips``); a ``CoarseFine`` pair, its fine model on the frame its coarse model corrected."""
     from same_fast.nn import enhance
 
     if run not in ("", *RUNS):
@@ -364,9 +378,11 @@ def run_arm(net: Any, x: torch.Tensor, fov: torch.Tensor, run: str = "") -> torc
         net = CoarseFine(net, net, side=0)
     with torch.no_grad():
         if isinstance(net, CoarseFine):
-            return enhance(net.fine, coarse_light(net.coarse, x, fov, side=net.side,
-                                                  keep_level=net.keep_level, flips=net.flips),
-                           fov)
+            lit = coarse_light(net.coarse, x, fov, side=net.side, keep_level=net.keep_level,
+                               flips=net.flips)
+            return enhance_flips(net.fine, lit, fov) if net.fine_flips else enhance(net.fine, lit, fov)
+        if run == "flips":
+            return enhance_flips(net, x, fov)
         y = enhance(net, x, fov)
         return enhance(net, y, fov) if run == "twice" else y
 
@@ -398,9 +414,11 @@ def _arms(specs: list[str]) -> list[tuple[str, Any, str]]:
                                  "pixels and two models (and no +suffix)")
             coarse = (_mix(spec, names[0]) if names[0].startswith("mix:")
                       else load_model(names[0])[0])
+            level, flip = next((k, f) for k in COARSE_LEVELS for f in COARSE_FLIPS
+                               if k + f == kind)
             net = CoarseFine(coarse, load_model(names[1])[0], int(side),
-                             keep_level=COARSE_LEVELS[kind.removesuffix("-flip")],
-                             flips=kind.endswith("-flip"))
+                             keep_level=COARSE_LEVELS[level], flips=COARSE_FLIPS[flip][0],
+                             fine_flips=COARSE_FLIPS[flip][1])
         elif model.startswith("mix:"):
             net = _mix(spec, model)
         else:

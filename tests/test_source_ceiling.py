@@ -502,7 +502,8 @@ def test_coarse_light_carries_the_models_smooth_light_from_a_half_size_copy(benc
     the frame and keeps each channel's mean (``coarse-halflevel`` half of the way, in log
     terms); ``-flip`` reads the light on the copy's four mirror
     images (a mirror-equivariant model reads what it reads once, a model that brightens one side
-    whatever it sees reads a mirror-symmetric light); the arm parser refuses a malformed pair."""
+    whatever it sees reads a mirror-symmetric light), ``+flips`` and ``-fineflip`` run the
+    (fine) model on the frame's four; the arm parser refuses a malformed pair."""
     import torch
 
     mod = bench_script("fundus_cross_camera")
@@ -584,3 +585,17 @@ def test_coarse_light_carries_the_models_smooth_light_from_a_half_size_copy(benc
             mod._arms([f"h={bad}"])
     assert mod._arms(["c=fundus-lite+coarse"])[0][2] == "coarse"
     assert mod._arms(["t=fundus-lite+twice"])[0][2] == "twice"
+    # the model on the frame's four mirror images, averaged (``+flips``; ``-fineflip`` for a
+    # pair's fine model): a mirror-equivariant model gives what it gives once, the ramp's four
+    # readings average to a flat gain (0.8 and 1.3 at the two edges each way: 1.05 everywhere)
+    assert torch.allclose(mod.run_arm(Gain(1.2), x, fov, "flips"), mod.run_arm(Gain(1.2), x, fov),
+                          atol=1e-6)
+    ens = mod.run_arm(Ramp(1.0), flat, fov, "flips")
+    assert torch.allclose(ens[fov.expand_as(x) > 0], torch.full_like(ens, 0.42)[fov.expand_as(x) > 0],
+                          atol=1e-5)
+    assert float((mod.run_arm(Ramp(1.0), flat, fov) - ens).abs().max()) > 0.05
+    fine = mod._arms(["f=coarse-level-fineflip:280:fundus-lite,fundus-lite"])[0][1]
+    assert fine.fine_flips and not fine.flips and fine.keep_level == 1.0
+    pair = mod.CoarseFine(Gain(1.0), Ramp(1.0), side=24, fine_flips=True)
+    assert torch.allclose(mod.run_arm(pair, flat, fov), ens, atol=1e-5)
+    assert mod._arms(["l=fundus-lite+flips"])[0][2] == "flips"
