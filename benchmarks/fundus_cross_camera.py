@@ -206,8 +206,10 @@ def light_map(y: torch.Tensor, fov: torch.Tensor, sigma: float = POOL_SIGMA) -> 
     """A frame's smooth light per channel: a Gaussian of ``sigma`` times the longer side,
     normalised inside the FOV, in log units relative to the frame's own mean level, on a 64x64
     grid, (1, C, 64, 64). Its global level (and so its tone) is divided out."""
+    from same_fast.degrade.ops import fov_mean
+
     lit = _lit_blur(y, fov, sigma)
-    level = (y * fov).sum((2, 3), keepdim=True) / fov.sum((2, 3), keepdim=True).clamp_min(1)
+    level = fov_mean(y, fov)
     rel = torch.log((lit / level.clamp_min(1e-3)).clamp_min(1e-3))
     return F.interpolate(rel, size=(64, 64), mode="bilinear", align_corners=False)
 
@@ -340,6 +342,7 @@ def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = C
     mirrored back, and their log gains averaged (the model is not mirror-equivariant; the
     average is its reading with less of its own noise). Returns the corrected input
     (1, C, H, W), not enhanced."""
+    from same_fast.degrade.ops import fov_mean
     from same_fast.nn import enhance
 
     h, w = x.shape[-2:]
@@ -359,10 +362,7 @@ def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = C
     gain = F.interpolate(gain, size=(h, w), mode="bilinear", align_corners=False)
     out = x * gain
     if keep_level:
-        def level(t: torch.Tensor) -> torch.Tensor:
-            return (t * fov).sum((2, 3), keepdim=True)
-
-        out = out * (level(x) / level(out).clamp_min(1e-6)) ** float(keep_level)
+        out = out * (fov_mean(x, fov) / fov_mean(out, fov).clamp_min(1e-6)) ** float(keep_level)
     return out.clamp(0, 1) * fov
 
 

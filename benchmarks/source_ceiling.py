@@ -158,7 +158,7 @@ def _variants(preset_name: str, x: torch.Tensor, g: torch.Generator, fov: Any) -
     """The degraded image and its ceilings, drawn from ``g`` like synth (g ends as synth's)."""
     import dataclasses
 
-    from same_fast.degrade import degrade, get_preset
+    from same_fast.degrade import degrade, get_preset, ops
 
     preset = get_preset(preset_name)
     state = g.get_state()
@@ -180,7 +180,7 @@ def _variants(preset_name: str, x: torch.Tensor, g: torch.Generator, fov: Any) -
         f = torch.ones_like(x[:, :1]) if fov is None else fov.to(x.dtype)
 
         def level(t: torch.Tensor) -> torch.Tensor:
-            return (t * f).sum((2, 3), keepdim=True) / f.sum((2, 3), keepdim=True).clamp_min(1)
+            return ops.fov_mean(t, f)
 
         def median(t: torch.Tensor) -> torch.Tensor:
             lit = f[:, 0] > 0.5

@@ -63,6 +63,21 @@ def _only(name, **fields):
     return dataclasses.replace(get_preset(name), **fields)
 
 
+def test_fov_mean_averages_each_channel_inside_the_field_of_view_only():
+    x = _image(n=2)
+    fov = torch.zeros(2, 96, 80)
+    fov[0, 10:40, 5:50] = 1
+    fov[1, :, :40] = 1
+    x_out = x.clone()
+    x_out[fov[:, None].expand_as(x) == 0] = 9.0  # whatever lies outside must not count
+    got = ops.fov_mean(x_out, fov)
+    assert got.shape == (2, 3, 1, 1)
+    assert torch.allclose(got[0, :, 0, 0], x[0, :, 10:40, 5:50].mean((1, 2)))
+    assert torch.allclose(got[1, :, 0, 0], x[1, :, :, :40].mean((1, 2)))
+    assert torch.allclose(ops.fov_mean(x, None), x.mean((2, 3), keepdim=True))
+    assert torch.equal(ops.fov_mean(x, torch.zeros(2, 1, 96, 80)), torch.zeros(2, 3, 1, 1))
+
+
 def test_shen_blur_removes_detail_and_keeps_mean():
     x = _image(2, 3, 128, 128)
     y = degrade(x, _only("fundus-shen2020", types=("blur",)), torch.Generator().manual_seed(0))

@@ -184,6 +184,17 @@ def keep_fov(y: torch.Tensor, fov: torch.Tensor | None) -> torch.Tensor:
     return y * (m > 0.5).to(y.dtype)
 
 
+def fov_mean(x: torch.Tensor, fov: torch.Tensor | None) -> torch.Tensor:
+    """Each channel's mean inside the field of view (the whole frame without one), (N, C, 1, 1);
+    ``fov`` as ``keep_fov`` takes it. An empty field of view gives 0."""
+    if fov is None:
+        return x.mean((2, 3), keepdim=True)
+    m = fov.to(device=x.device)
+    m = (m.unsqueeze(1) if m.dim() == 3 else m) > 0.5
+    m = m.to(x.dtype)
+    return (x * m).sum((2, 3), keepdim=True) / m.sum((2, 3), keepdim=True).clamp_min(1)
+
+
 # JPEG's example quantisation tables (ITU-T T.81 Annex K), luminance and chrominance.
 _JPEG_LUMA = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
               14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
