@@ -56,12 +56,12 @@ def test_dynamic_batching_by_size_and_delay():
 
     gate = threading.Event()
     with StreamLoop(lambda fr: (gate.wait(5), step(fr))[1], capacity=64, max_batch=8,
-                    max_delay_ms=1000) as loop:
-        futs = [loop.submit(i) for i in range(8)]  # a full batch goes at once, not after 1 s
+                    max_delay_ms=10_000) as loop:
+        futs = [loop.submit(i) for i in range(8)]  # a full batch goes at once, not after 10 s
         t0 = time.perf_counter()
         gate.set()
-        [f.result(5) for f in futs]
-        assert time.perf_counter() - t0 < 0.5
+        [f.result(15) for f in futs]
+        assert time.perf_counter() - t0 < 5  # wide: a loaded CI machine may pause a second
     assert sizes == [8]
     sizes.clear()
     with StreamLoop(step, max_batch=8, max_delay_ms=30) as loop:
