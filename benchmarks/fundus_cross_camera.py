@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,10 +74,16 @@ LEVEL_CEILINGS = {"ceiling_keep_level": "share_of_level_ceiling",
 # two-model arms KIND:SIDE:COARSE,FINE (CoarseFine), and how much of each channel's FOV mean each
 # keeps (-level all of it, -halflevel the geometric halfway between the corrected input's mean
 # and the input's); -flip reads the coarse light on the copy's four mirror images, -fineflip
-# runs the fine model on the frame's four mirror images (``enhance_flips``)
+# runs the fine model on the frame's four mirror images (``enhance_flips``), -gate leaves the
+# light alone where the coarse model asks less than clean photographs draw from it (``gate``)
 COARSE_LEVELS = {"coarse": 0.0, "coarse-level": 1.0, "coarse-halflevel": 0.5}
-COARSE_FLIPS = {"": (False, False), "-flip": (True, False), "-fineflip": (False, True)}
-COARSE_KINDS = tuple(k + f for k in COARSE_LEVELS for f in COARSE_FLIPS)
+COARSE_MODES = {"": {}, "-flip": {"flips": True}, "-fineflip": {"fine_flips": True},
+                "-gate": {"gate": True}}
+COARSE_KINDS = tuple(k + m for k in COARSE_LEVELS for m in COARSE_MODES)
+# the -gate's dead zone per channel, and the coarse model it was measured for (coarse_gate.py,
+# on clean photographs of the coarse model's training cameras, never a selection or test one)
+COARSE_GATE_JSON = (Path(__file__).resolve().parent / "results"
+                    / "2026-12-07-cpu-fundus-coarse-gate.json")
 # ``+coarse``: the size of the coarse copy, and the range its light gain is clamped to (fixed
 # in session 24's rule before any run)
 COARSE_FACTOR, COARSE_CLAMP = 2, (0.5, 2.0)
@@ -121,13 +127,17 @@ def load_camera(name: str, max_side: int) -> list[dict[str, Any]]:
     return list(iter_camera(name, max_side))
 
 
-def iter_camera(name: str, max_side: int) -> Iterator[dict[str, Any]]:
-    """``load_camera``'s images one at a time (a camera of hundreds need not be held at once)."""
+def iter_camera(name: str, max_side: int, only: Container[str] | None = None
+                ) -> Iterator[dict[str, Any]]:
+    """``load_camera``'s images one at a time (a camera of hundreds need not be held at once);
+    ``only``: just the photographs of these file stems (the others are not decoded)."""
     from same_fast.io import load, load_mask, to_tensor
     from same_fast.train.source import _partner, data_folders, estimate_fov, structure_mask
 
     for _set, _root, files, masks_dir, fov_dir in data_folders(name):
         for f in files:
+            if only is not None and f.stem not in only:
+                continue
             arr = load(f).frames[0][..., :3]
             x = to_tensor(arr if arr.dtype == np.uint8 else (arr // 257).astype(np.uint8))[None]
             fm = _partner(fov_dir, f.stem)
@@ -308,6 +318,7 @@ class CoarseFine:
     keep_level: float = 0.0
     flips: bool = False
     fine_flips: bool = False
+    gate: tuple[float, ...] | None = None
 
 
 FLIPS = ((), (-1,), (-2,), (-2, -1))  # the copy's four mirror images: none, left-right, up-down, both
@@ -324,25 +335,11 @@ def enhance_flips(net: Any, x: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
     return torch.stack(outs).mean(0)
 
 
-def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = COARSE_FACTOR,
-                 clamp: tuple[float, float] = COARSE_CLAMP, sigma: float = POOL_SIGMA,
-                 side: int = 0, keep_level: float = 0.0, flips: bool = False) -> torch.Tensor:
-    """The model's smooth light correction read at ``1 / factor`` of the size, applied to ``x``.
-
-    The model enhances an area-resized copy (its reach then spans ``factor`` times as much of
-    the frame; with ``side``, the copy's shorter side is ``side`` pixels instead, the frame size a
-    model trained on whole frames knows); the per-channel ratio of its output's smooth light to
-    its input's (a Gaussian of ``sigma`` times the longer side over the lit pixels, clamped to
-    ``clamp``) is up-sampled and multiplied into ``x``. What the model does not change at the
-    coarse size passes unchanged (gain 1); it reads no reference. ``keep_level``: the corrected
-    input is rescaled per channel so that its mean inside the FOV is ``x``'s (the pass moves
-    light within the frame and changes no channel's level); a fraction keeps that share of it
-    in log terms (0.5: the geometric halfway between the corrected mean and ``x``'s).
-    ``flips``: the correction is read on the copy's four mirror images (``FLIPS``), each
-    mirrored back, and their log gains averaged (the model is not mirror-equivariant; the
-    average is its reading with less of its own noise). Returns the corrected input
-    (1, C, H, W), not enhanced."""
-    from same_fast.degrade.ops import fov_mean
+def coarse_log_gain(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = COARSE_FACTOR,
+                    clamp: tuple[float, float] = COARSE_CLAMP, sigma: float = POOL_SIGMA,
+                    side: int = 0, flips: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``coarse_light``'s reading before it is applied: the per-channel log gain on the coarse
+    copy (1, C, h, w) and the copy's FOV (1, 1, h, w)."""
     from same_fast.nn import enhance
 
     h, w = x.shape[-2:]
@@ -358,8 +355,55 @@ def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = C
             ym = enhance(net, xm, fm)
         g = (_lit_blur(ym, fm, sigma) / _lit_blur(xm, fm, sigma).clamp_min(2 / 255)).clamp(*clamp)
         log_gain += (g.flip(dims) if dims else g).log()
-    gain = (log_gain / (len(FLIPS) if flips else 1)).exp()
-    gain = F.interpolate(gain, size=(h, w), mode="bilinear", align_corners=False)
+    return log_gain / (len(FLIPS) if flips else 1), fs
+
+
+def centred(log_gain: torch.Tensor, fov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A log gain split into its level (the per-channel mean inside ``fov``, (1, C, 1, 1)) and
+    what moves light within the frame (the rest)."""
+    from same_fast.degrade.ops import fov_mean
+
+    level = fov_mean(log_gain, fov)
+    return level, log_gain - level
+
+
+def gate(log_gain: torch.Tensor, fov: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """The log gain with a dead zone of ``tau`` per channel ((C,), log units) on the light it
+    moves within the frame: a cell asked to move less than ``tau`` keeps its light, a larger
+    request is shrunk by ``tau`` (soft-thresholded, so the field stays continuous); the level
+    passes as it was."""
+    level, within = centred(log_gain, fov)
+    t = tau.to(log_gain.dtype).view(1, -1, 1, 1)
+    return level + torch.sign(within) * (within.abs() - t).clamp_min(0)
+
+
+def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = COARSE_FACTOR,
+                 clamp: tuple[float, float] = COARSE_CLAMP, sigma: float = POOL_SIGMA,
+                 side: int = 0, keep_level: float = 0.0, flips: bool = False,
+                 dead_zone: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's smooth light correction read at ``1 / factor`` of the size, applied to ``x``.
+
+    The model enhances an area-resized copy (its reach then spans ``factor`` times as much of
+    the frame; with ``side``, the copy's shorter side is ``side`` pixels instead, the frame size a
+    model trained on whole frames knows); the per-channel ratio of its output's smooth light to
+    its input's (a Gaussian of ``sigma`` times the longer side over the lit pixels, clamped to
+    ``clamp``) is up-sampled and multiplied into ``x``. What the model does not change at the
+    coarse size passes unchanged (gain 1); it reads no reference. ``keep_level``: the corrected
+    input is rescaled per channel so that its mean inside the FOV is ``x``'s (the pass moves
+    light within the frame and changes no channel's level); a fraction keeps that share of it
+    in log terms (0.5: the geometric halfway between the corrected mean and ``x``'s).
+    ``flips``: the correction is read on the copy's four mirror images (``FLIPS``), each
+    mirrored back, and their log gains averaged (the model is not mirror-equivariant; the
+    average is its reading with less of its own noise). ``dead_zone``: per channel (C,), the
+    ``gate`` on the light the reading moves within the frame. Returns the corrected input
+    (1, C, H, W), not enhanced."""
+    from same_fast.degrade.ops import fov_mean
+
+    h, w = x.shape[-2:]
+    log_gain, fs = coarse_log_gain(net, x, fov, factor, clamp, sigma, side, flips)
+    if dead_zone is not None:
+        log_gain = gate(log_gain, fs, dead_zone)
+    gain = F.interpolate(log_gain.exp(), size=(h, w), mode="bilinear", align_corners=False)
     out = x * gain
     if keep_level:
         out = out * (fov_mean(x, fov) / fov_mean(out, fov).clamp_min(1e-6)) ** float(keep_level)
@@ -379,7 +423,8 @@ def run_arm(net: Any, x: torch.Tensor, fov: torch.Tensor, run: str = "") -> torc
     with torch.no_grad():
         if isinstance(net, CoarseFine):
             lit = coarse_light(net.coarse, x, fov, side=net.side, keep_level=net.keep_level,
-                               flips=net.flips)
+                               flips=net.flips,
+                               dead_zone=None if net.gate is None else torch.tensor(net.gate))
             return enhance_flips(net.fine, lit, fov) if net.fine_flips else enhance(net.fine, lit, fov)
         if run == "flips":
             return enhance_flips(net, x, fov)
@@ -414,17 +459,36 @@ def _arms(specs: list[str]) -> list[tuple[str, Any, str]]:
                                  "pixels and two models (and no +suffix)")
             coarse = (_mix(spec, names[0]) if names[0].startswith("mix:")
                       else load_model(names[0])[0])
-            level, flip = next((k, f) for k in COARSE_LEVELS for f in COARSE_FLIPS
-                               if k + f == kind)
+            level, mode = next((k, m) for k in COARSE_LEVELS for m in COARSE_MODES
+                               if k + m == kind)
+            opts = dict(COARSE_MODES[mode])
+            if opts.pop("gate", False):
+                opts["gate"] = gate_for(spec, names[0], int(side))
             net = CoarseFine(coarse, load_model(names[1])[0], int(side),
-                             keep_level=COARSE_LEVELS[level], flips=COARSE_FLIPS[flip][0],
-                             fine_flips=COARSE_FLIPS[flip][1])
+                             keep_level=COARSE_LEVELS[level], **opts)
         elif model.startswith("mix:"):
             net = _mix(spec, model)
         else:
             net, _meta = load_model(model)
         arms.append((label, net, post))
     return arms
+
+
+def gate_for(spec: str, coarse: str, side: int, path: Path = COARSE_GATE_JSON) -> tuple[float, ...]:
+    """The dead zone ``coarse_gate.py`` measured for this coarse checkpoint at this side."""
+    import hashlib
+    import json
+
+    if not path.is_file():
+        raise SystemExit(f"--arm {spec}: no dead zone measured ({path} is missing; "
+                         "run benchmarks/coarse_gate.py)")
+    rec = json.loads(path.read_text())
+    cp = Path(coarse)
+    digest = hashlib.sha256(cp.read_bytes()).hexdigest() if cp.is_file() else coarse
+    if rec.get("coarse_sha256") != digest or rec.get("side") != side:
+        raise SystemExit(f"--arm {spec}: {path.name} measured its dead zone for another coarse "
+                         f"model or side ({rec.get('coarse')}, side {rec.get('side')})")
+    return tuple(float(t) for t in rec["dead_zone"])
 
 
 def _mix(spec: str, model: str) -> Any:

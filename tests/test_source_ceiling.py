@@ -599,3 +599,46 @@ def test_coarse_light_carries_the_models_smooth_light_from_a_half_size_copy(benc
     pair = mod.CoarseFine(Gain(1.0), Ramp(1.0), side=24, fine_flips=True)
     assert torch.allclose(mod.run_arm(pair, flat, fov), ens, atol=1e-5)
     assert mod._arms(["l=fundus-lite+flips"])[0][2] == "flips"
+
+
+def test_the_gate_leaves_small_light_requests_alone_and_shrinks_large_ones(bench_script, tmp_path):
+    """``-gate``: what the coarse reading moves within the frame is soft-thresholded per channel
+    (a request inside the dead zone keeps the light, a larger one loses the dead zone, the level
+    passes); the arm takes the dead zone ``coarse_gate.py`` measured for that very checkpoint
+    and side, and refuses one measured for another."""
+    import json
+
+    import torch
+
+    mod = bench_script("fundus_cross_camera")
+    fov = torch.zeros(1, 1, 4, 4)
+    fov[..., :, :2] = 1
+    log_gain = torch.zeros(1, 2, 4, 4)
+    log_gain[:, 0, :, 0], log_gain[:, 0, :, 1] = 0.3, 0.1  # level 0.2, +-0.1 within
+    log_gain[:, 1, :, 0], log_gain[:, 1, :, 1] = 0.02, -0.02  # level 0, +-0.02 within
+    out = mod.gate(log_gain, fov, torch.tensor([0.05, 0.05]))
+    assert torch.allclose(out[0, 0, :, 0], torch.full((4,), 0.25))
+    assert torch.allclose(out[0, 0, :, 1], torch.full((4,), 0.15))
+    assert torch.allclose(out[0, 1, :, :2], torch.zeros(4, 2))
+    assert torch.allclose(mod.gate(log_gain, fov, torch.zeros(2))[..., :2], log_gain[..., :2])
+    ckpt = tmp_path / "coarse.safetensors"
+    ckpt.write_bytes(b"weights")
+    import hashlib
+
+    rec = tmp_path / "gate.json"
+    rec.write_text(json.dumps({"coarse": str(ckpt), "side": 280, "dead_zone": [0.01, 0.02, 0.03],
+                               "coarse_sha256": hashlib.sha256(b"weights").hexdigest()}))
+    assert mod.gate_for("a", str(ckpt), 280, rec) == (0.01, 0.02, 0.03)
+    with pytest.raises(SystemExit, match="another coarse model or side"):
+        mod.gate_for("a", str(ckpt), 320, rec)
+    ckpt.write_bytes(b"other weights")
+    with pytest.raises(SystemExit, match="another coarse model or side"):
+        mod.gate_for("a", str(ckpt), 280, rec)
+    with pytest.raises(SystemExit, match="no dead zone measured"):
+        mod.gate_for("a", str(ckpt), 280, tmp_path / "missing.json")
+    gate_mod = bench_script("coarse_gate")
+    assert gate_mod.spaced(list(range(10)), 4) == [0, 3, 6, 9]
+    assert gate_mod.spaced(list(range(3)), 0) == [0, 1, 2]
+    photos = [torch.linspace(0, 1, 101).repeat(3, 1).numpy() for _ in range(3)]
+    z = gate_mod.dead_zone(photos, 0.9, resamples=20)
+    assert z["photographs"] == 3 and all(abs(v - 0.9) < 1e-6 for v in z["per_channel"])
