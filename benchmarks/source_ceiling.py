@@ -179,16 +179,14 @@ def _variants(preset_name: str, x: torch.Tensor, g: torch.Generator, fov: Any) -
     if preset_name in ("fundus-shen2020", "fundus-local"):
         f = torch.ones_like(x[:, :1]) if fov is None else fov.to(x.dtype)
 
-        def level(t: torch.Tensor) -> torch.Tensor:
-            return ops.fov_mean(t, f)
-
         def median(t: torch.Tensor) -> torch.Tensor:
             lit = f[:, 0] > 0.5
             return torch.stack([torch.stack([t[i, ch][lit[i]].median() for ch in range(t.shape[1])])
                                 for i in range(t.shape[0])]).view(*t.shape[:2], 1, 1)
 
         kc = out["ceiling_keep_colour"]
-        out["ceiling_keep_level"] = (kc * level(deg) / level(kc).clamp_min(1e-6)).clamp(0, 1) * f
+        out["ceiling_keep_level"] = (kc * ops.fov_mean(deg, f) / ops.fov_mean(kc, f).clamp_min(1e-6)
+                                     ).clamp(0, 1) * f
         out["ceiling_keep_median"] = (kc * median(deg) / median(kc).clamp_min(1e-6)).clamp(0, 1) * f
     return {"degraded": deg, **out}
 
