@@ -156,6 +156,30 @@ def test_enhance_backend_onnxruntime_matches_torch(tmp_path, tiny_models):
         assert np.abs(a - b).max() <= 1  # fp32 both; at most one 8-bit rounding step apart
 
 
+def test_enhance_batch_and_adapt_batch_are_two_settings(tmp_path, tiny_models):
+    """``--batch`` (frames per forward pass) and ``--adapt-batch`` (the adapter's) once shared
+    one argparse destination, so ``--batch`` was dropped and set the adapter's batch instead."""
+    import argparse
+
+    from same_fast.adapt.config import AdaptConfig, add_flags
+    from same_fast.commands.enhance import ADAPT_FLAGS
+
+    d = _clean_folder(tmp_path, n=1)
+    out = tmp_path / "out"
+    assert main(["enhance", "-m", tiny_models[0], "-i", str(d / "images"), "-o", str(out),
+                 "--batch", "3", "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text())["batch"] == 3
+    out = tmp_path / "adapted"
+    assert main(["enhance", "-m", tiny_models[0], "-i", str(d / "images"), "-o", str(out),
+                 "--batch", "2", "--adapt", "--adapt-batch", "5", "--no-progress"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["batch"] == 2 and s["engine"]["adaptation"]["batch"] == 5
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int)
+    with pytest.raises(ValueError, match="--adapt-batch: args.batch is already"):
+        add_flags(p, ADAPT_FLAGS, AdaptConfig())
+
+
 def test_enhance_adapt_online_on_a_cine(tmp_path, tiny_models):
     from pydicom.data import get_testdata_file
 

@@ -260,15 +260,21 @@ _NAMING_TURNS_OFF = {"picker_calibrate": "picker_share_auto"}
 
 
 def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-              flags: Mapping[str, str], defaults: AdaptConfig) -> None:
+              flags: Mapping[str, str], defaults: AdaptConfig, prefix: str = "") -> None:
     """Declare one flag per ``flags`` entry (field -> flag, e.g. ``"size": "--adapt-crop"``):
     type, choices, metavar and help from the field, default from ``defaults``. A bool field
     whose default is True becomes a ``--no-...`` switch; one whose default is False, a switch.
-    Each flag's value lands in ``args.<field>`` (``from_args`` reads them back)."""
+    Each flag's value lands in ``args.<prefix><field>`` (``from_args`` reads them back with the
+    same ``prefix``; a command whose own flags share a field's name, as ``enhance --batch`` and
+    ``AdaptConfig.batch`` do, needs one)."""
     by_name = {f.name: f for f in fields(AdaptConfig)}
+    taken = {a.dest for a in parser._actions}  # a group's are its parser's
     for name, flag in flags.items():
         f, default = by_name[name], getattr(defaults, name)
-        kw: dict[str, Any] = {"dest": name, "help": f.metadata.get("help")}
+        if prefix + name in taken:
+            raise ValueError(f"{flag}: args.{prefix}{name} is already another flag's; "
+                             "pass add_flags a prefix")
+        kw: dict[str, Any] = {"dest": prefix + name, "help": f.metadata.get("help")}
         if f.type == "bool":
             kw["action"] = "store_false" if default else "store_true"
             if default:
@@ -286,11 +292,11 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
 
 
 def from_args(args: argparse.Namespace, flags: Mapping[str, str], base: AdaptConfig,
-              **overrides: Any) -> AdaptConfig:
-    """``base`` with the values of the flags ``add_flags`` declared (and ``overrides``). Naming a
-    re-degradation preset turns the re-degraded view on; naming a calibration share (0 included)
-    turns the automatic share off."""
-    values = {name: getattr(args, name) for name in flags}
+              prefix: str = "", **overrides: Any) -> AdaptConfig:
+    """``base`` with the values of the flags ``add_flags`` declared (with the same ``prefix``; and
+    ``overrides``). Naming a re-degradation preset turns the re-degraded view on; naming a
+    calibration share (0 included) turns the automatic share off."""
+    values = {name: getattr(args, prefix + name) for name in flags}
     if values.get("redegrade_preset"):
         values["redegrade"] = True
     for name, auto in _NAMING_TURNS_OFF.items():

@@ -45,6 +45,9 @@ ADAPT_FLAGS = {
     "seed": "--seed", "skip_unmeasured": "--adapt-always",
 }
 
+# Their values land in args.adapt_<field>: enhance's own --batch is not --adapt-batch.
+ADAPT_PREFIX = "adapt_"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", required=True,
@@ -63,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapt", action="store_true",
                    help="adapt online (SAME) while enhancing, in input order")
     g = p.add_argument_group("online adaptation (with --adapt; AdaptConfig's fields)")
-    add_flags(g, ADAPT_FLAGS, AdaptConfig(mode="online"))
+    add_flags(g, ADAPT_FLAGS, AdaptConfig(mode="online"), prefix=ADAPT_PREFIX)
     p.add_argument("--force-modality", action="store_true",
                    help="enhance DICOM of a modality the model was not trained for")
     p.add_argument("--uid-root", metavar="ROOT",
@@ -87,9 +90,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     fields = EnhanceConfig.__dataclass_fields__
-    adaptation = from_args(args, ADAPT_FLAGS, AdaptConfig(mode="online")).check(ADAPT_FLAGS)
-    cfg = EnhanceConfig(**{k: v for k, v in vars(args).items()
-                           if k in fields and k not in ADAPT_FLAGS}, adaptation=adaptation)
+    adaptation = from_args(args, ADAPT_FLAGS, AdaptConfig(mode="online"),
+                           prefix=ADAPT_PREFIX).check(ADAPT_FLAGS)
+    cfg = EnhanceConfig(**{k: v for k, v in vars(args).items() if k in fields},
+                        adaptation=adaptation)
     if args.ray is not None:
         from same_fast.distributed import enhance_on_ray
 
