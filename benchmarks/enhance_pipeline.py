@@ -68,12 +68,13 @@ def parts(files: list[Path], model: str, backend: str, batch: int, out: Path,
           png_level: int = 6) -> dict[str, float]:
     """Decode, backend and encode seconds for ``files``, each stage alone, in this process."""
     from same_fast.batch import EnhanceConfig, ModelStep
+    from same_fast.batch.enhance import auto_probe
     from same_fast.enhancer import enhance_array
     from same_fast.io import load, write_image
 
     cfg = EnhanceConfig(model=model, input=str(files[0].parent), output=str(out),
                         backend=backend, batch=batch, progress=False)
-    e = ModelStep.load(cfg)
+    e = ModelStep.load(cfg, auto_probe(cfg, files))  # auto: the probe (and choice) the command makes
     enhance_array(e.model, load(files[0]).frames, None, batch, "cpu", e.step)  # warm-up
     t0 = time.perf_counter()
     frames = [load(p).frames for p in files]

@@ -259,10 +259,40 @@ def test_auto_measures_once_and_caches(cache: str, monkeypatch) -> None:
     def boom(*a, **k):
         raise AssertionError("measured again despite the cache")
 
+    assert entry["probe"] == {"batch": 1, "height": 32, "width": 32}
     monkeypatch.setattr(sel, "_measure", boom)
-    again = create_backend("auto", model, cache_dir=str(tmp_path))
+    again = create_backend("auto", model, cache_dir=str(tmp_path),
+                           options={"auto_size": 32, "auto_batch": 1})
     assert again.name == b.name
     assert again.describe()["channels_last"] == b.config.channels_last
+
+
+def test_auto_measures_again_at_another_shape(cache: str, monkeypatch) -> None:
+    """Backends rank differently at different shapes, so a choice made at one probe shape is
+    not reused at another: each shape gets its own cached entry, timed at that shape."""
+    from pathlib import Path
+
+    import same_fast.engine.select as sel
+
+    tmp_path = Path(cache) / "shapes"
+    model = _lite()
+    create_backend("auto", model, cache_dir=str(tmp_path), options={"auto_size": 32})
+    seen = []
+    real = sel._time
+
+    def spy(b, x, *a, **k):
+        seen.append(tuple(x.shape))
+        return real(b, x, *a, **k)
+
+    monkeypatch.setattr(sel, "_time", spy)
+    create_backend("auto", model, cache_dir=str(tmp_path),
+                   options={"auto_size": [24, 40], "auto_batch": 2})
+    assert seen and set(seen) == {(2, 3, 24, 40)}
+    probes = sorted(tuple(e["probe"].values())
+                    for e in json.loads((tmp_path / "auto.json").read_text()).values())
+    assert probes == [(1, 32, 32), (2, 24, 40)]
+    with pytest.raises(InputError, match="probe batch and size must be >= 1"):
+        create_backend("auto", model, cache_dir=str(tmp_path), options={"auto_batch": 0})
 
 
 def test_channels_last_matches_eager_before_and_after_update(cache: str) -> None:

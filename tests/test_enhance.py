@@ -156,6 +156,46 @@ def test_enhance_backend_onnxruntime_matches_torch(tmp_path, tiny_models):
         assert np.abs(a - b).max() <= 1  # fp32 both; at most one 8-bit rounding step apart
 
 
+def test_enhance_backend_auto_chooses_at_the_jobs_shape(tmp_path, tiny_models, monkeypatch,
+                                                         dicom_file):
+    """``--backend auto`` times its candidates at the batch and frame size of the job's first
+    input (read off its header), caches the choice under that shape, and says so in the
+    summary; its outputs match torch's."""
+    from same_fast.batch import EnhanceConfig
+    from same_fast.batch.enhance import auto_probe
+
+    monkeypatch.setenv("SAME_FAST_CACHE", str(tmp_path / "cache"))
+    d = _clean_folder(tmp_path, n=2)  # case0 is 37 x 45, case1 38 x 45
+    out = tmp_path / "auto"
+    assert main(["enhance", "-m", tiny_models[0], "-i", str(d / "images"), "-o", str(out),
+                 "--backend", "auto", "--batch", "3", "--no-progress"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["engine"]["auto_probe"] == {"auto_batch": 3, "auto_size": [37, 45]}
+    (entry,) = json.loads((tmp_path / "cache" / "auto.json").read_text()).values()
+    assert entry["probe"] == {"batch": 3, "height": 37, "width": 45}
+    assert s["engine"]["backend"] == entry["backend"]
+    ref = tmp_path / "torch"
+    assert main(["enhance", "-m", tiny_models[0], "-i", str(d / "images"), "-o", str(ref),
+                 "--no-progress"]) == 0
+    for i in range(2):
+        a, b = (read_image(o / f"case{i}.png").astype(int) for o in (out, ref))
+        assert np.abs(a - b).max() <= 1
+
+    cfg = EnhanceConfig(model=tiny_models[0], input=".", output=".", backend="auto", batch=4)
+    cine = dicom_file("examples_ybr_color.dcm")  # 30 frames of 240 x 320
+    assert auto_probe(cfg, [cine]) == {"auto_batch": 4, "auto_size": [240, 320]}
+    # frames that would be tiled, a header that cannot be read, or another backend: the default
+    tiled = EnhanceConfig(model=tiny_models[0], input=".", output=".", backend="auto",
+                          tile_pixels=240 * 320 - 1)
+    assert auto_probe(tiled, [cine]) == {}
+    assert auto_probe(cfg, [tmp_path / "missing.png"]) == {}
+    assert auto_probe(EnhanceConfig(model="m", input=".", output="."), [cine]) == {}
+    # two frames in a file: the batch is no larger than the file
+    two = EnhanceConfig(model=tiny_models[0], input=".", output=".", backend="auto",
+                        batch=4, tile_pixels=2 * 240 * 320)
+    assert auto_probe(two, [cine]) == {"auto_batch": 2, "auto_size": [240, 320]}
+
+
 def test_enhance_batch_and_adapt_batch_are_two_settings(tmp_path, tiny_models):
     """``--batch`` (frames per forward pass) and ``--adapt-batch`` (the adapter's) once shared
     one argparse destination, so ``--batch`` was dropped and set the adapter's batch instead."""

@@ -136,6 +136,22 @@ def test_dicom_variants(dicom_file, name, shape):
     assert loaded.frames.std() > 0
 
 
+def test_peek_shape_reads_headers_as_load_would(tmp_path, dicom_file, retina):
+    """``peek_shape`` (``--backend auto``'s probe shape) agrees with ``load`` on every format
+    without decoding, and says None for what ``load`` would refuse."""
+    img = retina[:300, :200]
+    paths = [io.write_image(tmp_path / f"a{suffix}", img) for suffix in (".png", ".jpg", ".tif")]
+    paths += [dicom_file("examples_ybr_color.dcm"), dicom_file("MR_small.dcm")]
+    for p in paths:
+        f, h, w = io.load(p).frames.shape[:3]
+        assert io.peek_shape(p) == (f, h, w), p
+    assert io.peek_shape(paths[-2]) == (30, 240, 320)
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    (tmp_path / "text.png").write_text("not an image")
+    for bad in ("junk.png", "text.png", "missing.png"):
+        assert io.peek_shape(tmp_path / bad) is None
+
+
 @pytest.mark.parametrize("name", ["examples_ybr_color.dcm", "MR_small.dcm"])
 def test_derived_series(tmp_path, dicom_file, name):
     src = io.load(dicom_file(name))

@@ -41,16 +41,40 @@ class ModelStep:
     info: dict[str, Any]
 
     @classmethod
-    def load(cls, cfg: EnhanceConfig) -> ModelStep:
-        """Check the flags, load the model and build its step (``InputError`` on bad flags)."""
+    def load(cls, cfg: EnhanceConfig, probe: dict[str, Any] | None = None) -> ModelStep:
+        """Check the flags, load the model and build its step (``InputError`` on bad flags).
+        ``probe``: the shape ``--backend auto`` times its candidates at (``auto_probe``)."""
         from same_fast.io.dicom_derived import uid_root
         from same_fast.models import load_model
 
         check_flags(cfg)
         uid_root(cfg.uid_root)  # a bad root fails now, not on the first DICOM
         model, meta = load_model(cfg.model, cfg.device)
-        step, adapter, info = make_step(cfg, model, meta)
+        step, adapter, info = make_step(cfg, model, meta, probe)
         return cls(model, meta, step, adapter, info)
+
+
+def auto_probe(cfg: EnhanceConfig, paths: Sequence[Path] | None = None) -> dict[str, Any]:
+    """The batch and frame size the job's first input (of ``paths``; default: of ``cfg``'s
+    inputs) will be enhanced at, as ``auto``'s probe options (``create_backend``); empty
+    (``auto``'s default probe) for another backend, when that input's header cannot be read, or
+    when its frames are tiled."""
+    from same_fast.batch.plan import inputs
+    from same_fast.io import peek_shape
+
+    if cfg.backend != "auto":
+        return {}
+    if paths is None:
+        try:
+            paths = [p for p, _ in inputs(cfg)[:1]]
+        except SameFastError:
+            paths = []  # the plan refuses the run, after the model has been checked
+    shape = peek_shape(paths[0]) if paths else None
+    if shape is None or shape[1] * shape[2] > cfg.tile_pixels:
+        return {}
+    frames, h, w = shape
+    batch = batch_within(cfg.batch, h, w, cfg.tile_pixels)
+    return {"auto_batch": batch if frames == 1 else min(batch, frames), "auto_size": [h, w]}
 
 
 def check_flags(cfg: EnhanceConfig) -> None:
@@ -189,7 +213,7 @@ def enhance_files(cfg: EnhanceConfig) -> dict[str, Any]:
     written on its own, and a failure costs that file only (the single-file input re-raises).
     """
     check_flags(cfg)
-    model_step = ModelStep.load(cfg)
+    model_step = ModelStep.load(cfg, auto_probe(cfg))
     tasks = plan(cfg)
     from same_fast.progress import progress_bar
 
@@ -244,9 +268,10 @@ def file_error(path: Path, e: BaseException) -> str:
     return (text.strip().splitlines() or [type(e).__name__])[0]
 
 
-def make_step(cfg: EnhanceConfig, model: torch.nn.Module, meta: dict[str, Any]
-              ) -> tuple[Step, Any, dict[str, Any]]:
-    """The enhancement step for ``cfg``: plain torch, an engine backend, or an online adapter."""
+def make_step(cfg: EnhanceConfig, model: torch.nn.Module, meta: dict[str, Any],
+              probe: dict[str, Any] | None = None) -> tuple[Step, Any, dict[str, Any]]:
+    """The enhancement step for ``cfg``: plain torch, an engine backend, or an online adapter
+    (``probe``: ``auto``'s probe options)."""
     if cfg.adapt:
         return _adapt_step(cfg, model, meta)
     if cfg.backend == "torch" and not cfg.channels_last:
@@ -259,8 +284,11 @@ def make_step(cfg: EnhanceConfig, model: torch.nn.Module, meta: dict[str, Any]
     from same_fast.engine import create_backend
 
     backend = create_backend(cfg.backend, model, device=cfg.device, metadata=meta,
-                             channels_last=cfg.channels_last)
-    return backend.enhance, None, backend.describe()
+                             channels_last=cfg.channels_last, options=probe)
+    info = backend.describe()
+    if cfg.backend == "auto":  # what auto chose at, for summary.json
+        info["auto_probe"] = dict(probe) if probe else "default"
+    return backend.enhance, None, info
 
 
 def _adapt_step(cfg: EnhanceConfig, model: torch.nn.Module, meta: dict[str, Any]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from same_fast.batch import EnhanceConfig, ModelStep, SeriesUids, Task, enhance_tasks, plan
-from same_fast.batch.enhance import check_flags, summarize, write_summary
+from same_fast.batch.enhance import auto_probe, check_flags, summarize, write_summary
 from same_fast.distributed.cluster import cluster_cpus, connect
 from same_fast.errors import InputError
 
@@ -33,9 +33,10 @@ from same_fast.errors import InputError
 class EnhanceWorker:
     """One Ray actor: the model loaded once, then any number of shards."""
 
-    def __init__(self, fields: dict[str, Any], run_key: str) -> None:
+    def __init__(self, fields: dict[str, Any], run_key: str,
+                 probe: dict[str, Any] | None = None) -> None:
         self.cfg = EnhanceConfig.from_dict(fields)
-        self.model_step = ModelStep.load(self.cfg)
+        self.model_step = ModelStep.load(self.cfg, probe)
         self.series = SeriesUids(self.cfg.uid_root, run_key)
 
     def run(self, shard: list[tuple[int, Task]]) -> tuple[dict[int, dict[str, Any]], dict]:
@@ -87,7 +88,8 @@ def enhance_on_ray(cfg: EnhanceConfig, address: str | None = None, workers: int 
     with connect(address, workers) as ray:
         n = max(1, min(workers or cluster_cpus(ray), len(tasks)))
         parts = shards(tasks, n, shard_files)
-        results, engine, retries = _schedule(ray, cfg, parts, n, max_retries, runtime_env)
+        results, engine, retries = _schedule(ray, cfg, parts, n, max_retries, runtime_env,
+                                             auto_probe(cfg, [t.path for t in tasks]))
     summary = reconcile(cfg, meta, engine, tasks, results, time.perf_counter() - t0)
     summary["ray"] = {"address": address or "local", "workers": n, "shards": len(parts),
                       "shard_retries": retries, **summary.pop("reconciled")}
@@ -96,10 +98,12 @@ def enhance_on_ray(cfg: EnhanceConfig, address: str | None = None, workers: int 
 
 
 def _schedule(ray: Any, cfg: EnhanceConfig, parts: list[list[tuple[int, Task]]], n: int,
-              max_retries: int, runtime_env: dict[str, Any] | None
+              max_retries: int, runtime_env: dict[str, Any] | None,
+              probe: dict[str, Any] | None = None
               ) -> tuple[dict[int, dict[str, Any]], dict[str, Any], int]:
     """Hand shards to idle actors; a shard whose actor died goes to a fresh actor. Returns the
-    records by input index, the backend's description and how many shards were handed on."""
+    records by input index, the backend's description and how many shards were handed on.
+    ``probe``: ``--backend auto``'s probe shape, the same for every actor."""
     from ray.exceptions import RayActorError, WorkerCrashedError
 
     fields = dataclasses.asdict(cfg)
@@ -110,7 +114,7 @@ def _schedule(ray: Any, cfg: EnhanceConfig, parts: list[list[tuple[int, Task]]],
     actor_cls = ray.remote(EnhanceWorker).options(**options)
 
     def spawn() -> Any:
-        return actor_cls.remote(fields, key)
+        return actor_cls.remote(fields, key, probe)
 
     idle = [spawn() for _ in range(n)]
     queue = deque(range(len(parts)))

@@ -1,9 +1,13 @@
 """``create_backend``: one front for every backend, and ``auto``, the measured choice.
 
-``auto`` times each backend that loads on this machine once, on the model at a serving-sized
-batch, and caches the winner in ``<cache_dir>/auto.json`` (default ``~/.cache/same-fast``),
-keyed by machine (CPU model, GPU name, core count, torch and onnxruntime versions) and model
-(architecture, config, parameter shapes). An automatic choice falls back quietly past a
+``auto`` times each backend that loads on this machine once, on the model at the job's own
+batch and frame size where the caller knows them (options ``auto_batch`` and ``auto_size``: a
+side, or ``[height, width]``; ``same-fast enhance`` reads them off its first input) and else at
+batch 1 and 256 x 256, and caches the winner in ``<cache_dir>/auto.json`` (default
+``~/.cache/same-fast``), keyed by machine (CPU model, GPU name, core count, torch and onnxruntime
+versions), model (architecture, config, parameter shapes) and that shape: backends rank
+differently at different shapes (on the 2-core development CPU ONNX Runtime led at one 256-px
+frame and channels-last torch at four 512-px frames). An automatic choice falls back quietly past a
 backend that cannot load; an explicit choice that cannot load fails loudly.
 """
 from __future__ import annotations
@@ -134,8 +138,9 @@ def model_key(model: nn.Module) -> dict[str, Any]:
 
 def _auto(model: nn.Module, meta: dict[str, Any], cfg: BackendConfig) -> Backend:
     cache = Path(cfg.cache_dir or default_cache_dir()) / "auto.json"
-    key = hashlib.sha256(json.dumps([machine_key(), model_key(model), cfg.device, cfg.dtype],
-                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([machine_key(), model_key(model), cfg.device, cfg.dtype,
+                                     *_probe(cfg)], sort_keys=True, default=str).encode()
+                         ).hexdigest()[:16]
     table = _read(cache)
     entry = table.get(key, {})
     choice = entry.get("backend")
@@ -147,6 +152,7 @@ def _auto(model: nn.Module, meta: dict[str, Any], cfg: BackendConfig) -> Backend
     winner, timings, backend = _measure(model, meta, cfg)
     table[key] = {"backend": backend.name, "channels_last": backend.config.channels_last,
                   "label": winner, "seconds_per_batch": timings,
+                  "probe": dict(zip(("batch", "height", "width"), _probe(cfg), strict=True)),
                   "machine": machine_key(), "model": model_key(model),
                   "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write(cache, table)
@@ -178,11 +184,20 @@ def _candidates(cfg: BackendConfig) -> list[tuple[str, bool]]:
     return out
 
 
+def _probe(cfg: BackendConfig) -> tuple[int, int, int]:
+    """``(batch, height, width)`` that ``auto`` times the candidates at."""
+    size = cfg.options.get("auto_size", 256)
+    h, w = (size, size) if isinstance(size, (int, str)) else size
+    batch, h, w = int(cfg.options.get("auto_batch", 1)), int(h), int(w)
+    if min(batch, h, w) < 1:
+        raise InputError(f"auto: probe batch and size must be >= 1, got {batch}x{h}x{w}")
+    return batch, h, w
+
+
 def _measure(model: nn.Module, meta: dict[str, Any], cfg: BackendConfig
              ) -> tuple[str, dict[str, float], Backend]:
     """Time every candidate that loads; returns the winner's label, all timings, the winner."""
-    size = int(cfg.options.get("auto_size", 256))
-    batch = int(cfg.options.get("auto_batch", 1))
+    batch, h, w = _probe(cfg)
     channels = None
     timings: dict[str, float] = {}
     best: tuple[float, str, Backend] | None = None
@@ -193,7 +208,7 @@ def _measure(model: nn.Module, meta: dict[str, Any], cfg: BackendConfig
         except (SameFastError, ImportError):
             continue
         channels = channels or b.channels or 3
-        x = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(0))
+        x = torch.rand(batch, channels, h, w, generator=torch.Generator().manual_seed(0))
         try:
             t = _time(b, x)
         except Exception:  # a backend that loads but cannot run this model is not a candidate

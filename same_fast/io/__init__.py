@@ -13,10 +13,10 @@ from same_fast.io.dicom import read_dicom, write_dicom_derived
 from same_fast.io.folders import Item, list_images, output_name, pair_by_name, plan_outputs
 from same_fast.io.images import IMAGE_SUFFIXES, read_image, write_image
 from same_fast.io.limits import MAX_PIXELS
-from same_fast.io.load import Loaded, load, load_mask
+from same_fast.io.load import Loaded, load, load_mask, peek_shape
 
 __all__ = [
     "IMAGE_SUFFIXES", "MAX_PIXELS", "Item", "Loaded", "list_images", "load", "load_mask",
-    "output_name", "pair_by_name", "plan_outputs", "read_dicom", "read_image", "to_array",
-    "to_tensor", "write_dicom_derived", "write_image",
+    "output_name", "pair_by_name", "peek_shape", "plan_outputs", "read_dicom", "read_image",
+    "to_array", "to_tensor", "write_dicom_derived", "write_image",
 ]

@@ -57,6 +57,32 @@ def load(path: str | os.PathLike, max_pixels: int | None = None) -> Loaded:
     return Loaded(path, fmt, arr[None], meta)
 
 
+def peek_shape(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    """``(frames, height, width)`` of an image or DICOM file from its header, without decoding
+    its pixels (TIFF: decoded); None for a file that cannot be read so (``load`` says why)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+        fmt = sniff(head)
+        if fmt == "dicom":
+            import pydicom
+
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+            return int(ds.get("NumberOfFrames") or 1), int(ds.Rows), int(ds.Columns)
+        if fmt in ("png", "jpeg", "gif", "bmp"):
+            from same_fast.io.images import open_pil
+
+            with open(path, "rb") as f:
+                w, h = open_pil(f.read(), fmt).size
+            return 1, int(h), int(w)
+        if fmt == "tiff":
+            return (1, *load(path).frames.shape[1:3])
+    except Exception:  # noqa: BLE001 - a peek that fails only leaves the shape unknown
+        return None
+    return None
+
+
 def load_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
     """A binary mask ``(H, W)`` bool: first channel > half range (JPEG-compressed masks too)."""
     arr = load(path).frames[0]
