@@ -122,11 +122,15 @@ def machine_key() -> dict[str, Any]:
     env = environment()
     key = {k: env.get(k) for k in ("processor", "machine", "cpus", "torch_threads", "device")}
     key["torch"] = torch.__version__
-    try:
-        import onnxruntime
-        key["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        key["onnxruntime"] = None
+    from importlib.metadata import PackageNotFoundError, version
+
+    key["onnxruntime"] = None  # the installed version, read without importing it (0.1 s)
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            key["onnxruntime"] = version(dist)
+            break
+        except PackageNotFoundError:
+            pass
     key["python"] = platform.python_version()
     return key
 
