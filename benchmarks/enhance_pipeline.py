@@ -18,7 +18,9 @@ In one run, on one machine:
    images and on a tenth of them: bounded means the two are close.
 
 Reported: ``pipeline_over_parts`` = file-loop seconds / (decode + backend + encode seconds);
-``auto_speedup`` = whole-command wall time with torch / with auto.
+``auto_speedup`` = whole-command wall time with torch / with auto; ``auto_probes``: what
+``auto`` times per frame for each candidate at the job's shape (the shape it now probes at) and
+at its default probe (one 256 x 256 frame), in this process, and which it would pick at each.
 """
 from __future__ import annotations
 
@@ -94,6 +96,23 @@ def parts(files: list[Path], model: str, backend: str, batch: int, out: Path,
     return {"decode_s": round(decode, 3), "backend_s": round(model_s, 3),
             "encode_s": round(encode, 3), "sum_s": round(decode + model_s + encode, 3),
             "engine": e.info}
+
+
+def auto_probes(model: str, batch: int, size: int) -> dict[str, Any]:
+    """``auto``'s candidates timed per frame (ms) at the job's shape and at its default probe."""
+    from same_fast.engine.base import BackendConfig
+    from same_fast.engine.select import _measure
+    from same_fast.models import load_model
+
+    net, meta = load_model(model)
+    out: dict[str, Any] = {}
+    for label, opts in (("job", {"auto_batch": batch, "auto_size": [size, size]}),
+                        ("default", {})):
+        winner, times, _ = _measure(net, meta, BackendConfig(device="cpu", options=opts))
+        out[label] = {"probe": opts or "1 x 256 x 256", "winner": winner,
+                      "ms_per_frame": {k: round(1000 * v / (batch if opts else 1), 2)
+                                       for k, v in times.items()}}
+    return out
 
 
 def command(src: Path, out: Path, model: str, backend: str, extra: list[str],
@@ -177,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             runs[backend] = r
             print(f"[pipeline] {backend}: {json.dumps(r)}", flush=True)
         result["runs"] = runs
+        if "auto" in runs:
+            result["auto_probes"] = auto_probes(a.model, a.batch, a.size)
         if "torch" in runs and "auto" in runs:
             result["auto_speedup"] = round(runs["torch"]["command"]["wall_s"]
                                            / runs["auto"]["command"]["wall_s"], 3)
