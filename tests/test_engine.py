@@ -278,13 +278,16 @@ def test_auto_measures_again_at_another_shape(cache: str, monkeypatch) -> None:
     model = _lite()
     create_backend("auto", model, cache_dir=str(tmp_path), options={"auto_size": 32})
     seen = []
-    real = sel._time
+    real = sel._cls
 
-    def spy(b, x, *a, **k):
-        seen.append(tuple(x.shape))
-        return real(b, x, *a, **k)
+    def spy(name):
+        class Spied(real(name)):
+            def enhance(self, x, *a, **k):
+                seen.append(tuple(x.shape))
+                return super().enhance(x, *a, **k)
+        return Spied
 
-    monkeypatch.setattr(sel, "_time", spy)
+    monkeypatch.setattr(sel, "_cls", spy)
     create_backend("auto", model, cache_dir=str(tmp_path),
                    options={"auto_size": [24, 40], "auto_batch": 2})
     assert seen and set(seen) == {(2, 3, 24, 40)}
@@ -481,3 +484,15 @@ def test_bad_frames_are_typed_errors(bad, msg: str, cache: str) -> None:
         b = create_backend(name, _lite(), cache_dir=cache)
         with pytest.raises(InputError, match=msg.replace("(", r"\(").replace(")", r"\)")):
             b.enhance_frames(bad)
+
+
+def test_interleaved_times_the_cases_round_robin() -> None:
+    """``auto`` and the bench suites time their cases in turns, so drift hits all alike."""
+    from same_fast.engine.machine import interleaved
+
+    log: list[str] = []
+    r = interleaved({k: (lambda k=k: log.append(k)) for k in "abc"}, repeats=3, warmup=2,
+                    gap_s=0)
+    assert log == ["a", "a", "b", "b", "c", "c"] + ["a", "b", "c"] * 3
+    assert set(r) == set("abc") and all(len(v["samples_s"]) == 3 for v in r.values())
+    assert all(v["min_s"] <= v["median_s"] <= v["p90_s"] for v in r.values())

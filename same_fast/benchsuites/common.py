@@ -1,13 +1,11 @@
-"""Shared benchmark helpers: interleaved timing, JSON output, loading a sibling benchmark
-script (the machine description is ``same_fast.engine.machine.environment``, re-exported
-here)."""
+"""Shared benchmark helpers: JSON output, loading a sibling benchmark script (the machine
+description and interleaved timing are ``same_fast.engine.machine``'s, re-exported here)."""
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from same_fast.engine.machine import environment
+from same_fast.engine.machine import environment, interleaved
 
 __all__ = ["environment", "interleaved", "serving_settings", "sibling_script", "time_serving_step",
            "write_json"]
@@ -36,42 +34,6 @@ def sibling_script(anchor: str, name: str) -> ModuleType:
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
-
-
-def interleaved(cases: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2,
-                sync: Callable[[], None] | None = None, gap_s: float = 0.02
-                ) -> dict[str, dict[str, float]]:
-    """Time each case ``repeats`` times, round-robin so drift hits all cases alike.
-
-    ``gap_s``: idle time before each timed call. Thread pools keep spinning for a while after
-    a call returns (ONNX Runtime's intra-op threads do by default); without the gap that spin
-    steals cores from whichever case runs next, which measured eager torch at 2x its real time
-    right after ONNX Runtime on this 2-core machine.
-
-    Returns per case: median, p10, p90, min (seconds) and the raw samples.
-    """
-    for fn in cases.values():
-        for _ in range(warmup):
-            fn()
-    if sync:
-        sync()
-    samples: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            if gap_s > 0:
-                time.sleep(gap_s)
-            t0 = time.perf_counter()
-            fn()
-            if sync:
-                sync()
-            samples[name].append(time.perf_counter() - t0)
-    out = {}
-    for name, s in samples.items():
-        q = sorted(s)
-        out[name] = {"median_s": statistics.median(q), "min_s": q[0],
-                     "p10_s": q[max(0, int(0.1 * (len(q) - 1)))],
-                     "p90_s": q[int(0.9 * (len(q) - 1))], "samples_s": s}
-    return out
 
 
 def write_json(path: str | os.PathLike | None, result: dict[str, Any]) -> None:

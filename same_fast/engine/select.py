@@ -198,49 +198,40 @@ def _probe(cfg: BackendConfig) -> tuple[int, int, int]:
     return batch, h, w
 
 
-def _measure(model: nn.Module, meta: dict[str, Any], cfg: BackendConfig
+def _measure(model: nn.Module, meta: dict[str, Any], cfg: BackendConfig, repeats: int = 7
              ) -> tuple[str, dict[str, float], Backend]:
-    """Time every candidate that loads; returns the winner's label, all timings, the winner."""
+    """Time every candidate that loads and runs, round-robin (``interleaved``: a moment of drift
+    on a shared machine hits every candidate alike, not whichever was being timed), and return
+    the winner's label, every candidate's median seconds per batch, and the winner."""
+    from same_fast.engine.machine import interleaved
+
     batch, h, w = _probe(cfg)
-    channels = None
-    timings: dict[str, float] = {}
-    best: tuple[float, str, Backend] | None = None
+    loaded: dict[str, tuple[Backend, torch.Tensor]] = {}
     for name, cl in _candidates(cfg):
         label = f"{name}+channels_last" if cl else name
         try:
             b = _cls(name)(model, meta, _variant(cfg, cl))
         except (SameFastError, ImportError):
             continue
-        channels = channels or b.channels or 3
-        x = torch.rand(batch, channels, h, w, generator=torch.Generator().manual_seed(0))
+        x = torch.rand(batch, b.channels or 3, h, w, generator=torch.Generator().manual_seed(0))
         try:
-            t = _time(b, x)
+            b.enhance(x)  # loads and runs this model (its first call also warms it up)
         except Exception:  # a backend that loads but cannot run this model is not a candidate
             continue
-        timings[label] = t
-        if best is None or t < best[0]:
-            best = (t, label, b)
-    if best is None:
+        loaded[label] = (b, x)
+    if not loaded:
         raise InputError("no inference backend could run this model")
-    return best[1], timings, best[2]
+    cuda = [b.device for b, _ in loaded.values() if b.device.type == "cuda"]
 
-
-def _time(b: Backend, x: torch.Tensor, repeats: int = 5) -> float:
     def sync() -> None:
-        if b.device.type == "cuda":
-            torch.cuda.synchronize(b.device)
+        for d in cuda:
+            torch.cuda.synchronize(d)
 
-    for _ in range(2):
-        b.enhance(x)
-    sync()
-    ts = []
-    for _ in range(repeats):
-        time.sleep(0.02)  # let the previous call's spinning pool threads go idle
-        t0 = time.perf_counter()
-        b.enhance(x)
-        sync()
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2]
+    timing = interleaved({k: (lambda b=b, x=x: b.enhance(x)) for k, (b, x) in loaded.items()},
+                         repeats=repeats, warmup=1, sync=sync)
+    timings = {k: t["median_s"] for k, t in timing.items()}
+    winner = min(timings, key=timings.get)
+    return winner, timings, loaded[winner][0]
 
 
 def _read(path: Path) -> dict[str, Any]:
