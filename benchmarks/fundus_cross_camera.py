@@ -25,9 +25,11 @@ ranges scale with the image, as ``synth`` does. The FOV is the set's mask where 
 (DRIVE), else estimated by thresholding (``train.source.estimate_fov``), and the enhancer gets it
 as a user's ``--mask`` would give it. Arms are ``LABEL=MODEL`` (a shipped name or a checkpoint);
 ``LABEL=MODEL+input-tone`` also puts the input's per-channel mean and spread (inside the FOV)
-back on the output, a post-hoc do-no-harm variant. ``oracle-field=oracle-field:CELL`` is an
-oracle arm (it reads the reference, so its label must begin with ``oracle``): the best smooth
-per-channel gain and offset, fitted by least squares per ``CELL``-pixel cell from the degraded
+back on the output, a post-hoc do-no-harm variant; ``+input-level`` only rescales each channel
+so that its mean inside the FOV is the input's (``input_level``: the level the ``coarse-level``
+pairs keep, kept on the output; the model's changes within the frame stay).
+``oracle-field=oracle-field:CELL`` is an oracle arm (it reads the reference, so its label must
+begin with ``oracle``): the best smooth per-channel gain and offset, fitted by least squares per ``CELL``-pixel cell from the degraded
 input to the keep-colour ceiling (the clean image under ``identity``) and interpolated
 bilinearly, which bounds what a light-field block (``SAMENet(field=True)``) can reach on its
 own. ``LABEL=mix:W:A,B`` scores the weights ``(1 - W) A + W B`` of two checkpoints of one
@@ -64,7 +66,7 @@ from torch.nn import functional as F
 
 CONDITIONS = ("fundus-shen2020", "fundus-local", "identity")
 # what an arm's ``+SUFFIX`` does to its outputs afterwards (``_input_tone``, ``camera_pool``)
-POSTS = ("input-tone", "camera-pool-shared", "camera-pool", "camera-garrote")
+POSTS = ("input-tone", "input-level", "camera-pool-shared", "camera-pool", "camera-garrote")
 # how an arm's ``+SUFFIX`` runs its model instead of once on the frame (``run_arm``)
 RUNS = ("coarse", "twice", "flips")
 # the keep-colour ceiling at the degraded image's per-channel mean / median (source_ceiling), and
@@ -187,6 +189,13 @@ def _input_tone(y: torch.Tensor, x: torch.Tensor, fov: torch.Tensor) -> torch.Te
         gain = xs.std() / ys.std().clamp_min(1e-6)
         out[:, c] = (y[:, c] - ys.mean()) * gain + xs.mean()
     return (out.clamp(0, 1) * fov)
+
+
+def input_level(y: torch.Tensor, x: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
+    """``y`` rescaled per channel so that its mean inside ``fov`` is ``x``'s."""
+    from same_fast.degrade.ops import fov_mean
+
+    return (y * (fov_mean(x, fov) / fov_mean(y, fov).clamp_min(1e-6))).clamp(0, 1) * fov
 
 
 def oracle_field(y: torch.Tensor, ref: torch.Tensor, fov: torch.Tensor, cell: int) -> torch.Tensor:
@@ -568,6 +577,8 @@ def score_camera(images: list[dict[str, Any]], arms: list[tuple[str, Any, str]],
                     y = run_arm(net, inp, fov, post if post in RUNS else "")
                 if post == "input-tone":
                     y = _input_tone(y, inp, fov)
+                elif post == "input-level":
+                    y = input_level(y, inp, fov)
                 if post.startswith("camera-"):
                     pooled.setdefault(label, (post, []))[1].append(y)
                     continue

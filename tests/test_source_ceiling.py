@@ -205,6 +205,32 @@ def test_the_oracle_field_undoes_a_smooth_veil_and_is_labelled(bench_script):
     assert mod._arms(["oracle16=oracle-field:16"]) == [("oracle16", 16, "")]
 
 
+def test_input_level_keeps_each_channels_mean_and_the_changes_within_the_frame(bench_script):
+    """fundus_cross_camera's ``+input-level``: the output's per-channel mean inside the FOV
+    becomes the input's (a global tone the model answered is taken back); what the model changed
+    within the frame stays (up to that gain); outside the FOV stays black."""
+    import torch
+
+    mod = bench_script("fundus_cross_camera")
+    g = torch.Generator().manual_seed(0)
+    x = 0.2 + 0.5 * torch.rand(1, 3, 40, 50, generator=g)
+    fov = torch.zeros(1, 1, 40, 50)
+    fov[..., 5:35, 5:45] = 1
+    x = x * fov
+    local = torch.ones_like(x)
+    local[..., 10:20, 10:20] = 0.7  # a spot the model took out
+    y = x * local * torch.tensor([1.3, 0.8, 1.1]).view(1, 3, 1, 1)  # and a tone it answered
+    kept = mod.input_level(y, x, fov)
+    from same_fast.degrade.ops import fov_mean
+
+    assert torch.allclose(fov_mean(kept, fov), fov_mean(x, fov), atol=1e-5)
+    ratio = kept[..., 12, 12] / kept[..., 30, 30]  # inside / outside the spot, per channel
+    assert torch.allclose(ratio, (y[..., 12, 12] / y[..., 30, 30]), atol=1e-4)
+    assert kept[..., :5, :].abs().max() == 0
+    (_, _, post), = mod._arms(["lvl=fundus-lite+input-level"])
+    assert post == "input-level"
+
+
 def test_a_mix_arm_scores_the_weights_between_two_checkpoints(bench_script, tmp_path):
     """fundus_cross_camera's ``mix:W:A,B`` arm: the weights (1 - W) A + W B of two checkpoints
     of one architecture (W = 0 is A, W = 1 is B, W = 0.5 halfway); a weight outside [0, 1] or
