@@ -22,34 +22,35 @@ degraded image's per-channel FOV mean (``ceiling_keep_level``) and median
 Scores follow the paper protocol (256x256, 8-bit, inside the FOV). Images are resized (area) so
 that their longer side is at most ``--max-side`` before degradation; the degradations' spatial
 ranges scale with the image, as ``synth`` does. The FOV is the set's mask where it has one
-(DRIVE), else estimated by thresholding (``train.source.estimate_fov``), and the enhancer gets it
-as a user's ``--mask`` would give it. Arms are ``LABEL=MODEL`` (a shipped name or a checkpoint);
-``LABEL=MODEL+input-tone`` also puts the input's per-channel mean and spread (inside the FOV)
-back on the output, a post-hoc do-no-harm variant; ``+input-level`` only rescales each channel
-so that its mean inside the FOV is the input's (``input_level``: the level the ``coarse-level``
-pairs keep, kept on the output; the model's changes within the frame stay).
+(DRIVE), else estimated by thresholding (``train.source.estimate_fov``), and the enhancer gets
+it as a user's ``--mask`` would give it. Arms are ``LABEL=MODEL`` (a shipped name or a
+checkpoint); ``LABEL=MODEL+input-tone`` also puts the input's per-channel mean and spread
+(inside the FOV) back on the output, a post-hoc do-no-harm variant; ``+input-level`` only
+rescales each channel so that its mean inside the FOV is the input's (``input_level``: the level
+the ``coarse-level`` pairs keep, kept on the output; the model's changes within the frame stay).
 ``oracle-field=oracle-field:CELL`` is an oracle arm (it reads the reference, so its label must
-begin with ``oracle``): the best smooth per-channel gain and offset, fitted by least squares per ``CELL``-pixel cell from the degraded
-input to the keep-colour ceiling (the clean image under ``identity``) and interpolated
-bilinearly, which bounds what a light-field block (``SAMENet(field=True)``) can reach on its
-own. ``LABEL=mix:W:A,B`` scores the weights ``(1 - W) A + W B`` of two checkpoints of one
-architecture (weight-space ensembling of a model and its fine-tune). ``LABEL=MODEL+camera-pool``
-pulls each output's smooth light toward the camera's own, pooled (per-cell median) over all of
-the camera's outputs under the condition (``camera_pool``: a folder-level step that reads no
-reference; one image alone passes unchanged). ``LABEL=MODEL+camera-garrote`` does the same,
-taking off only what exceeds the natural spread of clean photographs' light (``POOL_PRIOR_JSON``,
-measured by ``camera_light_spread.py`` on training cameras); ``+camera-pool-shared`` pools the
-light of the channels' mean and applies one gain to every channel. ``LABEL=MODEL+coarse`` runs
-the model on a half-size copy first and puts the smooth light it gives there on the full-size
-input before the model sees it (``coarse_light``: the model's reach doubled for smooth light);
+begin with ``oracle``): the best smooth per-channel gain and offset, fitted by least squares per
+``CELL``-pixel cell from the degraded input to the keep-colour ceiling (the clean image under
+``identity``) and interpolated bilinearly, which bounds what a light-field block
+(``SAMENet(field=True)``) can reach on its own. ``LABEL=mix:W:A,B`` scores the weights ``(1 - W)
+A + W B`` of two checkpoints of one architecture (weight-space ensembling of a model and its
+fine-tune). ``LABEL=MODEL+camera-pool`` pulls each output's smooth light toward the camera's
+own, pooled (per-cell median) over all of the camera's outputs under the condition
+(``camera_pool``: a folder-level step that reads no reference; one image alone passes
+unchanged). ``LABEL=MODEL+camera-garrote`` does the same, taking off only what exceeds the
+natural spread of clean photographs' light (``POOL_PRIOR_JSON``, measured by
+``camera_light_spread.py`` on training cameras); ``+camera-pool-shared`` pools the light of the
+channels' mean and applies one gain to every channel. ``LABEL=MODEL+coarse`` runs the model on a
+half-size copy first and puts the smooth light it gives there on the full-size input before the
+model sees it (``coarse_light``: the model's reach doubled for smooth light);
 ``LABEL=MODEL+twice`` runs the model on its own output; ``LABEL=coarse:SIDE:COARSE,FINE`` reads
 the smooth light with another model (``COARSE``, trained on whole frames of side ``SIDE``) on a
 copy whose shorter side is ``SIDE``, and ``FINE`` enhances the corrected input
 (``coarse-level:SIDE:COARSE,FINE``: the correction keeps each channel's mean level;
 ``coarse-halflevel:``: halfway, in log terms, between keeping it and not;
 ``coarse-flip:``/``coarse-level-flip:``: ``COARSE`` reads the light on the copy's four mirror
-images; ``COARSE`` may be a ``mix:W:A,B``). Each mean carries a
-bootstrap 95 % interval over images; the JSON records the git commit, the seeds and the command.
+images; ``COARSE`` may be a ``mix:W:A,B``). Each mean carries a bootstrap 95 % interval over
+images; the JSON records the git commit, the seeds and the command.
 """
 from __future__ import annotations
 
