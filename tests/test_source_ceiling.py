@@ -668,3 +668,37 @@ def test_the_gate_leaves_small_light_requests_alone_and_shrinks_large_ones(bench
     photos = [torch.linspace(0, 1, 101).repeat(3, 1).numpy() for _ in range(3)]
     z = gate_mod.dead_zone(photos, 0.9, resamples=20)
     assert z["photographs"] == 3 and all(abs(v - 0.9) < 1e-6 for v in z["per_channel"])
+
+
+def test_draw_spread_compares_arms_draw_by_draw_and_pooled(bench_script, tmp_path):
+    """draw_spread.py: per draw, each arm's gain, share below and difference to the reference;
+    pooled over draws; the same seed twice, or runs of other photographs, are refused."""
+    mod = bench_script("draw_spread")
+
+    def run(seed, lite, pair, names=("a", "b")):
+        rows = [{"name": n, "type": "blur", "degraded": {"ssim": 0.8, "psnr": 20.0},
+                 "ceiling": {"ssim": 0.9, "psnr": 30.0},
+                 "fundus-lite": {"ssim": 0.8 + gl, "psnr": 21.0},
+                 "pair": {"ssim": 0.8 + gp, "psnr": 21.0}}
+                for n, gl, gp in zip(names, lite, pair, strict=True)]
+        return {"provenance": {"seeds": {"degradation": seed}},
+                "cameras": {"DRIVE": {"fundus-local": {"rows": rows},
+                                      "identity": {"rows": rows}}}}
+
+    runs = [run(0, (0.01, -0.01), (0.02, -0.01)), run(1, (0.03, 0.01), (0.02, -0.02))]
+    r = mod.spread(runs, "DRIVE", "fundus-lite")
+    assert r["seeds"] == [0, 1] and set(r["conditions"]) == {"fundus-local"}
+    pair = r["conditions"]["fundus-local"]["pair"]
+    d0, d1 = pair["per_draw"]
+    assert d0["gain_ssim"] == pytest.approx(0.005) and d0["share_below"] == 0.5
+    assert d0["minus_reference"] == pytest.approx(0.005) and d0["below_minus_reference"] == 0
+    assert d1["minus_reference"] == pytest.approx(-0.02) and d1["below_minus_reference"] == 1
+    assert pair["pooled"]["gain_ssim"] == pytest.approx(0.0025)
+    assert pair["pooled"]["minus_reference"]["mean"] == pytest.approx(-0.0075)
+    assert pair["pooled"]["below_minus_reference"] == 1
+    with pytest.raises(SystemExit, match="distinct draws"):
+        mod.spread([runs[0], runs[0]], "DRIVE", "fundus-lite")
+    with pytest.raises(SystemExit, match="different photographs"):
+        mod.spread([runs[0], run(1, (0.0, 0.0), (0.0, 0.0), names=("a", "c"))], "DRIVE",
+                   "fundus-lite")
+
