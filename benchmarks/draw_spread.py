@@ -98,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{cond:16s} {arm:14s} {draws}  pooled {pl['gain_ssim']:+.4f} "
                   f"({pl['share_below']:.0%}, {m['mean']:+.4f} [{m['lo']:+.4f}, {m['hi']:+.4f}], "
                   f"{pl['below_minus_reference']:+d})")
+    # the runs' rows of this camera are kept whole: the record stands without the run files
+    kept = [{"provenance": r["provenance"], "arms": r.get("arms"),
+             "rows": {c: v["rows"] for c, v in r["cameras"][a.camera].items()}} for r in runs]
     write_json(a.json, {"provenance": provenance({"bootstrap": 0}),
-                        "runs": [str(f) for f in a.runs],
-                        "run_provenance": [r["provenance"] for r in runs], **res})
+                        "run_files": [str(f) for f in a.runs], **res, "runs": kept})
     return 0
 
 
