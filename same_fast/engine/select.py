@@ -5,10 +5,9 @@ batch and frame size where the caller knows them (options ``auto_batch`` and ``a
 side, or ``[height, width]``; ``same-fast enhance`` reads them off its first input) and else at
 batch 1 and 256 x 256, and caches the winner in ``<cache_dir>/auto.json`` (default
 ``~/.cache/same-fast``), keyed by machine (CPU model, GPU name, core count, torch and onnxruntime
-versions), model (architecture, config, parameter shapes) and that shape: backends rank
-differently at different shapes (on the 2-core development CPU ONNX Runtime led at one 256-px
-frame and channels-last torch at four 512-px frames). An automatic choice falls back quietly past a
-backend that cannot load; an explicit choice that cannot load fails loudly.
+versions), model (architecture, config, parameter shapes) and that shape, since backends can
+rank differently at different shapes. An automatic choice falls back quietly past a backend
+that cannot load; an explicit choice that cannot load fails loudly.
 """
 from __future__ import annotations
 
