@@ -32,9 +32,9 @@ the ``coarse-level`` pairs keep, kept on the output; the model's changes within 
 begin with ``oracle``): the best smooth per-channel gain and offset, fitted by least squares per
 ``CELL``-pixel cell from the degraded input to the keep-colour ceiling (the clean image under
 ``identity``) and interpolated bilinearly, which bounds what a light-field block
-(``SAMENet(field=True)``) can reach on its own. ``LABEL=mix:W:A,B`` scores the weights ``(1 - W)
-A + W B`` of two checkpoints of one architecture (weight-space ensembling of a model and its
-fine-tune). ``LABEL=MODEL+camera-pool`` pulls each output's smooth light toward the camera's
+(``SAMENet(field=True)``) can reach on its own. ``LABEL=mix:W:A,B`` scores the weights
+``(1 - W) A + W B`` of two checkpoints of one architecture (weight-space ensembling of a model
+and its fine-tune). ``LABEL=MODEL+camera-pool`` pulls each output's smooth light toward the camera's
 own, pooled (per-cell median) over all of the camera's outputs under the condition
 (``camera_pool``: a folder-level step that reads no reference; one image alone passes
 unchanged). ``LABEL=MODEL+camera-garrote`` does the same, taking off only what exceeds the
