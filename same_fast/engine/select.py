@@ -141,8 +141,9 @@ def model_key(model: nn.Module) -> dict[str, Any]:
 
 def _auto(model: nn.Module, meta: dict[str, Any], cfg: BackendConfig) -> Backend:
     cache = Path(cfg.cache_dir or default_cache_dir()) / "auto.json"
+    probe = _probe(cfg)
     key = hashlib.sha256(json.dumps([machine_key(), model_key(model), cfg.device, cfg.dtype,
-                                     *_probe(cfg)], sort_keys=True, default=str).encode()
+                                     *probe], sort_keys=True, default=str).encode()
                          ).hexdigest()[:16]
     table = _read(cache)
     entry = table.get(key, {})
@@ -155,7 +156,7 @@ def _auto(model: nn.Module, meta: dict[str, Any], cfg: BackendConfig) -> Backend
     winner, timings, backend = _measure(model, meta, cfg)
     table[key] = {"backend": backend.name, "channels_last": backend.config.channels_last,
                   "label": winner, "seconds_per_batch": timings,
-                  "probe": dict(zip(("batch", "height", "width"), _probe(cfg), strict=True)),
+                  "probe": dict(zip(("batch", "height", "width"), probe, strict=True)),
                   "machine": machine_key(), "model": model_key(model),
                   "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write(cache, table)

@@ -64,18 +64,17 @@ def peek_shape(path: str | os.PathLike) -> tuple[int, int, int] | None:
     try:
         with open(path, "rb") as f:
             head = f.read(132)
-        fmt = sniff(head)
+            fmt = sniff(head)
+            if fmt in ("png", "jpeg", "gif", "bmp"):
+                from same_fast.io.images import open_pil
+
+                w, h = open_pil(head + f.read(), fmt).size
+                return 1, int(h), int(w)
         if fmt == "dicom":
             import pydicom
 
             ds = pydicom.dcmread(str(path), stop_before_pixels=True)
             return int(ds.get("NumberOfFrames") or 1), int(ds.Rows), int(ds.Columns)
-        if fmt in ("png", "jpeg", "gif", "bmp"):
-            from same_fast.io.images import open_pil
-
-            with open(path, "rb") as f:
-                w, h = open_pil(f.read(), fmt).size
-            return 1, int(h), int(w)
         if fmt == "tiff":
             return (1, *load(path).frames.shape[1:3])
     except Exception:  # noqa: BLE001 - a peek that fails only leaves the shape unknown
