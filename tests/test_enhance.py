@@ -157,23 +157,40 @@ def test_enhance_backend_onnxruntime_matches_torch(tmp_path, tiny_models):
 
 
 def test_enhance_backend_auto_chooses_at_the_jobs_shape(tmp_path, tiny_models, monkeypatch,
-                                                         dicom_file):
+                                                         dicom_file, capsys):
     """``--backend auto`` times its candidates at the batch and frame size of the job's first
     input (read off its header), caches the choice under that shape, and says so in the
     summary; its outputs match torch's."""
     from same_fast.batch import EnhanceConfig
     from same_fast.batch.enhance import auto_probe
 
+    import same_fast.io
+
     monkeypatch.setenv("SAME_FAST_CACHE", str(tmp_path / "cache"))
     d = _clean_folder(tmp_path, n=2)  # case0 is 37 x 45, case1 38 x 45
     out = tmp_path / "auto"
+    listed = []
+    list_images = same_fast.io.list_images
+    monkeypatch.setattr(same_fast.io, "list_images",
+                        lambda *a, **k: listed.append(a) or list_images(*a, **k))
     assert main(["enhance", "-m", tiny_models[0], "-i", str(d / "images"), "-o", str(out),
                  "--backend", "auto", "--batch", "3", "--no-progress"]) == 0
+    assert len(listed) == 1  # the probe and the plan share one listing of the folder
     s = json.loads((out / "summary.json").read_text())
     assert s["engine"]["auto_probe"] == {"auto_batch": 3, "auto_size": [37, 45]}
     (entry,) = json.loads((tmp_path / "cache" / "auto.json").read_text()).values()
     assert entry["probe"] == {"batch": 3, "height": 37, "width": 45}
     assert s["engine"]["backend"] == entry["backend"]
+    # a folder the plan refuses is reported after the model is checked, before auto times
+    # anything (no second cache entry)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for model, says in (("missing.safetensors", "neither a checkpoint"), (tiny_models[0], "no images")):
+        with pytest.raises(SystemExit) as e:
+            main(["enhance", "-m", model, "-i", str(empty), "-o", str(tmp_path / "x"),
+                  "--backend", "auto", "--no-progress"])
+        assert e.value.code == 2 and says in capsys.readouterr().err
+    assert len(json.loads((tmp_path / "cache" / "auto.json").read_text())) == 1
     ref = tmp_path / "torch"
     assert main(["enhance", "-m", tiny_models[0], "-i", str(d / "images"), "-o", str(ref),
                  "--no-progress"]) == 0

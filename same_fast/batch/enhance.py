@@ -24,7 +24,7 @@ import torch
 
 from same_fast.batch import pipeline
 from same_fast.batch.config import EnhanceConfig
-from same_fast.batch.plan import SeriesUids, Task, plan
+from same_fast.batch.plan import SeriesUids, Task, inputs, plan
 from same_fast.engine.tiles import batch_within, enhance_in_tiles
 from same_fast.enhancer import Step, enhance_array
 from same_fast.errors import InputError, SameFastError
@@ -44,14 +44,19 @@ class ModelStep:
     def load(cls, cfg: EnhanceConfig, probe: dict[str, Any] | None = None) -> ModelStep:
         """Check the flags, load the model and build its step (``InputError`` on bad flags).
         ``probe``: the shape ``--backend auto`` times its candidates at (``auto_probe``)."""
+        model, meta = cls.check(cfg)
+        step, adapter, info = make_step(cfg, model, meta, probe)
+        return cls(model, meta, step, adapter, info)
+
+    @staticmethod
+    def check(cfg: EnhanceConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The flags, the UID root and the model, checked; the model and its metadata."""
         from same_fast.io.dicom_derived import uid_root
         from same_fast.models import load_model
 
         check_flags(cfg)
         uid_root(cfg.uid_root)  # a bad root fails now, not on the first DICOM
-        model, meta = load_model(cfg.model, cfg.device)
-        step, adapter, info = make_step(cfg, model, meta, probe)
-        return cls(model, meta, step, adapter, info)
+        return load_model(cfg.model, cfg.device)
 
 
 def auto_probe(cfg: EnhanceConfig, paths: Sequence[Path] | None = None) -> dict[str, Any]:
@@ -59,7 +64,6 @@ def auto_probe(cfg: EnhanceConfig, paths: Sequence[Path] | None = None) -> dict[
     inputs) will be enhanced at, as ``auto``'s probe options (``create_backend``); empty
     (``auto``'s default probe) for another backend, when that input's header cannot be read, or
     when its frames are tiled."""
-    from same_fast.batch.plan import inputs
     from same_fast.io import peek_shape
 
     if cfg.backend != "auto":
@@ -213,8 +217,16 @@ def enhance_files(cfg: EnhanceConfig) -> dict[str, Any]:
     written on its own, and a failure costs that file only (the single-file input re-raises).
     """
     check_flags(cfg)
-    model_step = ModelStep.load(cfg, auto_probe(cfg))
-    tasks = plan(cfg)
+    # the folder is listed once: auto's probe reads the first input's header, the plan names
+    # the outputs; a refused listing is raised once the model has been checked, before any
+    # backend is built
+    try:
+        pairs = inputs(cfg)
+    except SameFastError:
+        ModelStep.check(cfg)
+        raise
+    model_step = ModelStep.load(cfg, auto_probe(cfg, [p for p, _ in pairs[:1]]))
+    tasks = plan(cfg, pairs)
     from same_fast.progress import progress_bar
 
     bar = progress_bar(None, cfg.progress, total=len(tasks), desc="enhance", unit="file")

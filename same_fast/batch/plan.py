@@ -26,11 +26,12 @@ class Task:
     dst: Path
 
 
-def plan(cfg: EnhanceConfig) -> list[Task]:
-    """One ``Task`` per input of ``cfg``, in input order (``InputError`` for a refused run)."""
+def plan(cfg: EnhanceConfig, pairs: list[tuple[Path, Path | None]] | None = None) -> list[Task]:
+    """One ``Task`` per input of ``cfg``, in input order (``InputError`` for a refused run).
+    ``pairs``: ``inputs(cfg)`` when the caller has listed them already."""
     from same_fast.io import plan_outputs
 
-    pairs = inputs(cfg)
+    pairs = inputs(cfg) if pairs is None else pairs
     out = Path(cfg.output)
     check_output_dir(Path(cfg.input), out)
     targets = plan_outputs([p for p, _ in pairs], out)
