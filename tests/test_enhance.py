@@ -161,10 +161,9 @@ def test_enhance_backend_auto_chooses_at_the_jobs_shape(tmp_path, tiny_models, m
     """``--backend auto`` times its candidates at the batch and frame size of the job's first
     input (read off its header), caches the choice under that shape, and says so in the
     summary; its outputs match torch's."""
+    import same_fast.io
     from same_fast.batch import EnhanceConfig
     from same_fast.batch.enhance import auto_probe
-
-    import same_fast.io
 
     monkeypatch.setenv("SAME_FAST_CACHE", str(tmp_path / "cache"))
     d = _clean_folder(tmp_path, n=2)  # case0 is 37 x 45, case1 38 x 45
