@@ -183,6 +183,30 @@ def test_gamma_aug_and_identity_pairs(tmp_path):
                               atol=1e-3)
 
 
+def test_channel_gamma_aug_gives_each_channel_its_own_tone_curve(tmp_path):
+    """``channel_gamma_aug``: a gamma per channel, drawn independently, in input and target
+    alike; off (0) it draws nothing, so the recipes' streams are unchanged."""
+    (tmp_path / "images").mkdir()
+    for i in range(2):  # flat grey frames: whatever differs between channels is the gamma
+        write_image(tmp_path / "images" / f"g{i}.png", np.full((64, 64, 3), 128, np.uint8))
+    train, _ = split(load_samples(str(tmp_path), 3, 64, "fundus"), 0.0, 0)
+    kw = dict(size=64, load_size=64, zoom=(1.0, 1.0), clean_prob=1.0)
+    cpu = torch.device("cpu")
+    plain = make_batch(train, _cfg(tmp_path, **kw), torch.Generator().manual_seed(0), cpu)
+    off = make_batch(train, _cfg(tmp_path, channel_gamma_aug=0.0, **kw),
+                     torch.Generator().manual_seed(0), cpu)
+    assert torch.equal(off["clean"], plain["clean"])
+    b = make_batch(train, _cfg(tmp_path, channel_gamma_aug=0.5, **kw),
+                   torch.Generator().manual_seed(0), cpu)
+    x = b["clean"]
+    assert torch.equal(b["degraded"], x)  # identity pairs: the tone curves are in both
+    level = x.mean((2, 3))  # (batch, channel): 0.502 ** gamma, in exp(-0.5)..exp(0.5)
+    gamma = level.log() / torch.tensor(128 / 255).log()
+    assert ((gamma > 0.6) & (gamma < 1.65)).all()
+    assert (level.amax(1) - level.amin(1) > 0.01).all()  # the channels' gammas differ
+    assert torch.allclose(x.std((2, 3)), torch.zeros(1), atol=1e-6)  # a curve, not a pattern
+
+
 def test_shading_aug_is_a_smooth_grey_shading_carried_by_input_and_target(tmp_path):
     (tmp_path / "images").mkdir()
     for i in range(2):  # flat grey frames: whatever varies in a batch is the shading
@@ -356,10 +380,12 @@ def test_val_data_chooses_on_another_set_and_recipe_round_trips(tmp_path):
     out2 = tmp_path / "again.safetensors"
     recipe_file = tmp_path / "a" / "out" / "m.recipe.json"
     assert main(["train-source", "--config", str(recipe_file), "-o", str(out2), "--steps", "2",
-                 "--no-progress", "--contrast-aug", "0.3", "--frame", "pad", "--camera-balance", "0.5"]) == 0
+                 "--no-progress", "--contrast-aug", "0.3", "--channel-gamma-aug", "0.4", "--frame", "pad",
+                 "--camera-balance", "0.5"]) == 0
     _, meta2 = load_model(out2)
     assert meta2["training"]["target"] == "tone" and meta2["step"] == 2
     assert meta2["training"]["contrast_aug"] == 0.3 and meta2["training"]["frame"] == "pad"
+    assert meta2["training"]["channel_gamma_aug"] == 0.4
     assert meta2["training"]["camera_balance"] == 0.5
     assert meta2["provenance"]["config"]["net"] == {"base": 8, "levels": 3}
     bad = tmp_path / "bad.json"

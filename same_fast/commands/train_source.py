@@ -71,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-channel gain exp(U(-a, a)) on clean images (palette augmentation)")
     p.add_argument("--gamma-aug", type=float, default=d.gamma_aug,
                    help="per-image gamma exp(U(-a, a)) on clean images (tone-curve augmentation)")
+    p.add_argument("--channel-gamma-aug", type=float, default=d.channel_gamma_aug,
+                   help="a gamma exp(U(-a, a)) per channel, drawn independently, on clean images "
+                        "(how near each channel lies to its brightest part: 0 off)")
     p.add_argument("--shading-aug", type=float, default=d.shading_aug,
                    help="smooth shading exp(a N(0, 1)) on a coarse grid on clean images (a "
                         "camera's own light falloff, kept in the target: 0 off)")

@@ -10,7 +10,8 @@ batch, degrades the whole frames on the device (so halo, hole and blur have the 
 image), then takes random crops zoomed by U(``zoom``) (default 1.1-1.35) to ``size`` with
 independent horizontal and vertical flips.
 
-Clean-image augmentation (off by default): per-channel gain (``color_aug``), gamma (``gamma_aug``),
+Clean-image augmentation (off by default): per-channel gain (``color_aug``), gamma (``gamma_aug``;
+per channel, ``channel_gamma_aug``),
 a smooth grey shading (``shading_aug``), local contrast about a blurred copy (``contrast_aug``);
 ``clean_prob`` leaves a sample undegraded so that the pair is an identity; ``camera_balance``
 draws each set (camera) with probability proportional to its image count to that power (1: every
@@ -94,6 +95,9 @@ class SourceConfig:
     init: str | None = None        # start from this checkpoint's weights (fine-tuning)
     color_aug: float = 0.0         # per-channel gain exp(U(-a, a)) on the clean image (0: off)
     gamma_aug: float = 0.0         # per-image gamma exp(U(-a, a)) on the clean image (0: off)
+    channel_gamma_aug: float = 0.0  # a gamma exp(U(-a, a)) per channel, drawn independently: how
+    #                                close a channel's level lies to its brightest part differs
+    #                                between cameras (a veil lifts each channel toward its max)
     shading_aug: float = 0.0       # smooth shading exp(a N(0, 1)) on a 4x4 grid, bilinear, on the
     #                                clean image (a camera's own falloff, not a degradation: 0 off)
     contrast_aug: float = 0.0      # local contrast c = exp(U(-a, a)) about the clean image's own
@@ -344,6 +348,12 @@ def make_batch(train: list[Sample], cfg: SourceConfig, g: torch.Generator, devic
         # tone curve of the clean image (x ** gamma): cameras differ in it as much as in gain
         a = cfg.gamma_aug
         gamma = torch.exp((torch.rand(cfg.batch, 1, 1, 1, generator=g) * 2 - 1) * a)
+        x = x.clamp_min(0).pow(gamma.to(device))
+    if cfg.channel_gamma_aug > 0:
+        # each channel's own tone curve: a camera whose blue lies near its brightest blue is no
+        # veiled photograph (the veil lifts each channel toward its max; issue #20)
+        a = cfg.channel_gamma_aug
+        gamma = torch.exp((torch.rand(cfg.batch, x.shape[1], 1, 1, generator=g) * 2 - 1) * a)
         x = x.clamp_min(0).pow(gamma.to(device))
     if cfg.shading_aug > 0:
         # a camera's own smooth shading (light falloff toward the rim, a brighter side) is part
@@ -720,7 +730,8 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
                          "lr": cfg.lr, "lambda_s": cfg.lambda_s, "lambda_ssim": cfg.lambda_ssim,
                          "lambda_field": cfg.lambda_field,
                          "init": cfg.init, "color_aug": cfg.color_aug,
-                         "gamma_aug": cfg.gamma_aug, "shading_aug": cfg.shading_aug,
+                         "gamma_aug": cfg.gamma_aug, "channel_gamma_aug": cfg.channel_gamma_aug,
+                         "shading_aug": cfg.shading_aug,
                          "contrast_aug": cfg.contrast_aug,
                          "clean_prob": cfg.clean_prob, "camera_balance": cfg.camera_balance,
                          "ema": cfg.ema, "target": cfg.target, "val_data": cfg.val_data}}
