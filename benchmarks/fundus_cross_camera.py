@@ -28,7 +28,9 @@ checkpoint); ``LABEL=MODEL+input-tone`` also puts the input's per-channel mean a
 (inside the FOV) back on the output, a post-hoc do-no-harm variant; ``+input-level`` only
 rescales each channel so that its mean inside the FOV is the input's (``input_level``: the level
 the ``coarse-level`` pairs keep, kept on the output; the model's changes within the frame stay).
-``oracle-field=oracle-field:CELL`` is an oracle arm (it reads the reference, so its label must
+``oracle-guided=oracle-guided:SIDE`` (an oracle too) carries the keep-colour ceiling's copy
+of shorter side ``SIDE`` to the full size as the ``-guided`` pairs carry a coarse model's
+output. ``oracle-field=oracle-field:CELL`` is an oracle arm (it reads the reference, so its label must
 begin with ``oracle``): the best smooth per-channel gain and offset, fitted by least squares per
 ``CELL``-pixel cell from the degraded input to the keep-colour ceiling (the clean image under
 ``identity``) and interpolated bilinearly, which bounds what a light-field block
@@ -49,7 +51,8 @@ copy whose shorter side is ``SIDE``, and ``FINE`` enhances the corrected input
 (``coarse-level:SIDE:COARSE,FINE``: the correction keeps each channel's mean level;
 ``coarse-halflevel:``: halfway, in log terms, between keeping it and not;
 ``coarse-flip:``/``coarse-level-flip:``: ``COARSE`` reads the light on the copy's four mirror
-images; ``COARSE`` may be a ``mix:W:A,B``). Each mean carries a bootstrap 95 % interval over
+images; ``coarse-guided:``: the correction is carried as a local gain and offset per channel,
+``coarse_guided``; ``COARSE`` may be a ``mix:W:A,B``). Each mean carries a bootstrap 95 % interval over
 images; the JSON records the git commit, the seeds and the command.
 """
 from __future__ import annotations
@@ -81,12 +84,17 @@ LEVEL_CEILINGS = {"ceiling_keep_level": "share_of_level_ceiling",
 # light alone where the coarse model asks less than clean photographs draw from it (``gate``)
 COARSE_LEVELS = {"coarse": 0.0, "coarse-level": 1.0, "coarse-halflevel": 0.5}
 COARSE_MODES = {"": {}, "-flip": {"flips": True}, "-fineflip": {"fine_flips": True},
-                "-gate": {"gate": True}}
+                "-gate": {"gate": True}, "-guided": {"guided": True}}
 COARSE_KINDS = tuple(k + m for k in COARSE_LEVELS for m in COARSE_MODES)
 # the -gate's dead zone per channel, and the coarse model it was measured for (coarse_gate.py,
 # on clean photographs of the coarse model's training cameras, never a selection or test one)
 COARSE_GATE_JSON = (Path(__file__).resolve().parent / "results"
                     / "2026-12-07-cpu-fundus-coarse-gate.json")
+# -guided (``coarse_guided``): the window radius (pixels of the coarse copy) and regulariser of
+# the local gain and offset fitted from the copy to the coarse model's output (a guided filter);
+# set before any model was scored this way, from the ORACLE transfer of the keep-colour ceiling
+# on DRIVE training's haze photographs (radius 2-8 and 1e-5 / 1e-4: 1e-5 carried the most)
+GUIDED_RADIUS, GUIDED_EPS = 4, 1e-5
 # ``+coarse``: the size of the coarse copy, and the range its light gain is clamped to (fixed
 # in session 24's rule before any run)
 COARSE_FACTOR, COARSE_CLAMP = 2, (0.5, 2.0)
@@ -214,6 +222,38 @@ def oracle_field(y: torch.Tensor, ref: torch.Tensor, fov: torch.Tensor, cell: in
     return (a * y + b).clamp(0, 1) * fov
 
 
+@dataclass(frozen=True)
+class OracleArm:
+    """An arm that reads the reference: ``oracle-field:CELL`` (``oracle_field``) or
+    ``oracle-guided:SIDE`` (``coarse_guided`` with the reference's copy as the coarse output:
+    what a coarse model that restored its copy perfectly would carry to the full size)."""
+
+    kind: str
+    size: int
+
+    def __call__(self, y: torch.Tensor, ref: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
+        if self.kind == "oracle-field":
+            return oracle_field(y, ref, fov, self.size)
+        h, w = y.shape[-2:]
+        f = min(h, w) / self.size
+        small = (max(1, round(h / f)), max(1, round(w / f)))
+        return coarse_guided(_Fixed(F.interpolate(ref, size=small, mode="area")), y, fov,
+                             self.size)
+
+
+class _Fixed(torch.nn.Module):
+    """A stand-in model (SAMENet's interface) that returns one fixed image, in [-1, 1]."""
+
+    multiple = 1
+
+    def __init__(self, out01: torch.Tensor) -> None:
+        super().__init__()
+        self.out = out01 * 2 - 1
+
+    def forward(self, x: torch.Tensor, structure: bool = False) -> tuple[torch.Tensor, None]:
+        return self.out, None
+
+
 def _lit_blur(y: torch.Tensor, fov: torch.Tensor, sigma: float) -> torch.Tensor:
     """A Gaussian of ``sigma`` times the longer side, normalised over the lit pixels."""
     from same_fast.degrade.ops import blur
@@ -329,6 +369,7 @@ class CoarseFine:
     flips: bool = False
     fine_flips: bool = False
     gate: tuple[float, ...] | None = None
+    guided: bool = False
 
 
 FLIPS = ((), (-1,), (-2,), (-2, -1))  # the copy's four mirror images: none, left-right, up-down, both
@@ -420,6 +461,60 @@ def coarse_light(net: Any, x: torch.Tensor, fov: torch.Tensor, factor: float = C
     return out.clamp(0, 1) * fov
 
 
+def _box(t: torch.Tensor, r: int) -> torch.Tensor:
+    return F.avg_pool2d(F.pad(t, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1)
+
+
+def local_affine(src: torch.Tensor, dst: torch.Tensor, fov: torch.Tensor, radius: int,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel and pixel, the gain ``a`` and offset ``b`` of the least-squares fit
+    ``dst ~ a src + b`` over a ``2 radius + 1`` window of lit pixels (``eps``: a ridge on ``a``,
+    which pulls a flat window toward gain 0 and offset ``dst``'s mean), each then averaged over
+    the same window: He et al.'s guided filter with ``src`` as its guide."""
+    n = _box(fov, radius).clamp_min(1e-6)
+
+    def mean(t: torch.Tensor) -> torch.Tensor:
+        return _box(t * fov, radius) / n
+
+    ms, md = mean(src), mean(dst)
+    a = (mean(src * dst) - ms * md) / ((mean(src * src) - ms * ms).clamp_min(0) + eps)
+    b = md - a * ms
+    return mean(a), mean(b)
+
+
+def coarse_guided(net: Any, x: torch.Tensor, fov: torch.Tensor, side: int,
+                  keep_level: float = 0.0, radius: int = GUIDED_RADIUS, eps: float = GUIDED_EPS
+                  ) -> torch.Tensor:
+    """The coarse model's correction as a local gain and offset per channel, applied to ``x``.
+
+    ``net`` enhances an area-resized copy whose shorter side is ``side``; the gain and offset
+    that take the copy to that output (``local_affine``) are up-sampled, weighted by the
+    copy's lit pixels so that the black outside the FOV does not leak into its rim, and applied
+    to the full-size frame: a veil's lost contrast (a gain above 1 with a negative offset) is
+    carried over as well as its light, which a light ratio alone (``coarse_light``) cannot.
+    ``keep_level`` as in ``coarse_light``. Returns the corrected input, not enhanced."""
+    from same_fast.degrade.ops import fov_mean
+    from same_fast.nn import enhance
+
+    h, w = x.shape[-2:]
+    factor = min(h, w) / side
+    size = (max(1, round(h / factor)), max(1, round(w / factor)))
+    xs = F.interpolate(x, size=size, mode="area")
+    fs = (F.interpolate(fov.float(), size=size, mode="area") > 0.5).float()
+    with torch.no_grad():
+        ys = enhance(net, xs, fs)
+    a, b = local_affine(xs, ys, fs, radius, eps)
+
+    def up(t: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
+
+    weight = up(fs).clamp_min(1e-6)
+    out = up(a * fs) / weight * x + up(b * fs) / weight
+    if keep_level:
+        out = out * (fov_mean(x, fov) / fov_mean(out, fov).clamp_min(1e-6)) ** float(keep_level)
+    return out.clamp(0, 1) * fov
+
+
 def run_arm(net: Any, x: torch.Tensor, fov: torch.Tensor, run: str = "") -> torch.Tensor:
     """The arm's model on one frame: once, on the ``coarse_light``-corrected frame
     (``coarse``), on its own output (``twice``) or on the frame's four mirror images, averaged
@@ -431,6 +526,9 @@ def run_arm(net: Any, x: torch.Tensor, fov: torch.Tensor, run: str = "") -> torc
     if run == "coarse":  # the model as its own coarse model, on a copy of half the size
         net = CoarseFine(net, net, side=0)
     with torch.no_grad():
+        if isinstance(net, CoarseFine) and net.guided:
+            lit = coarse_guided(net.coarse, x, fov, net.side, keep_level=net.keep_level)
+            return enhance(net.fine, lit, fov)
         if isinstance(net, CoarseFine):
             lit = coarse_light(net.coarse, x, fov, side=net.side, keep_level=net.keep_level,
                                flips=net.flips,
@@ -450,13 +548,14 @@ def _arms(specs: list[str]) -> list[tuple[str, Any, str]]:
         label, _, model = spec.partition("=")
         if not model:
             raise SystemExit(f"--arm expects LABEL=MODEL, got '{spec}'")
-        if model.startswith("oracle-field:"):
+        if model.startswith(("oracle-field:", "oracle-guided:")):
             if not label.startswith("oracle"):
                 raise SystemExit(f"--arm {spec}: an oracle arm's label must begin with 'oracle'")
-            cell = model.partition(":")[2]
-            if not cell.isdigit() or int(cell) < 2:
-                raise SystemExit(f"--arm {spec}: oracle-field:CELL needs a cell of >= 2 pixels")
-            arms.append((label, int(cell), ""))
+            kind, _, cell = model.partition(":")
+            if not cell.isdigit() or int(cell) < (2 if kind == "oracle-field" else 16):
+                raise SystemExit(f"--arm {spec}: oracle-field:CELL needs a cell of >= 2 pixels, "
+                                 "oracle-guided:SIDE a side of >= 16")
+            arms.append((label, OracleArm(kind, int(cell)), ""))
             continue
         post = next((p for p in POSTS + RUNS if model.endswith("+" + p)), "")
         model = model.removesuffix("+" + post) if post else model
@@ -571,9 +670,9 @@ def score_camera(images: list[dict[str, Any]], arms: list[tuple[str, Any, str]],
             # what an enhancer sees: the degraded image as an 8-bit file
             inp = torch.from_numpy(_u8(variants["degraded"])).movedim(-1, 0)[None].float() / 255
             for label, net, post in arms:
-                if isinstance(net, int):  # the oracle field, toward the keep-colour reference
+                if isinstance(net, OracleArm):  # toward the keep-colour reference
                     ref = variants.get("ceiling_keep_colour", x)
-                    y = oracle_field(inp, ref, fov, net)
+                    y = net(inp, ref, fov)
                 else:
                     y = run_arm(net, inp, fov, post if post in RUNS else "")
                 if post == "input-tone":

@@ -202,7 +202,7 @@ def test_the_oracle_field_undoes_a_smooth_veil_and_is_labelled(bench_script):
     assert (mod.oracle_field(x, line, fov, 16) - line).abs().amax() > 0.1
     with pytest.raises(SystemExit, match="oracle"):
         mod._arms(["mine=oracle-field:16"])
-    assert mod._arms(["oracle16=oracle-field:16"]) == [("oracle16", 16, "")]
+    assert mod._arms(["oracle16=oracle-field:16"]) == [("oracle16", mod.OracleArm("oracle-field", 16), "")]
 
 
 def test_input_level_keeps_each_channels_mean_and_the_changes_within_the_frame(bench_script):
@@ -515,6 +515,55 @@ def test_vessel_dice_gain_is_paired_per_image_over_the_degraded_input(bench_scri
     assert abs(s["vessel_dice"]["degraded"]["mean"] - (0.3 + 0.02 * 5.5)) < 1e-9
     for cam, sets in mod.SEGMENTER_SETS.items():
         assert cam.split("-")[0] not in sets
+
+
+def test_coarse_guided_carries_a_local_gain_and_offset_to_the_full_size(bench_script):
+    """fundus_cross_camera's ``-guided`` pairs: the gain and offset that take the coarse copy
+    to the coarse model's output are fitted per window and applied to the full-size frame, so
+    a contrast change (gain with an offset) carries over, not only light; black stays black
+    outside the FOV, and the rim is not darkened by it. ``oracle-guided:SIDE`` carries the
+    reference's own copy (an oracle: its label must say so)."""
+    import torch
+
+    mod = bench_script("fundus_cross_camera")
+
+    class Affine(torch.nn.Module):
+        multiple = 1
+
+        def __init__(self, a: float, b: float) -> None:
+            super().__init__()
+            self.a, self.b = a, b
+
+        def forward(self, x, structure=False):  # [-1, 1] in and out, as SAMENet
+            return (((x + 1) / 2) * self.a + self.b).clamp(0, 1) * 2 - 1, None
+
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 96), torch.linspace(-1, 1, 112), indexing="ij")
+    fov = ((xx ** 2 + yy ** 2) < 0.8).float()[None, None]
+    x = (0.25 + 0.2 * torch.rand(1, 3, 96, 112, generator=g)) * fov
+    lit = fov.expand_as(x) > 0
+    same = mod.coarse_guided(Affine(1.0, 0.0), x, fov, side=48)
+    assert torch.allclose(same[lit], x[lit], atol=0.01)  # rim included
+    assert float(same[~lit].abs().max()) == 0.0
+    stretched = mod.coarse_guided(Affine(2.0, -0.3), x, fov, side=48)  # a veil lifted
+    assert torch.allclose(stretched[lit], (2.0 * x - 0.3)[lit], atol=0.02)
+    # the light ratio alone cannot carry it: it brightens, it does not stretch
+    ratio = mod.coarse_light(Affine(2.0, -0.3), x, fov, side=48)
+    err = [float((t - (2.0 * x - 0.3))[lit].abs().mean()) for t in (stretched, ratio)]
+    assert err[1] > 5 * err[0]
+    # a pair runs the fine model on the guided correction
+    pair = mod.CoarseFine(Affine(2.0, -0.3), Affine(1.0, 0.0), side=48, guided=True)
+    assert torch.allclose(mod.run_arm(pair, x, fov)[lit], (2.0 * x - 0.3)[lit], atol=0.02)
+    net = mod._arms(["h=coarse-level-guided:280:fundus-lite,fundus-lite"])[0][1]
+    assert net.guided and net.keep_level == 1.0 and net.side == 280
+    # the oracle: the reference's copy carried over
+    ref = (0.5 * x + 0.1) * fov
+    oracle = mod._arms(["oracle-g=oracle-guided:48"])[0][1]
+    assert torch.allclose(oracle(x, ref, fov)[lit], ref[lit], atol=0.02)
+    with pytest.raises(SystemExit, match="oracle"):
+        mod._arms(["g=oracle-guided:48"])
+    with pytest.raises(SystemExit, match="side of >= 16"):
+        mod._arms(["oracle-g=oracle-guided:8"])
 
 
 def test_coarse_light_carries_the_models_smooth_light_from_a_half_size_copy(bench_script):
