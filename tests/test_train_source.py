@@ -207,6 +207,31 @@ def test_channel_gamma_aug_gives_each_channel_its_own_tone_curve(tmp_path):
     assert torch.allclose(x.std((2, 3)), torch.zeros(1), atol=1e-6)  # a curve, not a pattern
 
 
+def test_vignette_aug_is_a_radial_falloff_per_channel_about_the_fov(tmp_path):
+    """``vignette_aug``: each channel's light scaled by exp(k (r^2 - 1/2)) about the FOV's
+    centre, in input and target alike; a channel's rim darkens or brightens against its centre
+    as k's sign says, and a disc cut by the frame keeps its centre and radius."""
+    from same_fast.train.source import vignette
+
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(80.0), indexing="ij")
+    fov = (((yy - 40) ** 2 + (xx - 30) ** 2) < 30 ** 2).float()[None, None]  # cut at the bottom
+    gain = vignette(fov.expand(6, 1, 64, 80), 3, 0.5, torch.Generator().manual_seed(0))
+    assert gain.shape == (6, 3, 64, 80)
+    k = gain[:, :, 40, 30].log() / -0.5  # at the centre r = 0
+    assert (k.abs() <= 0.5 + 1e-5).all() and k.std() > 0.1  # drawn per sample and channel
+    rim = gain[:, :, 40, 59].log()  # 29 px from the centre: r^2 = (29 / 30)^2 - about
+    assert torch.allclose(rim, k * ((29 / 30) ** 2 - 0.5), atol=0.03)
+    (tmp_path / "images").mkdir()
+    for i in range(2):  # flat grey frames: whatever varies in a batch is the falloff
+        write_image(tmp_path / "images" / f"g{i}.png", np.full((64, 64, 3), 100, np.uint8))
+    train, _ = split(load_samples(str(tmp_path), 3, 64, "fundus"), 0.0, 0)
+    cfg = _cfg(tmp_path, size=64, load_size=64, zoom=(1.0, 1.0), clean_prob=1.0, vignette_aug=0.5)
+    b = make_batch(train, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert torch.equal(b["degraded"], b["clean"])  # in both
+    centre, corner = b["clean"][:, :, 30:34, 30:34].mean((2, 3)), b["clean"][:, :, :3, :3].mean((2, 3))
+    assert ((corner - centre).abs() > 0.01).any()  # rims darkened or brightened
+
+
 def test_shading_aug_is_a_smooth_grey_shading_carried_by_input_and_target(tmp_path):
     (tmp_path / "images").mkdir()
     for i in range(2):  # flat grey frames: whatever varies in a batch is the shading

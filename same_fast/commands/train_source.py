@@ -74,6 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel-gamma-aug", type=float, default=d.channel_gamma_aug,
                    help="a gamma exp(U(-a, a)) per channel, drawn independently, on clean images "
                         "(how near each channel lies to its brightest part: 0 off)")
+    p.add_argument("--vignette-aug", type=float, default=d.vignette_aug,
+                   help="a radial falloff exp(k (r^2 - 1/2)) per channel, k ~ U(-a, a), on clean "
+                        "images (how much a camera's light falls toward the rim: 0 off)")
     p.add_argument("--shading-aug", type=float, default=d.shading_aug,
                    help="smooth shading exp(a N(0, 1)) on a coarse grid on clean images (a "
                         "camera's own light falloff, kept in the target: 0 off)")

@@ -11,7 +11,7 @@ image), then takes random crops zoomed by U(``zoom``) (default 1.1-1.35) to ``si
 independent horizontal and vertical flips.
 
 Clean-image augmentation (off by default): per-channel gain (``color_aug``), gamma (``gamma_aug``;
-per channel, ``channel_gamma_aug``),
+per channel, ``channel_gamma_aug``), a radial falloff per channel (``vignette_aug``),
 a smooth grey shading (``shading_aug``), local contrast about a blurred copy (``contrast_aug``);
 ``clean_prob`` leaves a sample undegraded so that the pair is an identity; ``camera_balance``
 draws each set (camera) with probability proportional to its image count to that power (1: every
@@ -98,6 +98,10 @@ class SourceConfig:
     channel_gamma_aug: float = 0.0  # a gamma exp(U(-a, a)) per channel, drawn independently: how
     #                                close a channel's level lies to its brightest part differs
     #                                between cameras (a veil lifts each channel toward its max)
+    vignette_aug: float = 0.0      # a radial falloff exp(k (r^2 - 1/2)) per channel, k ~ U(-a, a),
+    #                                r the distance from the FOV's centre over its radius: how
+    #                                much a camera's light falls toward the rim (a veil lifts the
+    #                                rim; a camera with no falloff has a bright rim too)
     shading_aug: float = 0.0       # smooth shading exp(a N(0, 1)) on a 4x4 grid, bilinear, on the
     #                                clean image (a camera's own falloff, not a degradation: 0 off)
     contrast_aug: float = 0.0      # local contrast c = exp(U(-a, a)) about the clean image's own
@@ -325,6 +329,24 @@ def camera_weights(train: list[Sample], balance: float) -> torch.Tensor:
     return torch.tensor([count[c] ** (balance - 1.0) for c in sets], dtype=torch.double)
 
 
+def vignette(fov: torch.Tensor, channels: int, a: float, g: torch.Generator) -> torch.Tensor:
+    """A camera's own radial falloff as a gain (N, C, H, W): ``exp(k (r^2 - 1/2))`` with ``k``
+    drawn from U(-a, a) per sample and channel, ``r`` the distance from the lit pixels'
+    centroid over the farthest lit pixel's (so a disc cut by the frame keeps its radius). A
+    negative ``k`` darkens the rim, a positive one brightens it; 1/2 is ``r^2``'s mean over a
+    disc, so a channel's level stays about where it was."""
+    n, _, h, w = fov.shape
+    f = (fov[:, :1] > 0.5).float().cpu()
+    yy = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1).expand(n, 1, h, w)
+    xx = torch.arange(w, dtype=torch.float32).view(1, 1, 1, w).expand(n, 1, h, w)
+    area = f.sum((2, 3), keepdim=True).clamp_min(1)
+    cy, cx = (f * yy).sum((2, 3), keepdim=True) / area, (f * xx).sum((2, 3), keepdim=True) / area
+    d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+    r2 = d2 / (d2 * f).amax((2, 3), keepdim=True).clamp_min(1)
+    k = (torch.rand(n, channels, 1, 1, generator=g) * 2 - 1) * a
+    return torch.exp(k * (r2 - 0.5))
+
+
 def make_batch(train: list[Sample], cfg: SourceConfig, g: torch.Generator, device: torch.device
                ) -> dict[str, torch.Tensor]:
     """One training batch: degrade full frames, zoom by U(cfg.zoom) into random crops, flips.
@@ -355,6 +377,10 @@ def make_batch(train: list[Sample], cfg: SourceConfig, g: torch.Generator, devic
         a = cfg.channel_gamma_aug
         gamma = torch.exp((torch.rand(cfg.batch, x.shape[1], 1, 1, generator=g) * 2 - 1) * a)
         x = x.clamp_min(0).pow(gamma.to(device))
+    if cfg.vignette_aug > 0:
+        # a camera whose light does not fall toward the rim shows a rim as bright as a veil's
+        # (DRIVE's green and blue; issue #20): the falloff is the camera's, in input and target
+        x = (x * vignette(fov, x.shape[1], cfg.vignette_aug, g).to(device)).clamp(0, 1)
     if cfg.shading_aug > 0:
         # a camera's own smooth shading (light falloff toward the rim, a brighter side) is part
         # of the clean photograph: input and target both carry it, so the network learns that
@@ -731,7 +757,7 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
                          "lambda_field": cfg.lambda_field,
                          "init": cfg.init, "color_aug": cfg.color_aug,
                          "gamma_aug": cfg.gamma_aug, "channel_gamma_aug": cfg.channel_gamma_aug,
-                         "shading_aug": cfg.shading_aug,
+                         "vignette_aug": cfg.vignette_aug, "shading_aug": cfg.shading_aug,
                          "contrast_aug": cfg.contrast_aug,
                          "clean_prob": cfg.clean_prob, "camera_balance": cfg.camera_balance,
                          "ema": cfg.ema, "target": cfg.target, "val_data": cfg.val_data}}
