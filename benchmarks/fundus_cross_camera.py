@@ -622,6 +622,12 @@ def _mix(spec: str, model: str) -> Any:
     return net
 
 
+def with_gammas(x: torch.Tensor, fov: torch.Tensor, gammas: list[float]) -> torch.Tensor:
+    """``x`` (1, 3, H, W) with each channel raised to its gamma inside ``fov`` (black outside)."""
+    g = torch.tensor(gammas, dtype=x.dtype).view(1, -1, 1, 1)
+    return x.clamp_min(0).pow(g) * fov.to(x.dtype)
+
+
 def _u8(t: torch.Tensor) -> np.ndarray:
     return (t[0].clamp(0, 1).movedim(0, -1).numpy() * 255 + 0.5).astype(np.uint8)
 
@@ -763,19 +769,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vessels", action="store_true",
                    help="also score vessel segmentation (a segmenter trained on other cameras)")
     p.add_argument("--segmenter-steps", type=int, default=300)
+    p.add_argument("--clean-gammas", default="", metavar="R,G,B",
+                   help="a diagnostic: each clean photograph's channels through these gammas "
+                        "(inside the FOV) before anything else, as another camera's tone curve")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
+    gammas = [float(v) for v in a.clean_gammas.split(",")] if a.clean_gammas else None
+    if gammas is not None and (len(gammas) != 3 or min(gammas) <= 0):
+        raise SystemExit("--clean-gammas needs three positive gammas R,G,B")
     if a.threads:
         torch.set_num_threads(a.threads)
     arms = _arms(a.arm)
     labels = [lab for lab, _, _ in arms]
     conditions = tuple(a.condition or CONDITIONS)
     res: dict[str, Any] = {"provenance": provenance({"degradation": a.seed, "bootstrap": a.seed}),
-                           "arms": a.arm, "max_side": a.max_side, "cameras": {}}
+                           "arms": a.arm, "max_side": a.max_side, "clean_gammas": gammas,
+                           "cameras": {}}
     for cam in a.camera or DEFAULT_CAMERAS:
         images = load_camera(cam, a.max_side)
         if a.max_images:
             images = images[:a.max_images]
+        if gammas is not None:
+            images = [{**im, "clean": with_gammas(im["clean"], im["fov"], gammas)} for im in images]
         segmenter = None
         if a.vessels and cam in SEGMENTER_SETS:
             sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

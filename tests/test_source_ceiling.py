@@ -566,6 +566,23 @@ def test_coarse_guided_carries_a_local_gain_and_offset_to_the_full_size(bench_sc
         mod._arms(["oracle-g=oracle-guided:8"])
 
 
+def test_clean_gammas_give_the_clean_photographs_another_tone_curve(bench_script):
+    """``--clean-gammas``: a diagnostic that puts each channel of the clean photograph through
+    its own gamma inside the FOV (another camera's tone curve); the flag refuses a bad list."""
+    import torch
+
+    mod = bench_script("fundus_cross_camera")
+    x = torch.full((1, 3, 4, 4), 0.25)
+    fov = torch.ones(1, 1, 4, 4)
+    fov[..., 0, 0] = 0
+    y = mod.with_gammas(x, fov, [1.0, 0.5, 2.0])
+    assert torch.allclose(y[0, :, 1, 1], torch.tensor([0.25, 0.5, 0.0625]))
+    assert float(y[..., 0, 0].abs().max()) == 0.0
+    for bad in ("1,2", "1,0,1"):
+        with pytest.raises(SystemExit, match="three positive"):
+            mod.main(["--arm", "a=fundus-lite", "--clean-gammas", bad])
+
+
 def test_coarse_light_carries_the_models_smooth_light_from_a_half_size_copy(bench_script):
     """fundus_cross_camera's ``+coarse``: the model runs on a half-size copy and the ratio of
     its smooth light to the input's multiplies the full-size frame before the model sees it. A
