@@ -235,6 +235,36 @@ def test_cataract_tone_keeps_the_colour_factors_and_drops_the_haze():
     assert tone.std((2, 3)).mean() > y.std((2, 3)).mean()
 
 
+def test_tone_can_keep_the_blur_and_take_only_the_smooth_families_away():
+    """``keep_blur``: the same draws, and a tone that keeps each sample's blur (the blur
+    family's Gaussian, the cataract's box blur) while the light, spots and haze go."""
+    import dataclasses
+
+    x = torch.rand(3, 3, 64, 64) * 0.6 + 0.2
+    for name in ("fundus-local", "fundus-shen2020", "fundus-cataract"):
+        plain = degrade_with_tone(x, name, torch.Generator().manual_seed(3))
+        kept = degrade_with_tone(x, name, torch.Generator().manual_seed(3), keep_blur=True)
+        assert torch.equal(plain[0], kept[0])  # the degraded input does not change
+    blur = dataclasses.replace(PRESETS["fundus-local"], types=("blur",))
+    y, tone = degrade_with_tone(x, blur, torch.Generator().manual_seed(1), keep_blur=True)
+    assert torch.allclose(tone, y, atol=1e-6)  # blur is all there is: the tone is the input
+    assert (tone - x).abs().mean() > 0.02
+    haze = dataclasses.replace(PRESETS["fundus-local"], types=("cataract",))
+    x = torch.rand(3, 3, 512, 512) * 0.6 + 0.2  # the cataract's blur is a few taps at 512 px
+    y, tone = degrade_with_tone(x, haze, torch.Generator().manual_seed(1), keep_blur=True)
+    _, sharp = degrade_with_tone(x, haze, torch.Generator().manual_seed(1))
+    assert torch.allclose(sharp, x, atol=1e-6)  # no colour factors under fundus-local
+    # the blurred clean image: smoother than the clean one, and the veil gone from it
+
+    def detail(t):
+        return (t - F.avg_pool2d(t, 3, 1, 1, count_include_pad=False)).abs().mean()
+
+    assert detail(tone) < 0.9 * detail(x)
+    assert (tone - y).abs().mean() > 0.02
+    with pytest.raises(InputError, match="keep_blur"):
+        degrade_with_tone(x[:, :1], "gray", torch.Generator().manual_seed(0), keep_blur=True)
+
+
 def test_jpeg_matches_a_real_codec_and_loses_more_at_low_quality():
     import io
 

@@ -371,6 +371,13 @@ def test_tone_target_keeps_the_inputs_global_colour(tmp_path):
     assert 0.45 < ratio < 0.55  # the target keeps the brightness x 0.5
     with pytest.raises(InputError, match="--target"):
         train_source(_cfg(data, target="palette"))
+    # tone-blur: the blur stays in the target too (a blur-only degradation is its own target)
+    blur = dataclasses.replace(PRESETS["fundus-local"], name="blur-only", types=("blur",))
+    cfg = _cfg(data, degrade=blur, target="tone-blur", size=64, load_size=64, batch=3)
+    b = make_batch(samples, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert torch.equal(b["clean"], b["degraded"])
+    with pytest.raises(InputError, match="tone-blur"):
+        train_source(_cfg(data, target="tone-blur", degrade="gray"))
     # validation measures against what the run trains toward
     from same_fast.train.source import validation_set
 

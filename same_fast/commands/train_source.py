@@ -89,9 +89,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--camera-balance", type=float, default=d.camera_balance,
                    help="draw each set (camera) with probability ~ (its image count) ** B: 1 "
                         "every image alike (the largest camera dominates), 0 every camera alike")
-    p.add_argument("--target", default=d.target, choices=["clean", "tone"],
+    p.add_argument("--target", default=d.target, choices=["clean", "tone", "tone-blur"],
                    help="clean: undo every degradation; tone: keep the input's global colour "
-                        "(the degradation's brightness/contrast/saturation stay in the target)")
+                        "(the degradation's brightness/contrast/saturation stay in the target); "
+                        "tone-blur: tone, and the blur stays too (the smooth families alone)")
     p.add_argument("--val-data", default=None, metavar="SPEC",
                    help="validate and choose the saved checkpoint on these images (another "
                         "camera, e.g. DRIVE) instead of the held-out split")

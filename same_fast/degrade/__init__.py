@@ -74,12 +74,16 @@ def degrade(x01: torch.Tensor, preset: str | Preset, generator: torch.Generator 
 
 def degrade_with_tone(x01: torch.Tensor, preset: str | Preset,
                       generator: torch.Generator | None = None,
-                      fov: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      fov: torch.Tensor | None = None, keep_blur: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(degraded, tone)``: ``degrade``'s output (the same draws) and the clean image through
     the degradation's global colour factors alone. Presets without global colour factors that
     an enhancer should keep (every preset but the fundus ones) return the clean image as tone.
+    ``keep_blur`` (fundus presets): the tone keeps the sample's blur as well.
     """
     p = get_preset(preset)
+    if keep_blur and not hasattr(p, "apply_with_tone"):
+        raise InputError(f"keep_blur: preset '{p.name}' has no tone to keep the blur in")
     if not hasattr(p, "apply_with_tone"):
         y = degrade(x01, p, generator, fov)
         x = x01.clamp(0, 1)
@@ -88,4 +92,5 @@ def degrade_with_tone(x01: torch.Tensor, preset: str | Preset,
         return y, x
     _check(x01, fov)
     with torch.no_grad():
-        return p.apply_with_tone(x01.clamp(0, 1), generator, fov)
+        return p.apply_with_tone(x01.clamp(0, 1), generator, fov,
+                                 **({"keep_blur": True} if keep_blur else {}))

@@ -55,9 +55,11 @@ class Cataract:
         return self.apply_with_tone(x, g, fov)[0]
 
     def apply_with_tone(self, x: torch.Tensor, g: torch.Generator | None,
-                        fov: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        fov: torch.Tensor | None = None, keep_blur: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(degraded, tone)``: ``tone`` is the clean image through the same global colour
-        factors (contrast, brightness, colour) and nothing else (no haze, no blur)."""
+        factors (contrast, brightness, colour) and nothing else (no haze, no blur; with
+        ``keep_blur``, the same blur too: only the haze is taken away)."""
         n, c, h, w = x.shape
         d = x.device
         s = scale_factor(x, self.reference_px)
@@ -77,7 +79,7 @@ class Cataract:
         factors = (uniform(g, n, self.contrast, d), uniform(g, n, self.brightness, d),
                    uniform(g, n, self.color, d))
         return (ops.keep_fov(_colour(y, *factors).clamp(0, 1), fov),
-                ops.keep_fov(_colour(x, *factors).clamp(0, 1), fov))
+                ops.keep_fov(_colour(blurred if keep_blur else x, *factors).clamp(0, 1), fov))
 
 
 def _colour(x: torch.Tensor, contrast: torch.Tensor, brightness: torch.Tensor,
@@ -165,11 +167,14 @@ class Shen2020:
         return self.apply_with_tone(x, g, fov)[0]
 
     def apply_with_tone(self, x: torch.Tensor, g: torch.Generator | None,
-                        fov: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        fov: torch.Tensor | None = None, keep_blur: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(degraded, tone)`` with the same draws as ``apply``. ``tone`` is the clean image
         through the sample's global colour factors alone (brightness, contrast, saturation for
         ``illum``; the cataract's contrast, brightness and colour): what an enhancer that keeps
-        the input's global tone and undoes every local family would return, blur removed."""
+        the input's global tone and undoes every local family would return, blur removed.
+        ``keep_blur``: the tone keeps the sample's blur too (the blur family's, the cataract's):
+        what undoing the smooth families alone (light, hole, spots, haze) would return."""
         n, c, h, w = x.shape
         d = x.device
         idx = torch.floor(uniform(g, n, (0, len(self.types)), d)).long().clamp_max(len(self.types) - 1)
@@ -216,10 +221,13 @@ class Shen2020:
         sel = has["blur"].nonzero().view(-1)
         if sel.numel():
             y = y.index_copy(0, sel, ops.blur(y.index_select(0, sel), sig[sel]))
+            if keep_blur:
+                tone = tone.index_copy(0, sel, ops.blur(tone.index_select(0, sel), sig[sel]))
         sel = has["cataract"].nonzero().view(-1)
         if sel.numel():
             f = None if fov is None else _fov4(fov).index_select(0, sel)
-            cy, ct = self.cataract.apply_with_tone(x.index_select(0, sel), cat_g, f)
+            cy, ct = self.cataract.apply_with_tone(x.index_select(0, sel), cat_g, f,
+                                                   **({"keep_blur": True} if keep_blur else {}))
             y = y.index_copy(0, sel, cy)
             tone = tone.index_copy(0, sel, ct)
         return ops.keep_fov(y.clamp(0, 1), fov), ops.keep_fov(tone.clamp(0, 1), fov)

@@ -58,7 +58,7 @@ from same_fast.nn import SAMENet, enhance
 from same_fast.ops.ema import ema_
 
 SKIMAGE_RETINA = "skimage-retina"  # data-spec name of scikit-image's CC0 retina photograph
-TARGETS = ("clean", "tone")
+TARGETS = ("clean", "tone", "tone-blur")
 TRAIN_ONLY = ("", "structure")
 #: SAMENet blocks that start at zero (``--init`` may add them; ``--block-lr`` sets their rate)
 ZERO_STARTED = ("context", "field")
@@ -113,7 +113,8 @@ class SourceConfig:
     #                                alike; 0.5: between), then an image of it uniformly
     target: str = "clean"          # clean: undo everything; tone: keep the input's global colour
     #                                (the clean image through the degradation's global colour
-    #                                factors is the target), so no camera palette is learnt
+    #                                factors is the target), so no camera palette is learnt;
+    #                                tone-blur: tone, and the sample's blur kept too
     val_data: str | None = None    # validate (and choose the saved checkpoint) on this data spec
     #                                instead of the held-out split: another camera (DRIVE)
     ema: float = 0.0               # decay of an EMA of the weights that is validated and saved
@@ -401,10 +402,13 @@ def make_batch(train: list[Sample], cfg: SourceConfig, g: torch.Generator, devic
         base = blur(x * fov, sig) / blur(fov, sig).clamp_min(1e-3)
         x = (base + c * (x - base)).clamp(0, 1)
     x = x * fov
-    y, tone = degrade_with_tone(x, cfg.degrade or MODALITIES[cfg.modality][1], g, fov)
-    if cfg.target == "tone":
+    y, tone = degrade_with_tone(x, cfg.degrade or MODALITIES[cfg.modality][1], g, fov,
+                                keep_blur=cfg.target == "tone-blur")
+    if cfg.target in ("tone", "tone-blur"):
         # The input's global colour is kept: the network learns to undo the local families
-        # (uneven light, spots, haze, blur) and never a camera's palette (issue #20).
+        # (uneven light, spots, haze, blur) and never a camera's palette (issue #20); with
+        # tone-blur the blur stays too, so it learns the smooth families alone (a coarse model
+        # whose correction is carried to the full size as a local gain and offset)
         x = tone
     if cfg.clean_prob > 0:
         # identity pairs: an input that needs no enhancement should come back unchanged
@@ -493,9 +497,10 @@ def validation_set(val: list[Sample], cfg: SourceConfig, device: torch.device
     x = x * fov
     g = torch.Generator().manual_seed(holdout_seed(cfg) + 1000)
     pairs = [degrade_with_tone(x[i:i + 1], cfg.degrade or MODALITIES[cfg.modality][1], g,
-                               fov[i:i + 1]) for i in range(len(val))]
+                               fov[i:i + 1], keep_blur=cfg.target == "tone-blur")
+             for i in range(len(val))]
     y = torch.cat([p[0] for p in pairs])
-    ref = torch.cat([p[1] for p in pairs]) if cfg.target == "tone" else x
+    ref = torch.cat([p[1] for p in pairs]) if cfg.target in ("tone", "tone-blur") else x
     return {"clean": ref, "degraded": y, "fov": fov, "mask": mask, "has_mask": has_mask}
 
 
@@ -651,6 +656,9 @@ def train_source(cfg: SourceConfig) -> dict[str, Any]:
         raise InputError(f"--camera-balance must be in [0, 1], got {cfg.camera_balance}")
     if cfg.target not in TARGETS:
         raise InputError(f"--target must be one of {', '.join(TARGETS)}, got '{cfg.target}'")
+    if cfg.target == "tone-blur" and not hasattr(
+            get_preset(cfg.degrade or MODALITIES[cfg.modality][1]), "apply_with_tone"):
+        raise InputError("--target tone-blur needs a fundus degradation (one with a tone target)")
     if cfg.train_only not in TRAIN_ONLY:
         raise InputError(f"--train-only must be 'structure' (or empty), got '{cfg.train_only}'")
     if cfg.train_only and not (cfg.init or cfg.resume):
